@@ -1,0 +1,1 @@
+"""Devices and their emulators: Bpod, ScanImage frame sources and the simulated mouse and microscope."""

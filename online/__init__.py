@@ -1,0 +1,1 @@
+"""Real-time imaging: frame transport, registration, ROI traces, dF/F and preparatory decoding."""

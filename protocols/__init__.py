@@ -1,0 +1,1 @@
+"""Task logic, hardware-agnostic: state-machine builder, contexts, trial selection, training stages."""

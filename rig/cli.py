@@ -1,0 +1,160 @@
+"""The `rig` command line (also `python -m rig`).
+
+Subcommands parse their arguments here and hand over to library code; user errors (bad settings, bad
+arguments) end as one line per problem on stderr and exit status 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rig import __version__
+from rig.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} must be greater than 0")
+    return value
+
+
+def _cmd_check_settings(args: argparse.Namespace) -> int:
+    """Validate a settings file and print the resolved settings (file values plus defaults)."""
+    from rig.settings import DEFAULT_SETTINGS_PATH, dump_settings, load_settings
+
+    path: Path = args.file if args.file is not None else DEFAULT_SETTINGS_PATH
+    settings = load_settings(path)
+    sys.stdout.write(f"# {path}: settings are valid; resolved values follow\n")
+    sys.stdout.write(dump_settings(settings))
+    return EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    """Run a session. The session runner (rig/session.py) is not part of this version yet."""
+    logger.error("rig run: the session runner is not available yet")
+    return EXIT_FAILURE
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser; kept separate from main() so tests and docs can inspect it."""
+    parser = argparse.ArgumentParser(
+        prog="rig",
+        description=(
+            "Rig controller for the delayed-response directional-licking task: Bpod state machine, "
+            "two-photon frames and online preparatory decoding."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging threshold (default: INFO)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    check = sub.add_parser(
+        "check-settings",
+        help="validate a settings file and print the resolved settings",
+        description=(
+            "Validate a settings file and print the resolved settings as YAML (missing keys take their "
+            "defaults). Problems are printed one per line to stderr, and the exit status is 2."
+        ),
+    )
+    check.add_argument(
+        "file",
+        nargs="?",
+        type=Path,
+        default=None,
+        help="settings file (default: the repository's settings.yaml)",
+    )
+    check.set_defaults(func=_cmd_check_settings)
+
+    run = sub.add_parser(
+        "run",
+        help="run a behaviour + imaging session (planned: not available yet)",
+        description=(
+            "Run a session: Bpod (or its emulator), frame source, online module and monitoring GUI. "
+            "With the default settings everything is simulated on this machine. (Planned.)"
+        ),
+    )
+    run.add_argument(
+        "--subject", metavar="ID", default=None, help="subject ID (default: the simulated mouse)"
+    )
+    run.add_argument(
+        "--context", metavar="NAME", default=None, help="task context (default: the subject's current one)"
+    )
+    run.add_argument("--trials", metavar="N", type=_positive_int, default=None, help="stop after N trials")
+    run.add_argument(
+        "--minutes", metavar="M", type=_positive_float, default=None, help="stop after M minutes"
+    )
+    run.add_argument(
+        "--speed",
+        metavar="X",
+        type=_positive_float,
+        default=None,
+        help="emulator clock speed, times real time (overrides bpod.emulator_speed)",
+    )
+    run.add_argument("--data", metavar="DIR", type=Path, default=None, help="data root (overrides data.root)")
+    run.add_argument(
+        "--settings", metavar="FILE", type=Path, default=None, help="settings file (default: settings.yaml)"
+    )
+    run.add_argument("--no-gui", action="store_true", help="do not open the monitoring window")
+    run.set_defaults(func=_cmd_run)
+    return parser
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `rig` console script and `python -m rig`; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.log_level)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except UserError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
