@@ -31,6 +31,7 @@ from pydantic import (
     model_validator,
 )
 
+from hardware.bpod.hardware_description import input_channel_names, output_channel_names, preset
 from rig.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -227,22 +228,16 @@ class BpodSettings(_Section):
 _INPUT_ROLES = ("left_lick", "right_lick")
 _VALVE_ROLES = ("left_valve", "right_valve")
 
-# Lines per model, from the hardware descriptions in the Bpod serial-protocol notes: behaviour ports,
-# wire inputs, wire outputs. Each behaviour port gives an input PortN and the outputs PWMN and ValveN;
-# every model has BNC1-2 both ways. The r2+ Flex channels are configurable and not offered for wiring.
-_BPOD_LINE_COUNTS: dict[str, tuple[int, int, int]] = {"r1": (8, 2, 3), "r2": (4, 0, 0), "r2plus": (5, 0, 0)}
 _FIRMWARE_BY_MODEL: dict[str, tuple[int, ...]] = {"r1": (22, 23), "r2": (22, 23), "r2plus": (23,)}
+_WIRABLE = re.compile(r"(Port|BNC|Wire|PWM|Valve)\d+")
 
 
 def bpod_line_names(model: str) -> tuple[list[str], list[str]]:
-    """Names of the (inputs, outputs) a Bpod ``model`` has, in the names the state machine uses."""
-    n_ports, n_wire_in, n_wire_out = _BPOD_LINE_COUNTS[model]
-    bncs = ["BNC1", "BNC2"]
-    inputs = (
-        [f"Port{i}" for i in range(1, n_ports + 1)] + bncs + [f"Wire{i}" for i in range(1, n_wire_in + 1)]
-    )
-    outputs = bncs + [f"Wire{i}" for i in range(1, n_wire_out + 1)]
-    outputs += [f"PWM{i}" for i in range(1, n_ports + 1)] + [f"Valve{i}" for i in range(1, n_ports + 1)]
+    """Names of the (inputs, outputs) a Bpod ``model`` has that can be wired to a role, from the
+    hardware description the device reports (serial, USB and the configurable r2+ Flex lines excluded)."""
+    hw = preset(model, _FIRMWARE_BY_MODEL[model][-1])
+    inputs = [n for n in input_channel_names(hw) if _WIRABLE.fullmatch(n)]
+    outputs = [n for n in output_channel_names(hw) if _WIRABLE.fullmatch(n)]
     return inputs, outputs
 
 

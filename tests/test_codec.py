@@ -272,3 +272,12 @@ def test_trial_stream_out_of_protocol_byte_is_an_error() -> None:
     parser.feed(encode_trial_start(0, None))
     with pytest.raises(CodecError, match="unexpected op code 0x07"):
         parser.feed(b"\x07\x01\x02")
+
+
+def test_next_trial_queued_before_the_current_start_was_parsed() -> None:
+    """The host may send the next `C` before its reader has parsed the current trial's start."""
+    parser = TrialStreamParser()
+    parser.state_machine_sent()
+    parser.state_machine_sent()
+    stream = encode_trial_start(100, 1) + encode_trial_end(10, 10, 1100) + encode_trial_start(1100, 1)
+    assert parser.feed(stream) == [TrialStarted(100, True), TrialEnded(10, 10, 1100), TrialStarted(1100, True)]

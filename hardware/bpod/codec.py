@@ -412,21 +412,22 @@ class TrialStreamParser:
     """Incremental parser of what the device sends once trials run.
 
     Whether a trial start carries the confirmation byte depends on what the host sent, so the
-    host calls `state_machine_sent()` before each `C` (and the parser leaves unparsed bytes
-    buffered until it has a whole message). Leftover bytes after a trial end (the next queued
+    host calls `state_machine_sent()` before each `C` it sends with RunASAP (one start each; a
+    counter, because the host may queue the next `C` before the reader has parsed the current
+    start), and the parser leaves unparsed bytes buffered until it has a whole message. Leftover bytes after a trial end (the next queued
     trial's start) stay buffered across trials."""
 
     def __init__(self) -> None:
         self._buffer = bytearray()
         self._in_trial = False
-        self._expect_confirmation = False
+        self._starts_with_confirmation = 0
 
     @property
     def in_trial(self) -> bool:
         return self._in_trial
 
     def state_machine_sent(self) -> None:
-        self._expect_confirmation = True
+        self._starts_with_confirmation += 1
 
     def expect_idle_end_record(self) -> None:
         """An `X` while idle makes the device send an end record outside any trial."""
@@ -444,13 +445,14 @@ class TrialStreamParser:
     def _next(self) -> StreamMessage | None:
         buf = self._buffer
         if not self._in_trial:
-            need = 9 if self._expect_confirmation else 8
+            confirming = self._starts_with_confirmation > 0
+            need = 9 if confirming else 8
             if len(buf) < need:
                 return None
             confirmed = None
-            if self._expect_confirmation:
+            if confirming:
                 confirmed = buf[0] == 1
-                self._expect_confirmation = False
+                self._starts_with_confirmation -= 1
             (start_us,) = struct.unpack_from("<Q", buf, need - 8)
             del buf[:need]
             self._in_trial = True
