@@ -280,4 +280,5 @@ def test_next_trial_queued_before_the_current_start_was_parsed() -> None:
     parser.state_machine_sent()
     parser.state_machine_sent()
     stream = encode_trial_start(100, 1) + encode_trial_end(10, 10, 1100) + encode_trial_start(1100, 1)
-    assert parser.feed(stream) == [TrialStarted(100, True), TrialEnded(10, 10, 1100), TrialStarted(1100, True)]
+    expected = [TrialStarted(100, True), TrialEnded(10, 10, 1100), TrialStarted(1100, True)]
+    assert parser.feed(stream) == expected

@@ -414,8 +414,8 @@ class TrialStreamParser:
     Whether a trial start carries the confirmation byte depends on what the host sent, so the
     host calls `state_machine_sent()` before each `C` it sends with RunASAP (one start each; a
     counter, because the host may queue the next `C` before the reader has parsed the current
-    start), and the parser leaves unparsed bytes buffered until it has a whole message. Leftover bytes after a trial end (the next queued
-    trial's start) stay buffered across trials."""
+    start), and the parser leaves unparsed bytes buffered until it has a whole message.
+    Leftover bytes after a trial end (the next queued trial's start) stay buffered across trials."""
 
     def __init__(self) -> None:
         self._buffer = bytearray()

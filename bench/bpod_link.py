@@ -1,0 +1,147 @@
+"""Bpod link benchmark: the client against the emulator over a real pseudo-terminal.
+
+Measures
+  * short trials per second (one 100 us state, sent and awaited one by one: the host's cost per trial),
+  * dead time between queued trials, from the Bpod's own timestamps (start of trial k+1 minus end of k),
+  * host latency from an input edge in the emulator (a world-scheduled lick) to the client's event
+    callback, with the emulator at 1x real time, p50 and p99.
+
+Run: `.venv/bin/python bench/bpod_link.py [--json] [--firmware 23]`. Prints a table; with --json the
+last line is one JSON object of the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hardware.bpod.client import BpodClient  # noqa: E402
+from hardware.bpod.emulator import EmulatorServer  # noqa: E402
+from hardware.bpod.trial import TrialEvent  # noqa: E402
+from protocols.state_machine import StateMachine  # noqa: E402
+
+
+def one_state(seconds: float, name: str = "Wait") -> StateMachine:
+    sm = StateMachine()
+    sm.add_state(name, timer_s=seconds, transitions={"Tup": ">exit"})
+    return sm
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def short_trials_per_s(client: BpodClient, n: int) -> tuple[float, float]:
+    sm = one_state(0.0)
+    compile_ms = []
+    for _ in range(20):
+        t = time.perf_counter()
+        client.compile(sm)
+        compile_ms.append((time.perf_counter() - t) * 1e3)
+    started = time.perf_counter()
+    for _ in range(n):
+        client.run_trial(sm, timeout_s=5)
+    return n / (time.perf_counter() - started), statistics.median(compile_ms)
+
+
+def queued_dead_time_cycles(client: BpodClient, n: int, trial_s: float) -> list[int]:
+    results = []
+    client.start_trial(one_state(trial_s))
+    for _ in range(n - 1):
+        client.wait_for_state({"Wait"}, timeout_s=5)
+        client.start_trial(one_state(trial_s))
+        results.append(client.wait_for_trial(timeout_s=5))
+    results.append(client.wait_for_trial(timeout_s=5))
+    return [round((b.start_s - a.end_s) * 1e4) for a, b in zip(results, results[1:], strict=False)]
+
+
+def event_latencies_ms(server: EmulatorServer, client: BpodClient, n: int, interval_s: float) -> list[float]:
+    """Schedule n licks on the emulator's clock; time from each lick's cycle to the callback."""
+    arrivals: dict[int, float] = {}
+    done = threading.Event()
+
+    def on_event(event: TrialEvent) -> None:
+        if event.name == "Port1In":
+            arrivals[event.cycle] = time.perf_counter()
+            if len(arrivals) >= n:
+                done.set()
+
+    client.on_event = on_event
+    started: list[int] = []
+    server.world.add_trial_listener(lambda r: started.append(r.cycle) if r.kind == "start" else None)
+    client.start_trial(one_state(n * interval_s + 5.0, "Listen"))
+    client.wait_for_state({"Listen"}, timeout_s=5)
+    first = server.world.now_cycle + 200
+    step = round(interval_s * 1e4)
+    onsets = [server.world.pulse_input("Port1", 20, at_cycle=first + i * step) for i in range(n)]
+    done.wait(timeout=n * interval_s / server.speed + 10)
+    client.stop_trial()
+    client.wait_for_trial(timeout_s=5)
+    client.on_event = None
+    trial_start = started[-1]
+    latencies = []
+    for onset in onsets:
+        arrival = arrivals.get(onset - trial_start)
+        if arrival is not None:
+            latencies.append((arrival - server.host_time(onset)) * 1e3)
+    return latencies
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object last")
+    parser.add_argument("--firmware", type=int, default=23, choices=(22, 23))
+    parser.add_argument("--trials", type=int, default=300, help="short trials to time")
+    parser.add_argument("--queued", type=int, default=100, help="queued trials for the dead-time figure")
+    parser.add_argument("--events", type=int, default=400, help="licks for the latency figure")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    with EmulatorServer(firmware=args.firmware, speed=1.0) as server, BpodClient(server.port) as client:
+        rate, compile_ms = short_trials_per_s(client, args.trials)
+        dead = queued_dead_time_cycles(client, args.queued, trial_s=0.02)
+        latencies = event_latencies_ms(server, client, args.events, interval_s=0.01)
+
+    figures = {
+        "firmware": args.firmware,
+        "trials_per_s": round(rate, 1),
+        "compile_ms": round(compile_ms, 3),
+        "dead_time_cycles": max(dead),
+        "dead_time_mean_cycles": round(statistics.fmean(dead), 3),
+        "queued_trials": args.queued,
+        "event_latency_p50_ms": round(percentile(latencies, 50), 3),
+        "event_latency_p99_ms": round(percentile(latencies, 99), 3),
+        "event_latency_max_ms": round(max(latencies), 3),
+        "events_received": len(latencies),
+        "events_sent": args.events,
+    }
+    rows = [
+        ("short trials per second (100 us trial, send + wait)", f"{figures['trials_per_s']}"),
+        ("compile a 1-state machine, median", f"{figures['compile_ms']} ms"),
+        (f"dead time between {args.queued} queued trials, max", f"{figures['dead_time_cycles']} cycles"),
+        ("dead time between queued trials, mean", f"{figures['dead_time_mean_cycles']} cycles"),
+        ("input edge -> client callback, p50 (1x)", f"{figures['event_latency_p50_ms']} ms"),
+        ("input edge -> client callback, p99 (1x)", f"{figures['event_latency_p99_ms']} ms"),
+        ("input edge -> client callback, max (1x)", f"{figures['event_latency_max_ms']} ms"),
+        ("events received / sent", f"{len(latencies)} / {args.events}"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print(f"Bpod link, firmware {args.firmware}, emulator on a pty")
+    for name, value in rows:
+        print(f"  {name:<{width}}  {value:>12}")
+    if args.json:
+        print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,12 @@
+"""A firmware-faithful Bpod state machine emulator (firmware 22 and 23) served on ptys.
+
+`Firmware` is the pure cycle-by-cycle model, `World` its input lines and output observers,
+`EmulatorServer` puts it on pseudo-terminals for real clients; `python -m hardware.bpod.emulator`
+runs one from the command line.
+"""
+
+from hardware.bpod.emulator.engine import Firmware
+from hardware.bpod.emulator.server import EmulatorServer
+from hardware.bpod.emulator.world import OutputRecord, TrialRecord, World
+
+__all__ = ["EmulatorServer", "Firmware", "OutputRecord", "TrialRecord", "World"]

@@ -1,0 +1,259 @@
+"""The emulated state machine served on pseudo-terminals, so unmodified clients can open it.
+
+One thread owns the engine. It sleeps in `select` on the pty masters until the engine's next
+wakeup (converted to host time through the speed factor, at most 5 ms), stamps incoming bytes
+with the current virtual cycle, advances the engine and writes what it produced. The virtual
+clock is `cycle = host seconds since start * 10 000 * speed`; timestamps the host sees come
+from it, never from the host clock, so they are exact at any speed.
+
+Other threads reach the engine through `World` calls, which take the server's lock and first
+bring the engine up to the present, then wake the thread so a newly scheduled input is served
+on time. While no client is connected the main port carries the discovery byte 0xDE every
+100 ms of host time; a byte nobody read is not followed by another (no pile-up).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import pty
+import select
+import struct
+import termios
+import threading
+import time
+import tty
+from collections.abc import Iterator
+from types import TracebackType
+
+from hardware.bpod.emulator.engine import DISCOVERY_BYTE, Firmware
+from hardware.bpod.emulator.world import World
+from hardware.bpod.hardware_description import preset
+
+logger = logging.getLogger(__name__)
+
+MAX_SLEEP_S = 0.005
+DISCOVERY_INTERVAL_S = 0.1
+MAX_PENDING_BYTES = 1 << 20
+
+
+class _Pty:
+    """One pty pair; the slave stays open here so the master never sees EIO."""
+
+    def __init__(self) -> None:
+        self.master, self.slave = pty.openpty()
+        tty.setraw(self.slave)
+        os.set_blocking(self.master, False)
+        self.path = os.ttyname(self.slave)
+        self.pending = bytearray()
+
+    def unread(self) -> int:
+        """Bytes written to the client that nobody has read yet."""
+        buf = fcntl.ioctl(self.slave, termios.FIONREAD, b"\0\0\0\0")
+        return struct.unpack("i", buf)[0]
+
+    def flush(self) -> None:
+        while self.pending:
+            try:
+                n = os.write(self.master, self.pending)
+            except BlockingIOError:
+                return
+            del self.pending[:n]
+
+    def queue(self, data: bytes) -> None:
+        if not data:
+            return
+        self.pending += data
+        if len(self.pending) > MAX_PENDING_BYTES:
+            logger.warning("%s: nobody reads; dropping %d bytes", self.path, len(self.pending))
+            self.pending.clear()
+
+    def close(self) -> None:
+        for fd in (self.master, self.slave):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+class EmulatorServer:
+    """A Bpod state machine on a pty (plus the APP port on firmware 23)."""
+
+    def __init__(self, firmware: int = 23, model: str = "r2", speed: float = 1.0) -> None:
+        if speed <= 0:
+            raise ValueError(f"speed must be positive, got {speed}")
+        self.hw = preset(model, firmware)
+        self.firmware = Firmware(self.hw)
+        self.world: World = self.firmware.world
+        self.speed = speed
+        self._cycles_per_s = 1e6 / self.hw.cycle_us * speed
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._main: _Pty | None = None
+        self._app: _Pty | None = None
+        self._wake_r = self._wake_w = -1
+        self._t0 = 0.0
+        self._cycle0 = 0
+        self._last_discovery = float("-inf")
+        self._was_connected = False
+        self._access_depth = 0
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    @property
+    def port(self) -> str:
+        if self._main is None:
+            raise RuntimeError("the emulator is not started")
+        return self._main.path
+
+    @property
+    def app_port(self) -> str | None:
+        return self._app.path if self._app is not None else None
+
+    def start(self) -> EmulatorServer:
+        if self._thread is not None:
+            raise RuntimeError("the emulator is already started")
+        self._main = _Pty()
+        if self.hw.has_app_port:
+            self._app = _Pty()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._t0 = time.perf_counter()
+        self._cycle0 = self.firmware.cycle
+        self.world.external_access = self._external_access
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._serve, name="bpod-emulator", daemon=True)
+        self._thread.start()
+        logger.info("Bpod emulator (firmware %d, %s) on %s%s", self.hw.firmware_major, self.hw.inputs,
+                    self.port, f", APP port {self.app_port}" if self._app else "")
+        return self
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._poke()
+        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            logger.error("emulator thread did not stop")
+        self._thread = None
+        self.world.external_access = contextlib.nullcontext
+        for p in (self._main, self._app):
+            if p is not None:
+                p.close()
+        self._main = self._app = None
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+
+    def __enter__(self) -> EmulatorServer:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    # -- the virtual clock --------------------------------------------------------------------
+
+    def virtual_cycle(self) -> int:
+        """The engine cycle that corresponds to the host's present."""
+        # The epsilon keeps float rounding from landing a wakeup at its own host time one cycle short.
+        return self._cycle0 + int((time.perf_counter() - self._t0) * self._cycles_per_s + 1e-6)
+
+    def host_time(self, cycle: int) -> float:
+        """perf_counter() time at which the virtual clock reaches `cycle`."""
+        return self._t0 + (cycle - self._cycle0) / self._cycles_per_s
+
+    # -- the thread ---------------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        assert self._main is not None
+        readers = {self._main.master: self.firmware.receive_main}
+        if self._app is not None:
+            readers[self._app.master] = self.firmware.receive_app
+        ports = [p for p in (self._main, self._app) if p is not None]
+        try:
+            while not self._stop.is_set():
+                with self._lock:
+                    self._catch_up()
+                    wakeup = self.firmware.next_wakeup_cycle()
+                    timeout = self._discovery()
+                for p in ports:
+                    p.flush()
+                if wakeup is not None:
+                    timeout = min(timeout, self.host_time(wakeup) - time.perf_counter())
+                writers = [p.master for p in ports if p.pending]
+                ready, writable, _ = select.select([*readers, self._wake_r], writers, [], max(timeout, 0.0))
+                if self._wake_r in ready:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self._wake_r, 4096)
+                for fd in ready:
+                    if fd in readers:
+                        data = self._read(fd)
+                        if data:
+                            with self._lock:
+                                self._catch_up()
+                                readers[fd](data)
+        except Exception:
+            logger.exception("Bpod emulator thread failed")
+            raise
+
+    def _read(self, fd: int) -> bytes:
+        try:
+            return os.read(fd, 65536)
+        except BlockingIOError:
+            return b""
+        except OSError as exc:
+            if exc.errno == errno.EIO:
+                return b""
+            raise
+
+    def _catch_up(self) -> None:
+        """Advance the engine to the present and queue what it wrote (lock held)."""
+        fw = self.firmware
+        target = self.virtual_cycle()
+        if target > fw.cycle:
+            fw.advance_to(target)
+        assert self._main is not None
+        self._main.queue(fw.take_main_output())
+        if self._app is not None:
+            self._app.queue(fw.take_app_output())
+
+    def _discovery(self) -> float:
+        """Write 0xDE while unconnected, every 100 ms; returns the time until the next one."""
+        assert self._main is not None
+        now = time.perf_counter()
+        connected = self.firmware.connected
+        if self._was_connected and not connected:
+            self._last_discovery = now  # the firmware resumes discovery ~100 ms after `Z`
+        self._was_connected = connected
+        if connected:
+            return MAX_SLEEP_S
+        if now - self._last_discovery >= DISCOVERY_INTERVAL_S:
+            self._last_discovery = now
+            # Dropped if the last one is still unread, and held back once the host has spoken.
+            if not self._main.pending and self._main.unread() == 0 and not self.firmware.main_input_pending:
+                self._main.queue(bytes([DISCOVERY_BYTE]))
+        return min(MAX_SLEEP_S, self._last_discovery + DISCOVERY_INTERVAL_S - now)
+
+    @contextlib.contextmanager
+    def _external_access(self) -> Iterator[None]:
+        """World calls from any thread: under the lock, with the engine at the present."""
+        with self._lock:
+            outermost = self._access_depth == 0  # nested calls (pulse_input) see one instant
+            self._access_depth += 1
+            try:
+                if outermost and not self.firmware.busy and self._thread is not None:
+                    self._catch_up()
+                yield
+            finally:
+                self._access_depth -= 1
+        self._poke()
+
+    def _poke(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"\0")

@@ -1,0 +1,194 @@
+"""The physical world around the emulated state machine: input lines and observed outputs.
+
+Simulations and tests drive input lines here and watch outputs, all on the engine's virtual
+clock (engine cycles of 100 us, monotonic since the engine was built; the session clock that
+`6` and `*` reset is separate). Levels are LOGICAL: 1 = Port In / BNC High. The pin level the
+firmware reads is derived here, because BNC and Wire inputs are inverted at the pin on every
+board after r0.5 (raw 0 = logical High).
+
+Scheduled inputs take effect exactly at their cycle. Listeners are called synchronously by the
+engine at the cycle an output changes, so a listener that schedules a future input (a simulated
+mouse licking 180 ms after the go cue) is deterministic, whatever the host's speed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from hardware.bpod.hardware_description import HardwareDescription, input_channel_names, output_channel_names
+
+if TYPE_CHECKING:
+    from hardware.bpod.emulator.engine import Firmware
+
+OUTPUT_LOG_LENGTH = 200_000
+
+
+@dataclass(frozen=True)
+class OutputRecord:
+    """One output change. Level channels (BNC, Wire, Valve, PWM, Flex) report changes of level;
+    message channels (SoftCode, APP_SoftCode, Serial modules) report every byte sent."""
+
+    cycle: int
+    channel: str
+    value: int
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """A trial started or ended, at an engine cycle; `session_us` is what the host is told."""
+
+    kind: Literal["start", "end"]
+    cycle: int
+    session_us: int
+    trial: int
+
+
+def input_logic_high(hw: HardwareDescription) -> list[int]:
+    """Raw pin level that means logical High, per input (0 for BNC/Wire on MT >= 2: inverted)."""
+    inverted = hw.machine_type >= 2
+    return [0 if (c in "BW" and inverted) else 1 for c in hw.inputs]
+
+
+class World:
+    """Input lines and output observers of one emulated state machine."""
+
+    def __init__(self, hw: HardwareDescription) -> None:
+        self.hw = hw
+        self.input_names = input_channel_names(hw)
+        self.output_names = output_channel_names(hw)
+        self._input_index = {n: i for i, (n, c) in enumerate(zip(self.input_names, hw.inputs, strict=True))
+                             if c not in "UXZ"}
+        self._output_index = {n: i for i, n in enumerate(self.output_names)}
+        self.logic_high = input_logic_high(hw)
+        # Raw pin levels; every line idles at logical low (BNC/Wire idle raw high: the firmware's
+        # own initial value on r0.7+).
+        self.pins = [1 - h for h in self.logic_high]
+        self.outputs: deque[OutputRecord] = deque(maxlen=OUTPUT_LOG_LENGTH)
+        self.trials: list[TrialRecord] = []
+        self._levels = [0] * len(self.output_names)
+        self._schedule: list[tuple[int, int, int, int]] = []  # (cycle, seq, input index, raw level)
+        self._seq = itertools.count()
+        self._output_listeners: list[Callable[[OutputRecord], None]] = []
+        self._trial_listeners: list[Callable[[TrialRecord], None]] = []
+        self._engine: Firmware | None = None
+        # Replaced by the pty server: take its lock and bring the engine up to host time first.
+        self.external_access: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext
+
+    # -- used by simulations and tests ------------------------------------------------------
+
+    @property
+    def now_cycle(self) -> int:
+        """The last cycle the engine has processed (engine clock)."""
+        with self.external_access():
+            return self._engine.cycle if self._engine else 0
+
+    def set_input(self, name: str, level: int, at_cycle: int | None = None) -> int:
+        """Set a physical input line to a logical level at a cycle (None = the next cycle).
+        Returns the cycle at which it takes effect."""
+        index = self._input(name)
+        if level not in (0, 1):
+            raise ValueError(f"input level must be 0 or 1, got {level!r}")
+        with self.external_access():
+            cycle = self._resolve_cycle(at_cycle)
+            raw = self.logic_high[index] if level else 1 - self.logic_high[index]
+            heapq.heappush(self._schedule, (cycle, next(self._seq), index, raw))
+            return cycle
+
+    def pulse_input(self, name: str, duration_cycles: int, at_cycle: int | None = None) -> int:
+        """Logical high for `duration_cycles`, then low (a lick, a TTL). Returns the onset cycle."""
+        if duration_cycles < 1:
+            raise ValueError(f"a pulse lasts at least 1 cycle, got {duration_cycles}")
+        with self.external_access():
+            onset = self.set_input(name, 1, at_cycle)
+            self.set_input(name, 0, onset + duration_cycles)
+            return onset
+
+    def input_level(self, name: str) -> int:
+        """Current logical level of a physical input line."""
+        index = self._input(name)
+        with self.external_access():
+            return int(self.pins[index] == self.logic_high[index])
+
+    def output_level(self, name: str) -> int:
+        """Current level of a physical output (last value for message channels)."""
+        index = self._output(name)
+        with self.external_access():
+            return self._levels[index]
+
+    def add_output_listener(self, fn: Callable[[OutputRecord], None]) -> None:
+        self._output_listeners.append(fn)
+
+    def remove_output_listener(self, fn: Callable[[OutputRecord], None]) -> None:
+        self._output_listeners.remove(fn)
+
+    def add_trial_listener(self, fn: Callable[[TrialRecord], None]) -> None:
+        self._trial_listeners.append(fn)
+
+    def remove_trial_listener(self, fn: Callable[[TrialRecord], None]) -> None:
+        self._trial_listeners.remove(fn)
+
+    # -- used by the engine -----------------------------------------------------------------
+
+    def attach(self, engine: Firmware) -> None:
+        self._engine = engine
+
+    def next_input_cycle(self) -> int | None:
+        return self._schedule[0][0] if self._schedule else None
+
+    def apply_inputs(self, cycle: int) -> None:
+        """Apply every scheduled change due at or before `cycle` (in scheduling order)."""
+        schedule = self._schedule
+        while schedule and schedule[0][0] <= cycle:
+            _, _, index, raw = heapq.heappop(schedule)
+            self.pins[index] = raw
+
+    def output_changed(self, cycle: int, index: int, value: int, message: bool = False) -> None:
+        """Called by the engine for every physical write; reports level changes and messages."""
+        if not message and self._levels[index] == value:
+            return
+        self._levels[index] = value
+        record = OutputRecord(cycle, self.output_names[index], value)
+        self.outputs.append(record)
+        for fn in list(self._output_listeners):
+            fn(record)
+
+    def trial_event(self, record: TrialRecord) -> None:
+        self.trials.append(record)
+        for fn in list(self._trial_listeners):
+            fn(record)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _resolve_cycle(self, at_cycle: int | None) -> int:
+        now = self._engine.cycle if self._engine else 0
+        if at_cycle is None:
+            return now + 1
+        if at_cycle <= now:
+            raise ValueError(f"cycle {at_cycle} has already been processed (engine is at cycle {now})")
+        return at_cycle
+
+    def _input(self, name: str) -> int:
+        try:
+            return self._input_index[name]
+        except KeyError:
+            valid = ", ".join(self._input_index)
+            raise ValueError(f"unknown input {name!r}; valid inputs: {valid}") from None
+
+    def _output(self, name: str) -> int:
+        try:
+            return self._output_index[name]
+        except KeyError:
+            valid = ", ".join(self.output_names)
+            raise ValueError(f"unknown output {name!r}; valid outputs: {valid}") from None
+
+    def iter_outputs(self, channel: str | None = None) -> Iterator[OutputRecord]:
+        """Recorded output changes, optionally of one channel."""
+        if channel is not None:
+            self._output(channel)
+        return (r for r in list(self.outputs) if channel is None or r.channel == channel)
