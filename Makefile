@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-ARGS ?=
+ARGS ?= --trials 300 --speed 25
 
 .PHONY: run test lint bench clean distclean help
 

@@ -55,9 +55,49 @@ def _cmd_check_settings(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    """Run a session. The session runner (rig/session.py) is not part of this version yet."""
-    logger.error("rig run: the session runner is not available yet")
-    return EXIT_FAILURE
+    """Run a session until its trial or time limit, `rig stop`, Ctrl-C or SIGTERM."""
+    from rig.session import RunOptions, run_session
+    from rig.settings import load_settings
+    from rig.summary import format_summary, summarize_session
+
+    settings = load_settings(args.settings)
+    options = RunOptions(subject=args.subject or "sim-mouse", context=args.context, trials=args.trials,
+                         minutes=args.minutes, speed=args.speed, data_root=args.data,
+                         status_stream=sys.stderr)
+    result = run_session(settings, options)
+    sys.stderr.write("\n")
+    sys.stdout.write(format_summary(summarize_session(result.folder)) + "\n")
+    sys.stdout.write(f"data: {result.folder}\n")
+    return EXIT_OK
+
+
+def _cmd_summary(args: argparse.Namespace) -> int:
+    """Print what a session did, from its folder."""
+    import json
+
+    from rig.summary import format_summary, summarize_session
+
+    summary = summarize_session(args.session)
+    sys.stdout.write((json.dumps(summary, indent=2) if args.json else format_summary(summary)) + "\n")
+    return EXIT_OK
+
+
+def _cmd_control(args: argparse.Namespace) -> int:
+    """Send one request to the running session's control socket and print its answer."""
+    import json
+
+    from rig.control import send_request
+    from rig.settings import load_settings
+
+    settings = load_settings(args.settings)
+    extra = {"context": args.name} if args.command == "switch-context" else {}
+    reply = send_request(settings.network.control, args.command, **extra)
+    if not reply.get("ok"):
+        raise UserError(f"the session refused {args.command!r}: {reply.get('error')}")
+    reply.pop("ok")
+    text = json.dumps(reply, indent=2) if args.command == "status" else reply.get("message", "ok")
+    sys.stdout.write(text + "\n")
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,10 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser(
         "run",
-        help="run a behaviour + imaging session (planned: not available yet)",
+        help="run a session (with the default settings: the simulated rig)",
         description=(
             "Run a session: Bpod (or its emulator), frame source, online module and monitoring GUI. "
-            "With the default settings everything is simulated on this machine. (Planned.)"
+            "With the default settings everything is simulated on this machine."
         ),
     )
     run.add_argument(
@@ -127,6 +167,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-gui", action="store_true", help="do not open the monitoring window")
     run.set_defaults(func=_cmd_run)
+
+    summary = sub.add_parser("summary", help="summarise a finished (or running) session from its folder")
+    summary.add_argument("session", metavar="SESSION_DIR", type=Path, help="the session's folder")
+    summary.add_argument("--json", action="store_true", help="print one JSON object")
+    summary.set_defaults(func=_cmd_summary)
+
+    for name, text in (("switch-context", "switch the running session's context at the next trial boundary"),
+                       ("pause", "pause the running session after the current trial"),
+                       ("resume", "resume a paused session"),
+                       ("stop", "stop the running session after the current trial"),
+                       ("status", "print the running session's status")):
+        control = sub.add_parser(name, help=text, description=text)
+        if name == "switch-context":
+            control.add_argument("name", metavar="NAME", help="context name (from settings.yaml contexts)")
+        control.add_argument("--settings", metavar="FILE", type=Path, default=None,
+                             help="settings file giving network.control (default: settings.yaml)")
+        control.set_defaults(func=_cmd_control, command=name)
     return parser
 
 

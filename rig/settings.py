@@ -645,6 +645,20 @@ class MicroscopeSimSettings(_Section):
     """Overlap of the direction-selective populations of two contexts (0 = new pattern, 1 = the same)."""
 
 
+class SimSubjectSettings(_Section):
+    """Where a NEW simulated subject starts: simulated mice arrive trained, so a demo session shows the
+    trained task and a context switch within a few hundred trials. Real subjects start at the first stage."""
+
+    stage: str = "full"
+    """Training stage of a new simulated subject (a name from task.stages)."""
+    task_learned: bool = True
+    """Whether it has already met the last stage's criterion (context switches at criterion allowed)."""
+    trained_context: str = "tactile"
+    """The context whose cue-to-side mapping the simulated mouse already knows (and starts in)."""
+    trials_in_context: int = Field(250, ge=0)
+    """Trials it is credited with in that context, counted towards task.context_switch.min_trials."""
+
+
 class SimSettings(_Section):
     """The embedded simulated rig (used when bpod.port is 'emulator' and imaging.source is 'simulated')."""
 
@@ -654,6 +668,8 @@ class SimSettings(_Section):
     """Simulated mouse."""
     microscope: MicroscopeSimSettings = Field(default_factory=MicroscopeSimSettings)
     """Simulated microscope."""
+    subject: SimSubjectSettings = Field(default_factory=SimSubjectSettings)
+    """Starting point of a new simulated subject."""
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -794,6 +810,13 @@ class Settings(_Section):
         check_context(("task", "default_context"), self.task.default_context)
         for i, name in enumerate(self.task.context_switch.sequence):
             check_context(("task", "context_switch", "sequence", i), name)
+        check_context(("sim", "subject", "trained_context"), self.sim.subject.trained_context)
+        stage_names = [stage.name for stage in self.task.stages]
+        if self.sim.subject.stage not in stage_names:
+            hint = _did_you_mean(self.sim.subject.stage, stage_names)
+            suggestion = f"did you mean {hint!r}? " if hint else ""
+            message = f"unknown stage ({suggestion}stages: {', '.join(stage_names)})"
+            problems.add(("sim", "subject", "stage"), message, self.sim.subject.stage)
 
         valve_problems: dict[str, list[str]] = {}  # message -> sides, so equal curves give one line
         for side in ("left", "right"):

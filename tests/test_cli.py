@@ -75,11 +75,20 @@ def test_check_settings_yaml_error_and_missing_file(tmp_path: Path) -> None:
     assert missing.stderr.strip() == f"{tmp_path / 'missing.yaml'}: settings file not found"
 
 
-def test_run_is_not_available_yet() -> None:
-    result = rig("run", "--no-gui", "--trials", "3")
-    assert result.returncode == 1
-    assert "the session runner is not available yet" in result.stderr
+def test_run_refuses_an_unknown_context_before_starting(tmp_path: Path) -> None:
+    result = rig("run", "--no-gui", "--trials", "3", "--context", "tactil", "--data", tmp_path)
+    assert result.returncode == 2
+    assert "--context 'tactil': unknown context (contexts: tactile, tactile-reversed" in result.stderr
     assert "Traceback" not in result.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_control_commands_without_a_session_fail_clearly(tmp_path: Path) -> None:
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("network:\n  control: tcp://127.0.0.1:5999\n")
+    result = rig("status", "--settings", settings)
+    assert result.returncode == 2
+    assert "no session answered on tcp://127.0.0.1:5999" in result.stderr
 
 
 def test_run_rejects_bad_arguments() -> None:

@@ -187,7 +187,9 @@ def test_contexts_replaced_as_a_whole_are_checked(tmp_path: Path) -> None:
     text = "contexts: {auditory: {modality: auditory, contingency: normal}}\n"
     problems = problems_for(tmp_path, text)
     assert problems[0].startswith("task.default_context = 'tactile': unknown context (contexts: auditory)")
-    assert len(problems) == 3  # default_context and both entries of context_switch.sequence
+    # default_context, both entries of context_switch.sequence, and the simulated subject's context
+    assert len(problems) == 4
+    assert problems[3].startswith("sim.subject.trained_context = 'tactile': unknown context")
 
 
 def test_bad_context_entry(tmp_path: Path) -> None:
@@ -377,3 +379,8 @@ def test_reward_valve_time_from_defaults() -> None:
 def test_bpod_2plus_needs_firmware_23(tmp_path: Path) -> None:
     (line,) = problems_for(tmp_path, "bpod: {model: r2plus, firmware: 22}\n")
     assert line == "bpod.firmware = 22: a Bpod r2plus runs firmware 23 only"
+
+
+def test_simulated_subject_stage_must_exist(tmp_path: Path) -> None:
+    (line,) = problems_for(tmp_path, "sim:\n  subject: {stage: ful}\n")
+    assert line.startswith("sim.subject.stage = 'ful': unknown stage (did you mean 'full'?")

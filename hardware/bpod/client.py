@@ -311,6 +311,22 @@ class BpodClient:
                 raise BpodError(f"no trial ended within {timeout_s:g} s")
             raise BpodError("no trial is running")
 
+    def poll_trial(self, timeout_s: float) -> TrialResult | None:
+        """The next finished trial if one ends within `timeout_s`, else None (for loops that must
+        stay responsive); raises on device loss."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._results or self._error is not None, timeout=timeout_s)
+            if self._results:
+                return self._results.popleft()
+            if self._error is not None:
+                raise self._error
+            return None
+
+    @property
+    def trials_started(self) -> int:
+        """Trials started on this connection; the trial that callbacks are reporting on."""
+        return self._trials_started
+
     def wait_for_state(self, states: Iterable[str], timeout_s: float | None = None) -> str | None:
         """Block until the running trial enters one of `states`; returns it, or None if the trial
         ended first. Used to queue the next trial as soon as the outcome is known."""

@@ -1,0 +1,450 @@
+"""The session runner: trials back to back on the Bpod, each one written to disk as it ends.
+
+Per trial: the training state gives the stage and context, trial selection the side and any free
+drop, the task builds the state machine, the Bpod runs it. The next trial is queued (RunASAP) as
+soon as the current trial's outcome is known, so trials follow with zero dead time; its record is
+fsynced when it ends; the subject's state is then saved so the next session continues from here.
+Control requests (switch context, pause, resume, stop) take effect at trial boundaries, never mid-trial.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from hardware.bpod.client import BpodClient
+from hardware.bpod.trial import TrialEvent, TrialResult
+from online.transport import LossyPublisher
+from online.wire import TOPIC_STATE, TOPIC_TRIAL
+from protocols.contexts import Context, context_named, contexts_from_settings
+from protocols.directional_licking import TaskParameters, build_trial
+from protocols.outcome import LickPorts, PerformanceTracker, ScoredTrial, score_trial
+from protocols.selection import AutoRewardRules, SelectionRules, TrialSpec, select_trial
+from protocols.state_machine import StateMachine
+from protocols.training import ContextSwitchRules, SubjectTrainingState, Training, stages_from_settings
+from rig import __version__
+from rig.control import ControlRequestError, ControlServer
+from rig.errors import UserError
+from rig.settings import Settings, dump_settings
+from rig.simulated_rig import SimulatedRig
+from rig.store import SessionStore, recover_sessions
+from rig.subject import SubjectRecord, load_subject, save_subject
+from rig.summary import format_status
+
+log = logging.getLogger(__name__)
+
+OUTCOME_STATES = frozenset({"Reward", "TimeOut", "NoResponse"})
+POLL_S = 0.05
+EMULATOR_PORT = "emulator"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """`rig run` arguments; None means: from the settings (or no limit)."""
+
+    subject: str = "sim-mouse"
+    context: str | None = None
+    trials: int | None = None
+    minutes: float | None = None
+    speed: float | None = None
+    data_root: Path | None = None
+    status_stream: TextIO | None = None
+    handle_signals: bool = True
+
+
+@dataclass
+class PreparedTrial:
+    number: int
+    spec: TrialSpec
+    machine: StateMachine
+    training_events: list[dict[str, Any]] = field(default_factory=list)
+    provisional: ScoredTrial | None = None
+
+
+@dataclass
+class SessionResult:
+    folder: Path
+    trials: int
+    end_reason: str
+
+
+class SessionRunner:
+    """Runs one session. `run()` blocks until the session ends and returns where its data are."""
+
+    def __init__(self, settings: Settings, options: RunOptions) -> None:
+        self.settings = settings
+        self.options = options
+        self.data_root = Path(options.data_root or settings.data.root)
+        self.contexts: dict[str, Context] = contexts_from_settings(settings.contexts)
+        self.params = TaskParameters.from_settings(settings)
+        self.lick_ports = LickPorts.from_settings(settings.wiring)
+        self.selection = SelectionRules.from_settings(settings.task.selection)
+        self.auto_reward = AutoRewardRules.from_settings(settings.task.auto_reward)
+        self.stages = stages_from_settings(settings.task.stages)
+        self.simulated = settings.bpod.port == EMULATOR_PORT
+        self.speed = options.speed if options.speed is not None else settings.bpod.emulator_speed
+        if options.speed is not None and not self.simulated:
+            raise UserError("--speed applies to the emulator only; bpod.port is a real device")
+        if options.context is not None and options.context not in self.contexts:
+            valid = ", ".join(self.contexts)
+            raise UserError(f"--context {options.context!r}: unknown context (contexts: {valid})")
+        self.performance = PerformanceTracker()
+        self._rng = np.random.default_rng(settings.sim.seed)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._paused = False
+        self._resume = threading.Event()
+        self._end_reason = "completed"
+        self._trials_done = 0
+        self._first_start_s: float | None = None
+        self._last_result_end_s: float | None = None
+        self._store: SessionStore | None = None
+        self._publisher: LossyPublisher | None = None
+        self._client: BpodClient | None = None
+        self._sim: SimulatedRig | None = None
+        self.training: Training
+        self.record: SubjectRecord
+
+    # ------------------------------------------------------------------ setup
+
+    def _load_subject(self) -> None:
+        subject = self.options.subject
+        recover_sessions(self.data_root / subject)
+        switch = ContextSwitchRules.from_settings(self.settings.task.context_switch)
+        stored = load_subject(self.data_root, subject)
+        if stored is None:
+            state = self._new_subject_state()
+            stored = SubjectRecord(subject=subject, training=state)
+            log.info("new subject %s: stage %s, context %s", subject, state.stage, state.context)
+        self.record = stored
+        self.training = Training(self.stages, switch, list(self.contexts), stored.training)
+        if self.options.context is not None and self.options.context != self.training.context:
+            self.training.request_context_switch(self.options.context)
+        for trial in stored.history[-100:]:
+            self.performance.add(trial)
+
+    def _new_subject_state(self) -> SubjectTrainingState:
+        context = self.options.context or self.settings.task.default_context
+        if not self.simulated:
+            return SubjectTrainingState(stage=self.stages[0].name, context=context)
+        sim = self.settings.sim.subject
+        trained = self.options.context is None or self.options.context == sim.trained_context
+        return SubjectTrainingState(stage=sim.stage, context=self.options.context or sim.trained_context,
+                                    task_learned=sim.task_learned,
+                                    trials_in_context=sim.trials_in_context if trained else 0)
+
+    def _session_info(self, started: datetime, ended: datetime | None = None) -> dict[str, Any]:
+        client = self._client
+        hw = client.hardware if client is not None else None
+        return {
+            "subject": self.options.subject, "rig": self.settings.rig.name, "started": started.isoformat(),
+            "ended": ended.isoformat() if ended else None,
+            "end_reason": self._end_reason if ended else None, "trials": self._trials_done,
+            "versions": {"rig": __version__, "python": platform.python_version()},
+            "bpod": {"port": self.settings.bpod.port, "simulated": self.simulated,
+                     "speed": self.speed if self.simulated else 1.0,
+                     "firmware": hw.firmware_major if hw else None,
+                     "machine_type": hw.machine_type if hw else None},
+            "start_context": self.training.context, "start_stage": self.training.stage.name,
+            "limits": {"trials": self.options.trials, "minutes": self.options.minutes},
+        }
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> SessionResult:
+        self._load_subject()
+        started = datetime.now()
+        with ExitStack() as stack:
+            port = self.settings.bpod.port
+            if self.simulated:
+                rig = SimulatedRig(self.settings, self.speed, self.record.simulated_mouse)
+                self._sim = stack.enter_context(rig)
+                port = self._sim.port
+            client = BpodClient(port, timeout_s=self.settings.bpod.timeout_s)
+            client.connect()
+            stack.callback(client.close)
+            self._client = client
+            client.on_event = self._on_event
+            client.on_state = self._on_state
+            self._publisher = stack.enter_context(
+                LossyPublisher(self.settings.network.events_pub, source="rig", hwm=1000))
+            stack.enter_context(ControlServer(self.settings.network.control, self._handle_control))
+            self._store = SessionStore.create(self.data_root, self.options.subject, started,
+                                              dump_settings(self.settings), self._session_info(started))
+            stack.callback(self._store.close)
+            if self.options.handle_signals:
+                stack.enter_context(self._signals())
+            log.info("session %s started: subject %s, context %s, stage %s", self._store.folder,
+                     self.options.subject, self.training.context, self.training.stage.name)
+            try:
+                self._loop()
+            except BaseException:
+                self._end_reason = "error"
+                raise
+            finally:
+                self.record.sessions += 1
+                self._save_subject()
+                self._store.write_session_info(self._session_info(started, datetime.now()))
+        return SessionResult(self._store.folder, self._trials_done, self._end_reason)
+
+    def _loop(self) -> None:
+        client = self._client
+        assert client is not None
+        current: PreparedTrial | None = self._prepare()
+        self._start(current)
+        while current is not None:
+            queued: PreparedTrial | None = None
+            if self._await_outcome(current):
+                self._score_provisionally(current)
+                if self._should_continue(current):
+                    queued = self._prepare()
+                    self._start(queued)
+            result = self._await_end()
+            self._finish(current, result)
+            if queued is not None and self._stop.is_set():
+                client.stop_trial()  # queued before the stop arrived: end it at once, recorded as stopped
+            current = queued
+            if current is None and not self._stop.is_set() and self._wait_while_paused():
+                current = self._prepare()
+                self._start(current)
+
+    def _prepare(self) -> PreparedTrial:
+        number = self._trials_done + 1 + (1 if self._client and self._client.trial_running else 0)
+        with self._lock:
+            stage, context_name, events = self.training.next_trial()
+        context = context_named(context_name, self.contexts)
+        spec = select_trial(self.record.history, trial_number=number, context=context, stage=stage,
+                            rules=self.selection, auto_reward=self.auto_reward, rng=self._rng)
+        machine = build_trial(spec, self.params)
+        prepared = PreparedTrial(number, spec, machine, [_event_dict(e) for e in events])
+        for event in events:
+            log.info("trial %d: %s", number, _describe_event(event))
+        return prepared
+
+    def _start(self, trial: PreparedTrial) -> None:
+        assert self._client is not None and self._store is not None
+        if self._sim is not None and trial.spec.cue.startswith("pole_"):
+            self._sim.motor.move_to(trial.spec.cue.removeprefix("pole_"))  # during the previous trial's end
+        self._store.journal(trial.number, "trial", **trial.spec.to_dict())
+        self._client.start_trial(trial.machine)
+
+    def _await_outcome(self, trial: PreparedTrial) -> bool:
+        """Wait until the trial's outcome is known (True) or it ended without one (False)."""
+        client = self._client
+        assert client is not None
+        while True:
+            if client.wait_for_state(OUTCOME_STATES, timeout_s=POLL_S) is not None:
+                return True
+            partial = client.partial_trial()
+            if partial is None or client.trials_started > trial.number:
+                return False
+
+    def _await_end(self) -> TrialResult:
+        client = self._client
+        assert client is not None
+        while True:
+            result = client.poll_trial(POLL_S)
+            if result is not None:
+                return result
+
+    def _score_provisionally(self, trial: PreparedTrial) -> None:
+        """Score from what the Bpod has sent so far: the outcome is known, so the next trial can be
+        chosen and queued now instead of after the trial's last states."""
+        assert self._client is not None
+        partial = self._client.partial_trial()
+        if partial is None:
+            return
+        scored = score_trial(partial.to_dict(), side=trial.spec.side, context=trial.spec.context.name,
+                             lick_ports=self.lick_ports, trial_number=trial.number)
+        trial.provisional = scored
+        self.record.history.append(scored)
+        self.performance.add(scored)
+        with self._lock:
+            events = self.training.record(scored)
+        for event in events:
+            trial.training_events.append(_event_dict(event))
+            log.info("after trial %d: %s", trial.number, _describe_event(event))
+
+    def _should_continue(self, trial: PreparedTrial) -> bool:
+        if self._stop.is_set() or self._paused:
+            return False
+        if self.options.trials is not None and trial.number >= self.options.trials:
+            self._end_reason = "trial limit"
+            return False
+        partial = self._client.partial_trial() if self._client else None
+        if self.options.minutes is not None and partial is not None and self._first_start_s is not None:
+            elapsed_s = partial.end_s - self._first_start_s  # on the Bpod clock
+            if elapsed_s >= self.options.minutes * 60:
+                self._end_reason = "time limit"
+                return False
+        return True
+
+    def _wait_while_paused(self) -> bool:
+        """After the last trial ended without a queued one: True to start a new trial."""
+        if not self._paused:
+            return False
+        log.info("paused after trial %d; waiting for resume or stop", self._trials_done)
+        while not self._stop.is_set():
+            if self._resume.wait(POLL_S):
+                with self._lock:
+                    self._resume.clear()
+                    self._paused = False
+                log.info("resumed")
+                return True
+        return False
+
+    def _finish(self, trial: PreparedTrial, result: TrialResult) -> None:
+        assert self._store is not None
+        scored = score_trial(result.to_dict(), side=trial.spec.side, context=trial.spec.context.name,
+                             lick_ports=self.lick_ports, trial_number=trial.number)
+        if trial.provisional is not None and trial.provisional.outcome != scored.outcome:
+            log.error("trial %d: outcome %s at the outcome state but %s at the end; training kept the first",
+                      trial.number, trial.provisional.outcome, scored.outcome)
+        if self._first_start_s is None:
+            self._first_start_s = result.start_s
+        gap_s = result.start_s - self._last_result_end_s if self._last_result_end_s is not None else None
+        self._last_result_end_s = result.end_s
+        record = {
+            "trial": trial.number, "subject": self.options.subject, **trial.spec.to_dict(),
+            **{k: v for k, v in scored.to_dict().items() if k not in ("side", "context", "trial_number")},
+            "stopped": trial.provisional is None and scored.outcome == "aborted",
+            "dead_time_s": round(gap_s, 6) if gap_s is not None else None,
+            "reward_ul": self.settings.task.reward_volume_ul if scored.rewarded else 0.0,
+            "valve_time_s": self.params.valve_s(trial.spec.side),
+            "training_events": trial.training_events, "training": self.training.state.to_dict(),
+            "bpod": result.to_dict(), "host_time": datetime.now().isoformat(timespec="milliseconds"),
+            "closed_loop": None,
+        }
+        self._store.append_trial(record)
+        self._trials_done += 1
+        self._save_subject()
+        if self._publisher is not None:
+            self._publisher.send_event(TOPIC_TRIAL, {"kind": "end", "trial": trial.number,
+                                                     "record": _publishable(record)})
+        self._status(trial, scored)
+
+    def _save_subject(self) -> None:
+        if self._sim is not None:
+            self.record.simulated_mouse = self._sim.mouse_state()
+        save_subject(self.data_root, self.record)
+
+    # ------------------------------------------------------------------ callbacks (reader thread)
+
+    def _on_event(self, event: TrialEvent) -> None:
+        if self._store is not None and self._client is not None:
+            self._store.journal(self._client.trials_started, "event", name=event.name, time_s=event.time_s)
+
+    def _on_state(self, state: str, time_s: float) -> None:
+        if self._client is None:
+            return
+        number = self._client.trials_started
+        if self._store is not None:
+            self._store.journal(number, "state", name=state, time_s=time_s)
+        if self._publisher is not None:
+            self._publisher.send_event(TOPIC_STATE, {"trial": number, "state": state, "time_s": time_s})
+
+    # ------------------------------------------------------------------ control (control thread)
+
+    def _handle_control(self, command: str, args: dict[str, Any]) -> dict[str, Any]:
+        if command == "status":
+            return self.status()
+        if command == "switch-context":
+            name = args["context"]
+            if not isinstance(name, str) or name not in self.contexts:
+                raise ControlRequestError(f"unknown context {name!r} (contexts: {', '.join(self.contexts)})")
+            with self._lock:
+                self.training.request_context_switch(name)
+            log.info("context switch to %s requested: applies at the next trial boundary", name)
+            return {"message": f"switching to {name} at the next trial boundary"}
+        if command == "pause":
+            with self._lock:
+                self._paused = True
+            return {"message": "pausing after the current trial"}
+        if command == "resume":
+            with self._lock:
+                was_paused = self._paused
+                self._paused = False
+            self._resume.set()
+            return {"message": "resumed" if was_paused else "not paused"}
+        if command == "stop":
+            self.request_stop("experimenter")
+            return {"message": "stopping after the current trial"}
+        raise ControlRequestError(f"command {command!r} is not available in this session yet")
+
+    def status(self) -> dict[str, Any]:
+        perf = self.training.perf100
+        return {
+            "subject": self.options.subject, "trials": self._trials_done, "context": self.training.context,
+            "stage": self.training.stage.name, "perf100": perf, "paused": self._paused,
+            "stopping": self._stop.is_set(), "session": str(self._store.folder) if self._store else None,
+            "pending_context": self.training.state.pending_context,
+        }
+
+    def request_stop(self, reason: str) -> None:
+        if not self._stop.is_set():
+            log.info("stop requested (%s): the session ends after the current trial", reason)
+            self._end_reason = f"stopped by {reason}"
+        self._stop.set()
+
+    @contextmanager
+    def _signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def handler(signum: int, _frame: object) -> None:
+            if self._stop.is_set() and self._client is not None:
+                log.warning("second interrupt: ending the current trial now")
+                self._client.stop_trial()
+            self.request_stop(signal.Signals(signum).name)
+
+        for sig in previous:
+            signal.signal(sig, handler)
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+    def _status(self, trial: PreparedTrial, scored: ScoredTrial) -> None:
+        stream = self.options.status_stream
+        if stream is None:
+            return
+        line = format_status(trial.number, self.training.context, self.training.stage.name,
+                             self.performance, scored.outcome)
+        if stream.isatty():
+            stream.write("\r" + line.ljust(100))
+        elif trial.number % 25 == 0 or trial.training_events:
+            stream.write(line + "\n")
+        stream.flush()
+
+
+def _event_dict(event: Any) -> dict[str, Any]:
+    return {k: getattr(event, k) for k in event.__dataclass_fields__}
+
+
+def _describe_event(event: Any) -> str:
+    data = _event_dict(event)
+    return " ".join(f"{k}={v}" for k, v in data.items())
+
+
+def _publishable(record: dict[str, Any]) -> dict[str, Any]:
+    """The trial record without its bulky raw events, for displays."""
+    return {k: v for k, v in record.items() if k != "bpod"} | {
+        "trial_start_s": record["bpod"]["trial_start_s"], "trial_end_s": record["bpod"]["trial_end_s"]}
+
+
+def run_session(settings: Settings, options: RunOptions) -> SessionResult:
+    return SessionRunner(settings, options).run()
+

@@ -1,0 +1,56 @@
+"""The embedded simulated rig: the Bpod emulator on a pty, a simulated mouse licking in its world,
+and a simulated pole motor. The session talks to it exactly as to a real Bpod, through the port."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from hardware.bpod.emulator import EmulatorServer
+from hardware.sim.mouse import MouseLines, MouseParameters, SimulatedMouse, trained_mapping
+from hardware.sim.pole_motor import SimulatedPoleMotor
+from protocols.contexts import Context
+from rig.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class SimulatedRig:
+    """Started before the session connects, stopped after it disconnects."""
+
+    def __init__(self, settings: Settings, speed: float, mouse_state: dict[str, Any] | None = None) -> None:
+        self.settings = settings
+        self.speed = speed
+        self.server = EmulatorServer(firmware=settings.bpod.firmware, model=settings.bpod.model, speed=speed)
+        self.motor = SimulatedPoleMotor()
+        if mouse_state and "mapping" in mouse_state:
+            mapping = dict(mouse_state["mapping"])
+        else:
+            trained = Context.from_settings(settings.sim.subject.trained_context, settings.contexts)
+            mapping = trained_mapping({trained.cue_for(side): side for side in ("left", "right")})
+        self.mouse = SimulatedMouse(
+            self.server.world, MouseParameters.from_settings(settings.sim.mouse),
+            MouseLines.from_wiring(settings.wiring), self.motor, rng_seed=settings.sim.seed, mapping=mapping,
+        )
+
+    @property
+    def port(self) -> str:
+        return self.server.port
+
+    @property
+    def app_port(self) -> str | None:
+        return self.server.app_port
+
+    def mouse_state(self) -> dict[str, Any]:
+        """What the simulated mouse has learned, stored with the subject for the next session."""
+        return {"mapping": self.mouse.mapping}
+
+    def __enter__(self) -> SimulatedRig:
+        self.server.start()
+        log.info("simulated rig: Bpod emulator (firmware %d) on %s at %gx real time, simulated mouse",
+                 self.settings.bpod.firmware, self.server.port, self.speed)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.mouse.close()
+        self.server.stop()

@@ -1,0 +1,65 @@
+"""A subject's persistent state (`<root>/<subject>/subject.json`), carried from session to session.
+
+It holds the training state (stage, context, counts), the recent scored trials that trial selection
+looks back on (antibias, auto-reward), and, for simulated subjects, what the simulated mouse has
+learned, so that the next session continues exactly where this one stopped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from protocols.outcome import ScoredTrial
+from protocols.training import SubjectTrainingState, TrainingStateError
+from rig.store import SUBJECT_FILE, DataError, read_json, write_json_atomic
+
+HISTORY_KEPT = 200
+FORMAT_VERSION = 1
+
+
+@dataclass
+class SubjectRecord:
+    subject: str
+    training: SubjectTrainingState
+    history: list[ScoredTrial] = field(default_factory=list)
+    sessions: int = 0
+    simulated_mouse: dict[str, Any] | None = None
+    coding_directions: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_VERSION, "subject": self.subject, "training": self.training.to_dict(),
+            "history": [t.to_dict() for t in self.history[-HISTORY_KEPT:]], "sessions": self.sessions,
+            "simulated_mouse": self.simulated_mouse, "coding_directions": self.coding_directions,
+            "updated": datetime.now().isoformat(timespec="seconds"),
+        }
+
+
+def subject_path(root: Path, subject: str) -> Path:
+    return Path(root) / subject / SUBJECT_FILE
+
+
+def load_subject(root: Path, subject: str) -> SubjectRecord | None:
+    """The stored record, or None for a new subject; a damaged file is a DataError naming it."""
+    path = subject_path(root, subject)
+    if not path.exists():
+        return None
+    data = read_json(path)
+    try:
+        return SubjectRecord(
+            subject=data.get("subject", subject),
+            training=SubjectTrainingState.from_dict(data["training"]),
+            history=[ScoredTrial.from_dict(t) for t in data.get("history", [])],
+            sessions=int(data.get("sessions", 0)),
+            simulated_mouse=data.get("simulated_mouse"),
+            coding_directions=dict(data.get("coding_directions", {})),
+        )
+    except (KeyError, TypeError, ValueError, TrainingStateError) as exc:
+        raise DataError(f"{path}: cannot read the subject's state ({exc}); fix or move the file") from exc
+
+
+def save_subject(root: Path, record: SubjectRecord) -> None:
+    write_json_atomic(subject_path(root, record.subject), record.to_dict())

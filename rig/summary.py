@@ -1,0 +1,96 @@
+"""What a session did, from its files alone: trials, outcomes, Perf100 per context, context switches,
+and the dead time between trials measured from the Bpod's own timestamps."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from protocols.outcome import PerformanceTracker, ScoredTrial
+from rig.store import SESSION_FILE, TRIALS_FILE, DataError, read_json, read_jsonl
+
+CYCLE_S = 1e-4
+
+
+def format_status(trial: int, context: str, stage: str, performance: PerformanceTracker, outcome: str) -> str:
+    """The one-line live status of a running session."""
+    def pct(value: float | None) -> str:
+        return "  --" if value is None else f"{100 * value:3.0f}%"
+
+    perf = performance.perf100(context=context)
+    return (f"trial {trial:5d} | {context:<18} | stage {stage:<10} | Perf100 {pct(perf)}"
+            f" (L {pct(performance.perf100(side='left', context=context))}"
+            f" R {pct(performance.perf100(side='right', context=context))}) | {outcome}")
+
+
+def _scored(record: dict[str, Any]) -> ScoredTrial | None:
+    if record.get("aborted") or record.get("outcome") not in ("hit", "error", "no_response"):
+        return None
+    return ScoredTrial(side=record["side"], context=record["context"], outcome=record["outcome"],
+                       trial_number=record.get("trial"))
+
+
+def summarize_session(folder: Path) -> dict[str, Any]:
+    """The summary of one session folder; a folder that is not a session is a DataError naming it."""
+    folder = Path(folder)
+    trials_path = folder / TRIALS_FILE
+    if not (folder / SESSION_FILE).exists():
+        raise DataError(f"{folder} is not a session folder (no {SESSION_FILE})")
+    info = read_json(folder / SESSION_FILE)
+    records = list(read_jsonl(trials_path)) if trials_path.exists() else []
+    outcomes = Counter(r.get("outcome", "unknown") for r in records)
+    tracker = PerformanceTracker()
+    contexts: list[str] = []
+    switches = []
+    gaps_cycles: list[int] = []
+    previous_end: float | None = None
+    for record in records:
+        scored = _scored(record)
+        if scored is not None:
+            tracker.add(scored)
+        if record.get("context") and record["context"] not in contexts:
+            contexts.append(record["context"])
+        for event in record.get("training_events", []):
+            if event.get("kind") == "context_switched":
+                switches.append({"trial": record.get("trial"), "from": event.get("before"),
+                                 "to": event.get("after"), "reason": event.get("reason")})
+        bpod = record.get("bpod") or {}
+        start, end = bpod.get("trial_start_s"), bpod.get("trial_end_s")
+        if start is not None and previous_end is not None:
+            gaps_cycles.append(round((start - previous_end) / CYCLE_S))
+        previous_end = end if end is not None else previous_end
+    by_context = {c: tracker.perf100(context=c) for c in contexts}
+    return {
+        "session": str(folder), "subject": info.get("subject"), "started": info.get("started"),
+        "ended": info.get("ended"), "end_reason": info.get("end_reason"),
+        "trials": len(records), "outcomes": dict(outcomes),
+        "perf100_by_context": by_context,
+        "performance_by_context": {c: tracker.performance(context=c) for c in contexts},
+        "context_switches": switches,
+        "dead_time_cycles": {"max": max(gaps_cycles) if gaps_cycles else None,
+                             "mean": sum(gaps_cycles) / len(gaps_cycles) if gaps_cycles else None,
+                             "nonzero": sum(1 for g in gaps_cycles if g != 0)},
+        "early_lick_trials": sum(1 for r in records if r.get("early_lick")),
+        "free_drop_trials": sum(1 for r in records if r.get("free_drop")),
+    }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    def pct(value: float | None) -> str:
+        return "--" if value is None else f"{100 * value:.0f}%"
+
+    lines = [f"session {summary['session']}",
+             f"  subject {summary['subject']}, {summary['trials']} trials, ended: {summary['end_reason']}",
+             "  outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["outcomes"].items()))]
+    for context, perf in summary["perf100_by_context"].items():
+        overall = summary["performance_by_context"][context]
+        lines.append(f"  {context:<20} Perf100 {pct(perf):>5}   all trials {pct(overall):>5}")
+    for switch in summary["context_switches"]:
+        lines.append(f"  context switch before trial {switch['trial']}: {switch['from']} -> {switch['to']}"
+                     f" ({switch['reason']})")
+    dead = summary["dead_time_cycles"]
+    if dead["max"] is not None:
+        lines.append(f"  dead time between trials (Bpod clock): max {dead['max']} cycles, "
+                     f"mean {dead['mean']:.2f}, {dead['nonzero']} gaps not zero")
+    return "\n".join(lines)
