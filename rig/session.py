@@ -9,6 +9,7 @@ Control requests (switch context, pause, resume, stop) take effect at trial boun
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import platform
 import signal
@@ -314,6 +315,8 @@ class SessionRunner:
             self._first_start_s = result.start_s
         gap_s = result.start_s - self._last_result_end_s if self._last_result_end_s is not None else None
         self._last_result_end_s = result.end_s
+        if scored.reaction_time_s is not None:
+            scored = dataclasses.replace(scored, reaction_time_s=round(scored.reaction_time_s, 6))
         record = {
             "trial": trial.number, "subject": self.options.subject, **trial.spec.to_dict(),
             **{k: v for k, v in scored.to_dict().items() if k not in ("side", "context", "trial_number")},
@@ -382,6 +385,8 @@ class SessionRunner:
         raise ControlRequestError(f"command {command!r} is not available in this session yet")
 
     def status(self) -> dict[str, Any]:
+        if not hasattr(self, "training"):
+            return {"subject": self.options.subject, "trials": 0, "starting": True}
         perf = self.training.perf100
         return {
             "subject": self.options.subject, "trials": self._trials_done, "context": self.training.context,
@@ -389,6 +394,10 @@ class SessionRunner:
             "stopping": self._stop.is_set(), "session": str(self._store.folder) if self._store else None,
             "pending_context": self.training.state.pending_context,
         }
+
+    def client_idle(self) -> bool:
+        """True while connected and no trial is running or queued (e.g. once a pause has taken hold)."""
+        return self._client is not None and not self._client.trial_running
 
     def request_stop(self, reason: str) -> None:
         if not self._stop.is_set():
