@@ -141,17 +141,18 @@ def visited_states(result: Mapping[str, Any]) -> set[str]:
 
 
 def reaction_time(result: Mapping[str, Any], lick_ports: LickPorts) -> float | None:
-    """Time from go-cue onset to the first lick on either port before the answer period ends (s)."""
+    """Time from go-cue onset to the lick that answered: the first lick in the answer period (s).
+    Licks during the go cue itself are ignored by the task, so they are not the answer."""
     states: Mapping[str, Any] = result.get("States", {})
     cues = _intervals(states, GO_CUE_STATE)
-    if not cues:
+    answers = _intervals(states, ANSWER_STATE)
+    if not cues or not answers:
         return None
     go = cues[0][0]
-    answers = _intervals(states, ANSWER_STATE)
-    end = answers[0][1] if answers else math.inf
+    start, end = answers[0]
     events: Mapping[str, Sequence[float]] = result.get("Events", {})
     licks = [t for name in (lick_ports.left_event, lick_ports.right_event) for t in events.get(name, ())
-             if go <= t <= end]
+             if start <= t <= end]
     return min(licks) - go if licks else None
 
 

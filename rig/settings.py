@@ -315,7 +315,8 @@ class WiringSettings(_Section):
 
 
 class TimingSettings(_Section):
-    """State durations of the full task, in seconds (training stages override delay and timeout)."""
+    """State durations, in seconds. The delay and the error timeout belong to the training stage
+    (`task.stages[].delay_s`, `timeout_s`), so they are not here."""
 
     trig_trial_start: float = Field(0.01, gt=0, le=60)
     """TrigTrialStart: imaging-trigger pulse at trial start (s)."""
@@ -323,8 +324,6 @@ class TimingSettings(_Section):
     """SamplePeriod: cue presented (s)."""
     early_lick_sample: float = Field(0.05, gt=0, le=60)
     """EarlyLickSample: pause before the sample epoch restarts after an early lick (s)."""
-    delay: float = Field(1.3, gt=0, le=60)
-    """DelayPeriod of the full task (s)."""
     early_lick_delay: float = Field(0.05, gt=0, le=60)
     """EarlyLickDelay: pause before the delay epoch restarts after an early lick (s)."""
     response_cue: float = Field(0.1, gt=0, le=60)
@@ -333,8 +332,6 @@ class TimingSettings(_Section):
     """AnswerPeriod: window for the first lick after the go cue (s)."""
     reward_consumption: float = Field(1.0, gt=0, le=60)
     """RewardConsumption: time to drink after a reward (s)."""
-    timeout: float = Field(4.0, gt=0, le=60)
-    """TimeOut after an error in the full task (s)."""
     no_response: float = Field(0.01, gt=0, le=60)
     """NoResponse: state entered when no lick came in the answer period (s)."""
     stop_licking: float = Field(1.0, gt=0, le=60)

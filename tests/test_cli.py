@@ -39,24 +39,24 @@ def test_check_settings_default_file_prints_resolved_yaml(tmp_path: Path) -> Non
 
 def test_check_settings_good_partial_file(tmp_path: Path) -> None:
     path = tmp_path / "good.yaml"
-    path.write_text("task:\n  timing: {delay: 0.5}\n", encoding="utf-8")
+    path.write_text("task:\n  timing: {sample: 0.5}\n", encoding="utf-8")
     result = rig("check-settings", path)
     assert result.returncode == 0, result.stderr
     resolved = yaml.safe_load(result.stdout)
-    assert resolved["task"]["timing"]["delay"] == 0.5
-    assert resolved["task"]["timing"]["sample"] == 1.3  # filled in from the defaults
+    assert resolved["task"]["timing"]["sample"] == 0.5
+    assert resolved["task"]["timing"]["response_cue"] == 0.1  # filled in from the defaults
 
 
 def test_check_settings_bad_file_exits_2_without_traceback(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
-    path.write_text("bpod: {firmware: 24}\ntask:\n  timng: {}\n  timing: {delay: -1}\n", encoding="utf-8")
+    path.write_text("bpod: {firmware: 24}\ntask:\n  timng: {}\n  timing: {sample: -1}\n", encoding="utf-8")
     result = rig("check-settings", path)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
         "bpod.firmware = 24: must be one of 22, 23",
-        "task.timing.delay = -1: must be greater than 0",
+        "task.timing.sample = -1: must be greater than 0",
         "task.timng: unknown key (did you mean 'timing'?)",
     ]
 

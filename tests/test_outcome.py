@@ -111,11 +111,14 @@ def test_a_trial_stopped_before_the_answer_is_aborted() -> None:
 # -- reaction time ---------------------------------------------------------------------------------
 
 
-def test_reaction_time_is_the_first_lick_after_go_cue_onset() -> None:
-    # an early lick before the go cue does not count; a lick during the go cue itself does
+def test_reaction_time_is_from_go_cue_onset_to_the_answering_lick() -> None:
+    # an early lick before the go cue does not count, nor a lick during the go cue itself (the task
+    # ignores it): the reaction time belongs to the lick that answered, on the licked side
     rec = record(*head(go=3.0), ("AnswerPeriod", 3.1, 3.3), ("Reward", 3.3, 3.33), *tail(3.33),
                  events={"Port2In": [1.0, 3.3], "Port1In": [3.05]})
-    assert score(rec).reaction_time_s == pytest.approx(0.05)
+    scored = score(rec)
+    assert scored.reaction_time_s == pytest.approx(0.3)
+    assert scored.licked_side == "right"
 
 
 def test_reaction_time_uses_the_wired_lick_lines() -> None:

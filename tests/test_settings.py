@@ -43,7 +43,7 @@ def test_defaults_construct_and_validate() -> None:
     settings = Settings()
     assert settings.bpod.port == "emulator"
     assert settings.bpod.firmware == 23
-    assert settings.task.timing.delay == 1.3
+    assert settings.task.timing.sample == 1.3
     assert settings.task.reward_volume_ul == 2.5
     assert [s.name for s in settings.task.stages] == [
         "sample",
@@ -66,14 +66,14 @@ def test_repository_settings_file_equals_model_defaults() -> None:
 
 def test_empty_and_partial_files_take_defaults(tmp_path: Path) -> None:
     assert load_settings(write(tmp_path, "")) == Settings()
-    settings = load_settings(write(tmp_path, "task:\n  timing: {delay: 0.5}\n"))
-    assert settings.task.timing.delay == 0.5
-    assert settings.task.timing.sample == Settings().task.timing.sample
+    settings = load_settings(write(tmp_path, "task:\n  timing: {sample: 0.5}\n"))
+    assert settings.task.timing.sample == 0.5
+    assert settings.task.timing.response_cue == Settings().task.timing.response_cue
     assert settings.bpod == Settings().bpod
 
 
 def test_dump_round_trips(tmp_path: Path) -> None:
-    settings = load_settings(overrides={"bpod.emulator_speed": 4, "task": {"timing": {"delay": 0.8}}})
+    settings = load_settings(overrides={"bpod.emulator_speed": 4, "task": {"timing": {"sample": 0.8}}})
     text = dump_settings(settings)
     assert isinstance(yaml.safe_load(text), dict)
     assert load_settings(write(tmp_path, text)) == settings
@@ -100,8 +100,8 @@ def test_settings_are_read_only() -> None:
     ("text", "expected"),
     [
         ("task:\n  timng: {}\n", "task.timng: unknown key (did you mean 'timing'?)"),
-        ("task:\n  timing: {delay: -1}\n", "task.timing.delay = -1: must be greater than 0"),
-        ("task:\n  timing: {delay: 61}\n", "task.timing.delay = 61: must be at most 60"),
+        ("task:\n  timing: {sample: -1}\n", "task.timing.sample = -1: must be greater than 0"),
+        ("task:\n  timing: {sample: 61}\n", "task.timing.sample = 61: must be at most 60"),
         ("task:\n  timing: {sample: abc}\n", "task.timing.sample = 'abc': must be a number"),
         ("bpod: {firmware: 24}\n", "bpod.firmware = 24: must be one of 22, 23"),
         ("bpod: {emulator_speed: 0}\n", "bpod.emulator_speed = 0: must be greater than 0"),
@@ -150,13 +150,13 @@ def test_multiple_problems_give_multiple_lines(tmp_path: Path) -> None:
     bpod: {firmware: 24, model: r3}
     task:
       timng: {}
-      timing: {delay: -1}
+      timing: {sample: -1}
     """
     problems = problems_for(tmp_path, text)
     assert problems == [
         "bpod.firmware = 24: must be one of 22, 23",
         "bpod.model = 'r3': must be one of r1, r2, r2plus",
-        "task.timing.delay = -1: must be greater than 0",
+        "task.timing.sample = -1: must be greater than 0",
         "task.timng: unknown key (did you mean 'timing'?)",
     ]
 
@@ -307,7 +307,7 @@ def test_scanimage_folder_required(tmp_path: Path) -> None:
 
 
 def test_yaml_syntax_error_names_file_line_and_column(tmp_path: Path) -> None:
-    path = write(tmp_path, "task:\n  timing: {delay: 1\n  sample: 2\n")
+    path = write(tmp_path, "task:\n  timing: {sample: 1\n  sample: 2\n")
     with pytest.raises(SettingsError) as info:
         load_settings(path)
     (line,) = info.value.problems

@@ -174,10 +174,9 @@ def test_rewiring_is_a_settings_change() -> None:
 
 
 def custom_settings(**task: Any) -> Settings:
-    timing = {"trig_trial_start": 0.02, "sample": 1.1, "early_lick_sample": 0.07, "delay": 1.3,
+    timing = {"trig_trial_start": 0.02, "sample": 1.1, "early_lick_sample": 0.07,
               "early_lick_delay": 0.08, "response_cue": 0.15, "answer_period": 3.5,
-              "reward_consumption": 0.9, "timeout": 4.0, "no_response": 0.03, "stop_licking": 1.7,
-              "trial_end": 0.04}
+              "reward_consumption": 0.9, "no_response": 0.03, "stop_licking": 1.7, "trial_end": 0.04}
     return parse_settings({"task": {"timing": timing, **task}})
 
 
