@@ -353,6 +353,9 @@ class _ReceivingEndpoint(_Endpoint):
 
     def recv(self, timeout_s: float | None = None) -> Message | None:
         """The next well-formed message, or None after `timeout_s` (None waits forever)."""
+        message = self._recv_ready()  # fast path: something is already waiting (no poll call)
+        if message is not None:
+            return message
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             wait_ms = -1 if deadline is None else max(0, math.ceil((deadline - time.monotonic()) * 1000))

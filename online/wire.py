@@ -20,6 +20,7 @@ otherwise see every unsubscribed message as a gap. Receivers key streams by (`sr
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -52,6 +53,9 @@ TOPICS: tuple[bytes, ...] = (
 
 ENVELOPE_KEYS = frozenset({"v", "seq", "t_ns", "src", "dtype", "shape"})
 MAX_TOPIC_BYTES = 64
+_JSON = json.JSONEncoder(
+    separators=(",", ":"), allow_nan=False
+)  # reused: json.dumps(**kw) builds one per call
 
 # What a message part may be: bytes, a zmq.Frame, a memoryview, a numpy array (anything with a buffer).
 Part = Any
@@ -136,22 +140,30 @@ def encode_message(
         header["dtype"] = dtypes
         header["shape"] = shapes
     try:
-        header_bytes = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+        header_bytes = _JSON.encode(header).encode()
     except (TypeError, ValueError) as exc:
         raise WireError(f"header is not plain JSON (numbers, strings, lists, dicts; no NaN): {exc}") from exc
     return [topic, header_bytes, *buffers]
 
 
-def _decode_array(index: int, part: Part, dtype_str: Any, shape: Any) -> np.ndarray:
+@functools.lru_cache(maxsize=64)
+def _plain_dtype(name: str) -> np.dtype | None:
+    """The dtype a header names, or None if it is not a plain numeric one (cached: parsing is slow)."""
     try:
-        dtype = np.dtype(dtype_str)
-    except TypeError as exc:
-        raise WireError(f"buffer {index}: dtype {dtype_str!r} is not a numpy dtype") from exc
-    if not isinstance(dtype_str, str) or dtype.hasobject or dtype.names is not None or dtype.itemsize == 0:
-        raise WireError(f"buffer {index}: dtype {dtype_str!r} is not a plain numeric dtype string")
+        dtype = np.dtype(name)
+    except (TypeError, ValueError):
+        return None
+    plain = not dtype.hasobject and dtype.names is None and dtype.subdtype is None and dtype.itemsize > 0
+    return dtype if plain else None
+
+
+def _decode_array(index: int, part: Part, dtype_str: Any, shape: Any) -> np.ndarray:
+    dtype = _plain_dtype(dtype_str) if isinstance(dtype_str, str) else None
+    if dtype is None:
+        raise WireError(f"buffer {index}: dtype {dtype_str!r} is not a plain numeric numpy dtype string")
     if not isinstance(shape, list) or not all(_is_int(n) and n >= 0 for n in shape):
         raise WireError(f"buffer {index}: shape {shape!r} is not a list of non-negative integers")
-    view = memoryview(part).cast("B")
+    view = memoryview(part)
     expected = math.prod(shape) * dtype.itemsize
     if view.nbytes != expected:
         raise WireError(
@@ -167,11 +179,11 @@ def decode_message(parts: Sequence[Part]) -> Message:
     """Parse the parts of one received message; arrays are zero-copy views. Raises WireError."""
     if len(parts) < 2:
         raise WireError(f"expected [topic, header, *buffers], got {len(parts)} part(s)")
-    topic = bytes(memoryview(parts[0]))
+    topic = bytes(parts[0])
     if not topic or len(topic) > MAX_TOPIC_BYTES:
         raise WireError(f"topic of {len(topic)} bytes: must be 1..{MAX_TOPIC_BYTES}")
     try:
-        header = json.loads(bytes(memoryview(parts[1])).decode("utf-8"))
+        header = json.loads(bytes(parts[1]).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise WireError(f"{topic!r} header is not UTF-8 JSON: {exc}") from exc
     if not isinstance(header, dict):
@@ -392,24 +404,16 @@ class Sender:
         channel: int = 0,
         plane: int = 0,
     ) -> list[Part]:
-        """A numbered frame message: one 2-D image of one channel and plane."""
+        """A numbered frame message: one 2-D image of one channel and plane. Same header as
+        `FrameHeader.to_header()`, built directly because this runs for every frame."""
         if pixels.ndim != 2:
             raise WireError(f"a frame is a 2-D image, got shape {pixels.shape}")
-        header = FrameHeader(
-            seq=self.next_seq(TOPIC_FRAME),
-            frame_index=frame_index,
-            timestamp_s=timestamp_s,
-            trigger_timestamp_s=trigger_timestamp_s,
-            trial=trial,
-            channel=channel,
-            plane=plane,
-            height=pixels.shape[0],
-            width=pixels.shape[1],
-            dtype=pixels.dtype.str,
-            t_ns=time.time_ns(),
-        )
-        try:
-            return encode_frame(header, pixels, self.source)
-        except WireError:
-            self.rollback(TOPIC_FRAME)
-            raise
+        fields = {
+            "frame_index": int(frame_index),
+            "timestamp_s": float(timestamp_s),
+            "trigger_timestamp_s": None if trigger_timestamp_s is None else float(trigger_timestamp_s),
+            "trial": int(trial),
+            "channel": int(channel),
+            "plane": int(plane),
+        }
+        return self.message(TOPIC_FRAME, fields, [pixels])

@@ -148,6 +148,7 @@ def test_sender_numbers_each_topic_separately_and_can_give_a_number_back() -> No
     )
     frame = FrameHeader.from_message(message)
     assert (frame.seq, frame.height, frame.width, frame.channel, message.source) == (0, 4, 6, 2, "test")
+    assert message.header == frame.to_header("test")  # the fast path writes FrameHeader's layout
     with pytest.raises(WireError, match="2-D"):
         sender.frame(np.zeros(3), frame_index=1, timestamp_s=0.0, trigger_timestamp_s=None, trial=1)
     with pytest.raises(WireError, match="plain JSON"):
@@ -205,7 +206,9 @@ def _with_header(**changes: object) -> list[bytes]:
         (_with_header(t_ns="now"), "t_ns 'now'"),
         (_with_header(dtype="<i2"), "must be lists"),
         (_with_header(dtype=["object"]), "plain numeric"),
-        (_with_header(dtype=["nonsense"]), "not a numpy dtype"),
+        (_with_header(dtype=["nonsense"]), "not a plain numeric"),
+        (_with_header(dtype=["(2,)i2"]), "not a plain numeric"),
+        (_with_header(dtype=[7]), "not a plain numeric"),
         (_with_header(shape=[[4, -4]]), "non-negative"),
         (_with_header(shape=[[4, 5]]), "has 32 bytes.*needs 40"),
         (_good()[:2], "carries 0 buffer"),
