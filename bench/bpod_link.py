@@ -5,6 +5,7 @@ Measures
   * dead time between queued trials, from the Bpod's own timestamps (start of trial k+1 minus end of k),
   * host latency from an input edge in the emulator (a world-scheduled lick) to the client's event
     callback, with the emulator at 1x real time, p50 and p99.
+The emulator runs in its own process (as a real Bpod is its own device) at 1x real time.
 
 Run: `.venv/bin/python bench/bpod_link.py [--json] [--firmware 23]`. Prints a table; with --json the
 last line is one JSON object of the figures.
@@ -15,10 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing
 import statistics
 import sys
 import threading
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -64,8 +67,26 @@ def queued_dead_time_cycles(client: BpodClient, n: int, trial_s: float) -> list[
     return [round((b.start_s - a.end_s) * 1e4) for a, b in zip(results, results[1:], strict=False)]
 
 
-def event_latencies_ms(server: EmulatorServer, client: BpodClient, n: int, interval_s: float) -> list[float]:
-    """Schedule n licks on the emulator's clock; time from each lick's cycle to the callback."""
+def serve_emulator(conn: Connection, firmware: int) -> None:
+    """The emulator in its own process, as a real Bpod is its own device: the client's process
+    then pays nothing for the emulator's work. Answers requests for scheduled licks."""
+    with EmulatorServer(firmware=firmware, speed=1.0) as server:
+        conn.send(server.port)
+        while True:
+            request = conn.recv()
+            if request is None:
+                return
+            n, interval_s = request
+            trial_start = server.world.trials[-1].cycle
+            first = server.world.now_cycle + 200
+            step = round(interval_s * 1e4)
+            onsets = [server.world.pulse_input("Port1", 20, at_cycle=first + i * step) for i in range(n)]
+            conn.send([(onset - trial_start, server.host_time(onset)) for onset in onsets])
+
+
+def event_latencies_ms(conn: Connection, client: BpodClient, n: int, interval_s: float) -> list[float]:
+    """Licks scheduled on the emulator's clock; time from each lick's cycle to the client's callback.
+    perf_counter is CLOCK_MONOTONIC, shared by both processes."""
     arrivals: dict[int, float] = {}
     done = threading.Event()
 
@@ -76,24 +97,15 @@ def event_latencies_ms(server: EmulatorServer, client: BpodClient, n: int, inter
                 done.set()
 
     client.on_event = on_event
-    started: list[int] = []
-    server.world.add_trial_listener(lambda r: started.append(r.cycle) if r.kind == "start" else None)
     client.start_trial(one_state(n * interval_s + 5.0, "Listen"))
     client.wait_for_state({"Listen"}, timeout_s=5)
-    first = server.world.now_cycle + 200
-    step = round(interval_s * 1e4)
-    onsets = [server.world.pulse_input("Port1", 20, at_cycle=first + i * step) for i in range(n)]
-    done.wait(timeout=n * interval_s / server.speed + 10)
+    conn.send((n, interval_s))
+    onsets = conn.recv()
+    done.wait(timeout=n * interval_s + 10)
     client.stop_trial()
     client.wait_for_trial(timeout_s=5)
     client.on_event = None
-    trial_start = started[-1]
-    latencies = []
-    for onset in onsets:
-        arrival = arrivals.get(onset - trial_start)
-        if arrival is not None:
-            latencies.append((arrival - server.host_time(onset)) * 1e3)
-    return latencies
+    return [(arrivals[cycle] - host_time) * 1e3 for cycle, host_time in onsets if cycle in arrivals]
 
 
 def main() -> int:
@@ -106,10 +118,20 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    with EmulatorServer(firmware=args.firmware, speed=1.0) as server, BpodClient(server.port) as client:
-        rate, compile_ms = short_trials_per_s(client, args.trials)
-        dead = queued_dead_time_cycles(client, args.queued, trial_s=0.02)
-        latencies = event_latencies_ms(server, client, args.events, interval_s=0.01)
+    parent, child = multiprocessing.Pipe()
+    spawn = multiprocessing.get_context("spawn")
+    emulator = spawn.Process(target=serve_emulator, args=(child, args.firmware), daemon=True)
+    emulator.start()
+    try:
+        with BpodClient(parent.recv()) as client:
+            rate, compile_ms = short_trials_per_s(client, args.trials)
+            dead = queued_dead_time_cycles(client, args.queued, trial_s=0.02)
+            latencies = event_latencies_ms(parent, client, args.events, interval_s=0.01)
+    finally:
+        parent.send(None)
+        emulator.join(timeout=10)
+        if emulator.is_alive():
+            emulator.kill()
 
     figures = {
         "firmware": args.firmware,
@@ -135,7 +157,7 @@ def main() -> int:
         ("events received / sent", f"{len(latencies)} / {args.events}"),
     ]
     width = max(len(r[0]) for r in rows)
-    print(f"Bpod link, firmware {args.firmware}, emulator on a pty")
+    print(f"Bpod link, firmware {args.firmware}, emulator on a pty in its own process, 1x real time")
     for name, value in rows:
         print(f"  {name:<{width}}  {value:>12}")
     if args.json:
