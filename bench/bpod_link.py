@@ -14,7 +14,6 @@ last line is one JSON object of the figures.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import multiprocessing
 import statistics
@@ -26,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.report import percentile, print_report  # noqa: E402
 from hardware.bpod.client import BpodClient  # noqa: E402
 from hardware.bpod.emulator import EmulatorServer  # noqa: E402
 from hardware.bpod.trial import TrialEvent  # noqa: E402
@@ -36,11 +36,6 @@ def one_state(seconds: float, name: str = "Wait") -> StateMachine:
     sm = StateMachine()
     sm.add_state(name, timer_s=seconds, transitions={"Tup": ">exit"})
     return sm
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def short_trials_per_s(client: BpodClient, n: int) -> tuple[float, float]:
@@ -156,12 +151,12 @@ def main() -> int:
         ("input edge -> client callback, max (1x)", f"{figures['event_latency_max_ms']} ms"),
         ("events received / sent", f"{len(latencies)} / {args.events}"),
     ]
-    width = max(len(r[0]) for r in rows)
-    print(f"Bpod link, firmware {args.firmware}, emulator on a pty in its own process, 1x real time")
-    for name, value in rows:
-        print(f"  {name:<{width}}  {value:>12}")
-    if args.json:
-        print(json.dumps(figures))
+    print_report(
+        f"Bpod link, firmware {args.firmware}, emulator on a pty in its own process, 1x real time",
+        rows,
+        figures,
+        args.json,
+    )
     return 0
 
 

@@ -12,7 +12,6 @@ Run: `.venv/bin/python bench/session.py [--trials 200] [--speed 50] [--json]`.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import socket
 import statistics
@@ -23,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.report import print_report  # noqa: E402
 from rig.session import RunOptions, SessionRunner  # noqa: E402
 from rig.settings import load_settings  # noqa: E402
 from rig.store import read_jsonl  # noqa: E402
@@ -46,15 +46,28 @@ def main() -> int:
     names = ("events_pub", "control", "frames", "frames_display", "online_results")
     settings = load_settings(overrides={f"network.{name}": free_endpoint() for name in names})
     with tempfile.TemporaryDirectory() as data:
-        runner = SessionRunner(settings, RunOptions(subject="bench", trials=args.trials, speed=args.speed,
-                                                    data_root=Path(data), handle_signals=False))
+        runner = SessionRunner(
+            settings,
+            RunOptions(
+                subject="bench",
+                trials=args.trials,
+                speed=args.speed,
+                data_root=Path(data),
+                handle_signals=False,
+            ),
+        )
         wall0, cpu0, thread0 = time.perf_counter(), time.process_time(), time.thread_time()
         result = runner.run()
-        wall, cpu, thread = (time.perf_counter() - wall0, time.process_time() - cpu0,
-                             time.thread_time() - thread0)
+        wall, cpu, thread = (
+            time.perf_counter() - wall0,
+            time.process_time() - cpu0,
+            time.thread_time() - thread0,
+        )
         records = list(read_jsonl(result.folder / "trials.jsonl"))
-    gaps = [round((b["bpod"]["trial_start_s"] - a["bpod"]["trial_end_s"]) / CYCLE_S)
-            for a, b in zip(records, records[1:], strict=False)]
+    gaps = [
+        round((b["bpod"]["trial_start_s"] - a["bpod"]["trial_end_s"]) / CYCLE_S)
+        for a, b in zip(records, records[1:], strict=False)
+    ]
     durations = [r["bpod"]["trial_end_s"] - r["bpod"]["trial_start_s"] for r in records]
     n = len(records)
     figures = {
@@ -77,12 +90,12 @@ def main() -> int:
         ("wall time per trial", f"{figures['wall_ms_per_trial']} ms"),
         ("mean trial length (Bpod clock)", f"{figures['mean_trial_s_bpod']} s"),
     ]
-    width = max(len(r[0]) for r in rows)
-    print("Session on the simulated rig (emulator, simulated mouse, data written and fsynced)")
-    for name, value in rows:
-        print(f"  {name:<{width}}  {value:>12}")
-    if args.json:
-        print(json.dumps(figures))
+    print_report(
+        "Session on the simulated rig (emulator, simulated mouse, data written and fsynced)",
+        rows,
+        figures,
+        args.json,
+    )
     return 0
 
 
