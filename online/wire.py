@@ -41,6 +41,7 @@ TOPIC_HEALTH = b"health"  # receiver/sender statistics and liveness
 TOPIC_TRACES = b"traces"  # per-frame ROI traces from the online module
 TOPIC_DECODER = b"decoder"  # per-trial decoder results
 TOPIC_DECISION = b"decision"  # closed-loop decisions fed back into the running trial
+TOPIC_ROIS = b"rois"  # reference image and ROI outlines from the online module
 TOPICS: tuple[bytes, ...] = (
     TOPIC_FRAME,
     TOPIC_TRIAL,
@@ -49,6 +50,7 @@ TOPICS: tuple[bytes, ...] = (
     TOPIC_TRACES,
     TOPIC_DECODER,
     TOPIC_DECISION,
+    TOPIC_ROIS,
 )
 
 ENVELOPE_KEYS = frozenset({"v", "seq", "t_ns", "src", "dtype", "shape"})

@@ -1,0 +1,148 @@
+"""What the online module publishes on `network.online_results`, as typed records.
+
+The online process builds them, the GUI and the rig's data store read them; both sides go through
+these classes so the field names live in one place. Arrays travel as raw buffers (online/wire.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from online.wire import TOPIC_DECODER, TOPIC_HEALTH, TOPIC_ROIS, TOPIC_TRACES, Message, Sender, WireError
+
+Parts = list[Any]
+
+
+@dataclass(frozen=True)
+class TraceFrame:
+    """One processed frame: its registration shift and every ROI's dF/F."""
+
+    frame_index: int
+    trial: int
+    timestamp_s: float  # imaging clock
+    time_in_trial_s: float | None  # relative to the trial-start trigger (None before the first trigger)
+    shift_dy: float
+    shift_dx: float
+    correlation: float
+    dff: np.ndarray  # float32 (n_rois,)
+
+    def encode(self, sender: Sender) -> Parts:
+        fields = {k: v for k, v in asdict(self).items() if k != "dff"}
+        return sender.message(TOPIC_TRACES, fields, [np.ascontiguousarray(self.dff, dtype=np.float32)])
+
+    @classmethod
+    def from_message(cls, message: Message) -> TraceFrame:
+        _expect(message, TOPIC_TRACES, 1)
+        f = message.fields
+        try:
+            return cls(int(f["frame_index"]), int(f["trial"]), float(f["timestamp_s"]),
+                       None if f["time_in_trial_s"] is None else float(f["time_in_trial_s"]),
+                       float(f["shift_dy"]), float(f["shift_dx"]), float(f["correlation"]), message.arrays[0])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise WireError(f"malformed traces message: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class RoiSnapshot:
+    """The reference image and ROI outlines, re-sent every few seconds so a display that joins late
+    (or reconnects) can draw them."""
+
+    reference: np.ndarray  # float32 (H, W)
+    centroids: np.ndarray  # float32 (n, 2) as (y, x)
+    outline_points: np.ndarray  # float32 (m, 2) as (y, x), all outlines concatenated
+    outline_offsets: np.ndarray  # int32 (n + 1,): ROI i is outline_points[offsets[i]:offsets[i+1]]
+    roi_set_id: str = ""
+
+    @property
+    def n_rois(self) -> int:
+        return int(self.centroids.shape[0])
+
+    def outline(self, i: int) -> np.ndarray:
+        return self.outline_points[self.outline_offsets[i]:self.outline_offsets[i + 1]]
+
+    def encode(self, sender: Sender) -> Parts:
+        arrays = [np.ascontiguousarray(self.reference, dtype=np.float32),
+                  np.ascontiguousarray(self.centroids, dtype=np.float32),
+                  np.ascontiguousarray(self.outline_points, dtype=np.float32),
+                  np.ascontiguousarray(self.outline_offsets, dtype=np.int32)]
+        return sender.message(TOPIC_ROIS, {"n_rois": self.n_rois, "roi_set_id": self.roi_set_id}, arrays)
+
+    @classmethod
+    def from_message(cls, message: Message) -> RoiSnapshot:
+        _expect(message, TOPIC_ROIS, 4)
+        reference, centroids, points, offsets = message.arrays
+        if offsets.shape[0] != centroids.shape[0] + 1:
+            raise WireError("malformed rois message: outline offsets do not match the ROI count")
+        return cls(reference, centroids, points, offsets, str(message.fields.get("roi_set_id", "")))
+
+
+@dataclass(frozen=True)
+class DecoderResult:
+    """One trial's preparatory decoding, with the running state of its context's decoder."""
+
+    trial: int
+    context: str
+    actual_side: str | None  # the correct side of the trial
+    licked_side: str | None
+    outcome: str | None
+    decoded_side: str | None  # None while the decoder is not ready
+    confidence: float | None  # 0..1
+    projection: float | None  # delay-window activity projected on the delay CD
+    boundary: float | None
+    accuracy: dict[str, float | None] = field(default_factory=dict)  # cross-validated, per context
+    trials_per_side: dict[str, int] = field(default_factory=dict)
+    cd_similarity: dict[str, float] = field(default_factory=dict)  # stored CD label -> dot with current CD
+    closed_loop: dict[str, Any] | None = None  # the decision sent into the trial, if any
+
+    def encode(self, sender: Sender) -> Parts:
+        return sender.event(TOPIC_DECODER, asdict(self))
+
+    @classmethod
+    def from_message(cls, message: Message) -> DecoderResult:
+        _expect(message, TOPIC_DECODER, 0)
+        try:
+            return cls(**message.fields["data"])
+        except (KeyError, TypeError) as exc:
+            raise WireError(f"malformed decoder message: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    """The online module's view of its input and its own speed, about once a second."""
+
+    frames: int
+    frame_rate_hz: float
+    gaps: int
+    duplicates: int
+    out_of_order: int
+    malformed: int
+    latency_p50_ms: float | None  # frame sent -> processed
+    latency_p99_ms: float | None
+    processing_p50_ms: float | None  # per-frame compute
+    processing_p99_ms: float | None
+    n_rois: int
+    reference_ready: bool
+    closed_loop: bool = False
+
+    def encode(self, sender: Sender) -> Parts:
+        return sender.event(TOPIC_HEALTH, {"kind": "online", **asdict(self)})
+
+    @classmethod
+    def from_message(cls, message: Message) -> HealthReport:
+        _expect(message, TOPIC_HEALTH, 0)
+        data = dict(message.fields.get("data", {}))
+        data.pop("kind", None)
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise WireError(f"malformed health message: {exc}") from exc
+
+
+def _expect(message: Message, topic: bytes, n_arrays: int) -> None:
+    if message.topic != topic:
+        raise WireError(f"expected a {topic.decode()} message, got {message.topic!r}")
+    if len(message.arrays) != n_arrays:
+        raise WireError(f"{topic.decode()} message has {len(message.arrays)} arrays, expected {n_arrays}")
