@@ -333,7 +333,8 @@ class SessionRunner:
         self._save_subject()
         if self._publisher is not None:
             self._publisher.send_event(TOPIC_TRIAL, {"kind": "end", "trial": trial.number,
-                                                     "record": _publishable(record)})
+                                                     "record": _publishable(record, self.lick_ports),
+                                                     "status": self.status()})
         self._status(trial, scored)
 
     def _save_subject(self) -> None:
@@ -448,10 +449,17 @@ def _describe_event(event: Any) -> str:
     return " ".join(f"{k}={v}" for k, v in data.items())
 
 
-def _publishable(record: dict[str, Any]) -> dict[str, Any]:
-    """The trial record without its bulky raw events, for displays."""
+def _publishable(record: dict[str, Any], lick_ports: LickPorts) -> dict[str, Any]:
+    """The trial record for displays: without the raw event lists, but with the licks and the go cue
+    (times from trial start) that a lick raster needs."""
+    bpod = record["bpod"]
+    go = bpod["States"].get("ResponseCue")
     return {k: v for k, v in record.items() if k != "bpod"} | {
-        "trial_start_s": record["bpod"]["trial_start_s"], "trial_end_s": record["bpod"]["trial_end_s"]}
+        "trial_start_s": bpod["trial_start_s"], "trial_end_s": bpod["trial_end_s"],
+        "state_sequence": bpod["state_sequence"], "go_cue_s": go[-1][0] if go else None,
+        "licks": {"left": bpod["Events"].get(lick_ports.left_event, []),
+                  "right": bpod["Events"].get(lick_ports.right_event, [])},
+    }
 
 
 def run_session(settings: Settings, options: RunOptions) -> SessionResult:
