@@ -638,7 +638,7 @@ class MicroscopeSimSettings(_Section):
     """Radius of a simulated soma (pixels)."""
     selective_fraction: float = Field(0.3, ge=0, le=1)
     """Fraction of neurons whose delay activity depends on the upcoming lick direction."""
-    context_overlap: float = Field(0.2, ge=0, le=1)
+    context_overlap: float = Field(0.0, ge=0, le=1)
     """Overlap of the direction-selective populations of two contexts (0 = new pattern, 1 = the same)."""
 
 
