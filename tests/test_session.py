@@ -287,3 +287,15 @@ def test_sigterm_ends_the_session_cleanly_after_the_current_trial(tmp_path: Path
     assert info["trials"] == len(records)
     assert all(r["outcome"] in ("hit", "error", "no_response", "aborted") for r in records)
     assert f"data: {folder}" in out
+
+
+def test_time_limit_is_measured_on_the_bpod_clock(settings: Settings, tmp_path: Path) -> None:
+    result = run(settings, tmp_path, subject="m6", minutes=0.5)
+    records = trials_of(result)
+    assert result.end_reason == "time limit"
+    first_start = records[0]["bpod"]["trial_start_s"]
+    elapsed = [r["bpod"]["trial_end_s"] - first_start for r in records]
+    # the next trial is queued at each outcome while the Bpod clock is under the limit, so the session
+    # runs past it by at most the trial in progress at that moment
+    assert elapsed[-1] >= 30.0
+    assert elapsed[-2] < 30.0 + 10.0
