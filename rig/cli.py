@@ -64,11 +64,47 @@ def _cmd_run(args: argparse.Namespace) -> int:
     options = RunOptions(subject=args.subject or "sim-mouse", context=args.context, trials=args.trials,
                          minutes=args.minutes, speed=args.speed, data_root=args.data,
                          status_stream=sys.stderr)
-    result = run_session(settings, options)
+    gui = None
+    if not args.no_gui:
+        from rig.monitor import display_available, start_monitor_process
+
+        if display_available():  # its own process: closing or crashing it never touches the session
+            gui = start_monitor_process(args.settings)
+    try:
+        result = run_session(settings, options)
+    finally:
+        if gui is not None:
+            from rig.monitor import stop_monitor_process
+
+            stop_monitor_process(gui)
     sys.stderr.write("\n")
     sys.stdout.write(format_summary(summarize_session(result.folder)) + "\n")
     sys.stdout.write(f"data: {result.folder}\n")
     return EXIT_OK
+
+
+def _cmd_monitor(args: argparse.Namespace) -> int:
+    """Open the monitoring window on the running session (or on a simulated one with --demo)."""
+    import os
+
+    from rig.monitor import display_available
+
+    if args.speed is not None and not args.demo:
+        raise UserError("--speed applies to --demo only")
+    if not display_available() and "QT_QPA_PLATFORM" not in os.environ:
+        if args.screenshot is None:
+            raise UserError("no display (DISPLAY and WAYLAND_DISPLAY are unset): "
+                            "use --screenshot FILE.png to render offscreen")
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"
+    if args.demo:
+        from rig.monitor.demo import DEMO_SPEED, run_demo
+
+        return run_demo(args.settings, seconds=args.seconds, screenshot=args.screenshot,
+                        speed=args.speed or DEMO_SPEED)
+    from rig.monitor.window import run_monitor
+    from rig.settings import load_settings
+
+    return run_monitor(load_settings(args.settings), screenshot=args.screenshot, seconds=args.seconds)
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
@@ -167,6 +203,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-gui", action="store_true", help="do not open the monitoring window")
     run.set_defaults(func=_cmd_run)
+
+    monitor = sub.add_parser(
+        "monitor",
+        help="open the monitoring window on the running session",
+        description=(
+            "Open the monitoring window: live registered frame with ROI outlines, ROI traces, preparatory "
+            "decoding, trial outcomes, licks, Perf100, health, and session controls. It only listens "
+            "(lossy) and sends control requests: closing it leaves the session running. `rig run` opens "
+            "it by itself when a display is available."
+        ),
+    )
+    monitor.add_argument(
+        "--settings", metavar="FILE", type=Path, default=None,
+        help="settings file giving network endpoints and contexts (default: settings.yaml)",
+    )
+    monitor.add_argument("--demo", action="store_true",
+                         help="run a short simulated session in this process and watch it")
+    monitor.add_argument("--screenshot", metavar="FILE.png", type=Path, default=None,
+                         help="save the window to FILE.png after --seconds and exit "
+                              "(renders offscreen without a display)")
+    monitor.add_argument("--seconds", metavar="S", type=_positive_float, default=None,
+                         help="close after S seconds (with --screenshot, default 8 for --demo, 5 otherwise)")
+    monitor.add_argument("--speed", metavar="X", type=_positive_float, default=None,
+                         help="--demo only: simulated clock speed, times real time (default 20)")
+    monitor.set_defaults(func=_cmd_monitor)
 
     summary = sub.add_parser("summary", help="summarise a finished (or running) session from its folder")
     summary.add_argument("session", metavar="SESSION_DIR", type=Path, help="the session's folder")

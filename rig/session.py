@@ -23,7 +23,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from hardware.bpod.client import BpodClient
+from hardware.bpod.client import BpodClient, BpodConnectionError, BpodError
 from hardware.bpod.trial import TrialEvent, TrialResult
 from online.transport import LossyPublisher
 from online.wire import TOPIC_STATE, TOPIC_TRIAL
@@ -36,6 +36,7 @@ from protocols.training import ContextSwitchRules, SubjectTrainingState, Trainin
 from rig import __version__
 from rig.control import ControlRequestError, ControlServer
 from rig.errors import UserError
+from rig.imaging import ImagingSource, open_imaging
 from rig.settings import Settings, dump_settings
 from rig.simulated_rig import SimulatedRig
 from rig.store import SessionStore, recover_sessions
@@ -104,6 +105,7 @@ class SessionRunner:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._paused = False
+        self._idle = False  # paused, and no trial running
         self._resume = threading.Event()
         self._end_reason = "completed"
         self._trials_done = 0
@@ -113,6 +115,7 @@ class SessionRunner:
         self._publisher: LossyPublisher | None = None
         self._client: BpodClient | None = None
         self._sim: SimulatedRig | None = None
+        self._imaging: ImagingSource | None = None
         self.training: Training
         self.record: SubjectRecord
 
@@ -158,6 +161,7 @@ class SessionRunner:
                      "machine_type": hw.machine_type if hw else None},
             "start_context": self.training.context, "start_stage": self.training.stage.name,
             "limits": {"trials": self.options.trials, "minutes": self.options.minutes},
+            "imaging": self._imaging.health() if self._imaging is not None else None,
         }
 
     # ------------------------------------------------------------------ the loop
@@ -183,6 +187,8 @@ class SessionRunner:
             self._store = SessionStore.create(self.data_root, self.options.subject, started,
                                               dump_settings(self.settings), self._session_info(started))
             stack.callback(self._store.close)
+            self._imaging = stack.enter_context(open_imaging(self.settings, self._store.folder, self._sim))
+            self._store.write_session_info(self._session_info(started))  # with the imaging source's plan
             if self.options.handle_signals:
                 stack.enter_context(self._signals())
             log.info("session %s started: subject %s, context %s, stage %s", self._store.folder,
@@ -193,6 +199,7 @@ class SessionRunner:
                 self._end_reason = "error"
                 raise
             finally:
+                self._imaging.stop()  # final frame counts for session.json (the stack's stop is a no-op)
                 self.record.sessions += 1
                 self._save_subject()
                 self._store.write_session_info(self._session_info(started, datetime.now()))
@@ -206,18 +213,29 @@ class SessionRunner:
         while current is not None:
             queued: PreparedTrial | None = None
             if self._await_outcome(current):
-                self._score_provisionally(current)
-                if self._should_continue(current):
-                    queued = self._prepare()
-                    self._start(queued)
+                partial = client.partial_trial()
+                if partial is not None:
+                    self._learn(current, self._score(current, partial))
+                    if self._should_continue(current, partial.end_s):
+                        queued = self._prepare()
+                        self._start(queued)
             result = self._await_end()
             self._finish(current, result)
             if queued is not None and self._stop.is_set():
                 client.stop_trial()  # queued before the stop arrived: end it at once, recorded as stopped
+            if queued is None and self._continue_after_idle(current, result):
+                queued = self._prepare()
+                self._start(queued)
             current = queued
-            if current is None and not self._stop.is_set() and self._wait_while_paused():
-                current = self._prepare()
-                self._start(current)
+
+    def _continue_after_idle(self, trial: PreparedTrial, result: TrialResult) -> bool:
+        """Nothing was queued (paused, stopping, at a limit, or the trial ended before its outcome was
+        seen): whether to start the next trial now."""
+        if self._stop.is_set():
+            return False
+        if self._paused:
+            return self._wait_while_paused()
+        return self._should_continue(trial, result.end_s)
 
     def _prepare(self) -> PreparedTrial:
         number = self._trials_done + 1 + (1 if self._client and self._client.trial_running else 0)
@@ -236,18 +254,24 @@ class SessionRunner:
         assert self._client is not None and self._store is not None
         if self._sim is not None and trial.spec.cue.startswith("pole_"):
             self._sim.motor.move_to(trial.spec.cue.removeprefix("pole_"))  # during the previous trial's end
+        if self._sim is not None:
+            self._sim.set_trial_context(trial.number, trial.spec.context.name)  # for the simulated microscope
         self._store.journal(trial.number, "trial", **trial.spec.to_dict())
         self._client.start_trial(trial.machine)
 
     def _await_outcome(self, trial: PreparedTrial) -> bool:
-        """Wait until the trial's outcome is known (True) or it ended without one (False)."""
+        """Wait until the trial's outcome is known (True) or it ended without one being seen (False)."""
         client = self._client
         assert client is not None
         while True:
-            if client.wait_for_state(OUTCOME_STATES, timeout_s=POLL_S) is not None:
-                return True
-            partial = client.partial_trial()
-            if partial is None or client.trials_started > trial.number:
+            try:
+                if client.wait_for_state(OUTCOME_STATES, timeout_s=POLL_S) is not None:
+                    return True
+            except BpodConnectionError:
+                raise
+            except BpodError:  # nothing running or queued: the trial ended between two polls
+                return False
+            if client.trials_finished >= trial.number:
                 return False
 
     def _await_end(self) -> TrialResult:
@@ -258,15 +282,16 @@ class SessionRunner:
             if result is not None:
                 return result
 
-    def _score_provisionally(self, trial: PreparedTrial) -> None:
-        """Score from what the Bpod has sent so far: the outcome is known, so the next trial can be
-        chosen and queued now instead of after the trial's last states."""
-        assert self._client is not None
-        partial = self._client.partial_trial()
-        if partial is None:
-            return
-        scored = score_trial(partial.to_dict(), side=trial.spec.side, context=trial.spec.context.name,
+    def _score(self, trial: PreparedTrial, result: TrialResult) -> ScoredTrial:
+        scored = score_trial(result.to_dict(), side=trial.spec.side, context=trial.spec.context.name,
                              lick_ports=self.lick_ports, trial_number=trial.number)
+        if scored.reaction_time_s is not None:
+            scored = dataclasses.replace(scored, reaction_time_s=round(scored.reaction_time_s, 6))
+        return scored
+
+    def _learn(self, trial: PreparedTrial, scored: ScoredTrial) -> None:
+        """Count a trial for selection, performance and training: as soon as its outcome is known
+        (from what the Bpod has sent so far), so the next trial can be chosen and queued at once."""
         trial.provisional = scored
         self.record.history.append(scored)
         self.performance.add(scored)
@@ -276,18 +301,16 @@ class SessionRunner:
             trial.training_events.append(_event_dict(event))
             log.info("after trial %d: %s", trial.number, _describe_event(event))
 
-    def _should_continue(self, trial: PreparedTrial) -> bool:
+    def _should_continue(self, trial: PreparedTrial, bpod_now_s: float) -> bool:
         if self._stop.is_set() or self._paused:
             return False
         if self.options.trials is not None and trial.number >= self.options.trials:
             self._end_reason = "trial limit"
             return False
-        partial = self._client.partial_trial() if self._client else None
-        if self.options.minutes is not None and partial is not None and self._first_start_s is not None:
-            elapsed_s = partial.end_s - self._first_start_s  # on the Bpod clock
-            if elapsed_s >= self.options.minutes * 60:
-                self._end_reason = "time limit"
-                return False
+        first, minutes = self._first_start_s, self.options.minutes
+        if minutes is not None and first is not None and bpod_now_s - first >= minutes * 60:
+            self._end_reason = "time limit"
+            return False
         return True
 
     def _wait_while_paused(self) -> bool:
@@ -295,6 +318,13 @@ class SessionRunner:
         if not self._paused:
             return False
         log.info("paused after trial %d; waiting for resume or stop", self._trials_done)
+        self._idle = True
+        try:
+            return self._wait_for_resume()
+        finally:
+            self._idle = False
+
+    def _wait_for_resume(self) -> bool:
         while not self._stop.is_set():
             if self._resume.wait(POLL_S):
                 with self._lock:
@@ -306,21 +336,20 @@ class SessionRunner:
 
     def _finish(self, trial: PreparedTrial, result: TrialResult) -> None:
         assert self._store is not None
-        scored = score_trial(result.to_dict(), side=trial.spec.side, context=trial.spec.context.name,
-                             lick_ports=self.lick_ports, trial_number=trial.number)
-        if trial.provisional is not None and trial.provisional.outcome != scored.outcome:
+        scored = self._score(trial, result)
+        if trial.provisional is None and scored.outcome != "aborted":
+            self._learn(trial, scored)  # the outcome state came and went between two polls
+        elif trial.provisional is not None and trial.provisional.outcome != scored.outcome:
             log.error("trial %d: outcome %s at the outcome state but %s at the end; training kept the first",
                       trial.number, trial.provisional.outcome, scored.outcome)
         if self._first_start_s is None:
             self._first_start_s = result.start_s
         gap_s = result.start_s - self._last_result_end_s if self._last_result_end_s is not None else None
         self._last_result_end_s = result.end_s
-        if scored.reaction_time_s is not None:
-            scored = dataclasses.replace(scored, reaction_time_s=round(scored.reaction_time_s, 6))
         record = {
             "trial": trial.number, "subject": self.options.subject, **trial.spec.to_dict(),
             **{k: v for k, v in scored.to_dict().items() if k not in ("side", "context", "trial_number")},
-            "stopped": trial.provisional is None and scored.outcome == "aborted",
+            "stopped": scored.outcome == "aborted",
             "dead_time_s": round(gap_s, 6) if gap_s is not None else None,
             "reward_ul": self.settings.task.reward_volume_ul if scored.rewarded else 0.0,
             "valve_time_s": self.params.valve_s(trial.spec.side),
@@ -391,14 +420,10 @@ class SessionRunner:
         perf = self.training.perf100
         return {
             "subject": self.options.subject, "trials": self._trials_done, "context": self.training.context,
-            "stage": self.training.stage.name, "perf100": perf, "paused": self._paused,
+            "stage": self.training.stage.name, "perf100": perf, "paused": self._paused, "idle": self._idle,
             "stopping": self._stop.is_set(), "session": str(self._store.folder) if self._store else None,
             "pending_context": self.training.state.pending_context,
         }
-
-    def client_idle(self) -> bool:
-        """True while connected and no trial is running or queued (e.g. once a pause has taken hold)."""
-        return self._client is not None and not self._client.trial_running
 
     def request_stop(self, reason: str) -> None:
         if not self._stop.is_set():

@@ -535,6 +535,10 @@ class ImagingSettings(_Section):
     """Pixel type (ScanImage writes int16)."""
     scanimage_folder: Path | None = None
     """Folder ScanImage writes into; required when source is scanimage_folder."""
+    stream_endpoint: str = "tcp://127.0.0.1:5560"
+    """ScanImage's ZeroMQ frame stream (its PUB) to connect to when source is scanimage_stream."""
+    write_tiff: bool = False
+    """Simulated source: also write ScanImage TIFF files, one per trial, into <session>/imaging/."""
 
     @model_validator(mode="after")
     def _check_folder(self) -> ImagingSettings:
@@ -542,6 +546,14 @@ class ImagingSettings(_Section):
             raise _Problems(
                 [(("scanimage_folder",), _NO_VALUE, "required when imaging.source is 'scanimage_folder'")]
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_stream_endpoint(self) -> ImagingSettings:
+        try:
+            _check_endpoint(self.stream_endpoint)
+        except ValueError as exc:
+            raise _Problems([(("stream_endpoint",), self.stream_endpoint, str(exc))]) from None
         return self
 
 

@@ -184,7 +184,8 @@ def test_pause_resume_and_stop(settings: Settings, tmp_path: Path) -> None:
     session.wait_for_trials(2)
     assert send_request(settings.network.control, "pause")["ok"]
     deadline = time.monotonic() + 10
-    while session.runner.client_idle() is False and time.monotonic() < deadline:
+    while not session.runner.status()["idle"]:
+        assert time.monotonic() < deadline, "the pause did not take hold"
         time.sleep(0.01)
     paused_at = session.runner.status()["trials"]
     time.sleep(0.3)  # several trials' worth of time at this speed

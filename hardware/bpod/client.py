@@ -323,6 +323,11 @@ class BpodClient:
             return None
 
     @property
+    def trials_finished(self) -> int:
+        """Trials whose end record has arrived on this connection."""
+        return self._trials_finished
+
+    @property
     def trials_started(self) -> int:
         """Trials started on this connection; the trial that callbacks are reporting on."""
         return self._trials_started

@@ -1,10 +1,16 @@
-"""`python -m hardware.scanimage`: inspect a ScanImage file or follow an acquisition folder.
+"""`python -m hardware.scanimage`: inspect a ScanImage file, follow an acquisition folder, adapt a stream.
 
     info FILE [--json]                       summary: version, shape, dtype, rate, timestamps, triggers
     follow DIR [--jsonl] [--idle-timeout S]  one line per page as ScanImage writes it
+           [--publish ENDPOINT [--lossy]]    ... and publish each page in the wire format
+    adapt --from ENDPOINT --to ENDPOINT      ScanImage's ZeroMQ frame stream -> the wire format
+          [--lossy] [--idle-timeout S]
 
-Bad input (missing file, not a TIFF, not ScanImage) ends as one line on stderr and exit status 2.
-Publishing followed frames on ZeroMQ is not here yet: the follower is an iterator, wrap it.
+Publishing (hardware/scanimage/publish.py): by default on the lossless path, a PUSH socket that connects
+to ENDPOINT (the online processor binds it) and waits while nobody takes frames; with --lossy on a PUB
+socket bound to ENDPOINT (displays connect), which never waits. `adapt` subscribes (connects) to --from.
+Bad input (missing file, not a TIFF, not ScanImage, a bad endpoint) ends as one line on stderr and exit
+status 2.
 """
 
 from __future__ import annotations
@@ -78,14 +84,25 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _open_publisher(endpoint: str, lossy: bool) -> Any:
+    from hardware.scanimage.publish import FramePublisher
+
+    if lossy:
+        return FramePublisher.open(display_endpoint=endpoint, source="scanimage")
+    return FramePublisher.open(lossless_endpoint=endpoint, source="scanimage")
+
+
 def _cmd_follow(args: argparse.Namespace) -> int:
     from hardware.scanimage.follower import FolderFollower
 
     follower = FolderFollower(
         args.folder, pattern=args.pattern, poll_s=args.poll, idle_timeout_s=args.idle_timeout
     )
+    publisher = _open_publisher(args.publish, args.lossy) if args.publish else None
     try:
-        for page in follower:  # hook: a ZeroMQ publisher would send `page` here
+        for page in follower:
+            if publisher is not None:
+                publisher.publish_page(page)
             if args.jsonl:
                 sys.stdout.write(json.dumps(page.to_json_dict()) + "\n")
             else:
@@ -98,12 +115,31 @@ def _cmd_follow(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         follower.close()
         return EXIT_INTERRUPTED
+    finally:
+        if publisher is not None:
+            publisher.close()
     stats = follower.stats
     report = f"followed {stats.pages} page(s) in {stats.files} file(s); stopped: {stats.stopped_reason}"
     if stats.incomplete_tails:
         report += f"; incomplete last page not emitted in {[name for name, _ in stats.incomplete_tails]}"
+    if publisher is not None:
+        report += f"; published {json.dumps(publisher.report())}"
     sys.stderr.write(report + "\n")
     return EXIT_OK
+
+
+def _cmd_adapt(args: argparse.Namespace) -> int:
+    from hardware.scanimage.publish import StreamAdapter
+
+    with _open_publisher(args.to, args.lossy) as publisher:
+        adapter = StreamAdapter(args.source, publisher, idle_timeout_s=args.idle_timeout)
+        try:
+            adapter.run()
+        except KeyboardInterrupt:
+            adapter.stopped_reason = "interrupted"
+        report = {"stopped": adapter.stopped_reason, **adapter.stats.to_dict(), **publisher.report()}
+    sys.stderr.write(f"adapted frame stream: {json.dumps(report)}\n")
+    return EXIT_INTERRUPTED if adapter.stopped_reason == "interrupted" else EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,19 +164,35 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     follow.add_argument("--pattern", default="*.tif", help="file-name pattern (default: *.tif)")
     follow.add_argument("--poll", type=_non_negative_float, default=0.05, metavar="S", help="poll interval")
+    follow.add_argument("--publish", metavar="ENDPOINT", default=None,
+                        help="also publish every page in the wire format (lossless PUSH, connects)")
+    follow.add_argument("--lossy", action="store_true",
+                        help="publish on a PUB socket bound to ENDPOINT instead (displays)")
     follow.set_defaults(handler=_cmd_follow)
+    adapt = sub.add_parser("adapt", help="republish ScanImage's ZeroMQ frame stream in the wire format")
+    adapt.add_argument("--from", dest="source", metavar="ENDPOINT", required=True,
+                       help="ScanImage's frame-stream PUB endpoint (connects)")
+    adapt.add_argument("--to", metavar="ENDPOINT", required=True,
+                       help="where to publish (lossless PUSH, connects; with --lossy: PUB, binds)")
+    adapt.add_argument("--lossy", action="store_true", help="publish on a PUB socket bound to --to")
+    adapt.add_argument(
+        "--idle-timeout", type=_non_negative_float, default=None, metavar="S",
+        help="stop after S seconds without a message, once one arrived (default: until interrupted)",
+    )  # fmt: skip
+    adapt.set_defaults(handler=_cmd_adapt)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from hardware.scanimage.reader import ScanImageError
     from hardware.scanimage.tiff_index import TiffFormatError
+    from online.transport import TransportError
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         return args.handler(args)
-    except (ScanImageError, TiffFormatError, OSError) as exc:
+    except (ScanImageError, TiffFormatError, OSError, TransportError) as exc:
         message = (
             str(exc)
             if not isinstance(exc, OSError) or exc.filename is None

@@ -178,15 +178,15 @@ class EmulatorServer:
         ports = [p for p in (self._main, self._app) if p is not None]
         try:
             while not self._stop.is_set():
-                with self._lock:
+                with self._lock:  # world calls from other threads append to the same buffers
                     self._catch_up()
                     wakeup = self.firmware.next_wakeup_cycle()
                     timeout = self._discovery()
-                for p in ports:
-                    p.flush()
+                    for p in ports:
+                        p.flush()
+                    writers = [p.master for p in ports if p.pending]
                 if wakeup is not None:
                     timeout = min(timeout, self.host_time(wakeup) - time.perf_counter())
-                writers = [p.master for p in ports if p.pending]
                 ready, writable, _ = select.select([*readers, self._wake_r], writers, [], max(timeout, 0.0))
                 if self._wake_r in ready:
                     with contextlib.suppress(BlockingIOError):

@@ -1,0 +1,361 @@
+"""Publish ScanImage frames in the project's wire format: from a followed folder, or from ScanImage's stream.
+
+Two sources, one output (`FramePublisher`), each frame as one `TOPIC_FRAME` message (`online/wire.py`):
+
+- `publish_folder(follower, publisher)`: every page a `FolderFollower` yields. Header fields:
+  `frame_index` = time point within the acquisition (from 0), `timestamp_s` = frameTimestamps_sec,
+  `trigger_timestamp_s` = acqTriggerTimestamps_sec (None when ScanImage wrote -1), `trial` = the file's
+  counter (`stem_<logFileCounter>_<chunk>.tif`, i.e. the loop-mode acquisition = the Bpod trial; then
+  acquisitionNumbers; then the 1-based order of the file), `plane` = z index from 0, `channel` = ScanImage
+  channel number - 1 (channel 1 -> 0). ScanImage 3.x pages carry no timestamp: `timestamp_s` is then -1,
+  ScanImage's own "none" marker.
+- `StreamAdapter`: SUBscribes to the ScanImage Premium / ScanImageTools frame stream (40-byte header of five
+  float64 and int16 pixels, decoded by `hardware/scanimage/stream.py`) and republishes every channel of every
+  frame. The stream carries neither trial nor trigger: `trigger_timestamp_s` is None, `trial` counts
+  acquisitions as the adapter sees them (it starts at 1 and goes up whenever frameNumber does not increase,
+  i.e. a new acquisition restarted the count), `frame_index` = frameNumber minus the first frameNumber seen
+  in that acquisition. Jumps in frameNumber (ScanImage's PUB drops frames for a slow subscriber) are counted
+  as `frame_gaps`. Malformed messages are counted, logged (at most once per second) and skipped.
+
+Back-pressure. The lossless output (`LosslessSender`, PUSH, connects: the receiver binds) blocks while the
+receiver is behind; a send that nobody takes within `send_timeout_s` is retried, with a warning at most once
+per second, until it goes through: the source waits, nothing is dropped. Both sources can afford to wait:
+pages stay on disk, and the frame stream's own PUB drops what a waiting adapter does not take, which shows
+up in `frame_gaps`. Once `stop` is set, each remaining frame gets one more attempt; after the first one that
+fails, the rest are counted as `undelivered` without waiting (so stopping never hangs). The display output
+(`LossyPublisher`, PUB, binds) never blocks.
+
+Imports: the wire format and the frame transport from `online/` (the one place where frame sources reach
+outside `hardware/`), nothing of `rig`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import zmq
+
+from hardware.scanimage.follower import FolderFollower, FollowedPage
+from hardware.scanimage.stream import FrameStreamError, decode_scanimage_frame
+from online.transport import LosslessSender, LossyPublisher, SendTimeout, TransportError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SEND_TIMEOUT_S = 0.5
+"""A blocked lossless send is retried after this long, so a stop request is seen within it."""
+STREAM_RCVHWM = 1000
+"""Messages the adapter's SUB socket queues from ScanImage (frames, ~0.5 MB each at 512x512)."""
+_FILE_COUNTER = re.compile(r"_(\d+)_(\d+)\.tiff?$", re.IGNORECASE)
+
+
+class _EverySecond:
+    """Log at most once per interval; says how many were held back."""
+
+    def __init__(self, interval_s: float = 1.0) -> None:
+        self.interval_s = interval_s
+        self._last = -math.inf
+        self._held = 0
+
+    def __call__(self, level: int, text: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval_s:
+            self._held += 1
+            return
+        if self._held:
+            text += f" (+{self._held} more like it)"
+        logger.log(level, text, *args)
+        self._last, self._held = now, 0
+
+
+# --------------------------------------------------------------------------------------------------------
+# output
+
+
+class DiscardableLosslessSender(LosslessSender):
+    """A `LosslessSender` that can give up on what it still holds for a receiver that never comes."""
+
+    def discard_pending(self) -> None:
+        """Close without the linger wait for messages a stalled or absent receiver will never take."""
+        self._socket.setsockopt(zmq.LINGER, 0)
+
+
+@dataclass
+class PublisherStats:
+    """What a `FramePublisher` did. `undelivered`: frames the lossless path never took (stopped while the
+    receiver was gone or stalled); `send_timeouts`: retries of a blocked lossless send."""
+
+    lossless_sent: int = 0
+    display_sent: int = 0
+    send_timeouts: int = 0
+    undelivered: int = 0
+    waited_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
+
+
+class FramePublisher:
+    """Frames out on a lossless path, a lossy display path, or both. Use from one thread only.
+
+    `stop` (shared with whoever ends the source) turns the lossless path's waiting into one last attempt.
+    """
+
+    def __init__(self, *, lossless: LosslessSender | None = None, display: LossyPublisher | None = None,
+                 stop: threading.Event | None = None) -> None:
+        if lossless is None and display is None:
+            raise ValueError("a FramePublisher needs a lossless path, a display path or both")
+        self.lossless = lossless
+        self.display = display
+        self.stop = stop or threading.Event()
+        self.stats = PublisherStats()
+        self._abandoned = False
+        self._warn = _EverySecond()
+
+    @classmethod
+    def open(cls, lossless_endpoint: str | None = None, display_endpoint: str | None = None, *,
+             source: str | None = None, stop: threading.Event | None = None,
+             send_timeout_s: float = DEFAULT_SEND_TIMEOUT_S, allow_remote: bool = False) -> FramePublisher:
+        """Sockets for the usual roles: the lossless PUSH connects, the display PUB binds."""
+        lossless = display = None
+        try:
+            if lossless_endpoint is not None:
+                lossless = DiscardableLosslessSender(lossless_endpoint, timeout_s=send_timeout_s,
+                                                     source=source, allow_remote=allow_remote)
+            if display_endpoint is not None:
+                display = LossyPublisher(display_endpoint, source=source, allow_remote=allow_remote)
+        except BaseException:
+            for sock in (lossless, display):
+                if sock is not None:
+                    sock.close()
+            raise
+        return cls(lossless=lossless, display=display, stop=stop)
+
+    def publish(self, pixels: np.ndarray, *, frame_index: int, timestamp_s: float,
+                trigger_timestamp_s: float | None, trial: int, channel: int = 0, plane: int = 0) -> bool:
+        """Send one 2-D frame; False if the lossless path could not take it (counted as undelivered).
+        Do not modify `pixels` afterwards: it leaves zero-copy."""
+        fields = {"frame_index": frame_index, "timestamp_s": timestamp_s,
+                  "trigger_timestamp_s": trigger_timestamp_s, "trial": trial, "channel": channel,
+                  "plane": plane}
+        delivered = True
+        if self.lossless is not None:
+            delivered = self._send_lossless(pixels, fields)
+        if self.display is not None:
+            self.display.send_frame(pixels, **fields)
+            self.stats.display_sent += 1
+        return delivered
+
+    def publish_page(self, page: FollowedPage) -> bool:
+        """One followed ScanImage page (see `page_fields`)."""
+        return self.publish(page.pixels, **page_fields(page))
+
+    def _send_lossless(self, pixels: np.ndarray, fields: dict[str, Any]) -> bool:
+        assert self.lossless is not None
+        if self._abandoned:
+            self.stats.undelivered += 1
+            return False
+        blocked_since: float | None = None
+        while True:
+            stopping = self.stop.is_set()
+            try:
+                self.lossless.send_frame(pixels, **fields)
+                break
+            except SendTimeout:
+                self.stats.send_timeouts += 1
+                if blocked_since is None:
+                    blocked_since = time.monotonic() - self.lossless.timeout_s
+                if stopping:
+                    self._abandoned = True
+                    self.stats.undelivered += 1
+                    logger.warning("frames: stopping while nobody takes frames on %s; this and any later "
+                                   "frame are counted as undelivered", self.lossless.endpoint)
+                    return False
+                self._warn(logging.WARNING, "frames: no receiver has taken a frame on %s for %.1f s; waiting "
+                           "(the source is held back, nothing is dropped)", self.lossless.endpoint,
+                           time.monotonic() - blocked_since)
+        if blocked_since is not None:
+            self.stats.waited_s += time.monotonic() - blocked_since
+        self.stats.lossless_sent += 1
+        return True
+
+    def report(self) -> dict[str, Any]:
+        report = self.stats.to_dict()
+        report["lossless_endpoint"] = self.lossless.endpoint if self.lossless is not None else None
+        report["display_endpoint"] = self.display.endpoint if self.display is not None else None
+        return report
+
+    def close(self) -> None:
+        """Close the sockets. Frames still queued for a receiver are flushed for up to the socket's linger
+        (1 s), unless the path was abandoned at stop (nobody takes frames): then they are discarded."""
+        if self._abandoned and isinstance(self.lossless, DiscardableLosslessSender):
+            self.lossless.discard_pending()
+        for sock in (self.lossless, self.display):
+            if sock is not None:
+                sock.close()
+
+    def __enter__(self) -> FramePublisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------------------------------------
+# folder
+
+
+def page_trial(page: FollowedPage) -> int:
+    """The trial of a followed page: the file counter in `stem_<counter>_<chunk>.tif` (logFileCounter, one
+    per loop-mode acquisition), else acquisitionNumbers, else the 1-based order of the file."""
+    match = _FILE_COUNTER.search(page.file.name)
+    if match is not None:
+        return int(match.group(1))
+    if page.metadata.acquisition_number is not None:
+        return int(page.metadata.acquisition_number)
+    return page.file_index + 1
+
+
+def page_fields(page: FollowedPage) -> dict[str, Any]:
+    """The wire header fields of a followed page (see the module docstring)."""
+    timestamp = page.timestamp_s
+    return {
+        "frame_index": page.frame,
+        "timestamp_s": -1.0 if timestamp is None or not math.isfinite(timestamp) else float(timestamp),
+        "trigger_timestamp_s": page.metadata.acq_trigger_timestamp_s,
+        "trial": page_trial(page),
+        "channel": max(page.channel - 1, 0),
+        "plane": page.plane,
+    }
+
+
+def publish_folder(follower: FolderFollower | Iterable[FollowedPage], publisher: FramePublisher,
+                   on_page: Callable[[FollowedPage], None] | None = None) -> int:
+    """Publish every page the follower yields, in order, until it ends (idle timeout or `stop()`).
+    Returns the number of pages handled."""
+    pages = 0
+    for page in follower:
+        publisher.publish_page(page)
+        pages += 1
+        if on_page is not None:
+            on_page(page)
+    return pages
+
+
+# --------------------------------------------------------------------------------------------------------
+# ScanImage frame stream
+
+
+@dataclass
+class StreamStats:
+    """What the adapter saw: messages received, frames (one per channel) republished, malformed messages
+    skipped, frameNumber jumps (frames ScanImage's PUB dropped), acquisitions (frameNumber restarts)."""
+
+    messages: int = 0
+    frames: int = 0
+    malformed: int = 0
+    frame_gaps: int = 0
+    acquisitions: int = 0
+    last_frame_number: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class StreamAdapter:
+    """ScanImage frame stream (SUB, connects to ScanImage's PUB) -> our wire format (a `FramePublisher`).
+
+    `handle(parts)` is the per-message core (no sockets); `run(stop)` owns the SUB socket and loops until
+    `stop` is set or, with `idle_timeout_s`, until that long passed without a message (after the first).
+    """
+
+    def __init__(self, endpoint: str, publisher: FramePublisher, *, idle_timeout_s: float | None = None,
+                 poll_s: float = 0.1, rcvhwm: int = STREAM_RCVHWM,
+                 context: zmq.Context | None = None) -> None:
+        self.endpoint = endpoint
+        self.publisher = publisher
+        self.idle_timeout_s = idle_timeout_s
+        self.poll_s = poll_s
+        self.rcvhwm = rcvhwm
+        self.context = context
+        self.stats = StreamStats()
+        self.stopped_reason: str | None = None
+        self._first_frame_number = 0
+        self._malformed_log = _EverySecond()
+
+    def handle(self, parts: list[Any]) -> int:
+        """Decode one stream message and publish its channels; returns frames published (0 if malformed)."""
+        stats = self.stats
+        stats.messages += 1
+        try:
+            header, pixels = decode_scanimage_frame(parts)
+        except FrameStreamError as exc:
+            stats.malformed += 1
+            self._malformed_log(logging.WARNING, "frame stream %s: skipped a malformed message (%d so far): "
+                                "%s", self.endpoint, stats.malformed, exc)
+            return 0
+        number = header.frame_number
+        last = stats.last_frame_number
+        if last is None or number <= last:
+            stats.acquisitions += 1
+            self._first_frame_number = number
+            if last is not None:
+                logger.info("frame stream %s: frameNumber %d after %d: acquisition %d starts", self.endpoint,
+                            number, last, stats.acquisitions)
+        elif number > last + 1:
+            stats.frame_gaps += number - last - 1
+        stats.last_frame_number = number
+        for channel in range(header.num_channels):
+            self.publisher.publish(pixels[channel], frame_index=number - self._first_frame_number,
+                                   timestamp_s=header.timestamp, trigger_timestamp_s=None,
+                                   trial=stats.acquisitions, channel=channel, plane=0)
+            stats.frames += 1
+        return header.num_channels
+
+    def run(self, stop: threading.Event | None = None) -> StreamStats:
+        """Subscribe and republish until stopped; returns the statistics."""
+        stop = stop or self.publisher.stop
+        owns_context = self.context is None
+        context = zmq.Context() if self.context is None else self.context
+        sub = context.socket(zmq.SUB)
+        try:
+            sub.setsockopt(zmq.RCVHWM, self.rcvhwm)
+            sub.setsockopt(zmq.LINGER, 0)
+            sub.setsockopt(zmq.SUBSCRIBE, b"")
+            try:
+                sub.connect(self.endpoint)
+            except zmq.ZMQError as exc:
+                raise TransportError(f"cannot connect to the frame stream {self.endpoint}: {exc}") from exc
+            logger.info("frame stream: subscribed to %s", self.endpoint)
+            last_message = None
+            poll_ms = max(1, round(self.poll_s * 1000))
+            while not stop.is_set():
+                if not sub.poll(poll_ms, zmq.POLLIN):
+                    idle = self.idle_timeout_s
+                    quiet_s = None if last_message is None else time.monotonic() - last_message
+                    if idle is not None and quiet_s is not None and quiet_s >= idle:
+                        self.stopped_reason = "idle timeout"
+                        break
+                    continue
+                while not stop.is_set():
+                    try:
+                        parts = sub.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    last_message = time.monotonic()
+                    self.handle(parts)
+            else:
+                self.stopped_reason = "stopped"
+        finally:
+            sub.close(linger=0)
+            if owns_context:
+                context.term()
+        logger.info("frame stream %s: %s", self.endpoint, self.stats.to_dict())
+        return self.stats

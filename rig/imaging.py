@@ -1,0 +1,276 @@
+"""The session's frame source, chosen by `settings.imaging.source`, started and stopped with the session.
+
+- `simulated`: the simulated microscope that `SimulatedRig` built into the emulator's world
+  (`build_simulated_scope`); starting the source starts its rendering process, which follows the Bpod clock
+  (hardware/sim/frame_pump.py). With `imaging.write_tiff` it also writes ScanImage TIFF files, one per
+  trial, into `<session>/imaging/`. It needs the emulator (bpod.port: emulator); with a real Bpod there is
+  nothing to couple it to.
+- `scanimage_folder`: a `FolderFollower` over `imaging.scanimage_folder` (files already there when the
+  session starts are skipped: they belong to earlier acquisitions), published by a thread.
+- `scanimage_stream`: the ScanImage frame-stream adapter, subscribed to `imaging.stream_endpoint`.
+
+Every source publishes the wire format's frame messages on `network.frames_display` (lossy, PUB binds) and,
+when the online module is enabled (`online.enabled`, the lossless path's one consumer), on `network.frames`
+(lossless, PUSH connects; the online processor binds). Back-pressure on the lossless path: the simulator
+never waits (bounded queue, then frames counted as undeliverable, see frame_pump.py); the ScanImage
+sources wait for the receiver (pages stay on disk; the stream's own PUB drops, counted as frame gaps).
+
+`open_imaging(...)` returns an `ImagingSource`: a context manager for the session's ExitStack, with an
+idempotent `stop()` (the session stops it before writing session.json) and a `health()` dict that goes
+into session.json under "imaging".
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hardware.scanimage.follower import FolderFollower
+from hardware.scanimage.publish import FramePublisher, StreamAdapter, publish_folder
+from hardware.sim.frame_pump import DEFAULT_CPU_BUDGET, MicroscopeStartError, SimScope
+from hardware.sim.microscope import MicroscopeConfig
+from online.transport import TransportError
+from rig.errors import UserError
+from rig.settings import Settings
+
+if TYPE_CHECKING:
+    from hardware.bpod.emulator.world import World
+    from rig.simulated_rig import SimulatedRig
+
+log = logging.getLogger(__name__)
+
+IMAGING_FOLDER = "imaging"
+"""Subfolder of the session folder for the simulated microscope's TIFF files."""
+SOURCE_NAME = "rig-imaging"
+
+
+def build_simulated_scope(settings: Settings, speed: float, world: World,
+                          clock: Callable[[], int] | None = None,
+                          cpu_budget: float = DEFAULT_CPU_BUDGET) -> SimScope:
+    """The simulated microscope for a `SimulatedRig`: settings.sim.microscope and settings.imaging, wired as
+    settings.wiring, reduced by `plan_for_speed` so that it keeps up with a session at `speed`; `clock`
+    reads the engine's cycle (see `SimScope.now_cycle`)."""
+    imaging = settings.imaging
+    if imaging.channels != 1:
+        log.warning("simulated microscope renders one channel; imaging.channels=%d is ignored",
+                    imaging.channels)
+    config = MicroscopeConfig.from_settings(settings.sim.microscope, imaging=imaging, seed=settings.sim.seed)
+    wiring = settings.wiring
+    scope = SimScope.for_speed(
+        config, world, speed, cpu_budget, clock=clock, imaging_trigger=wiring.imaging_trigger,
+        sample_cues=(wiring.pole, wiring.sample_tone_high, wiring.sample_tone_low), go_cue=wiring.go_cue)
+    eff = scope.effective
+    reduced = (f" (reduced from {config.height}x{config.width} at {config.frame_rate_hz:g} Hz for {speed:g}x "
+               "speed, see the warning above; recorded in session.json)") if scope.reduced else ""
+    log.info("simulated microscope: %dx%d at %.2f Hz%s", eff.height, eff.width, eff.rate_hz, reduced)
+    return scope
+
+
+class ImagingSource(ABC):
+    """One frame source for one session."""
+
+    kind: str = "none"
+
+    @abstractmethod
+    def start(self) -> None: ...
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Stop and release everything; safe to call twice."""
+
+    @abstractmethod
+    def health(self) -> dict[str, Any]:
+        """Plain-JSON counters for session.json."""
+
+    def __enter__(self) -> ImagingSource:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class NoImaging(ImagingSource):
+    """No frames this session, and why."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        self.kind = kind
+        self.reason = reason
+
+    def start(self) -> None:
+        log.warning("imaging: no frames this session: %s", self.reason)
+
+    def stop(self) -> None:
+        pass
+
+    def health(self) -> dict[str, Any]:
+        return {"source": self.kind, "running": False, "reason": self.reason}
+
+
+class SimulatedImaging(ImagingSource):
+    """The simulated microscope's rendering process and the clock that drives it."""
+
+    kind = "simulated"
+
+    def __init__(self, scope: SimScope, settings: Settings, session_folder: Path | None) -> None:
+        self.scope = scope
+        self.settings = settings
+        self.tiff_folder = (session_folder / IMAGING_FOLDER
+                            if settings.imaging.write_tiff and session_folder is not None else None)
+
+    def start(self) -> None:
+        network = self.settings.network
+        try:
+            self.scope.start(frames=network.frames if self.settings.online.enabled else None,
+                             frames_display=network.frames_display, tiff_folder=self.tiff_folder,
+                             allow_remote=not network.bind_loopback_only, source=f"{SOURCE_NAME}-sim")
+        except MicroscopeStartError as exc:
+            raise UserError(f"simulated microscope: {exc} (network.frames / network.frames_display)") from exc
+
+    def stop(self) -> None:
+        self.scope.stop()
+
+    def health(self) -> dict[str, Any]:
+        return {"source": self.kind, **self.scope.health()}
+
+
+class _ThreadedImaging(ImagingSource):
+    """A ScanImage source publishing from its own thread through a `FramePublisher`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._stop = threading.Event()
+        self.publisher: FramePublisher | None = None
+        self._thread: threading.Thread | None = None
+        self.error: str | None = None
+
+    def _open_publisher(self) -> FramePublisher:
+        network = self.settings.network
+        try:
+            return FramePublisher.open(network.frames if self.settings.online.enabled else None,
+                                       network.frames_display, source=f"{SOURCE_NAME}-{self.kind}",
+                                       stop=self._stop, allow_remote=not network.bind_loopback_only)
+        except TransportError as exc:
+            raise UserError(f"imaging ({self.kind}): {exc}") from exc
+
+    def _start_thread(self) -> None:
+        self._thread = threading.Thread(target=self._guarded, name=f"imaging-{self.kind}", daemon=True)
+        self._thread.start()
+
+    def _guarded(self) -> None:
+        try:
+            self._run()
+        except Exception as exc:  # the session goes on without frames; reported in health()
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.exception("imaging (%s) failed; no more frames this session", self.kind)
+
+    @abstractmethod
+    def _run(self) -> None: ...
+
+    def _request_stop(self) -> None:
+        self._stop.set()
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._request_stop()
+        self._thread.join(10.0)
+        alive = self._thread.is_alive()
+        self._thread = None
+        if alive:
+            log.error("imaging (%s): thread did not stop; its sockets are left open", self.kind)
+        elif self.publisher is not None:
+            self.publisher.close()
+
+    def _publisher_health(self) -> dict[str, Any]:
+        return self.publisher.report() if self.publisher is not None else {}
+
+
+class FolderImaging(_ThreadedImaging):
+    """Follow the folder ScanImage writes into and publish every page once, in order."""
+
+    kind = "scanimage_folder"
+
+    def __init__(self, settings: Settings, folder: Path) -> None:
+        super().__init__(settings)
+        self.folder = folder
+        self.follower: FolderFollower | None = None
+        self.pages = 0
+
+    def start(self) -> None:
+        self.follower = FolderFollower(self.folder, skip_existing=True)
+        self.publisher = self._open_publisher()
+        self._start_thread()
+        log.info("imaging: following %s", self.folder)
+
+    def _run(self) -> None:
+        assert self.follower is not None and self.publisher is not None
+
+        def count(_page: object) -> None:
+            self.pages += 1
+
+        publish_folder(self.follower, self.publisher, on_page=count)
+
+    def _request_stop(self) -> None:
+        super()._request_stop()
+        if self.follower is not None:
+            self.follower.stop()
+
+    def health(self) -> dict[str, Any]:
+        stats = self.follower.stats if self.follower is not None else None
+        return {
+            "source": self.kind, "folder": str(self.folder), "running": self._thread is not None,
+            "pages": self.pages, "files": stats.files if stats else 0,
+            "skipped_files": [name for name, _ in stats.skipped_files] if stats else [],
+            "incomplete_tails": [name for name, _ in stats.incomplete_tails] if stats else [],
+            "out_of_order": stats.out_of_order if stats else 0, "error": self.error,
+            **self._publisher_health(),
+        }
+
+
+class StreamImaging(_ThreadedImaging):
+    """Subscribe to ScanImage's frame stream and republish it in the wire format."""
+
+    kind = "scanimage_stream"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.endpoint = settings.imaging.stream_endpoint
+        self.adapter: StreamAdapter | None = None
+
+    def start(self) -> None:
+        self.publisher = self._open_publisher()
+        self.adapter = StreamAdapter(self.endpoint, self.publisher)
+        self._start_thread()
+
+    def _run(self) -> None:
+        assert self.adapter is not None
+        self.adapter.run(self._stop)
+
+    def health(self) -> dict[str, Any]:
+        stats = self.adapter.stats.to_dict() if self.adapter is not None else {}
+        return {"source": self.kind, "endpoint": self.endpoint, "running": self._thread is not None,
+                "error": self.error, **stats, **self._publisher_health()}
+
+
+def open_imaging(settings: Settings, session_folder: Path | None,
+                 simulated_rig: SimulatedRig | None = None) -> ImagingSource:
+    """The frame source `settings.imaging.source` asks for (not started: enter it, or call `start()`)."""
+    source = settings.imaging.source
+    if source == "simulated":
+        scope = simulated_rig.scope if simulated_rig is not None else None
+        if scope is None:
+            return NoImaging(source, "imaging.source 'simulated' runs inside the simulated rig only "
+                                     "(bpod.port: emulator)")
+        return SimulatedImaging(scope, settings, session_folder)
+    if source == "scanimage_folder":
+        folder = settings.imaging.scanimage_folder
+        assert folder is not None  # the settings model requires it for this source
+        if not Path(folder).is_dir():
+            return NoImaging(source, f"imaging.scanimage_folder {folder} is not a folder")
+        return FolderImaging(settings, Path(folder))
+    return StreamImaging(settings)

@@ -1,0 +1,519 @@
+"""What the monitor shows, as plain data updated from messages: no Qt, no sockets, testable alone.
+
+`MonitorModel.apply(message)` takes any decoded message of the rig's event stream, the display frame
+stream or the online module's results and updates one of two parts:
+
+- `BehaviourModel`: one `TrialRow` per finished trial (from the live `trial` events, or read back from
+  the session's trials.jsonl when the monitor (re)opens or a live event was dropped), Perf100 per context
+  through the session, context switches, per-side performance, the session status and the Bpod state.
+- `ImagingModel`: the newest display frame with its registration shift and display levels, the ROI
+  snapshot, a ring buffer of every ROI's dF/F for the last seconds, decoder results and health.
+
+Each part counts `version`s per panel so the window redraws only what changed since its last tick.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from online.messages import DecoderResult, HealthReport, RoiSnapshot, TraceFrame
+from online.wire import (
+    TOPIC_DECODER,
+    TOPIC_FRAME,
+    TOPIC_HEALTH,
+    TOPIC_ROIS,
+    TOPIC_STATE,
+    TOPIC_TRACES,
+    TOPIC_TRIAL,
+    Event,
+    FrameHeader,
+    Message,
+    WireError,
+)
+from protocols.outcome import LickPorts, fraction_correct
+from rig.store import TRIALS_FILE, DataError, read_jsonl
+
+log = logging.getLogger(__name__)
+
+PERF_WINDOW = 100
+"""Perf100: fraction correct among the answered trials of the last 100 (of one context, or one side)."""
+TRACE_SECONDS = 30.0
+"""How much of every ROI's dF/F the trace panel keeps and shows."""
+LEVELS_EVERY = 5
+"""Display levels are re-estimated on every 5th frame (a percentile over a subsampled frame)."""
+LEVELS_SMOOTHING = 0.3
+"""Weight of a new level estimate in the running levels (so the image does not flicker)."""
+MAX_DECODER_RESULTS = 5000
+OFFLINE_AFTER_S = 5.0
+"""A stream with no message for this long counts as not running."""
+
+
+def _float_or_none(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+# ----------------------------------------------------------------------------------------------- trials
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    """One finished trial as the behaviour panels need it."""
+
+    trial: int
+    context: str
+    side: str | None
+    outcome: str
+    early_lick: bool
+    free_drop: bool
+    licked_side: str | None
+    reaction_time_s: float | None
+    go_cue_s: float | None  # from trial start
+    licks_left: tuple[float, ...]  # from trial start
+    licks_right: tuple[float, ...]
+    stage: Mapping[str, Any] = field(default_factory=dict)
+    training_events: tuple[Mapping[str, Any], ...] = ()
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> TrialRow:
+        """From a published trial record (`trial` event `record`); raises ValueError if it is not one."""
+        try:
+            trial = int(record["trial"])
+            licks = record.get("licks") or {}
+            return cls(
+                trial=trial,
+                context=str(record.get("context", "")),
+                side=record.get("side"),
+                outcome=str(record.get("outcome", "unknown")),
+                early_lick=bool(record.get("early_lick", False)),
+                free_drop=bool(record.get("free_drop", False)),
+                licked_side=record.get("licked_side"),
+                reaction_time_s=_float_or_none(record.get("reaction_time_s")),
+                go_cue_s=_float_or_none(record.get("go_cue_s")),
+                licks_left=tuple(float(t) for t in licks.get("left", ())),
+                licks_right=tuple(float(t) for t in licks.get("right", ())),
+                stage=dict(record.get("stage") or {}),
+                training_events=tuple(record.get("training_events") or ()),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a trial record: {exc}") from exc
+
+    def licks_from_go(self, side: str) -> np.ndarray:
+        """Lick times of one side relative to the go cue (empty when the trial had no go cue)."""
+        if self.go_cue_s is None:
+            return np.empty(0)
+        licks = self.licks_left if side == "left" else self.licks_right
+        return np.asarray(licks, dtype=float) - self.go_cue_s
+
+
+def published_from_disk(record: Mapping[str, Any], lick_ports: LickPorts) -> dict[str, Any]:
+    """A trials.jsonl line in the shape of a published record: licks and go cue taken from its Bpod data
+    (the same reduction the session applies before it publishes)."""
+    bpod = record.get("bpod")
+    if not isinstance(bpod, Mapping):
+        return dict(record)
+    events = bpod.get("Events") or {}
+    go = (bpod.get("States") or {}).get("ResponseCue")
+    return {k: v for k, v in record.items() if k != "bpod"} | {
+        "trial_start_s": bpod.get("trial_start_s"),
+        "trial_end_s": bpod.get("trial_end_s"),
+        "state_sequence": bpod.get("state_sequence", []),
+        "go_cue_s": go[-1][0] if go else None,
+        "licks": {
+            "left": events.get(lick_ports.left_event, []),
+            "right": events.get(lick_ports.right_event, []),
+        },
+    }
+
+
+def read_trial_rows(folder: Path, lick_ports: LickPorts) -> list[TrialRow]:
+    """The trials written so far to `folder`/trials.jsonl (none if there is no such file yet)."""
+    path = Path(folder) / TRIALS_FILE
+    rows: list[TrialRow] = []
+    if not path.is_file():
+        return rows
+    try:
+        for record in read_jsonl(path):
+            try:
+                rows.append(TrialRow.from_record(published_from_disk(record, lick_ports)))
+            except (ValueError, AttributeError) as exc:
+                log.warning("%s: skipped a line: %s", path, exc)
+    except (OSError, DataError) as exc:
+        log.warning("cannot catch up from %s: %s", path, exc)
+    return rows
+
+
+class BehaviourModel:
+    """Trials of the running session, Perf100 through it, context switches and the session status."""
+
+    def __init__(self, lick_ports: LickPorts | None = None) -> None:
+        self.lick_ports = lick_ports or LickPorts(left="Port1", right="Port2")
+        self.rows: dict[int, TrialRow] = {}
+        self.perf: dict[str, tuple[list[int], list[float]]] = {}  # context -> (trial numbers, Perf100)
+        self.switches: list[tuple[int, str]] = []  # (first trial of the new context, its name)
+        self.status: dict[str, Any] = {}
+        self.status_time: float | None = None  # monotonic time of the last status (message or reply)
+        self.event_time: float | None = None  # monotonic time of the last trial or state event
+        self.state: tuple[int, str] | None = None  # (trial, Bpod state) from the newest state event
+        self.session_folder: Path | None = None
+        self.caught_up_from: Path | None = None
+        self.version = 0  # any change of the trial rows (rasters, performance)
+        self.status_version = 0  # status, state, stage text
+        self._windows: dict[str, deque[str]] = {}
+        self._last_trial = 0
+        self._last_context: str | None = None
+
+    @property
+    def trials(self) -> list[TrialRow]:
+        return [self.rows[n] for n in sorted(self.rows)]
+
+    @property
+    def last_row(self) -> TrialRow | None:
+        return self.rows[max(self.rows)] if self.rows else None
+
+    def add_record(self, record: Mapping[str, Any]) -> bool:
+        """Add one published trial record; False when that trial is already shown or it is not a trial."""
+        try:
+            row = TrialRow.from_record(record)
+        except ValueError as exc:
+            log.warning("skipped a trial record: %s", exc)
+            return False
+        return self.add_rows([row]) > 0
+
+    def add_rows(self, rows: Iterable[TrialRow]) -> int:
+        added = [row for row in rows if row.trial not in self.rows]
+        if not added:
+            return 0
+        in_order = min(r.trial for r in added) > self._last_trial
+        for row in sorted(added, key=lambda r: r.trial):
+            self.rows[row.trial] = row
+            if in_order:
+                self._extend_performance(row)
+        if not in_order:
+            self._rebuild_performance()
+        self.version += 1
+        return len(added)
+
+    def missing_before(self, trial: int) -> bool:
+        """Whether any trial before `trial` has not been seen (the monitor joined late, or dropped one)."""
+        return len([n for n in self.rows if n < trial]) < trial - 1
+
+    def catch_up(self, folder: Path) -> int:
+        """Add the trials of `folder`/trials.jsonl the monitor has not seen; returns how many."""
+        self.session_folder = self.caught_up_from = Path(folder)
+        added = self.add_rows(read_trial_rows(folder, self.lick_ports))
+        if added:
+            log.info("caught up %d trial(s) from %s", added, folder)
+        return added
+
+    def set_status(self, status: Mapping[str, Any], now: float | None = None) -> None:
+        if not status:
+            return
+        self.status = dict(status)
+        self.status_time = time.monotonic() if now is None else now
+        folder = status.get("session")
+        if folder:
+            if self.session_folder is not None and Path(folder) != self.session_folder:
+                self.clear_trials()  # a new session on the same rig: start over
+            self.session_folder = Path(folder)
+        self.status_version += 1
+
+    def clear_trials(self) -> None:
+        self.rows = {}
+        self.caught_up_from = None
+        self._rebuild_performance()
+        self.version += 1
+
+    def set_state(self, trial: int, state: str, now: float | None = None) -> None:
+        self.state = (trial, state)
+        self.event_time = time.monotonic() if now is None else now
+        self.status_version += 1
+
+    # ---- performance
+
+    def _extend_performance(self, row: TrialRow) -> None:
+        window = self._windows.setdefault(row.context, deque(maxlen=PERF_WINDOW))
+        window.append(row.outcome)
+        if self._last_context is not None and row.context != self._last_context:
+            self.switches.append((row.trial, row.context))
+        self._last_context = row.context
+        self._last_trial = row.trial
+        perf = fraction_correct(window)
+        if perf is not None:
+            trials, values = self.perf.setdefault(row.context, ([], []))
+            trials.append(row.trial)
+            values.append(perf)
+
+    def _rebuild_performance(self) -> None:
+        self.perf, self.switches, self._windows = {}, [], {}
+        self._last_trial, self._last_context = 0, None
+        for row in self.trials:
+            self._extend_performance(row)
+
+    def side_performance(self, context: str | None = None) -> dict[str, float | None]:
+        """Perf100 per side (left, right) of one context (default: the newest trial's)."""
+        last = self.last_row
+        context = context or (last.context if last else None)
+        result: dict[str, float | None] = {}
+        for side in ("left", "right"):
+            outcomes = [r.outcome for r in self.trials if r.side == side and r.context == context]
+            result[side] = fraction_correct(outcomes[-PERF_WINDOW:])
+        return result
+
+    def outcome_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for row in self.rows.values():
+            counts[row.outcome] = counts.get(row.outcome, 0) + 1
+        return counts
+
+
+# ----------------------------------------------------------------------------------------------- imaging
+
+
+class TraceBuffer:
+    """Every ROI's dF/F for the last `capacity` frames, as a ring; times are the sender's clock (s)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(2, int(capacity))
+        self.n_rois = 0
+        self._times = np.zeros(self.capacity)
+        self._dff = np.zeros((self.capacity, 0), dtype=np.float32)
+        self._count = 0  # samples ever written since the last reset
+        self.version = 0
+
+    def reset(self, n_rois: int) -> None:
+        self.n_rois = n_rois
+        self._dff = np.zeros((self.capacity, n_rois), dtype=np.float32)
+        self._count = 0
+        self.version += 1
+
+    def append(self, t_s: float, dff: np.ndarray) -> None:
+        if dff.shape != (self.n_rois,):
+            self.reset(int(dff.shape[0]))
+        i = self._count % self.capacity
+        self._times[i] = t_s
+        self._dff[i] = dff
+        self._count += 1
+        self.version += 1
+
+    def __len__(self) -> int:
+        return min(self._count, self.capacity)
+
+    @property
+    def latest_time(self) -> float | None:
+        return None if self._count == 0 else float(self._times[(self._count - 1) % self.capacity])
+
+    def window(self, seconds: float) -> tuple[np.ndarray, np.ndarray]:
+        """(times relative to the newest sample, dff (n_samples, n_rois)), oldest first, newest at 0."""
+        n = len(self)
+        if n == 0:
+            return np.empty(0), np.empty((0, self.n_rois), dtype=np.float32)
+        end = self._count % self.capacity
+        if self._count <= self.capacity:
+            times, dff = self._times[:n], self._dff[:n]
+        else:
+            order = np.r_[end : self.capacity, 0:end]
+            times, dff = self._times[order], self._dff[order]
+        rel = times - times[-1]
+        keep = rel > -seconds
+        return rel[keep], dff[keep]
+
+
+class LevelTracker:
+    """Display levels from a running percentile of the frames, smoothed; never rescanned every frame."""
+
+    def __init__(self, low_pct: float = 1.0, high_pct: float = 99.7, every: int = LEVELS_EVERY) -> None:
+        self.low_pct, self.high_pct, self.every = low_pct, high_pct, every
+        self.levels: tuple[float, float] | None = None
+        self._n = 0
+
+    def update(self, pixels: np.ndarray) -> tuple[float, float]:
+        if self.levels is None or self._n % self.every == 0:
+            sample = pixels[::4, ::4]
+            low, high = (float(v) for v in np.percentile(sample, [self.low_pct, self.high_pct]))
+            high = max(high, low + 1.0)
+            if self.levels is None:
+                self.levels = (low, high)
+            else:
+                a = LEVELS_SMOOTHING
+                self.levels = (self.levels[0] * (1 - a) + low * a, self.levels[1] * (1 - a) + high * a)
+        self._n += 1
+        return self.levels
+
+
+class ImagingModel:
+    """The newest frame, ROIs, traces, decoder results and the online module's health."""
+
+    def __init__(self, frame_rate_hz: float = 30.0, trace_seconds: float = TRACE_SECONDS) -> None:
+        self.trace_seconds = trace_seconds
+        self.frame: np.ndarray | None = None
+        self.frame_header: FrameHeader | None = None
+        self.frame_shift: tuple[float, float] = (0.0, 0.0)  # (dy, dx) that aligns the frame
+        self.levels: tuple[float, float] | None = None
+        self.frame_version = 0
+        self.shift_version = 0
+        self._levels = LevelTracker()
+        self._shifts: OrderedDict[tuple[int, int], tuple[float, float]] = OrderedDict()
+        self.latest_shift: tuple[float, float] = (0.0, 0.0)
+        self.latest_trace: TraceFrame | None = None
+        self.traces = TraceBuffer(int(math.ceil(trace_seconds * frame_rate_hz * 1.25)) + 8)
+        self.rois: RoiSnapshot | None = None
+        self.rois_version = 0
+        self.selected: int | None = None
+        self.selection_version = 0
+        self.decoder: list[DecoderResult] = []
+        self.accuracy: dict[str, tuple[list[int], list[float]]] = {}
+        self.similarity: dict[str, float] = {}
+        self.decoder_version = 0
+        self.health: HealthReport | None = None
+        self.health_time: float | None = None
+        self.online_time: float | None = None  # monotonic time of the newest online-module message
+        self.frame_time: float | None = None
+
+    # ---- updates
+
+    def add_frame(self, header: FrameHeader, pixels: np.ndarray, now: float) -> None:
+        self.frame_header = header
+        self.frame = pixels
+        self.frame_time = now
+        self.frame_shift = self._shifts.get((header.trial, header.frame_index), self.latest_shift)
+        self.levels = self._levels.update(pixels)
+        self.frame_version += 1
+
+    def add_traces(self, trace: TraceFrame, t_s: float, now: float) -> None:
+        self.latest_trace = trace
+        self.latest_shift = (trace.shift_dy, trace.shift_dx)
+        self._shifts[(trace.trial, trace.frame_index)] = self.latest_shift
+        while len(self._shifts) > 512:
+            self._shifts.popitem(last=False)
+        header = self.frame_header
+        if header is not None and (header.trial, header.frame_index) == (trace.trial, trace.frame_index):
+            self.frame_shift = self.latest_shift  # the shown frame's own shift, computed after it arrived
+            self.shift_version += 1
+        self.traces.append(t_s, np.asarray(trace.dff, dtype=np.float32))
+        self.online_time = now
+        if self.selected is not None and self.selected >= self.traces.n_rois:
+            self.select(None)
+
+    def set_rois(self, rois: RoiSnapshot, now: float) -> None:
+        same = (
+            self.rois is not None
+            and rois.roi_set_id == self.rois.roi_set_id
+            and rois.n_rois == self.rois.n_rois
+            and rois.roi_set_id != ""
+        )
+        self.rois = rois
+        self.online_time = now
+        if not same:
+            self.rois_version += 1
+            if self.selected is not None and self.selected >= rois.n_rois:
+                self.select(None)
+
+    def add_decoder(self, result: DecoderResult, now: float) -> None:
+        self.decoder.append(result)
+        if len(self.decoder) > MAX_DECODER_RESULTS:
+            del self.decoder[: len(self.decoder) - MAX_DECODER_RESULTS]
+        for context, accuracy in result.accuracy.items():
+            value = _float_or_none(accuracy)
+            if value is not None:
+                trials, values = self.accuracy.setdefault(context, ([], []))
+                trials.append(result.trial)
+                values.append(value)
+        self.similarity = {
+            k: float(v) for k, v in result.cd_similarity.items() if _float_or_none(v) is not None
+        }
+        self.online_time = now
+        self.decoder_version += 1
+
+    def set_health(self, health: HealthReport, now: float) -> None:
+        self.health = health
+        self.health_time = now
+        self.online_time = now
+
+    def select(self, roi: int | None) -> None:
+        if roi is not None and roi < 0:
+            roi = None
+        if roi != self.selected:
+            self.selected = roi
+            self.selection_version += 1
+
+    # ---- questions the panels ask
+
+    def online_running(self, now: float) -> bool:
+        return self.online_time is not None and now - self.online_time < OFFLINE_AFTER_S
+
+    def frames_arriving(self, now: float) -> bool:
+        return self.frame_time is not None and now - self.frame_time < OFFLINE_AFTER_S
+
+    def nearest_roi(self, y: float, x: float, max_distance_px: float = 15.0) -> int | None:
+        """The ROI whose centroid is nearest to (y, x) in frame pixels, if within `max_distance_px`."""
+        if self.rois is None or self.rois.n_rois == 0:
+            return None
+        d2 = ((self.rois.centroids - np.array([y, x], dtype=np.float32)) ** 2).sum(axis=1)
+        best = int(np.argmin(d2))
+        return best if d2[best] <= max_distance_px**2 else None
+
+
+# ----------------------------------------------------------------------------------------------- both
+
+
+class MonitorModel:
+    """Everything the monitor shows; `apply` routes one decoded message to its part."""
+
+    def __init__(
+        self,
+        lick_ports: LickPorts | None = None,
+        frame_rate_hz: float = 30.0,
+        trace_seconds: float = TRACE_SECONDS,
+    ) -> None:
+        self.behaviour = BehaviourModel(lick_ports)
+        self.imaging = ImagingModel(frame_rate_hz, trace_seconds)
+        self.malformed = 0
+        self.applied: dict[bytes, int] = {}
+
+    def apply(self, message: Message, now: float | None = None) -> None:
+        """Update from one message; a malformed one is counted and logged, never raised."""
+        now = time.monotonic() if now is None else now
+        try:
+            self._apply(message, now)
+        except (WireError, KeyError, TypeError, ValueError) as exc:
+            self.malformed += 1
+            log.warning("skipped a %r message: %s", message.topic, exc)
+            return
+        self.applied[message.topic] = self.applied.get(message.topic, 0) + 1
+
+    def _apply(self, message: Message, now: float) -> None:
+        topic = message.topic
+        if topic == TOPIC_TRIAL:
+            data = Event.from_message(message).data
+            if isinstance(data.get("status"), Mapping):
+                self.behaviour.set_status(data["status"], now)
+            self.behaviour.event_time = now
+            if data.get("kind") == "end" and isinstance(data.get("record"), Mapping):
+                self.behaviour.add_record(data["record"])
+        elif topic == TOPIC_STATE:
+            data = Event.from_message(message).data
+            self.behaviour.set_state(int(data["trial"]), str(data["state"]), now)
+        elif topic == TOPIC_FRAME:
+            header = FrameHeader.from_message(message)
+            self.imaging.add_frame(header, message.arrays[0], now)
+        elif topic == TOPIC_TRACES:
+            self.imaging.add_traces(TraceFrame.from_message(message), message.t_ns / 1e9, now)
+        elif topic == TOPIC_ROIS:
+            self.imaging.set_rois(RoiSnapshot.from_message(message), now)
+        elif topic == TOPIC_DECODER:
+            self.imaging.add_decoder(DecoderResult.from_message(message), now)
+        elif topic == TOPIC_HEALTH:
+            kind = (message.fields.get("data") or {}).get("kind", "online")
+            if kind == "online":
+                self.imaging.set_health(HealthReport.from_message(message), now)

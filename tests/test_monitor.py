@@ -1,0 +1,591 @@
+"""The monitor: its model, its panels fed over real ZeroMQ sockets, its controls against a real control
+socket, catching up from trials.jsonl, the demo screenshot, and the GUI process that dies with the session."""
+
+from __future__ import annotations
+
+import json
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before Qt is imported (conftest does it too)
+
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyqtgraph as pg
+import pytest
+from pyqtgraph.Qt import QtCore, QtWidgets
+
+from online.messages import DecoderResult, HealthReport, RoiSnapshot, TraceFrame
+from online.transport import LossyPublisher
+from online.wire import TOPIC_STATE, TOPIC_TRIAL
+from protocols.outcome import LickPorts
+from rig.control import ControlRequestError, ControlServer
+from rig.monitor import display_available, start_monitor_process, stop_monitor_process
+from rig.monitor.model import BehaviourModel, MonitorModel, TraceBuffer, TrialRow, published_from_disk
+from rig.monitor.panels import closed_outlines
+from rig.monitor.window import MonitorWindow
+from rig.settings import Settings, load_settings
+
+REPO = Path(__file__).resolve().parents[1]
+ENDPOINTS = ("events_pub", "control", "frames", "frames_display", "online_results")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return load_settings(overrides={f"network.{n}": f"tcp://127.0.0.1:{free_port()}" for n in ENDPOINTS})
+
+
+@pytest.fixture
+def window(qtbot: Any, settings: Settings) -> MonitorWindow:
+    w = MonitorWindow(settings, confirm_stop=False, status_poll_s=None)
+    qtbot.addWidget(w)
+    w.resize(1400, 900)
+    w.show()
+    return w
+
+
+# ---------------------------------------------------------------------------------------------- records
+
+
+def published_trial(
+    n: int, context: str = "tactile", outcome: str = "hit", side: str = "left", early_lick: bool = False
+) -> dict[str, Any]:
+    licked = side if outcome == "hit" else ("right" if side == "left" else "left")
+    licks = [2.9, 3.05, 3.2] if outcome != "no_response" else []
+    return {
+        "trial": n,
+        "context": context,
+        "side": side,
+        "cue": "pole_anterior",
+        "outcome": outcome,
+        "licked_side": None if outcome == "no_response" else licked,
+        "reaction_time_s": 0.3,
+        "early_lick": early_lick,
+        "free_drop": False,
+        "stage": {"name": "full", "delay_s": 1.3, "timeout_s": 4.0, "selection": "antibias"},
+        "training_events": [],
+        "trial_start_s": 6.0 * (n - 1),
+        "trial_end_s": 6.0 * n,
+        "state_sequence": ["TrigTrialStart", "SamplePeriod", "DelayPeriod", "ResponseCue", "AnswerPeriod"],
+        "go_cue_s": 2.6,
+        "licks": {"left": licks if licked == "left" else [], "right": licks if licked == "right" else []},
+    }
+
+
+def disk_trial(n: int, lick_ports: LickPorts, **kwargs: Any) -> dict[str, Any]:
+    """The same trial as trials.jsonl holds it: raw Bpod events and states instead of licks and go cue."""
+    record = published_trial(n, **kwargs)
+    licks = record.pop("licks")
+    go = record.pop("go_cue_s")
+    start, end = record.pop("trial_start_s"), record.pop("trial_end_s")
+    record["bpod"] = {
+        "Events": {
+            lick_ports.left_event: licks["left"],
+            lick_ports.right_event: licks["right"],
+            "Tup": [0.01],
+        },
+        "States": {"ResponseCue": [[go, go + 0.1]]},
+        "trial_start_s": start,
+        "trial_end_s": end,
+        "state_sequence": record.pop("state_sequence"),
+    }
+    return record
+
+
+def status(trials: int, context: str = "tactile", session: str | None = None) -> dict[str, Any]:
+    return {
+        "subject": "m1",
+        "trials": trials,
+        "context": context,
+        "stage": "full",
+        "perf100": 0.8,
+        "paused": False,
+        "stopping": False,
+        "session": session,
+        "pending_context": None,
+    }
+
+
+def circle_rois(n: int, size: int = 64) -> RoiSnapshot:
+    rng = np.random.default_rng(1)
+    centroids = rng.uniform(8, size - 8, (n, 2)).astype(np.float32)
+    ring = np.stack([np.sin(np.linspace(0, 6.28, 12)), np.cos(np.linspace(0, 6.28, 12))], axis=1) * 3
+    points = (centroids[:, None, :] + ring[None]).reshape(-1, 2).astype(np.float32)
+    offsets = np.arange(0, 12 * n + 1, 12, dtype=np.int32)
+    return RoiSnapshot(np.ones((size, size), np.float32), centroids, points, offsets, roi_set_id="test")
+
+
+def wait_for_subscription(qtbot: Any, publish: Any, arrived: Any) -> None:
+    """Publish until the monitor has it: subscribers miss what is sent before they join (slow joiner)."""
+
+    def check() -> None:
+        publish()
+        assert arrived()
+
+    qtbot.waitUntil(check, timeout=5000)
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+
+def test_behaviour_model_perf_switches_and_duplicates() -> None:
+    model = BehaviourModel()
+    outcomes = ["hit", "error", "hit", "no_response", "hit"]
+    for n, outcome in enumerate(outcomes, 1):
+        assert model.add_record(published_trial(n, outcome=outcome, side="left" if n % 2 else "right"))
+    assert not model.add_record(published_trial(3))  # the same trial again (live after catch-up)
+    for n in (6, 7):
+        model.add_record(published_trial(n, context="tactile-reversed", outcome="error"))
+    trials, perf = model.perf["tactile"]
+    assert trials == [1, 2, 3, 4, 5] and perf[-1] == pytest.approx(3 / 4)  # no response is not answered
+    assert model.perf["tactile-reversed"] == ([6, 7], [0.0, 0.0])
+    assert model.switches == [(6, "tactile-reversed")]
+    assert model.side_performance("tactile") == {"left": 1.0, "right": 0.0}
+    assert not model.missing_before(7)
+    model.add_record(published_trial(10))
+    assert model.missing_before(10)
+    model.add_record(published_trial(8, context="tactile-reversed"))  # out of order: rebuilt
+    assert model.perf["tactile-reversed"][0] == [6, 7, 8]
+    assert model.switches == [(6, "tactile-reversed"), (10, "tactile")]
+    row = model.rows[1]
+    assert row.licks_from_go("left") == pytest.approx([0.3, 0.45, 0.6])
+    assert not model.add_record({"no": "trial"})
+
+
+def test_a_new_session_starts_the_behaviour_panels_over() -> None:
+    model = BehaviourModel()
+    model.set_status(status(1, session="/data/m1/2026-01-01_100000"))
+    model.add_record(published_trial(1))
+    model.set_status(status(1, session="/data/m1/2026-01-01_100000"))
+    assert len(model.rows) == 1
+    model.set_status(status(0, session="/data/m1/2026-01-01_120000"))
+    assert not model.rows and not model.perf and model.session_folder == Path("/data/m1/2026-01-01_120000")
+
+
+def test_disk_record_reduces_like_the_published_one(settings: Settings) -> None:
+    ports = LickPorts.from_settings(settings.wiring)
+    published = published_trial(4, outcome="error", side="right")
+    reduced = published_from_disk(disk_trial(4, ports, outcome="error", side="right"), ports)
+    assert TrialRow.from_record(reduced) == TrialRow.from_record(published)
+
+
+def test_trace_buffer_ring_and_window() -> None:
+    buffer = TraceBuffer(capacity=10)
+    for i in range(25):
+        buffer.append(i * 0.5, np.full(3, i, dtype=np.float32))
+    times, dff = buffer.window(seconds=3.0)
+    assert len(buffer) == 10 and buffer.latest_time == 12.0
+    assert times.tolist() == [-2.5, -2.0, -1.5, -1.0, -0.5, 0.0]
+    assert dff[:, 0].tolist() == [19, 20, 21, 22, 23, 24]
+    buffer.append(13.0, np.zeros(5, dtype=np.float32))  # a new ROI set: starts over
+    assert buffer.n_rois == 5 and len(buffer) == 1
+
+
+def test_outlines_are_closed_and_disconnected() -> None:
+    points = np.array([[0, 0], [0, 1], [1, 1], [5, 5], [5, 6], [6, 6]], dtype=np.float32)
+    x, y, connect = closed_outlines(points, np.array([0, 3, 3, 6]))  # ROI 1 has no outline
+    assert len(x) == 8
+    assert (x[3], y[3]) == (0, 0) and (x[7], y[7]) == (5, 5)  # each outline ends where it began
+    assert connect.tolist() == [True, True, True, False, True, True, True, False]
+
+
+# ---------------------------------------------------------------------------------------------- rendering
+
+
+def test_render_smoke_catches_a_broken_binding(qtbot: Any) -> None:
+    """An ImageItem and a PlotCurveItem drawn offscreen and grabbed: a broken Qt binding fails here."""
+    widget = pg.PlotWidget()
+    qtbot.addWidget(widget)
+    widget.resize(320, 240)
+    image = pg.ImageItem(axisOrder="row-major")
+    image.setImage(np.add.outer(np.arange(64), np.arange(64)).astype(np.float32), levels=(0, 126))
+    widget.addItem(image)
+    x = np.linspace(0, 64, 500)
+    widget.addItem(pg.PlotCurveItem(x, 32 + 20 * np.sin(x / 5), pen=pg.mkPen("r", width=2)))
+    widget.show()
+    grabbed = widget.grab().toImage()
+    assert not grabbed.isNull() and grabbed.width() >= 320 and grabbed.height() >= 240
+    colours = {
+        grabbed.pixel(x, y) for x in range(0, grabbed.width(), 8) for y in range(0, grabbed.height(), 8)
+    }
+    assert len(colours) > 20
+
+
+def test_window_builds_and_ticks_without_a_session(window: MonitorWindow) -> None:
+    window.tick()
+    assert window.traces.point_count == 0
+    assert window.behaviour.lick_rows == 0
+    assert "online module not running" in window.health.online.text()
+    assert window.controls.context.count() == len(window.settings.contexts)
+    assert window.grab().width() > 0
+
+
+# ---------------------------------------------------------------------------------------------- live
+
+
+def test_panels_show_messages_from_real_sockets(
+    qtbot: Any, window: MonitorWindow, settings: Settings
+) -> None:
+    model = window.model
+    net = settings.network
+    with (
+        LossyPublisher(net.events_pub, source="rig", hwm=1000) as rig,
+        LossyPublisher(net.frames_display, source="scope") as scope,
+        LossyPublisher(net.online_results, source="online", hwm=1000) as online,
+    ):
+        health = HealthReport(
+            frames=100,
+            frame_rate_hz=29.9,
+            gaps=2,
+            duplicates=0,
+            out_of_order=0,
+            malformed=0,
+            latency_p50_ms=1.5,
+            latency_p99_ms=4.0,
+            processing_p50_ms=2.0,
+            processing_p99_ms=3.5,
+            n_rois=20,
+            reference_ready=True,
+            closed_loop=True,
+        )
+        wait_for_subscription(
+            qtbot,
+            lambda: rig.send_event(TOPIC_STATE, {"trial": 1, "state": "DelayPeriod", "time_s": 1.0}),
+            lambda: model.behaviour.state is not None,
+        )
+        wait_for_subscription(
+            qtbot,
+            lambda: online.send_parts(health.encode(online.sender)),
+            lambda: model.imaging.health is not None,
+        )
+        pixels = np.arange(64 * 64, dtype=np.int16).reshape(64, 64)
+        wait_for_subscription(
+            qtbot,
+            lambda: scope.send_frame(
+                pixels, frame_index=7, timestamp_s=0.23, trigger_timestamp_s=0.0, trial=1
+            ),
+            lambda: model.imaging.frame is not None,
+        )
+
+        contexts = ["tactile"] * 3 + ["tactile-reversed"] * 2
+        for n, context in enumerate(contexts, 1):
+            record = published_trial(
+                n,
+                context=context,
+                outcome="error" if n == 2 else "hit",
+                side="left" if n % 2 else "right",
+                early_lick=n == 3,
+            )
+            rig.send_event(
+                TOPIC_TRIAL, {"kind": "end", "trial": n, "record": record, "status": status(n, context)}
+            )
+        online.send_parts(circle_rois(20).encode(online.sender))
+        rng = np.random.default_rng(0)
+        for i in range(60):
+            trace = TraceFrame(
+                i, 1, i / 30, i / 30, 1.0, -2.0, 0.9, rng.normal(0, 0.1, 20).astype(np.float32)
+            )
+            online.send_parts(trace.encode(online.sender))
+            time.sleep(0.001)
+        for n, side in ((1, "left"), (2, "right"), (3, "left")):
+            result = DecoderResult(
+                trial=n,
+                context="tactile",
+                actual_side=side,
+                licked_side=side,
+                outcome="hit",
+                decoded_side=side,
+                confidence=0.9,
+                projection=-1.0 if side == "left" else 1.0,
+                boundary=0.0,
+                accuracy={"tactile": 0.5 + 0.1 * n},
+                trials_per_side={"left": 2, "right": 1},
+                cd_similarity={"tactile": 0.9, "tactile-reversed": 0.2},
+            )
+            online.send_parts(result.encode(online.sender))
+        qtbot.waitUntil(
+            lambda: (
+                len(model.behaviour.rows) == 5
+                and len(model.imaging.traces) == 60
+                and len(model.imaging.decoder) == 3
+                and model.imaging.rois is not None
+            ),
+            timeout=5000,
+        )
+    window.refresh()
+
+    behaviour = window.behaviour
+    assert behaviour.lick_rows == 5
+    assert len(behaviour.outcome_points.data) == 5 and len(behaviour.flag_points.data) == 1  # one early lick
+    assert len(behaviour.perf_curves["tactile"].xData) == 3
+    assert len(behaviour.perf_curves["tactile-reversed"].xData) == 2
+    assert (
+        len(behaviour.switch_lines) == 1
+        and "tactile-reversed" in behaviour.switch_lines[0].label.toPlainText()
+    )
+    assert "tactile-reversed" in behaviour.stage.text() and "DelayPeriod" in behaviour.stage.text()
+    assert window.traces.point_count == 20 * 60
+    assert window.frame.image.image.shape == (64, 64)
+    assert window.frame.image.pos() == QtCore.QPointF(-2.0, 1.0)  # the frame moved by its shift (dy 1, dx -2)
+    assert len(window.frame.outlines.xData) == 20 * 13
+    assert len(window.decoding.points["left"].data) == 2 and len(window.decoding.points["right"].data) == 1
+    assert list(window.decoding.accuracy_curves["tactile"].yData) == pytest.approx([0.6, 0.7, 0.8])
+    assert window.decoding.bars.opts["height"] == pytest.approx([0.9, 0.2])
+    online_text = window.health.online.text()
+    assert "29.9 Hz" in online_text and "dropped 2" in online_text and "closed loop on" in online_text
+    assert window.controls.closed_loop.isChecked()  # follows the online module's report
+
+    # select by clicking a trace: the trace and its ROI outline are highlighted
+    traces = window.traces
+    point = traces.mapFromScene(traces.plot.vb.mapViewToScene(QtCore.QPointF(-0.5, 7.1)))
+    qtbot.mouseClick(traces.viewport(), QtCore.Qt.MouseButton.LeftButton, pos=point)
+    qtbot.waitUntil(lambda: model.imaging.selected == 7, timeout=2000)
+    assert len(traces.highlight.xData) == 60
+    assert len(window.frame.selected_outline.xData) == 13
+    # ... and by clicking an ROI on the frame (the frame is drawn shifted by (+1, -2))
+    cy, cx = model.imaging.rois.centroids[12]
+    window.frame.click_at(float(cy) + 1.0, float(cx) - 2.0)
+    assert model.imaging.selected == 12
+    assert "ROI 12" in window.frame.caption.text
+
+
+# ---------------------------------------------------------------------------------------------- controls
+
+
+class FakeSession:
+    """A control server that records what it is asked."""
+
+    def __init__(self, endpoint: str, session: Path | None = None) -> None:
+        self.commands: list[tuple[str, dict[str, Any]]] = []
+        self.session = session
+        self.server = ControlServer(endpoint, self.handle)
+
+    def handle(self, command: str, args: dict[str, Any]) -> dict[str, Any]:
+        if command == "status":
+            return status(0, session=str(self.session) if self.session else None)
+        self.commands.append((command, args))
+        if command == "closed-loop":
+            raise ControlRequestError("closed loop is not available in this session")
+        return {"message": f"done: {command}"}
+
+
+def test_controls_send_commands_and_show_replies(
+    qtbot: Any, window: MonitorWindow, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = FakeSession(settings.network.control)
+    bar = window.statusBar()
+    controls = window.controls
+    try:
+        controls.context.setCurrentText("auditory")
+        for button, command in (
+            (controls.switch, "switch-context"),
+            (controls.pause, "pause"),
+            (controls.resume, "resume"),
+            (controls.stop, "stop"),
+        ):
+            qtbot.mouseClick(button, QtCore.Qt.MouseButton.LeftButton)
+            qtbot.waitUntil(lambda c=command: bar.currentMessage() == f"{c}: done: {c}", timeout=3000)
+        qtbot.mouseClick(controls.closed_loop, QtCore.Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(
+            lambda: "closed-loop failed: closed loop is not available" in bar.currentMessage(), timeout=3000
+        )
+        assert not controls.closed_loop.isChecked()  # refused: the box shows the real state again
+
+        window.confirm_stop = True  # the confirmation dialog, answered "No"
+        monkeypatch.setattr(
+            QtWidgets.QMessageBox, "question", lambda *a, **k: QtWidgets.QMessageBox.StandardButton.No
+        )
+        qtbot.mouseClick(controls.stop, QtCore.Qt.MouseButton.LeftButton)
+        assert bar.currentMessage() == "stop cancelled"
+    finally:
+        fake.server.close()
+    assert fake.commands == [
+        ("switch-context", {"context": "auditory"}),
+        ("pause", {}),
+        ("resume", {}),
+        ("stop", {}),
+        ("closed-loop", {"enabled": True}),
+    ]
+
+
+def test_control_without_a_session_reports_it(qtbot: Any, settings: Settings) -> None:
+    w = MonitorWindow(settings, status_poll_s=None, control_timeout_s=0.3)
+    qtbot.addWidget(w)
+    w.send_command("pause")
+    qtbot.waitUntil(
+        lambda: w.statusBar().currentMessage().startswith("pause failed: no session answered"), timeout=3000
+    )
+
+
+# ---------------------------------------------------------------------------------------------- catch up
+
+
+def test_reopened_monitor_catches_up_from_trials_jsonl(
+    qtbot: Any, settings: Settings, tmp_path: Path
+) -> None:
+    ports = LickPorts.from_settings(settings.wiring)
+    lines = [json.dumps(disk_trial(n, ports, outcome="hit" if n % 3 else "error")) for n in range(1, 13)]
+    (tmp_path / "trials.jsonl").write_text("\n".join(lines) + "\n" + '{"trial": 13, "torn', encoding="utf-8")
+    fake = FakeSession(settings.network.control, session=tmp_path)
+    try:
+        w = MonitorWindow(settings, status_poll_s=0.2)
+        qtbot.addWidget(w)
+        qtbot.waitUntil(lambda: w.behaviour.lick_rows == 12, timeout=5000)  # drawn by the display timer
+        assert len(w.model.behaviour.rows) == 12
+        assert w.model.behaviour.perf["tactile"][0] == list(range(1, 13))
+        assert "Session/Bpod</b> running" in w.health.session.text()
+        # ... then continues live
+        with LossyPublisher(settings.network.events_pub, source="rig") as rig:
+            record = {"kind": "end", "trial": 13, "record": published_trial(13), "status": status(13)}
+            wait_for_subscription(
+                qtbot, lambda: rig.send_event(TOPIC_TRIAL, record), lambda: 13 in w.model.behaviour.rows
+            )
+        assert len(w.model.behaviour.rows) == 13
+    finally:
+        fake.server.close()
+
+
+def test_monitor_model_skips_malformed_messages() -> None:
+    from online.wire import Message
+
+    model = MonitorModel()
+    model.apply(Message(TOPIC_TRIAL, {"v": 1, "seq": 0, "t_ns": 0, "data": "not a dict"}))
+    model.apply(Message(b"traces", {"v": 1, "seq": 0, "t_ns": 0}))
+    assert model.malformed == 2 and not model.behaviour.rows
+
+
+# ---------------------------------------------------------------------------------------------- processes
+
+
+def test_demo_screenshot(tmp_path: Path) -> None:
+    out = tmp_path / "out.png"
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "rig", "monitor", "--demo", "--screenshot", str(out), "--seconds", "4"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 30
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert (width, height) == (1800, 1050) and len(data) > 20_000
+
+
+def test_monitor_without_display_needs_a_screenshot() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+    result = subprocess.run(
+        [sys.executable, "-m", "rig", "monitor"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+        env=env,
+    )
+    assert result.returncode == 2 and "--screenshot" in result.stderr
+
+
+def test_display_detection() -> None:
+    assert not display_available({})
+    assert display_available({"DISPLAY": ":0"}) and display_available({"WAYLAND_DISPLAY": "wayland-0"})
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status_line = Path(f"/proc/{pid}/stat").read_text().split()
+    return status_line[2] != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
+def test_gui_process_dies_with_the_session_process() -> None:
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent("""
+        import sys, time
+        from rig.monitor import start_monitor_process
+        child = start_monitor_process(None, command=[sys.executable, "-c", "import time; time.sleep(60)"])
+        print(child.pid, flush=True)
+        time.sleep(60)
+    """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        child = int(parent.stdout.readline())  # type: ignore[union-attr]
+        assert _alive(child)
+        parent.kill()  # as a crash or kill -9 of the session would
+        parent.wait(5)
+        deadline = time.monotonic() + 5
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(child)
+    finally:
+        parent.kill()
+
+
+def test_gui_process_is_stopped_at_session_end() -> None:
+    child = start_monitor_process(None, command=[sys.executable, "-c", "import time; time.sleep(60)"])
+    assert child is not None and child.poll() is None
+    stop_monitor_process(child, timeout_s=3)
+    assert child.returncode is not None
+
+
+def test_rig_run_opens_and_closes_the_monitor_when_a_display_is_set(tmp_path: Path) -> None:
+    settings_file = tmp_path / "rig.yaml"
+    network = {name: f"tcp://127.0.0.1:{free_port()}" for name in ENDPOINTS}
+    settings_file.write_text(json.dumps({"network": network}), encoding="utf-8")  # JSON is YAML
+    env = {**os.environ, "DISPLAY": ":monitor-test", "QT_QPA_PLATFORM": "offscreen"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rig",
+            "--log-level",
+            "INFO",
+            "run",
+            "--trials",
+            "3",
+            "--speed",
+            "50",
+            "--data",
+            str(tmp_path / "data"),
+            "--settings",
+            str(settings_file),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "monitor started (pid" in result.stderr
+    pid = int(result.stderr.split("monitor started (pid ")[1].split(")")[0])
+    deadline = time.monotonic() + 3
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid)
