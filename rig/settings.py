@@ -564,8 +564,11 @@ class RegistrationSettings(_Section):
     """Frames averaged into the reference image."""
     max_shift_px: int = Field(30, ge=0, le=512)
     """Largest shift searched, in pixels."""
-    upsample: int = Field(10, ge=1, le=100)
-    """Subpixel upsampling factor of the phase correlation (1 = integer shifts)."""
+    upsample: int = Field(1, ge=1, le=100)
+    """Subpixel refinement of the phase-correlation peak: 1 = a Gaussian fit of the peak (subpixel,
+    fastest); above 1 = an upsampled DFT around the peak at that factor (slower, no more accurate here)."""
+    crop_px: int = Field(128, ge=32, le=1024)
+    """Side of the centre crop registered (a smaller crop is faster; the whole frame moves rigidly)."""
 
 
 class DecoderSettings(_Section):
