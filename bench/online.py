@@ -1,0 +1,385 @@
+"""Online module benchmark: per-frame cost, replay speed, registration error, closed-loop latency.
+
+1. Per frame, one core: 512x512 int16 frames from the simulated microscope (rendered beforehand and cycled),
+   500 ROIs (the simulator's footprints), `OnlinePipeline.process_frame` with the settings' defaults
+   (registration upsample 10, neuropil 0.7, 30 s dF/F baseline): registration + trace extraction + dF/F +
+   trial alignment + the closed loop's running projection on a trained delay CD (armed in a gated trial, never
+   deciding). p50/p99 of wall time and of thread CPU time. BLAS/OpenMP are limited to one thread first.
+2. Registration error on that synthetic stream: reference built from the first 50 frames (as live), error =
+   shift + true displacement, the constant offset of the built reference removed; RMS and max (px).
+3. Replay: 512x512 loop-mode ScanImage files written with hardware/scanimage/writer.py from simulated frames,
+   replayed with `online.process.replay` (reading included): frames/s.
+4. Closed loop, end to end: the Bpod emulator at 1x in its own process (firmware 23), the online module as the
+   rig starts it (`rig/online_process.py`, its own process, APP port), frames (256x256, 30 Hz, 100 neurons)
+   sent over the lossless path as the simulated microscope finishes them on the Bpod's clock, state entries
+   and trial records on an events PUB, as the session does. Training trials (ungated) until the decoder is
+   ready, then decoder-gated trials (DecoderGate APP_SoftCode1, min 0.3 s, max 2 s; the gate opens before
+   the 0.6 s window is full, so the decision is made when the LAST frame of the window arrives). Latency =
+   the Bpod time the event landed (trial record Events), on the host clock, minus the decision frame's send
+   time (its header t_ns). Bpod -> host clock: offset = min over every state/event callback of (host receipt
+   time - Bpod time); receipt is later than the event, so this overstates the latency by the smallest
+   delivery delay (tens of us): the figure is conservative.
+
+Run: `.venv/bin/python bench/online.py [--frames 3000] [--gated 40] [--json]`.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import logging  # noqa: E402
+import queue  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.report import percentile, print_report  # noqa: E402
+from hardware.bpod.client import BpodClient  # noqa: E402
+from hardware.bpod.trial import TrialEvent  # noqa: E402
+from hardware.scanimage.writer import ScanImageWriter  # noqa: E402
+from hardware.sim.microscope import MicroscopeConfig, SimMicroscope  # noqa: E402
+from online.closed_loop import ClosedLoopController  # noqa: E402
+from online.decoding import ContextDecoder, EpochFeature  # noqa: E402
+from online.pipeline import OnlinePipeline, PipelineConfig  # noqa: E402
+from online.process import replay  # noqa: E402
+from online.rois import RoiSet  # noqa: E402
+from online.store import read_jsonl  # noqa: E402
+from online.transport import LosslessSender, LossyPublisher  # noqa: E402
+from online.wire import TOPIC_STATE, TOPIC_TRIAL, FrameHeader  # noqa: E402
+from protocols.contexts import contexts_from_settings  # noqa: E402
+from protocols.directional_licking import DecoderGate, TaskParameters, TaskTiming, TaskWiring, build_trial  # noqa: E402
+from protocols.selection import TrialSpec  # noqa: E402
+from protocols.training import stages_from_settings  # noqa: E402
+from rig.online_process import OnlineProcess  # noqa: E402
+from rig.settings import Settings, dump_settings, parse_settings  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+log = logging.getLogger("bench.online")
+
+
+class _Silent:
+    name = "none"
+
+    def send(self, code: int, trial: int) -> None: ...
+
+    def event_name(self, code: int) -> str:
+        return f"APP_SoftCode{code}"
+
+    def poll(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+# -- 1 + 2: per-frame cost and registration error ---------------------------------------------------------
+
+
+def per_frame(n_frames: int, distinct: int) -> dict[str, Any]:
+    sim = SimMicroscope(MicroscopeConfig(n_neurons=500, neuron_radius_px=4.4, motion_px=4.0,
+                                         mode="continuous"))
+    for k in range(int(distinct / 30 / 2.5) + 1):
+        sim.start_trial(0.1 + 2.5 * k, "tactile", "left" if k % 2 else "right",
+                        {"sample": 0.01, "delay": 0.8, "go": 1.6})
+        sim.lick(0.1 + 2.5 * k + 1.7, "right")
+    frames = sim.frames_until(distinct / sim.frame_rate_hz)
+    pixels = [f.pixels for f in frames]
+    truth = np.array([f.truth.shift for f in frames])
+    rois = RoiSet.from_masks((sim.height, sim.width), sim.masks)
+    config = PipelineConfig.from_settings(Settings())
+    # armed in every trial and never sending (its clock makes every frame look stale), so the running
+    # projection and the decode run on every frame
+    loop = ClosedLoopController(_Silent(), confidence_threshold=0.5, window_s=config.delay_window_s,
+                                clock_ns=lambda: 2**62)
+    pipeline = OnlinePipeline(config, rois=rois, closed_loop=loop)
+    t0 = time.perf_counter()
+    seq = 0
+
+    def header(index: int, trial: int, time_s: float) -> FrameHeader:
+        return FrameHeader(seq, index, time_s, 0.0, trial, 0, 0, sim.height, sim.width, "<i2", time.time_ns())
+
+    shifts = []
+    for i in range(config.reference_frames):  # the reference phase (timed once, as setup)
+        out = pipeline.process_frame(header(i, 1, i / 30), pixels[i])
+        seq += 1
+        shifts += [(t.shift_dy, t.shift_dx) for t in out.traces]
+    setup_s = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    decoder = ContextDecoder("tactile", rois.n, pipeline.decoder_config, pipeline.roi_set_id)
+    assert pipeline.decoder_config is not None
+    windows = pipeline.decoder_config.windows()
+    for k in range(24):  # a trained decoder: synthetic features (training cost is per trial, not timed here)
+        side = "right" if k % 2 else "left"
+        feats = {e: EpochFeature(rng.normal(size=rois.n) + (0.5 if side == "right" else 0.0),
+                                 rng.normal(size=(w.n_bins(pipeline.decoder_config.bin_s), rois.n)))
+                 for e, w in windows.items()}
+        decoder.add_features(side, feats)
+    pipeline.decoders["tactile"] = decoder
+    wall, cpu = [], []
+    trial, t_in_trial = 1, 0.0
+    received = np.empty_like(pixels[0])
+    for i in range(n_frames):
+        if i % 150 == 0:  # a new gated trial every 5 s, its delay gate open from the start
+            trial += 1
+            t_in_trial = 0.0
+            pipeline.on_trial_start({"trial": trial, "context": "tactile"})
+            for state in ("DelayPeriod", "DelayDecoderWait"):
+                pipeline.on_state({"trial": trial, "state": state, "time_s": 0.0})
+        np.copyto(received, pixels[(config.reference_frames + i) % len(pixels)])  # as a receive would
+        h = header(i, trial, t_in_trial)
+        seq += 1
+        c0, w0 = time.thread_time_ns(), time.perf_counter_ns()
+        out = pipeline.process_frame(h, received)
+        w1, c1 = time.perf_counter_ns(), time.thread_time_ns()
+        wall.append((w1 - w0) / 1e6)
+        cpu.append((c1 - c0) / 1e6)
+        if i + config.reference_frames < len(pixels):
+            shifts += [(t.shift_dy, t.shift_dx) for t in out.traces]
+        t_in_trial += 1 / 30
+    err = np.array(shifts[: len(truth)]) + truth[: len(shifts)]
+    err -= np.median(err, axis=0)
+    return {"p50_ms": percentile(wall, 50), "p99_ms": percentile(wall, 99), "cpu_p50_ms": percentile(cpu, 50),
+            "cpu_p99_ms": percentile(cpu, 99), "mean_ms": float(np.mean(wall)), "rois": rois.n,
+            "registration_error_px": float(np.sqrt((err**2).sum(axis=1).mean())),
+            "registration_max_error_px": float(np.abs(err).max()), "motion_px": float(np.abs(truth).max()),
+            "reference_setup_s": setup_s, "stale_decodes": loop.stats()["stale"]}
+
+
+# -- 3: replay --------------------------------------------------------------------------------------------
+
+
+def replay_speed(folder: Path, files: int, frames_per_file: int) -> dict[str, Any]:
+    sim = SimMicroscope(MicroscopeConfig(n_neurons=500, neuron_radius_px=4.4,
+                                         frames_per_acquisition=frames_per_file))
+    imaging = folder / "imaging"
+    period = frames_per_file / 30 + 0.5
+    for trial in range(1, files + 1):
+        start = trial * period
+        sim.start_trial(start, "tactile", "left", {"sample": 0.01, "delay": 1.31, "go": 2.61}, trial=trial)
+        frames = sim.frames_until(start + period)
+        with ScanImageWriter.for_loop_trial(imaging, "sim", trial, template="compact",
+                                            acq_trigger_timestamp_s=0.0,
+                                            first_frame_number=frames[0].frame_number + 1) as writer:
+            for f in frames:
+                writer.write_frame(f.pixels, f.timestamp_s)
+    rois = RoiSet.from_masks((sim.height, sim.width), sim.masks)
+    rois.save(folder / "rois.npz")
+    summary = replay(imaging, out=folder / "replay", rois=folder / "rois.npz",
+                     config=PipelineConfig.from_settings(Settings()))
+    return {"frames_per_s": summary.frames_per_s, "frames": summary.frames, "files": summary.files}
+
+
+# -- 4: closed loop end to end ----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def trial_machine(settings: Settings, side: str, gated: bool, sample_s: float, delay_s: float) -> Any:
+    stage = dataclasses.replace({s.name: s for s in stages_from_settings(settings.task.stages)}["full"],
+                                delay_s=delay_s)
+    timing = TaskTiming(trig_trial_start=0.01, sample=sample_s, early_lick_sample=0.05, early_lick_delay=0.05,
+                        response_cue=0.05, answer_period=0.1, reward_consumption=0.05, no_response=0.01,
+                        stop_licking=0.05, trial_end=0.01)
+    gate = DecoderGate("APP_SoftCode1", 0.3, 2.0) if gated else None
+    params = TaskParameters(timing, TaskWiring.from_settings(settings.wiring), 0.03, 0.03, gate)
+    context = contexts_from_settings(settings.contexts)["tactile"]
+    spec = TrialSpec(trial_number=1, side=side, context=context, stage=stage, mode="antibias",  # type: ignore
+                     free_drop=False)
+    return build_trial(spec, params)
+
+
+def closed_loop_latency(folder: Path, n_train: int, n_gated: int, keep: Path | None = None) -> dict[str, Any]:
+    emulator = subprocess.Popen([sys.executable, "-m", "hardware.bpod.emulator", "--firmware", "23",
+                                 "--exit-with-parent"], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert emulator.stdout is not None
+        main_port = emulator.stdout.readline().split(": ", 1)[1].strip()
+        app_port = emulator.stdout.readline().split(": ", 1)[1].strip()
+        return _run_closed_loop(folder, main_port, app_port, n_train, n_gated)
+    finally:
+        if keep is not None:
+            import shutil
+
+            shutil.copytree(folder / "data", keep, dirs_exist_ok=True)
+        emulator.terminate()
+        emulator.wait(5)
+
+
+def _run_closed_loop(folder: Path, main_port: str, app_port: str, n_train: int,
+                     n_gated: int) -> dict[str, Any]:
+    size, rate, sample_s = 256, 30.0, 0.5
+    endpoints = {k: f"tcp://127.0.0.1:{free_port()}" for k in
+                 ("events_pub", "control", "frames", "frames_display", "online_results")}
+    settings = parse_settings({
+        "network": endpoints, "imaging": {"frame_height": size, "frame_width": size, "frame_rate_hz": rate},
+        "online": {"registration": {"reference_frames": 30},
+                   "decoder": {"min_trials_per_side": 5, "delay_window_s": 0.6},
+                   "closed_loop": {"enabled": True, "mode": "app_port", "confidence_threshold": 0.7,
+                                   "max_delay_s": 0.5}}})
+    session = folder / "data" / "bench-mouse" / "session"
+    session.mkdir(parents=True)
+    settings_path = session / "settings.yaml"
+    settings_path.write_text(dump_settings(settings))
+    sim = SimMicroscope(MicroscopeConfig(height=size, width=size, n_neurons=100, frame_rate_hz=rate, seed=1,
+                                         context_overlap=0.0))
+    rng = np.random.default_rng(3)
+    trial_starts: dict[int, float] = {}
+    sides: dict[int, str] = {}
+    pending: queue.Queue[tuple[int, str, Any, int]] = queue.Queue()
+    seen: dict[int, list[tuple[float, int]]] = {}  # trial -> (Bpod time in trial, host receipt ns)
+    with LossyPublisher(settings.network.events_pub, hwm=10_000, source="rig") as events, \
+            OnlineProcess(settings, session, session.parent, app_port=app_port,
+                          settings_path=settings_path), \
+            LosslessSender(settings.network.frames, source="bench-scope") as frames, \
+            BpodClient(main_port) as client:
+        # Callbacks are tagged with the trial they report on: the last ones of a trial may come after
+        # poll_trial has returned it.
+        client.on_state = lambda state, t: pending.put((client.trials_started, "state", (state, t),
+                                                        time.time_ns()))
+        client.on_event = lambda e: pending.put((client.trials_started, "event", e, time.time_ns()))
+        time.sleep(0.3)
+        sim_t = 1.0
+        for n in range(1, n_train + n_gated + 1):
+            gated = n > n_train
+            side = str(rng.choice(["left", "right"]))
+            events.send_event(TOPIC_TRIAL, {"kind": "start", "trial": n, "context": "tactile"})
+            client.start_trial(trial_machine(settings, side, gated, sample_s, 0.9))
+            start_host: float | None = None
+            index = 0
+            sim.start_trial(sim_t, "tactile", side, trial=n)
+            result = None
+            while result is None:
+                while not pending.empty():
+                    tag, kind, payload, host_ns = pending.get()
+                    if kind == "state":
+                        state, t = payload
+                        events.send_event(TOPIC_STATE, {"trial": tag, "state": state, "time_s": t})
+                        seen.setdefault(tag, []).append((t, host_ns))
+                        if tag != n:
+                            continue
+                        if state == "TrigTrialStart":
+                            start_host = host_ns / 1e9
+                        elif state == "SamplePeriod":
+                            sim.mark_epoch(sim_t + t, "sample")
+                        elif state == "DelayPeriod":
+                            sim.mark_epoch(sim_t + t, "delay")
+                        elif state == "ResponseCue":
+                            sim.mark_epoch(sim_t + t, "go")
+                    else:
+                        event: TrialEvent = payload
+                        seen.setdefault(tag, []).append((event.time_s, host_ns))
+                if start_host is not None:
+                    while time.time() >= start_host + (index + 1) / rate:  # frame `index` has been scanned
+                        for f in sim.frames_until(sim_t + (index + 1) / rate - 1e-9):
+                            if f.trial != n:  # the previous acquisition's frames after its trial: not sent
+                                continue
+                            frames.send_frame(f.pixels, frame_index=f.frame_index, timestamp_s=f.timestamp_s,
+                                              trigger_timestamp_s=0.0, trial=n)
+                        index += 1
+                result = client.poll_trial(0.0005)
+            data = result.to_dict()
+            trial_starts[n] = result.start_s
+            record = {"trial": n, "context": "tactile", "side": side, "outcome": "hit", "licked_side": side,
+                      "States": data["States"], "Events": data["Events"]}
+            events.send_event(TOPIC_TRIAL, {"kind": "end", "trial": n, "record": record})
+            sides[n] = side
+            sim_t += result.duration_s + 1.0
+            time.sleep(0.05)
+        time.sleep(1.0)
+    offsets = [host_ns / 1e9 - (trial_starts[tag] + t) for tag, pairs in seen.items() if tag in trial_starts
+               for t, host_ns in pairs]
+    offset = min(offsets)
+    decisions = read_jsonl(session / "decisions.jsonl")
+    sent = {d["trial"]: d for d in decisions if d["kind"] == "sent"}
+    landed = {d["trial"]: d for d in decisions if d["kind"] == "landed"}
+    latencies, host, frame_end = [], [], []
+    for n, d in sent.items():
+        if n not in landed:
+            continue
+        landing_host = offset + trial_starts[n] + landed[n]["landed_bpod_s"]
+        latencies.append((landing_host - d["frame_t_ns"] / 1e9) * 1e3)
+        host.append(d["host_latency_ms"])
+        frame_end.append(landed[n]["frame_end_to_landing_ms"])
+
+    def pct(values: list[float], q: float) -> float | None:
+        return percentile(values, q) if values else None
+
+    return {"closed_loop_p50_ms": pct(latencies, 50), "closed_loop_p99_ms": pct(latencies, 99),
+            "closed_loop_max_ms": max(latencies) if latencies else None,
+            "host_latency_p50_ms": pct(host, 50), "host_latency_p99_ms": pct(host, 99),
+            "frame_end_to_landing_p50_ms": pct(frame_end, 50),
+            "frame_end_to_landing_p99_ms": pct(frame_end, 99),
+            "gated_trials": n_gated, "decisions_landed": len(latencies),
+            "no_decision": sum(d["kind"] == "none" for d in decisions),
+            "decided_side_correct": sum(d["side"] == sides[n] for n, d in sent.items())}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=3000, help="frames timed for the per-frame cost")
+    parser.add_argument("--distinct", type=int, default=150, help="distinct frames rendered and cycled")
+    parser.add_argument("--replay-files", type=int, default=8)
+    parser.add_argument("--replay-frames", type=int, default=60, help="frames per replayed file")
+    parser.add_argument("--train", type=int, default=16, help="ungated training trials")
+    parser.add_argument("--gated", type=int, default=40, help="decoder-gated trials")
+    parser.add_argument("--only", nargs="+", choices=("frame", "replay", "closed-loop"), default=None,
+                        help="run only these parts")
+    parser.add_argument("--keep", type=Path, default=None, help="copy the closed-loop session folder here")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    figures: dict[str, Any] = {}
+    parts = set(args.only or ("frame", "replay", "closed-loop"))
+    if "frame" in parts:
+        figures.update(per_frame(args.frames, args.distinct))
+    if "replay" in parts:
+        with tempfile.TemporaryDirectory() as tmp:
+            figures.update(replay_speed(Path(tmp), args.replay_files, args.replay_frames))
+    if "closed-loop" in parts:
+        with tempfile.TemporaryDirectory() as tmp:
+            figures.update(closed_loop_latency(Path(tmp), args.train, args.gated, args.keep))
+    figures = {k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}
+
+    def ms(key: str) -> str:
+        value = figures.get(key)
+        return "n/a" if value is None else f"{value:.3f}"
+
+    rows = []
+    if "p50_ms" in figures:
+        rows += [("per frame p50 / p99 (ms), wall", f"{ms('p50_ms')} / {ms('p99_ms')}"),
+                 ("per frame p50 / p99 (ms), thread CPU", f"{ms('cpu_p50_ms')} / {ms('cpu_p99_ms')}"),
+                 ("registration error RMS / max (px)",
+                  f"{ms('registration_error_px')} / {ms('registration_max_error_px')}")]
+    if "frames_per_s" in figures:
+        rows.append(("replay (frames/s, reading included)", f"{figures['frames_per_s']:.1f}"))
+    if "gated_trials" in figures:
+        rows += [("closed loop: last frame sent -> event in Bpod p50 / p99 (ms)",
+                  f"{ms('closed_loop_p50_ms')} / {ms('closed_loop_p99_ms')}"),
+                 ("closed loop: frame sent -> APP byte written p50 / p99 (ms)",
+                  f"{ms('host_latency_p50_ms')} / {ms('host_latency_p99_ms')}"),
+                 ("closed loop: frame's last line -> event (trial clock) p50 (ms)",
+                  ms("frame_end_to_landing_p50_ms")),
+                 ("closed loop: decisions landed / gated trials",
+                  f"{figures['decisions_landed']} / {figures['gated_trials']}")]
+    print_report(f"Online module: 512x512 int16, {figures.get('rois', 500)} ROIs, one core; closed loop "
+                 "256x256 at 30 Hz", rows, figures, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
