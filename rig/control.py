@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "resume": (),
     "stop": (),
     "closed-loop": ("enabled",),
+    "soft-code": ("number",),
 }
 POLL_MS = 100
 

@@ -102,7 +102,7 @@ class NoImaging(ImagingSource):
         self.reason = reason
 
     def start(self) -> None:
-        log.warning("imaging: no frames this session: %s", self.reason)
+        (log.info if self.kind == "none" else log.warning)("imaging: no frames this session: %s", self.reason)
 
     def stop(self) -> None:
         pass
@@ -261,6 +261,8 @@ def open_imaging(settings: Settings, session_folder: Path | None,
                  simulated_rig: SimulatedRig | None = None) -> ImagingSource:
     """The frame source `settings.imaging.source` asks for (not started: enter it, or call `start()`)."""
     source = settings.imaging.source
+    if source == "none":
+        return NoImaging(source, "imaging.source is none (behaviour only)")
     if source == "simulated":
         scope = simulated_rig.scope if simulated_rig is not None else None
         if scope is None:

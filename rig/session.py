@@ -14,6 +14,7 @@ import logging
 import platform
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from hardware.bpod.trial import TrialEvent, TrialResult
 from online.transport import LossyPublisher
 from online.wire import TOPIC_STATE, TOPIC_TRIAL
 from protocols.contexts import Context, context_named, contexts_from_settings
-from protocols.directional_licking import TaskParameters, build_trial
+from protocols.directional_licking import DecoderGate, TaskParameters, build_trial
 from protocols.outcome import LickPorts, PerformanceTracker, ScoredTrial, score_trial
 from protocols.selection import AutoRewardRules, SelectionRules, TrialSpec, select_trial
 from protocols.state_machine import StateMachine
@@ -37,6 +38,7 @@ from rig import __version__
 from rig.control import ControlRequestError, ControlServer
 from rig.errors import UserError
 from rig.imaging import ImagingSource, open_imaging
+from rig.online_process import OnlineProcess
 from rig.settings import Settings, dump_settings
 from rig.simulated_rig import SimulatedRig
 from rig.store import SessionStore, recover_sessions
@@ -71,6 +73,7 @@ class PreparedTrial:
     machine: StateMachine
     training_events: list[dict[str, Any]] = field(default_factory=list)
     provisional: ScoredTrial | None = None
+    gate: DecoderGate | None = None
 
 
 @dataclass
@@ -113,9 +116,12 @@ class SessionRunner:
         self._last_result_end_s: float | None = None
         self._store: SessionStore | None = None
         self._publisher: LossyPublisher | None = None
+        self._publish_lock = threading.Lock()
         self._client: BpodClient | None = None
         self._sim: SimulatedRig | None = None
         self._imaging: ImagingSource | None = None
+        self._online: OnlineProcess | None = None
+        self._closed_loop = settings.online.closed_loop.enabled
         self.training: Training
         self.record: SubjectRecord
 
@@ -162,6 +168,7 @@ class SessionRunner:
             "start_context": self.training.context, "start_stage": self.training.stage.name,
             "limits": {"trials": self.options.trials, "minutes": self.options.minutes},
             "imaging": self._imaging.health() if self._imaging is not None else None,
+            "online": self._online.describe() if self._online is not None else None,
         }
 
     # ------------------------------------------------------------------ the loop
@@ -187,6 +194,10 @@ class SessionRunner:
             self._store = SessionStore.create(self.data_root, self.options.subject, started,
                                               dump_settings(self.settings), self._session_info(started))
             stack.callback(self._store.close)
+            if self.settings.online.enabled and self.settings.online.start_with_rig:
+                self._online = stack.enter_context(OnlineProcess(
+                    self.settings, self._store.folder, self.data_root / self.options.subject,
+                    app_port=self._app_port(), settings_path=self._store.folder / "settings.yaml"))
             self._imaging = stack.enter_context(open_imaging(self.settings, self._store.folder, self._sim))
             self._store.write_session_info(self._session_info(started))  # with the imaging source's plan
             if self.options.handle_signals:
@@ -200,6 +211,8 @@ class SessionRunner:
                 raise
             finally:
                 self._imaging.stop()  # final frame counts for session.json (the stack's stop is a no-op)
+                if self._online is not None:
+                    self._online.stop()  # after the last frames; its exit status goes into session.json
                 self.record.sessions += 1
                 self._save_subject()
                 self._store.write_session_info(self._session_info(started, datetime.now()))
@@ -244,8 +257,10 @@ class SessionRunner:
         context = context_named(context_name, self.contexts)
         spec = select_trial(self.record.history, trial_number=number, context=context, stage=stage,
                             rules=self.selection, auto_reward=self.auto_reward, rng=self._rng)
-        machine = build_trial(spec, self.params)
-        prepared = PreparedTrial(number, spec, machine, [_event_dict(e) for e in events])
+        gate = self._decoder_gate(stage.delay_s)
+        params = dataclasses.replace(self.params, decoder_gated_delay=gate) if gate else self.params
+        machine = build_trial(spec, params)
+        prepared = PreparedTrial(number, spec, machine, [_event_dict(e) for e in events], gate=gate)
         for event in events:
             log.info("trial %d: %s", number, _describe_event(event))
         return prepared
@@ -257,6 +272,9 @@ class SessionRunner:
         if self._sim is not None:
             self._sim.set_trial_context(trial.number, trial.spec.context.name)  # for the simulated microscope
         self._store.journal(trial.number, "trial", **trial.spec.to_dict())
+        self._publish(TOPIC_TRIAL, {  # the online module files the trial's frames under its context
+            "kind": "start", "trial": trial.number, "context": trial.spec.context.name,
+            "side": trial.spec.side, "gated": trial.gate is not None})
         self._client.start_trial(trial.machine)
 
     def _await_outcome(self, trial: PreparedTrial) -> bool:
@@ -355,15 +373,13 @@ class SessionRunner:
             "valve_time_s": self.params.valve_s(trial.spec.side),
             "training_events": trial.training_events, "training": self.training.state.to_dict(),
             "bpod": result.to_dict(), "host_time": datetime.now().isoformat(timespec="milliseconds"),
-            "closed_loop": None,
+            "closed_loop": _closed_loop_record(trial.gate, result),
         }
         self._store.append_trial(record)
         self._trials_done += 1
         self._save_subject()
-        if self._publisher is not None:
-            self._publisher.send_event(TOPIC_TRIAL, {"kind": "end", "trial": trial.number,
-                                                     "record": _publishable(record, self.lick_ports),
-                                                     "status": self.status()})
+        self._publish(TOPIC_TRIAL, {"kind": "end", "trial": trial.number,
+                                    "record": _publishable(record, self.lick_ports), "status": self.status()})
         self._status(trial, scored)
 
     def _save_subject(self) -> None:
@@ -383,8 +399,14 @@ class SessionRunner:
         number = self._client.trials_started
         if self._store is not None:
             self._store.journal(number, "state", name=state, time_s=time_s)
+        self._publish(TOPIC_STATE, {"trial": number, "state": state, "time_s": time_s})
+
+    def _publish(self, topic: bytes, data: dict[str, Any]) -> None:
+        """Publish from any thread: a ZeroMQ socket is not thread-safe, and the Bpod reader thread
+        (state entries) and the trial loop (trial records) both publish."""
         if self._publisher is not None:
-            self._publisher.send_event(TOPIC_STATE, {"trial": number, "state": state, "time_s": time_s})
+            with self._publish_lock:
+                self._publisher.send_event(topic, data)
 
     # ------------------------------------------------------------------ control (control thread)
 
@@ -412,7 +434,68 @@ class SessionRunner:
         if command == "stop":
             self.request_stop("experimenter")
             return {"message": "stopping after the current trial"}
+        if command == "closed-loop":
+            return self._set_closed_loop(args["enabled"])
+        if command == "soft-code":
+            return self._soft_code(args)
         raise ControlRequestError(f"command {command!r} is not available in this session yet")
+
+    def _app_port(self) -> str | None:
+        return self._sim.app_port if self._sim is not None else self.settings.bpod.app_port
+
+    def _closed_loop_possible(self) -> str | None:
+        """Why closed loop cannot run in this session, or None if it can."""
+        loop = self.settings.online.closed_loop
+        if not self.settings.online.enabled:
+            return "the online module is off (online.enabled: false)"
+        if loop.mode == "app_port":
+            hw = self._client.hardware if self._client is not None else None
+            if hw is not None and not hw.has_app_port:
+                return "closed_loop.mode app_port needs Bpod firmware 23 (the APP port)"
+            if self._app_port() is None:
+                return "closed_loop.mode app_port needs bpod.app_port (the Bpod's second serial port)"
+        return None
+
+    def _decoder_gate(self, delay_s: float) -> DecoderGate | None:
+        """Decoder-gated delay for the next trial while closed loop is on: the delay ends when the
+        decoder is confident (its event), after the decoding window, and at the stage's delay at most."""
+        with self._lock:
+            enabled = self._closed_loop
+        if not enabled or delay_s <= 0 or self._closed_loop_possible() is not None:
+            return None
+        loop = self.settings.online.closed_loop
+        event = "APP_SoftCode1" if loop.mode == "app_port" else "SoftCode1"
+        min_s = min(self.settings.online.decoder.delay_window_s, delay_s)
+        return DecoderGate(event, min_s=min_s, max_s=delay_s)
+
+    def _set_closed_loop(self, enabled: Any) -> dict[str, Any]:
+        if not isinstance(enabled, bool):
+            raise ControlRequestError(f"'enabled' must be true or false, got {enabled!r}")
+        if enabled and (why := self._closed_loop_possible()) is not None:
+            raise ControlRequestError(f"closed loop cannot run: {why}")
+        with self._lock:
+            self._closed_loop = enabled
+        state = "on" if enabled else "off"
+        log.info("closed loop %s from the next trial prepared", state)
+        return {"message": f"closed loop {state} from the next trial", "closed_loop": enabled}
+
+    def _soft_code(self, args: dict[str, Any]) -> dict[str, Any]:
+        """A soft code into the running trial for another process (the online module on firmware 22)."""
+        client = self._client
+        number, trial = args["number"], args.get("trial")
+        if client is None or not client.trial_running:
+            raise ControlRequestError("no trial is running")
+        if trial is not None and trial != client.trials_started:
+            raise ControlRequestError(f"trial {trial} is not running (trial {client.trials_started} is)")
+        if not isinstance(number, int) or isinstance(number, bool):
+            raise ControlRequestError(f"'number' must be a whole number, got {number!r}")
+        try:
+            client.send_soft_code(number)
+        except BpodConnectionError:
+            raise
+        except BpodError as exc:
+            raise ControlRequestError(str(exc)) from None
+        return {"trial": client.trials_started, "t_ns": time.time_ns()}
 
     def status(self) -> dict[str, Any]:
         if not hasattr(self, "training"):
@@ -422,7 +505,7 @@ class SessionRunner:
             "subject": self.options.subject, "trials": self._trials_done, "context": self.training.context,
             "stage": self.training.stage.name, "perf100": perf, "paused": self._paused, "idle": self._idle,
             "stopping": self._stop.is_set(), "session": str(self._store.folder) if self._store else None,
-            "pending_context": self.training.state.pending_context,
+            "pending_context": self.training.state.pending_context, "closed_loop": self._closed_loop,
         }
 
     def request_stop(self, reason: str) -> None:
@@ -484,7 +567,17 @@ def _publishable(record: dict[str, Any], lick_ports: LickPorts) -> dict[str, Any
         "state_sequence": bpod["state_sequence"], "go_cue_s": go[-1][0] if go else None,
         "licks": {"left": bpod["Events"].get(lick_ports.left_event, []),
                   "right": bpod["Events"].get(lick_ports.right_event, [])},
+        "States": bpod["States"], "Events": bpod["Events"],
     }
+
+
+def _closed_loop_record(gate: DecoderGate | None, result: TrialResult) -> dict[str, Any] | None:
+    """How the trial was gated by the decoder and when the decision's event reached the Bpod (the
+    decision itself, with its frame and host latency, is in the online module's decisions.jsonl)."""
+    if gate is None:
+        return None
+    return {"gated": True, "event": gate.event, "min_s": gate.min_s, "max_s": gate.max_s,
+            "event_times": result.event_times(gate.event)}
 
 
 def run_session(settings: Settings, options: RunOptions) -> SessionResult:

@@ -218,6 +218,9 @@ class BpodSettings(_Section):
     """How many times faster than real time the emulator's virtual clock runs."""
     timeout_s: float = Field(1.0, gt=0, le=60)
     """Serial read timeout in seconds; a device silent for longer is reported as not responding."""
+    app_port: str | None = None
+    """Firmware 23: the Bpod's second (APP) serial port, for closed-loop bytes from the online module
+    (/dev/ttyACM1). Not needed with the emulator, which reports its own."""
     valve_calibration: ValveCalibration = Field(default_factory=ValveCalibration)
     """Valve open time <-> delivered volume, per valve."""
 
@@ -519,8 +522,9 @@ def _default_contexts() -> dict[str, ContextSettings]:
 class ImagingSettings(_Section):
     """Where frames come from and what they look like."""
 
-    source: Literal["simulated", "scanimage_folder", "scanimage_stream"] = "simulated"
-    """simulated microscope, a ScanImage output folder followed as files appear, or a live stream."""
+    source: Literal["simulated", "scanimage_folder", "scanimage_stream", "none"] = "simulated"
+    """simulated microscope, a ScanImage output folder followed as files appear, a live stream, or none
+    (behaviour only, e.g. training sessions without the microscope)."""
     frame_height: int = Field(512, ge=16, le=4096)
     """Lines per frame (pixels)."""
     frame_width: int = Field(512, ge=16, le=4096)
@@ -597,7 +601,10 @@ class OnlineSettings(_Section):
     """The online imaging module."""
 
     enabled: bool = True
-    """Start the online module with the session."""
+    """Process frames online this session: frames go on the lossless path (network.frames)."""
+    start_with_rig: bool = True
+    """`rig run` starts the online module on this machine; false when it runs elsewhere (`python -m
+    online` on an analysis PC, bound at network.frames)."""
     neuropil_coefficient: float = Field(0.7, ge=0, le=1)
     """F_cell - this x F_neuropil."""
     dff_baseline_window_s: float = Field(30.0, gt=0, le=3600)

@@ -234,7 +234,9 @@ def hashes(pixels: np.ndarray) -> str:
 def test_session_publishes_frames_aligned_to_bpod_trials_and_records_the_reduced_plan(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
-    settings = load_settings(overrides={**endpoints(), "imaging.write_tiff": True})
+    # the test stands in for an online module running elsewhere: it takes the lossless frames itself
+    overrides = {"imaging.write_tiff": True, "online.start_with_rig": False}
+    settings = load_settings(overrides={**endpoints(), **overrides})
     collector = Collector(settings.network.frames, settings.network.frames_display)
     try:
         result = SessionRunner(settings, RunOptions(data_root=tmp_path, speed=50.0, trials=10,

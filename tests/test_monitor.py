@@ -104,7 +104,8 @@ def disk_trial(n: int, lick_ports: LickPorts, **kwargs: Any) -> dict[str, Any]:
     return record
 
 
-def status(trials: int, context: str = "tactile", session: str | None = None) -> dict[str, Any]:
+def status(trials: int, context: str = "tactile", session: str | None = None,
+           closed_loop: bool = True) -> dict[str, Any]:
     return {
         "subject": "m1",
         "trials": trials,
@@ -115,6 +116,7 @@ def status(trials: int, context: str = "tactile", session: str | None = None) ->
         "stopping": False,
         "session": session,
         "pending_context": None,
+        "closed_loop": closed_loop,
     }
 
 
@@ -345,7 +347,7 @@ def test_panels_show_messages_from_real_sockets(
     assert window.decoding.bars.opts["height"] == pytest.approx([0.9, 0.2])
     online_text = window.health.online.text()
     assert "29.9 Hz" in online_text and "dropped 2" in online_text and "closed loop on" in online_text
-    assert window.controls.closed_loop.isChecked()  # follows the online module's report
+    assert window.controls.closed_loop.isChecked()  # follows the session's status
 
     # select by clicking a trace: the trace and its ROI outline are highlighted
     traces = window.traces

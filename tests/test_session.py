@@ -40,7 +40,8 @@ def endpoints() -> dict[str, str]:
 
 @pytest.fixture
 def settings() -> Settings:
-    return load_settings(overrides=endpoints())
+    # behaviour only: the online module and its frames have their own session tests
+    return load_settings(overrides={**endpoints(), "online.enabled": False, "imaging.source": "none"})
 
 
 def run(settings: Settings, data: Path, **options: Any) -> SessionResult:
@@ -212,7 +213,8 @@ def _settings_file(tmp_path: Path) -> Path:
     network: dict[str, Any] = {}
     for key, value in endpoints().items():
         network[key.split(".")[1]] = value
-    path.write_text(yaml.safe_dump({"network": network}))
+    path.write_text(yaml.safe_dump({"network": network, "online": {"enabled": False},
+                                    "imaging": {"source": "none"}}))
     return path
 
 

@@ -109,7 +109,8 @@ def test_settings_are_read_only() -> None:
         ("online: {enabled: maybe}\n", "online.enabled = 'maybe': must be true or false"),
         (
             "imaging: {source: scanimage}\n",
-            "imaging.source = 'scanimage': must be one of simulated, scanimage_folder, scanimage_stream",
+            "imaging.source = 'scanimage': must be one of simulated, scanimage_folder, scanimage_stream, "
+            "none",
         ),
         ("online: {registration: 5}\n", "online.registration = 5: must be a mapping of keys to values"),
     ],

@@ -83,6 +83,8 @@ class TrialRow:
     licks_right: tuple[float, ...]
     stage: Mapping[str, Any] = field(default_factory=dict)
     training_events: tuple[Mapping[str, Any], ...] = ()
+    trial_start_s: float | None = None  # Bpod session clock
+    trial_end_s: float | None = None
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> TrialRow:
@@ -104,6 +106,8 @@ class TrialRow:
                 licks_right=tuple(float(t) for t in licks.get("right", ())),
                 stage=dict(record.get("stage") or {}),
                 training_events=tuple(record.get("training_events") or ()),
+                trial_start_s=_float_or_none(record.get("trial_start_s")),
+                trial_end_s=_float_or_none(record.get("trial_end_s")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a trial record: {exc}") from exc
@@ -281,7 +285,7 @@ class BehaviourModel:
 
 
 class TraceBuffer:
-    """Every ROI's dF/F for the last `capacity` frames, as a ring; times are the sender's clock (s)."""
+    """Every ROI's dF/F for the last `capacity` frames, as a ring; times on the Bpod session clock (s)."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = max(2, int(capacity))
@@ -356,6 +360,7 @@ class ImagingModel:
 
     def __init__(self, frame_rate_hz: float = 30.0, trace_seconds: float = TRACE_SECONDS) -> None:
         self.trace_seconds = trace_seconds
+        self.frame_rate_hz = frame_rate_hz
         self.frame: np.ndarray | None = None
         self.frame_header: FrameHeader | None = None
         self.frame_shift: tuple[float, float] = (0.0, 0.0)  # (dy, dx) that aligns the frame
@@ -492,6 +497,21 @@ class MonitorModel:
             return
         self.applied[message.topic] = self.applied.get(message.topic, 0) + 1
 
+    def _trace_time(self, trace: TraceFrame) -> float:
+        """Where a frame's traces go on the time axis: the Bpod session clock (trial start + time in the
+        trial), so that a session running faster than real time, or a backlog, is drawn at its own pace.
+        The running trial starts where the previous one ended (trials are queued with no dead time)."""
+        rows = self.behaviour.rows
+        start = None
+        if trace.trial in rows:
+            start = rows[trace.trial].trial_start_s
+        elif trace.trial - 1 in rows:
+            start = rows[trace.trial - 1].trial_end_s
+        last = self.imaging.traces.latest_time
+        if start is None or trace.time_in_trial_s is None:
+            return (last if last is not None else 0.0) + 1.0 / self.imaging.frame_rate_hz
+        return start + trace.time_in_trial_s
+
     def _apply(self, message: Message, now: float) -> None:
         topic = message.topic
         if topic == TOPIC_TRIAL:
@@ -508,7 +528,8 @@ class MonitorModel:
             header = FrameHeader.from_message(message)
             self.imaging.add_frame(header, message.arrays[0], now)
         elif topic == TOPIC_TRACES:
-            self.imaging.add_traces(TraceFrame.from_message(message), message.t_ns / 1e9, now)
+            trace = TraceFrame.from_message(message)
+            self.imaging.add_traces(trace, self._trace_time(trace), now)
         elif topic == TOPIC_ROIS:
             self.imaging.set_rois(RoiSnapshot.from_message(message), now)
         elif topic == TOPIC_DECODER:

@@ -193,9 +193,9 @@ class MonitorWindow(QtWidgets.QMainWindow):
         now = time.monotonic() if now is None else now
         for panel in (self.frame, self.traces, self.decoding, self.behaviour, self.health):
             panel.refresh(now)
-        health = self.model.imaging.health
-        if health is not None and self.model.imaging.online_running(now):
-            self.controls.set_closed_loop(health.closed_loop)
+        closed_loop = self.model.behaviour.status.get("closed_loop")
+        if isinstance(closed_loop, bool):  # the session decides which trials are decoder-gated
+            self.controls.set_closed_loop(closed_loop)
 
     def _housekeeping(self, now: float) -> None:
         if (

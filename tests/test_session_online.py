@@ -1,0 +1,70 @@
+"""A session with the simulated microscope and the online module, with the closed loop on and off."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from rig.control import send_request
+from rig.session import RunOptions, SessionRunner
+from rig.settings import load_settings
+from rig.store import read_jsonl
+from tests.test_session import SessionThread
+
+
+def endpoints() -> dict[str, str]:
+    def free() -> str:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+    return {f"network.{name}": free() for name in ("events_pub", "control", "frames", "frames_display",
+                                                     "online_results")}
+
+
+def test_online_module_runs_beside_the_session_and_saves_its_outputs(tmp_path: Path) -> None:
+    settings = load_settings(overrides={**endpoints(), "online.decoder.min_trials_per_side": 3})
+    result = SessionRunner(settings, RunOptions(subject="o1", trials=16, speed=20, data_root=tmp_path,
+                                                handle_signals=False)).run()
+    info = json.loads((result.folder / "session.json").read_text())
+    assert info["online"]["exit_status"] == 0
+    assert info["imaging"]["source"] == "simulated"
+    trials = list(read_jsonl(result.folder / "trials.jsonl"))
+    decoded = [json.loads(line) for line in (result.folder / "decoder.jsonl").read_text().splitlines()]
+    assert [d["trial"] for d in decoded] == [t["trial"] for t in trials]
+    assert all(d["context"] == t["context"] and d["actual_side"] == t["side"]
+               for d, t in zip(decoded, trials, strict=True))
+    assert all(d["n_frames"] > 0 for d in decoded)
+    assert (result.folder / "traces.f32").stat().st_size > 0 and (result.folder / "rois.npz").exists()
+    summary = json.loads((result.folder / "online_summary.json").read_text())
+    assert summary["events_receiver"]["gaps"] == 0 and summary["events_receiver"]["malformed"] == 0
+    assert summary["frames_receiver"]["gaps"] == 0
+
+
+def test_closed_loop_gates_the_delay_and_can_be_switched_off(tmp_path: Path) -> None:
+    settings = load_settings(overrides={**endpoints(), "online.decoder.min_trials_per_side": 3,
+                                        "online.closed_loop.enabled": True})
+    session = SessionThread(settings, tmp_path, subject="o2", trials=30, speed=10.0)
+    session.wait_for_trials(22, timeout_s=120)
+    off = send_request(settings.network.control, "closed-loop", enabled=False)
+    assert off["ok"] and off["closed_loop"] is False
+    refused = send_request(settings.network.control, "soft-code", number=1, trial=9999)
+    assert not refused["ok"] and "is not running" in refused["error"]
+    result = session.join(timeout_s=180)
+    trials = list(read_jsonl(result.folder / "trials.jsonl"))
+    gated = [t for t in trials if t["closed_loop"]]
+    assert gated and gated[0]["trial"] == 1 and trials[-1]["closed_loop"] is None
+    landed = [t for t in gated if t["closed_loop"]["event_times"]]
+    assert landed, "no decision reached the Bpod"
+    for t in landed:
+        assert "DelayDecoderWait" in t["bpod"]["state_sequence"]
+        go = t["bpod"]["States"]["ResponseCue"][-1][0]
+        # the decision ended the delay
+        assert go == pytest.approx(t["closed_loop"]["event_times"][0], abs=2e-4)
+    decisions = [json.loads(line) for line in (result.folder / "decisions.jsonl").read_text().splitlines()]
+    assert any(d.get("kind") == "landed" for d in decisions)
+
+
