@@ -2,7 +2,7 @@
 
 1. Per frame, one core: 512x512 int16 frames from the simulated microscope (rendered beforehand and cycled),
    500 ROIs (the simulator's footprints), `OnlinePipeline.process_frame` with the settings' defaults
-   (registration upsample 10, neuropil 0.7, 30 s dF/F baseline): registration + trace extraction + dF/F +
+   (Gaussian peak fit, neuropil 0.7, 30 s dF/F baseline): registration + trace extraction + dF/F +
    trial alignment + the closed loop's running projection on a trained delay CD (armed in a gated trial, never
    deciding). p50/p99 of wall time and of thread CPU time. BLAS/OpenMP are limited to one thread first.
 2. Registration error on that synthetic stream: reference built from the first 50 frames (as live), error =
@@ -333,8 +333,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=3000, help="frames timed for the per-frame cost")
     parser.add_argument("--distinct", type=int, default=150, help="distinct frames rendered and cycled")
-    parser.add_argument("--replay-files", type=int, default=8)
-    parser.add_argument("--replay-frames", type=int, default=60, help="frames per replayed file")
+    parser.add_argument("--replay-files", type=int, default=10)
+    parser.add_argument("--replay-frames", type=int, default=300, help="frames per replayed file")
     parser.add_argument("--train", type=int, default=16, help="ungated training trials")
     parser.add_argument("--gated", type=int, default=40, help="decoder-gated trials")
     parser.add_argument("--only", nargs="+", choices=("frame", "replay", "closed-loop"), default=None,
