@@ -627,6 +627,10 @@ class ContextDecoder:
 
     def coding_direction(self, epoch: str = "delay", method: Method | str | None = None) -> CodingDirection:
         """The CD and boundary over all stored trials; raises DecoderNotReady with too few trials."""
+        if method is None:  # fast path (every frame in the closed loop): entries exist only while ready
+            cd = self._cache.get((epoch, self.config.method))
+            if cd is not None:
+                return cd
         epoch, method = _check_epoch(epoch), _check_method(method or self.config.method)
         if not self.ready(epoch):
             raise DecoderNotReady(self.status(epoch))

@@ -55,7 +55,6 @@ import numpy as np
 
 from online.alignment import (
     DEFAULT_EPOCH_STATES,
-    AlignedFrame,
     AlignedTrials,
     ContinuousAligner,
     EpochStates,
@@ -344,9 +343,10 @@ class OnlinePipeline:
                       aux_trigger_s: Sequence[float] = ()) -> PipelineOutput:
         """One frame (any channel/plane: others than the configured one are counted and skipped)."""
         t0 = time.perf_counter_ns()
-        self.stats.frames_received += 1
-        if header.channel != self.config.channel or header.plane != self.config.plane:
-            self.stats.frames_other_channel += 1
+        stats, config = self.stats, self.config
+        stats.frames_received += 1
+        if header.channel != config.channel or header.plane != config.plane:
+            stats.frames_other_channel += 1
             return PipelineOutput()
         pixels = np.asarray(pixels)
         if pixels.ndim != 2 or pixels.dtype.kind not in "iuf" or pixels.size == 0:
@@ -359,7 +359,9 @@ class OnlinePipeline:
             self.stats.frames_invalid += 1
             raise MalformedInput(f"frame {header.frame_index} is {pixels.shape[0]}x{pixels.shape[1]}, the "
                                  f"session's frames are {self.shape[0]}x{self.shape[1]}")
-        aux = tuple(float(e) for e in aux_trigger_s)
+        # (the common case, no aux edges, skips building a tuple from a generator)
+        aux = () if isinstance(aux_trigger_s, tuple) and not aux_trigger_s else tuple(
+            float(e) for e in aux_trigger_s)
         if self.extractor is None:
             self._buffer.append((header, np.array(pixels, copy=True), aux))  # the message's memory is reused
             if len(self._buffer) < self._frames_needed():
@@ -369,8 +371,8 @@ class OnlinePipeline:
             return out
         out = self._process(header, pixels, aux)
         now = self.clock_ns()
-        self.stats.processing_ns.append(time.perf_counter_ns() - t0)
-        self.stats.latency_ns.append(now - header.t_ns)
+        stats.processing_ns.append(time.perf_counter_ns() - t0)
+        stats.latency_ns.append(now - header.t_ns)
         return out
 
     def _frames_needed(self) -> int:
@@ -482,7 +484,7 @@ class OnlinePipeline:
         if trial in self._finalised:
             self.stats.frames_after_trial_end += 1
         elif math.isfinite(time_s):
-            self.trials.add_frame(AlignedFrame(trial, time_s, dff))
+            self.trials.trial(trial).add(time_s, dff)  # = add_frame(AlignedFrame(...)), without the object
             if trial > self._latest_trial:
                 self._latest_trial = trial
                 self._drop_old_trials()

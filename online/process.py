@@ -550,20 +550,27 @@ def replay(path: str | Path, *, out: str | Path | None = None, rois: str | Path 
                 if z >= planes or c >= channels:
                     raise UserInputError(f"{file}: has {planes} plane(s) and {channels} channel(s), replay "
                                          f"reads plane {z} channel {c}")
-                for start in range(0, n, chunk_frames):
-                    block = f.frames(start, min(n, start + chunk_frames))
-                    for k in range(block.shape[0]):
+                # The whole file as a memory-mapped view when its layout allows (no up-front read and copy of
+                # the pixels), else blocks of chunk_frames time points read through the library.
+                mapped = f.frames_view()
+                chunk = n if mapped is not None else chunk_frames
+                with_aux = config.alignment == "aux"
+                dtype_str = f.dtype.str
+                stamp_list = stamps.tolist() if stamps is not None else None
+                for start in range(0, n, max(1, chunk)):
+                    block = mapped if mapped is not None else f.frames(start, min(n, start + chunk))
+                    for k in range(block.shape[0] if mapped is None else n):
                         i = start + k
                         aux: Sequence[float] = ()
-                        if config.alignment == "aux":
+                        if with_aux:
                             page = (i * planes + z) * channels + c
                             aux = f.frame_metadata(page).aux_triggers[0]
-                        stamp = float(stamps[i]) if stamps is not None else -1.0
-                        header = FrameHeader(seq, i, stamp, trigger, trial, c, z, height, width, f.dtype.str,
+                        stamp = float(stamp_list[i]) if stamp_list is not None else -1.0
+                        header = FrameHeader(seq, i, stamp, trigger, trial, c, z, height, width, dtype_str,
                                              time.time_ns())
                         seq += 1
                         frames += 1
-                        emit(pipeline.process_frame(header, block[k, z, c], aux))
+                        emit(pipeline.process_frame(header, block[i if mapped is not None else k, z, c], aux))
             for number in sorted(records):
                 if number <= trial and number not in delivered:
                     delivered.add(number)

@@ -133,6 +133,7 @@ class RigidRegistration:
         self._spec_pairs = self._spec.view(np.float32).reshape(c, c // 2 + 1, 2)
         self._mag = np.empty((c, c // 2 + 1), np.float32)
         self._surface = np.empty((c, c), np.float32)
+        self._spec_tmp = np.empty((c, c // 2 + 1), np.complex64)
         ref_spec = np.fft.rfft2(self._prepare(self.reference).astype(np.float64))
         ref_conj = np.conj(ref_spec) / (np.abs(ref_spec) + 1e-6) * lowpass
         self._ref_conj = ref_conj.astype(np.complex64)
@@ -154,7 +155,7 @@ class RigidRegistration:
         c, y0, x0 = self.crop_px, self._y0, self._x0
         crop = self._crop
         np.copyto(crop, frame[y0:y0 + c, x0:x0 + c], casting="unsafe")
-        crop -= crop.mean(dtype=np.float32)
+        crop -= np.add.reduce(crop, axis=None, dtype=np.float32) / crop.size  # = crop.mean(dtype=float32)
         crop *= self._taper
         return crop
 
@@ -165,7 +166,10 @@ class RigidRegistration:
         transform ~2x faster with it than with the default unit factor (measured, 128 px: 0.08 vs 0.16 ms)."""
         if frame.shape != self.shape:
             raise ValueError(f"frame shape {frame.shape} does not match the reference {self.shape}")
-        spec = np.fft.rfft2(self._prepare(frame), norm="forward", out=self._spec)
+        # = np.fft.rfft2(crop, norm="forward", out=...), the same two 1-D passes minus its argument handling
+        c = self.crop_px
+        spec = np.fft.fft(np.fft.rfft(self._prepare(frame), c, 1, "forward", out=self._spec), c, 0, "forward",
+                          out=self._spec)
         mag = np.abs(spec, out=self._mag)
         mag += _EPS
         np.reciprocal(mag, out=mag)
@@ -177,7 +181,9 @@ class RigidRegistration:
         """The shift (dy, dx) that aligns `frame` to the reference, with its correlation."""
         spec = self._cross_power(frame)
         c = self.crop_px
-        surface = np.fft.irfft2(spec, s=(c, c), out=self._surface)
+        # = np.fft.irfft2(spec, s=(c, c), out=...), the same two 1-D passes (into reused buffers)
+        half = np.fft.ifft(spec, c, 0, None, out=self._spec_tmp)
+        surface = np.fft.irfft(half, c, 1, None, out=self._surface)
         window = surface.take(self._window)
         best = int(np.argmax(window))
         n = self._lags.size
@@ -267,19 +273,30 @@ def fourier_shift(image: np.ndarray, dy: float, dx: float) -> np.ndarray:
     Sharper than `apply_shift` (no bilinear blur); used to build references and to make test data.
     float32 throughout (relative error ~1e-6)."""
     img = np.asarray(image, dtype=np.float32)
-    h, w = img.shape
+    return _shift_spectrum(_forward_spectrum(img), img.shape, dy, dx)
+
+
+def _forward_spectrum(img: np.ndarray) -> np.ndarray:
+    """The float32 image's half spectrum as `_shift_spectrum` takes it (norm="forward": see
+    RigidRegistration._cross_power, the fast forward path)."""
+    return np.fft.rfft2(img, norm="forward")
+
+
+def _shift_spectrum(spec: np.ndarray, shape: tuple[int, int], dy: float, dx: float) -> np.ndarray:
+    """`fourier_shift` from the image's `_forward_spectrum` (left unchanged: build_reference reuses it)."""
+    h, w = shape
     fy = np.fft.fftfreq(h)[:, None]
     fx = np.fft.rfftfreq(w)[None, :]
     ramp_y = np.exp(-2j * np.pi * fy * dy)
-    ramp_x = np.exp(-2j * np.pi * fx * dx) * (h * w)  # h*w undoes norm="forward" below
+    ramp_x = np.exp(-2j * np.pi * fx * dx) * (h * w)  # h*w undoes norm="forward"
     if h % 2 == 0:  # a Nyquist component can only be scaled, not phase-shifted, and stay real
         ramp_y[h // 2, 0] = ramp_y[h // 2, 0].real
     if w % 2 == 0:
         ramp_x[0, -1] = ramp_x[0, -1].real
     ramp = ramp_y * ramp_x
-    spec = np.fft.rfft2(img, norm="forward")  # see RigidRegistration._cross_power: the fast forward path
-    spec *= ramp.astype(np.complex64)
-    return np.fft.irfft2(spec, s=(h, w)).astype(np.float32, copy=False)
+    shifted = spec.copy()
+    shifted *= ramp.astype(np.complex64)  # in place, as numpy's in-place loop rounds (bit-identical results)
+    return np.fft.irfft2(shifted, s=(h, w)).astype(np.float32, copy=False)
 
 
 # -- building a reference -----------------------------------------------------------------------
@@ -308,16 +325,22 @@ def _seed_frames(stack: np.ndarray, n_seed: int) -> np.ndarray:
     return np.argsort(corr[centre])[::-1][:k]
 
 
-def _aligned_mean(stack: np.ndarray, shifts: np.ndarray, keep: np.ndarray) -> np.ndarray:
+def _aligned_mean(stack: np.ndarray, shifts: np.ndarray, keep: np.ndarray,
+                  spectra: dict[int, np.ndarray] | None = None) -> np.ndarray:
     """Mean of the kept frames shifted into place, each pixel averaged only over frames that really saw it
-    (a Fourier shift wraps content around the edges; the wrapped band is left out)."""
+    (a Fourier shift wraps content around the edges; the wrapped band is left out). `spectra` caches each
+    frame's forward spectrum across calls (the frames do not change between iterations)."""
     _, h, w = stack.shape
+    spectra = {} if spectra is None else spectra
     total = np.zeros((h, w))
     count = np.zeros((h, w))
     plain = np.zeros((h, w))
     for i in keep:
         dy, dx = float(shifts[i, 0]), float(shifts[i, 1])
-        moved = fourier_shift(stack[i], dy, dx)
+        spec = spectra.get(int(i))
+        if spec is None:
+            spec = spectra[int(i)] = _forward_spectrum(np.asarray(stack[i], dtype=np.float32))
+        moved = _shift_spectrum(spec, (h, w), dy, dx)
         plain += moved
         y0, y1 = max(0, math.ceil(dy)), min(h, h + math.floor(dy))
         x0, x1 = max(0, math.ceil(dx)), min(w, w + math.floor(dx))
@@ -356,13 +379,14 @@ def build_reference(
     )
     template = stack[_seed_frames(stack, n_seed)].mean(axis=0)
     shifts = np.zeros((n, 2))
+    spectra: dict[int, np.ndarray] = {}
     for it in range(iterations):
         reg = RigidRegistration(template, whole)
         results = [reg.register(f) for f in stack]
         shifts = np.array([(r.dy, r.dx) for r in results])
         corr = np.array([r.correlation for r in results])
         keep = np.argsort(corr)[::-1][: max(1, int(round(keep_fraction * n)))]
-        template = _aligned_mean(stack, shifts, keep)
+        template = _aligned_mean(stack, shifts, keep, spectra)
         logger.debug(
             "reference iteration %d: median correlation %.3f, shift sd (%.2f, %.2f) px",
             it,

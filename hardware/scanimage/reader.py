@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import math
+import re
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -28,9 +30,16 @@ from hardware.scanimage.header import (
     parse_frame_description,
     parse_static_metadata,
 )
-from hardware.scanimage.tiff_index import read_scanimage_block
+from hardware.scanimage.tiff_index import TiffFormatError, TiffIndexer, read_scanimage_block
 
 logger = logging.getLogger(__name__)
+
+# The frameTimestamps_sec line of a `key = value` page description, with a plain decimal value: read without
+# parsing the whole description (replay reads every page's timestamp). Anything else takes the full parser.
+_TIMESTAMP_LINE = re.compile(
+    r"^[ \t]*frameTimestamps_sec[ \t]*=[ \t]*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)[ \t]*\r?$",
+    re.MULTILINE,
+)
 
 
 class ScanImageError(Exception):
@@ -293,6 +302,47 @@ class ScanImageFile:
         data = self._backend.data(start * per_frame, stop * per_frame)
         return data.reshape(stop - start, *self.shape[1:])
 
+    def frames_view(self) -> np.ndarray | None:
+        """Every time point as a read-only, zero-copy view of the file (n, planes, channels, height, width)
+        through a memory map, or None when the pages are not laid out for that (compressed or split pixel
+        data, unequal page spacing, foreign byte order, ...): then use `frames()`. Same values as
+        `frames()`, without reading and copying the pixels up front (replay's fast path)."""
+        n_pages = self.n_frames * self.layout.pages_per_frame
+        if n_pages == 0:
+            return None
+        try:
+            with TiffIndexer(self.path, settle_s=0.0) as indexer:
+                pages = indexer.update()
+            if len(pages) < n_pages:
+                return None
+            pages = pages[:n_pages]
+            dtype = pages[0].dtype
+        except (TiffFormatError, OSError, ValueError, struct.error) as exc:
+            logger.debug("%s: no mapped view (%s)", self.path.name, exc)
+            return None
+        height, width = self._backend.page_shape
+        if dtype != self.dtype or not dtype.isnative:
+            return None
+        size = height * width * dtype.itemsize
+        starts = []
+        for page in pages:
+            offsets, counts = page.strip_offsets, page.strip_byte_counts
+            if (page.shape != (height, width) or page.dtype != dtype or sum(counts) != size
+                    or any(o + c != nxt for o, c, nxt in zip(offsets, counts, offsets[1:], strict=False))):
+                return None
+            starts.append(offsets[0])
+        stride = starts[1] - starts[0] if n_pages > 1 else size
+        if stride < size or any(b - a != stride for a, b in zip(starts, starts[1:], strict=False)):
+            return None
+        try:
+            mapped = np.memmap(self.path, dtype=np.uint8, mode="r")
+            view = np.ndarray((n_pages, height, width), dtype, buffer=mapped, offset=starts[0],
+                              strides=(stride, width * dtype.itemsize, dtype.itemsize))
+        except (OSError, ValueError, TypeError) as exc:
+            logger.debug("%s: no mapped view (%s)", self.path.name, exc)
+            return None
+        return view.reshape(self.shape)
+
     def frame(self, index: int) -> np.ndarray:
         """One time point (planes, channels, height, width)."""
         if not 0 <= index < self.n_frames:
@@ -324,6 +374,19 @@ class ScanImageFile:
     def _first_channel_pages(self) -> Sequence[int]:
         return range(0, self.n_pages, len(self.channels))
 
+    def _fast_timestamp(self, index: int) -> float | None:
+        """frameTimestamps_sec of a page read from its one line (None: use the full parser instead)."""
+        cached = self._metadata_cache.get(index)
+        if cached is not None:
+            return cached.timestamp_s
+        text = self.description(index)
+        if text.lstrip().startswith("{") or "\x00" in text.rstrip("\x00"):
+            return None  # JSON descriptions, or NULs inside the text: the parser's rules apply
+        found = _TIMESTAMP_LINE.findall(text)
+        if len(found) != 1 or text.count("frameTimestamps_sec") != 1:
+            return None
+        return float(found[0])
+
     @cached_property
     def page_timestamps_s(self) -> np.ndarray | None:
         """frameTimestamps_sec of every page (NaN where missing); None when the file has none."""
@@ -332,7 +395,9 @@ class ScanImageFile:
             return None
         stamps = np.full(self.n_pages, np.nan)
         for index in range(self.n_pages):
-            value = self.frame_metadata(index).timestamp_s
+            value = self._fast_timestamp(index)
+            if value is None:
+                value = self.frame_metadata(index).timestamp_s
             if value is not None:
                 stamps[index] = value
         if np.isnan(stamps).all():
