@@ -51,6 +51,7 @@ OUTCOME_WINDOW = 100  # trials shown in the outcome raster
 LICK_ROWS = 40  # trials shown in the lick raster
 LICK_RANGE_S = (-2.0, 3.0)  # lick raster window around the go cue
 MAX_TRACE_VERTICES = 40_000  # vertices of the stacked-trace curve per redraw (bounds the paint time)
+SIMPLIFY_PX = 0.25  # a trace vertex within this many pixels of its neighbours' line is not stroked
 
 
 def context_colour(name: str, order: Sequence[str]) -> tuple[int, int, int]:
@@ -110,6 +111,59 @@ def closed_outlines(points: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray
 # ----------------------------------------------------------------------------------------------- imaging
 
 
+class FrameImageItem(pg.ImageItem):
+    """An ImageItem for 16-bit grey frames with fixed levels, converted to an opaque RGB32 QImage through a
+    cached 65536-entry lookup table (one `np.take` into a reused buffer, no per-paint allocation, and the
+    format the raster engine draws without converting). Other images fall back to ImageItem's path."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._lut8: np.ndarray | None = None
+        self._lut_key: tuple[Any, ...] = ()
+        self._grey: np.ndarray | None = None
+        self._rgb32 = np.empty(0, dtype=np.uint32)
+
+    def _lut(self, dtype: np.dtype, low: float, high: float) -> np.ndarray:
+        key = (dtype.str, low, high)
+        if self._lut8 is None or key != self._lut_key:
+            values = np.arange(65536, dtype=np.uint16).view(dtype).astype(np.float32)
+            scale = 255.0 / (high - low) if high != low else 1.0
+            self._lut8 = np.clip((values - np.float32(low)) * np.float32(scale), 0, 255).astype(np.uint8)
+            self._lut_key = key
+        return self._lut8
+
+    def render(self) -> None:
+        image, levels = self.image, self.levels
+        if (
+            image is None
+            or image.ndim != 2
+            or image.dtype not in (np.int16, np.uint16)
+            or levels is None
+            or np.ndim(levels) != 1
+            or self.lut is not None
+            or self.autoDownsample
+            or self.axisOrder != "row-major"
+        ):
+            super().render()
+            return
+        lut = self._lut(image.dtype, float(levels[0]), float(levels[1]))
+        if self._grey is None or self._grey.shape != image.shape:
+            self._grey = np.empty(image.shape, dtype=np.uint8)
+            self._rgb32 = np.empty(image.shape, dtype=np.uint32)
+        np.take(lut, image.view(np.uint16), out=self._grey)
+        np.multiply(self._grey, np.uint32(0x010101), out=self._rgb32, dtype=np.uint32)
+        np.bitwise_or(self._rgb32, np.uint32(0xFF000000), out=self._rgb32)
+        self.qimage = pg.functions.ndarray_to_qimage(self._rgb32, QtGui.QImage.Format.Format_RGB32)
+        self._renderRequired = False
+        self._unrenderable = False
+
+
+def _cache_static(*items: QtWidgets.QGraphicsItem) -> None:
+    """Paint items that rarely change (ROI outlines, axes) from a pixmap Qt keeps until they change."""
+    for item in items:
+        item.setCacheMode(QtWidgets.QGraphicsItem.CacheMode.DeviceCoordinateCache)
+
+
 class FramePanel(pg.GraphicsLayoutWidget):
     """The newest display frame, moved by its registration shift, with every ROI outline and the
     selected ROI highlighted. A click on a ROI selects it."""
@@ -125,7 +179,7 @@ class FramePanel(pg.GraphicsLayoutWidget):
         self.plot.setAspectLocked(True)
         self.plot.invertY(True)
         self.plot.vb.setMouseEnabled(x=False, y=False)
-        self.image = pg.ImageItem(axisOrder="row-major")
+        self.image = FrameImageItem(axisOrder="row-major")
         self.plot.addItem(self.image)
         self.outlines = pg.PlotCurveItem(pen=pg.mkPen(OUTLINE, width=1), skipFiniteCheck=True)
         self.selected_outline = pg.PlotCurveItem(pen=pg.mkPen(HIGHLIGHT, width=2.5))
@@ -133,6 +187,7 @@ class FramePanel(pg.GraphicsLayoutWidget):
         self.selected_outline.setZValue(11)
         self.plot.addItem(self.outlines)
         self.plot.addItem(self.selected_outline)
+        _cache_static(self.outlines, self.selected_outline)
         self.caption = self.addLabel("", row=1, col=0, size="9pt", color="#c8c8c8")
         self.message = _message_item(self.plot)
         self._shape = frame_shape
@@ -249,6 +304,25 @@ def bin_samples(times: np.ndarray, dff: np.ndarray, step: int) -> tuple[np.ndarr
     return times.reshape(-1, step).mean(axis=1), dff.reshape(-1, step, dff.shape[1]).mean(axis=1)
 
 
+def collinear_keep(x: np.ndarray, y: np.ndarray, tolerance: float) -> np.ndarray:
+    """Which points of each row of y (rows share x) to stroke: in two passes, a point is dropped when it lies
+    within `tolerance` of the straight line through its two kept neighbours, so that the polyline through the
+    kept points stays within 2 x tolerance of every point. First and last points are always kept."""
+    keep = np.ones(y.shape, dtype=bool)
+    n = y.shape[1]
+    for step in (1, 2):
+        mid = np.arange(step, n - step, 2 * step)
+        if len(mid) == 0:
+            break
+        x0, x1, xm = x[mid - step], x[mid + step], x[mid]
+        span = x1 - x0
+        w = np.divide(xm - x0, span, out=np.full(len(mid), 0.5), where=span != 0).astype(np.float32)
+        y0, y1 = y[:, mid - step], y[:, mid + step]
+        line = y0 + (y1 - y0) * w
+        keep[:, mid] = ~(np.abs(y[:, mid] - line) <= tolerance)  # NaN: kept
+    return keep
+
+
 class TracesPanel(pg.GraphicsLayoutWidget):
     """Every ROI's dF/F over the last seconds, stacked (ROI i around y = i), as ONE curve; the selected
     ROI is drawn again on top. A click on a trace selects its ROI."""
@@ -269,18 +343,22 @@ class TracesPanel(pg.GraphicsLayoutWidget):
         self.highlight.setZValue(10)
         self.plot.addItem(self.curve)
         self.plot.addItem(self.highlight)
+        _cache_static(self.plot.getAxis("left"), self.plot.getAxis("bottom"))
         self.message = _message_item(self.plot)
         self.gain = 1.0  # y units per dF/F unit
-        self._connect: np.ndarray | None = None
-        self._connect_n = 0
         self._n_rois = -1
         self._drawn = (-1, -1)
+        self._drawn_pixel = math.nan  # the y size of a pixel the curve was simplified for (view units)
+        self._points = 0
         self._gain_at = -math.inf
         self.scene().sigMouseClicked.connect(self._clicked)
 
     def refresh(self, now: float) -> None:
         m = self.model
         versions = (m.traces.version, m.selection_version)
+        pixel = self._pixel_height()
+        if not math.isclose(pixel, self._drawn_pixel, rel_tol=0.01):  # zoomed: re-simplify for the new scale
+            self._drawn = (-1, self._drawn[1])
         if versions != self._drawn:
             times, dff = m.traces.window(m.trace_seconds)
             n_samples, n_rois = dff.shape
@@ -313,17 +391,30 @@ class TracesPanel(pg.GraphicsLayoutWidget):
         step = max(math.ceil(len(times) / width_px), math.ceil(n_total / MAX_TRACE_VERTICES))
         times, dff = bin_samples(times, dff, step)
         n_samples, n_rois = dff.shape
+        pixel = self._pixel_height()
+        self._drawn_pixel = pixel
         if n_samples < 2 or n_rois == 0:
             self.curve.setData([], [])
+            self._points = 0
             return
-        size = n_samples * n_rois
-        if self._connect is None or self._connect.shape[0] != size or self._connect_n != n_samples:
-            self._connect = np.ones(size, dtype=bool)
-            self._connect[n_samples - 1 :: n_samples] = False
-            self._connect_n = n_samples
-        x = np.tile(times, n_rois)
-        y = (dff.T * np.float32(self.gain) + np.arange(n_rois, dtype=np.float32)[:, None]).ravel()
-        self.curve.setData(x, y, connect=self._connect, skipFiniteCheck=True)
+        # Vertices that lie within SIMPLIFY_PX of the line through their neighbours are dropped (a flat
+        # baseline needs few): the stroked line stays within 2 x SIMPLIFY_PX of every bin average.
+        y = dff.T * np.float32(self.gain) + np.arange(n_rois, dtype=np.float32)[:, None]
+        keep = collinear_keep(times, y, SIMPLIFY_PX * pixel) if pixel > 0 else np.ones(y.shape, dtype=bool)
+        counts = keep.sum(axis=1)
+        connect = np.ones(int(counts.sum()), dtype=bool)
+        connect[np.cumsum(counts) - 1] = False
+        x = np.broadcast_to(times, y.shape)[keep]
+        self._points = n_samples * n_rois
+        self.curve.setData(x, y[keep], connect=connect, skipFiniteCheck=True)
+
+    def _pixel_height(self) -> float:
+        """The height of one screen pixel in the trace plot's y units (0 if the plot is not laid out)."""
+        height = self.plot.vb.height()
+        if height <= 0:
+            return 0.0
+        y0, y1 = self.plot.vb.viewRange()[1]
+        return float(y1 - y0) / height
 
     def _draw_selected(self, times: np.ndarray, dff: np.ndarray) -> None:
         roi = self.model.selected
@@ -334,6 +425,11 @@ class TracesPanel(pg.GraphicsLayoutWidget):
 
     @property
     def point_count(self) -> int:
+        """Points (bin averages) the curve shows, over all ROIs; `vertex_count` of them are stroked."""
+        return self._points
+
+    @property
+    def vertex_count(self) -> int:
         return 0 if self.curve.xData is None else int(self.curve.xData.shape[0])
 
     def _clicked(self, event: Any) -> None:
