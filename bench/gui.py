@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -29,15 +28,10 @@ import numpy as np  # noqa: E402
 from bench.report import percentile, print_report  # noqa: E402
 from online.messages import RoiSnapshot, TraceFrame  # noqa: E402
 from online.wire import FrameHeader  # noqa: E402
+from rig.ports import free_network_overrides  # noqa: E402
 from rig.settings import load_settings  # noqa: E402
 
 FRAME_RATE_HZ = 30.0
-
-
-def free_endpoint() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
 def circle_rois(n: int, size: int, rng: np.random.Generator, radius: float = 6.0) -> RoiSnapshot:
@@ -95,8 +89,7 @@ def main() -> int:
 
     from rig.monitor.window import WINDOW_SIZE, MonitorWindow, application
 
-    names = ("events_pub", "control", "frames", "frames_display", "online_results")
-    settings = load_settings(overrides={f"network.{name}": free_endpoint() for name in names})
+    settings = load_settings(overrides=free_network_overrides())
     app = application()
     window = MonitorWindow(settings, start=False, status_poll_s=None)
     window.resize(*WINDOW_SIZE)

@@ -34,7 +34,6 @@ import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import logging  # noqa: E402
 import queue  # noqa: E402
-import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -64,6 +63,7 @@ from protocols.directional_licking import DecoderGate, TaskParameters, TaskTimin
 from protocols.selection import TrialSpec  # noqa: E402
 from protocols.training import stages_from_settings  # noqa: E402
 from rig.online_process import OnlineProcess  # noqa: E402
+from rig.ports import free_network  # noqa: E402
 from rig.settings import Settings, dump_settings, parse_settings  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -183,12 +183,6 @@ def replay_speed(folder: Path, files: int, frames_per_file: int) -> dict[str, An
 # -- 4: closed loop end to end ----------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def trial_machine(settings: Settings, side: str, gated: bool, sample_s: float, delay_s: float) -> Any:
     stage = dataclasses.replace({s.name: s for s in stages_from_settings(settings.task.stages)}["full"],
                                 delay_s=delay_s)
@@ -223,10 +217,9 @@ def closed_loop_latency(folder: Path, n_train: int, n_gated: int, keep: Path | N
 def _run_closed_loop(folder: Path, main_port: str, app_port: str, n_train: int,
                      n_gated: int) -> dict[str, Any]:
     size, rate, sample_s = 256, 30.0, 0.5
-    endpoints = {k: f"tcp://127.0.0.1:{free_port()}" for k in
-                 ("events_pub", "control", "frames", "frames_display", "online_results")}
     settings = parse_settings({
-        "network": endpoints, "imaging": {"frame_height": size, "frame_width": size, "frame_rate_hz": rate},
+        "network": free_network(),
+        "imaging": {"frame_height": size, "frame_width": size, "frame_rate_hz": rate},
         "online": {"registration": {"reference_frames": 30},
                    "decoder": {"min_trials_per_side": 5, "delay_window_s": 0.6},
                    "closed_loop": {"enabled": True, "mode": "app_port", "confidence_threshold": 0.7,

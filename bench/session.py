@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import socket
 import statistics
 import sys
 import tempfile
@@ -23,17 +22,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.report import print_report  # noqa: E402
+from rig.ports import free_network_overrides  # noqa: E402
 from rig.session import RunOptions, SessionRunner  # noqa: E402
 from rig.settings import load_settings  # noqa: E402
 from rig.store import read_jsonl  # noqa: E402
 
 CYCLE_S = 1e-4
-
-
-def free_endpoint() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
 def main() -> int:
@@ -43,8 +37,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object last")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    names = ("events_pub", "control", "frames", "frames_display", "online_results")
-    settings = load_settings(overrides={f"network.{name}": free_endpoint() for name in names})
+    settings = load_settings(overrides=free_network_overrides())
     with tempfile.TemporaryDirectory() as data:
         runner = SessionRunner(
             settings,

@@ -23,6 +23,7 @@ from online.alignment import (
     sample_onset,
     window_mean,
 )
+from tests.timelines import trial_timeline
 
 # A trial with an early lick in the sample epoch and one in the delay epoch (times from trial start).
 RESTARTED = {
@@ -221,27 +222,6 @@ DT = 1 / RATE
 TRIAL_PERIOD_S = 5.5
 
 
-def _timeline(rng: np.random.Generator) -> tuple[dict[str, list[list[float]]], list[tuple[str, float]]]:
-    """One trial's `States` and the matching microscope events, with random early-lick restarts."""
-    states: dict[str, list[list[float]]] = {"TrigTrialStart": [[0.0, 0.01]]}
-    events: list[tuple[str, float]] = []
-    t = 0.01
-    for epoch, state, early in (("sample", "SamplePeriod", "EarlyLickSample"),
-                                ("delay", "DelayPeriod", "EarlyLickDelay")):
-        events.append((epoch, t))
-        if rng.random() < 0.3:
-            lick = t + float(rng.uniform(0.2, 1.0))
-            states.setdefault(state, []).append([t, lick])
-            states.setdefault(early, []).append([lick, lick + 0.05])
-            t = lick + 0.05
-            events.append((epoch, t))
-        states.setdefault(state, []).append([t, t + 1.3])
-        t += 1.3
-    events.append(("go", t))
-    states.update(ResponseCue=[[t, t + 0.1]], AnswerPeriod=[[t + 0.1, t + 0.4]], Reward=[[t + 0.4, t + 0.43]])
-    return states, events
-
-
 def _run_sim(mode: str, n_trials: int = 8) -> tuple[SimMicroscope, list[SimFrame], dict, dict]:
     sim = SimMicroscope(MicroscopeConfig(height=32, width=32, n_neurons=20, frame_rate_hz=RATE, seed=4,
                                          mode=mode, acquisition_start_s=0.0))  # type: ignore[arg-type]
@@ -250,7 +230,7 @@ def _run_sim(mode: str, n_trials: int = 8) -> tuple[SimMicroscope, list[SimFrame
     records, triggers = {}, {}
     t = 0.73
     for _ in range(n_trials):
-        states, events = _timeline(rng)
+        states, events = trial_timeline(rng, 0.3, (0.2, 1.0), reward=True)
         number = sim.start_trial(t, "tactile", str(rng.choice(["left", "right"])))
         for name, at in events:
             sim.mark_epoch(t + at, name)

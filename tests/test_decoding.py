@@ -38,6 +38,7 @@ from online.decoding import (
     train,
     trial_features,
 )
+from tests.timelines import trial_timeline
 
 log = logging.getLogger(__name__)
 
@@ -49,27 +50,6 @@ ROI_SET = "sim-fov-1"
 
 
 # -- simulated sessions ---------------------------------------------------------------------------------
-
-
-def _timeline(rng: np.random.Generator) -> tuple[dict[str, list[list[float]]], list[tuple[str, float]]]:
-    """A trial's `States` and the matching microscope events; 15 % of epochs restarted by an early lick."""
-    states: dict[str, list[list[float]]] = {"TrigTrialStart": [[0.0, 0.01]]}
-    events: list[tuple[str, float]] = []
-    t = 0.01
-    for epoch, state, early in (("sample", "SamplePeriod", "EarlyLickSample"),
-                                ("delay", "DelayPeriod", "EarlyLickDelay")):
-        events.append((epoch, t))
-        if rng.random() < 0.15:
-            lick = t + float(rng.uniform(0.2, 0.6))  # short enough that every window fits the acquisition
-            states.setdefault(state, []).append([t, lick])
-            states.setdefault(early, []).append([lick, lick + 0.05])
-            t = lick + 0.05
-            events.append((epoch, t))
-        states.setdefault(state, []).append([t, t + 1.3])
-        t += 1.3
-    events.append(("go", t))
-    states.update(ResponseCue=[[t, t + 0.1]], AnswerPeriod=[[t + 0.1, t + 0.4]])
-    return states, events
 
 
 @dataclass
@@ -96,7 +76,8 @@ def simulate(context: str, trial_seed: int, n_trials: int = 110, lead_s: float =
     for _ in range(n_trials):
         side = str(rng.choice(["left", "right"]))
         lick = side if rng.random() < 0.9 else ("left" if side == "right" else "right")
-        states, events = _timeline(rng)
+        # licks early enough that every window fits the acquisition
+        states, events = trial_timeline(rng, 0.15, (0.2, 0.6), reward=False)
         states["Reward" if lick == side else "TimeOut"] = [[states["AnswerPeriod"][0][1]] * 2]
         number = sim.start_trial(t, context, lick)  # the population prepares the lick it will make
         for name, at in events:

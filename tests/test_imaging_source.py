@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import socket
 import threading
 import time
 from collections import defaultdict
@@ -29,20 +28,11 @@ from hardware.sim.microscope import MicroscopeConfig
 from online.transport import LosslessReceiver, LossySubscriber
 from online.wire import FrameHeader, Message
 from rig.imaging import NoImaging, open_imaging
+from rig.ports import free_loopback_endpoint as free_endpoint
+from rig.ports import free_network_overrides
 from rig.session import RunOptions, SessionRunner
 from rig.settings import Settings, load_settings
 from rig.store import read_jsonl
-
-
-def free_endpoint() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
-
-
-def endpoints() -> dict[str, str]:
-    return {f"network.{name}": free_endpoint()
-            for name in ("events_pub", "control", "frames", "frames_display", "online_results")}
 
 
 class Collector:
@@ -236,7 +226,7 @@ def test_session_publishes_frames_aligned_to_bpod_trials_and_records_the_reduced
     caplog.set_level(logging.INFO)
     # the test stands in for an online module running elsewhere: it takes the lossless frames itself
     overrides = {"imaging.write_tiff": True, "online.start_with_rig": False}
-    settings = load_settings(overrides={**endpoints(), **overrides})
+    settings = load_settings(overrides={**free_network_overrides(), **overrides})
     collector = Collector(settings.network.frames, settings.network.frames_display)
     try:
         result = SessionRunner(settings, RunOptions(data_root=tmp_path, speed=50.0, trials=10,
@@ -292,7 +282,7 @@ def test_session_publishes_frames_aligned_to_bpod_trials_and_records_the_reduced
 
 
 def _settings(tmp_path: Path, **overrides: Any) -> Settings:
-    return load_settings(overrides={**endpoints(), **overrides})
+    return load_settings(overrides={**free_network_overrides(), **overrides})
 
 
 def test_folder_source_publishes_new_acquisitions_and_skips_old_files(tmp_path: Path) -> None:

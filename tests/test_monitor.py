@@ -8,7 +8,6 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before Qt is imported (conftest does it too)
 
-import socket
 import subprocess
 import sys
 import textwrap
@@ -30,21 +29,16 @@ from rig.monitor import display_available, start_monitor_process, stop_monitor_p
 from rig.monitor.model import BehaviourModel, MonitorModel, TraceBuffer, TrialRow, published_from_disk
 from rig.monitor.panels import closed_outlines
 from rig.monitor.window import MonitorWindow
+from rig.ports import free_network, free_network_overrides
 from rig.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 ENDPOINTS = ("events_pub", "control", "frames", "frames_display", "online_results")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def settings() -> Settings:
-    return load_settings(overrides={f"network.{n}": f"tcp://127.0.0.1:{free_port()}" for n in ENDPOINTS})
+    return load_settings(overrides=free_network_overrides())
 
 
 @pytest.fixture
@@ -558,7 +552,7 @@ def test_gui_process_is_stopped_at_session_end() -> None:
 
 def test_rig_run_opens_and_closes_the_monitor_when_a_display_is_set(tmp_path: Path) -> None:
     settings_file = tmp_path / "rig.yaml"
-    network = {name: f"tcp://127.0.0.1:{free_port()}" for name in ENDPOINTS}
+    network = free_network()
     settings_file.write_text(json.dumps({"network": network}), encoding="utf-8")  # JSON is YAML
     env = {**os.environ, "DISPLAY": ":monitor-test", "QT_QPA_PLATFORM": "offscreen"}
     result = subprocess.run(

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -32,6 +31,7 @@ from online.wire import (
     Message,
 )
 from rig.online_process import OnlineProcess, OnlineProcessError
+from rig.ports import free_network
 from rig.settings import Settings, dump_settings, parse_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,17 +39,9 @@ SIZE, RATE, PERIOD_S = 64, 10.0, 3.0
 N_TRIALS = 12
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def make_settings(tmp_path: Path) -> tuple[Settings, Path]:
-    endpoints = {name: f"tcp://127.0.0.1:{free_port()}" for name in
-                 ("events_pub", "control", "frames", "frames_display", "online_results")}
     settings = parse_settings({
-        "network": endpoints,
+        "network": free_network(),
         "imaging": {"frame_height": SIZE, "frame_width": SIZE, "frame_rate_hz": RATE},
         "online": {"registration": {"reference_frames": 10, "upsample": 1},
                    "decoder": {"min_trials_per_side": 3}},

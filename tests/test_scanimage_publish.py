@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ from hardware.scanimage.publish import FramePublisher, StreamAdapter
 from hardware.scanimage.stream import encode_scanimage_frame
 from online.transport import LosslessReceiver
 from online.wire import FrameHeader, Message
+from rig.ports import free_loopback_endpoint as free_endpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,12 +43,6 @@ for trial in range(1, cfg["trials"] + 1):
             time.sleep(0.01)
     time.sleep(0.05)
 """
-
-
-def free_endpoint() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
 def receive_all(receiver: LosslessReceiver, done: Callable[[], bool], quiet_s: float = 0.2) -> list[Message]:

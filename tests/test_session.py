@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ import zmq
 
 from rig.control import send_request
 from rig.errors import UserError
+from rig.ports import free_network, free_network_overrides
 from rig.session import RunOptions, SessionResult, SessionRunner
 from rig.settings import Settings, load_settings
 from rig.store import read_jsonl
@@ -27,21 +27,11 @@ from rig.summary import summarize_session
 SPEED = 100.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def endpoints() -> dict[str, str]:
-    return {f"network.{name}": f"tcp://127.0.0.1:{free_port()}"
-            for name in ("events_pub", "control", "frames", "frames_display", "online_results")}
-
-
 @pytest.fixture
 def settings() -> Settings:
     # behaviour only: the online module and its frames have their own session tests
-    return load_settings(overrides={**endpoints(), "online.enabled": False, "imaging.source": "none"})
+    behaviour_only = {"online.enabled": False, "imaging.source": "none"}
+    return load_settings(overrides={**free_network_overrides(), **behaviour_only})
 
 
 def run(settings: Settings, data: Path, **options: Any) -> SessionResult:
@@ -216,10 +206,7 @@ def test_unknown_context_and_speed_on_real_port_are_user_errors(settings: Settin
 
 def _settings_file(tmp_path: Path) -> Path:
     path = tmp_path / "settings.yaml"
-    network: dict[str, Any] = {}
-    for key, value in endpoints().items():
-        network[key.split(".")[1]] = value
-    path.write_text(yaml.safe_dump({"network": network, "online": {"enabled": False},
+    path.write_text(yaml.safe_dump({"network": free_network(), "online": {"enabled": False},
                                     "imaging": {"source": "none"}}))
     return path
 

@@ -3,30 +3,20 @@
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
 
 from rig.control import send_request
+from rig.ports import free_network_overrides
 from rig.session import RunOptions, SessionRunner
 from rig.settings import load_settings
 from rig.store import read_jsonl
 from tests.test_session import SessionThread
 
 
-def endpoints() -> dict[str, str]:
-    def free() -> str:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return f"tcp://127.0.0.1:{s.getsockname()[1]}"
-
-    return {f"network.{name}": free() for name in ("events_pub", "control", "frames", "frames_display",
-                                                     "online_results")}
-
-
 def test_online_module_runs_beside_the_session_and_saves_its_outputs(tmp_path: Path) -> None:
-    settings = load_settings(overrides={**endpoints(), "online.decoder.min_trials_per_side": 3})
+    settings = load_settings(overrides={**free_network_overrides(), "online.decoder.min_trials_per_side": 3})
     result = SessionRunner(settings, RunOptions(subject="o1", trials=16, speed=20, data_root=tmp_path,
                                                 handle_signals=False)).run()
     info = json.loads((result.folder / "session.json").read_text())
@@ -45,7 +35,7 @@ def test_online_module_runs_beside_the_session_and_saves_its_outputs(tmp_path: P
 
 
 def test_closed_loop_gates_the_delay_and_can_be_switched_off(tmp_path: Path) -> None:
-    settings = load_settings(overrides={**endpoints(), "online.decoder.min_trials_per_side": 3,
+    settings = load_settings(overrides={**free_network_overrides(), "online.decoder.min_trials_per_side": 3,
                                         "online.closed_loop.enabled": True})
     session = SessionThread(settings, tmp_path, subject="o2", trials=30, speed=10.0)
     session.wait_for_trials(22, timeout_s=120)

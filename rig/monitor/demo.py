@@ -9,35 +9,18 @@ and the session is stopped cleanly.
 from __future__ import annotations
 
 import logging
-import socket
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+from rig.ports import free_network_overrides
 from rig.settings import load_settings
 
 log = logging.getLogger(__name__)
 
 DEMO_SPEED = 20.0
 DEMO_SECONDS = 8.0
-ENDPOINTS = ("events_pub", "control", "frames", "frames_display", "online_results")
-
-
-def free_endpoints() -> dict[str, str]:
-    """Loopback TCP endpoints on ports that are free now, for every `network` entry."""
-    ports: list[int] = []
-    sockets = []
-    try:
-        for _ in ENDPOINTS:  # hold them all open so that no two are the same
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-            ports.append(int(s.getsockname()[1]))
-    finally:
-        for s in sockets:
-            s.close()
-    return {f"network.{name}": f"tcp://127.0.0.1:{port}" for name, port in zip(ENDPOINTS, ports, strict=True)}
 
 
 def run_demo(
@@ -53,7 +36,7 @@ def run_demo(
 
     if screenshot is not None and seconds is None:
         seconds = DEMO_SECONDS
-    settings = load_settings(settings_path, overrides=dict(free_endpoints()))
+    settings = load_settings(settings_path, overrides=free_network_overrides())
     with tempfile.TemporaryDirectory(prefix="rig-monitor-demo-") as tmp:
         runner = SessionRunner(
             settings,
