@@ -4,12 +4,19 @@ A REP socket served by its own thread, so requests are answered while the trial 
 Bpod. Requests and replies are JSON objects: `{"command": "switch-context", "context": "auditory"}`
 -> `{"ok": true, ...}` or `{"ok": false, "error": "..."}`. A malformed request gets an error reply
 and the session goes on; nothing a client sends can stop the server except `stop`.
+
+What a request may be is bounded before anything acts on it: one message part (the others of a multipart
+message are read and dropped, one at a time), at most `MAX_REQUEST_BYTES` (ZeroMQ itself drops a peer
+that sends a part over `MAX_MESSAGE_BYTES`, so nothing bigger is ever held), UTF-8 JSON without NaN or
+repeated keys, nested at most `MAX_REQUEST_DEPTH` levels, a known command, and every field of the type
+its command needs. Error replies quote the offending value shortened, never whole.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import reprlib
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -29,7 +36,31 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "closed-loop": ("enabled",),
     "soft-code": ("number",),
 }
+OPTIONAL_FIELDS: dict[str, tuple[str, ...]] = {"soft-code": ("trial",)}
 POLL_MS = 100
+MAX_REQUEST_BYTES = 64 * 1024
+"""The largest request that is parsed; a bigger one (up to MAX_MESSAGE_BYTES) gets an error reply."""
+MAX_MESSAGE_BYTES = 16 * MAX_REQUEST_BYTES
+"""ZMQ_MAXMSGSIZE of the socket: ZeroMQ disconnects a peer that sends a bigger message part."""
+MAX_REQUEST_DEPTH = 8
+"""Nesting levels of objects and lists a request may have (requests are flat objects)."""
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 60
+_SHORT.maxlevel = 3
+
+
+def _is_whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+FIELD_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "context": (lambda v: isinstance(v, str), "a string"),
+    "enabled": (lambda v: isinstance(v, bool), "true or false"),
+    "number": (_is_whole, "a whole number"),
+    "trial": (_is_whole, "a whole number"),
+}
+"""The type each command field must have, with how the error names it."""
 
 Handler = Callable[[str, Mapping[str, Any]], dict[str, Any]]
 
@@ -38,20 +69,63 @@ class ControlRequestError(ValueError):
     """A request the session refuses; its message is sent back to the client."""
 
 
+def _shown(value: Any) -> str:
+    """A value as error messages quote it: its repr, shortened."""
+    return _SHORT.repr(value)
+
+
+def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object of the request; a key given twice is refused (which one would count is ambiguous)."""
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise ControlRequestError(f"request repeats the key {_shown(key)}")
+        seen.add(key)
+    return dict(pairs)
+
+
+def _no_constant(name: str) -> Any:
+    raise ControlRequestError(f"request is not JSON: {name} is not a JSON number")
+
+
+def _depth(value: Any) -> int:
+    """Nesting levels of objects and lists in a parsed value (iterative: no recursion to exhaust)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 def parse_request(raw: bytes) -> tuple[str, dict[str, Any]]:
     """Validate one request; raises ControlRequestError naming what is wrong."""
+    if len(raw) > MAX_REQUEST_BYTES:
+        raise ControlRequestError(f"request is {len(raw)} bytes, at most {MAX_REQUEST_BYTES}")
     try:
-        request = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        request = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_repeated_keys,
+                             parse_constant=_no_constant)
+    except ControlRequestError:
+        raise
+    except RecursionError:  # nesting beyond the parser's stack
+        raise ControlRequestError(f"request nests deeper than {MAX_REQUEST_DEPTH} levels") from None
+    except ValueError as exc:  # not UTF-8, not JSON, or an integer beyond Python's digit limit
         raise ControlRequestError(f"request is not JSON: {exc}") from None
+    if _depth(request) > MAX_REQUEST_DEPTH:
+        raise ControlRequestError(f"request nests deeper than {MAX_REQUEST_DEPTH} levels")
     if not isinstance(request, dict):
         raise ControlRequestError("request must be a JSON object with a 'command'")
     command = request.get("command")
-    if command not in COMMANDS:
-        raise ControlRequestError(f"unknown command {command!r}; commands: {', '.join(COMMANDS)}")
+    if not isinstance(command, str) or command not in COMMANDS:
+        raise ControlRequestError(f"unknown command {_shown(command)}; commands: {', '.join(COMMANDS)}")
     missing = [key for key in COMMANDS[command] if key not in request]
     if missing:
         raise ControlRequestError(f"command {command!r} needs {', '.join(repr(k) for k in missing)}")
+    for key in (*COMMANDS[command], *OPTIONAL_FIELDS.get(command, ())):
+        check, kind = FIELD_TYPES[key]
+        if key in request and not check(request[key]):
+            raise ControlRequestError(f"{key!r} must be {kind}, got {_shown(request[key])}")
     return command, {k: v for k, v in request.items() if k != "command"}
 
 
@@ -64,6 +138,7 @@ class ControlServer:
         self._context = context or zmq.Context.instance()
         self._socket = self._context.socket(zmq.REP)
         self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         try:
             self._socket.bind(endpoint)
         except zmq.ZMQError as exc:
@@ -79,13 +154,34 @@ class ControlServer:
             while not self._stop.is_set():
                 if not self._socket.poll(POLL_MS):
                     continue
-                raw = self._socket.recv()
-                self._socket.send(json.dumps(self._answer(raw)).encode())
+                raw, parts = self._receive()
+                self._socket.send(self._reply(raw, parts))
         finally:
             self._socket.close()
 
-    def _answer(self, raw: bytes) -> dict[str, Any]:
+    def _receive(self) -> tuple[bytes, int]:
+        """The first part of the waiting message and how many parts it had; the others are read and
+        dropped one by one (a REP socket must take the whole message before it may answer)."""
+        raw = self._socket.recv()
+        parts = 1
+        while self._socket.getsockopt(zmq.RCVMORE):
+            self._socket.recv(copy=False)
+            parts += 1
+        return raw, parts
+
+    def _reply(self, raw: bytes, parts: int) -> bytes:
+        """The encoded reply to one request; never raises, so every request is answered."""
+        reply = self._answer(raw, parts)
         try:
+            return json.dumps(reply, allow_nan=False).encode()
+        except (TypeError, ValueError) as exc:
+            log.error("control reply to %s is not JSON: %s", _shown(raw), exc)
+            return json.dumps({"ok": False, "error": f"internal error: reply is not JSON ({exc})"}).encode()
+
+    def _answer(self, raw: bytes, parts: int) -> dict[str, Any]:
+        try:
+            if parts != 1:
+                raise ControlRequestError(f"a request is one message part, got {parts}")
             command, args = parse_request(raw)
             return {"ok": True, **self._handler(command, args)}
         except ControlRequestError as exc:
@@ -116,9 +212,13 @@ def send_request(endpoint: str, command: str, timeout_s: float = 2.0, **args: An
         socket.send(json.dumps({"command": command, **args}).encode())
         if not socket.poll(int(timeout_s * 1000)):
             raise UserError(f"no session answered on {endpoint} within {timeout_s:g} s; is `rig run` on?")
-        reply = json.loads(socket.recv().decode())
+        parts = socket.recv_multipart()
     finally:
         socket.close()
+    try:
+        reply = json.loads(parts[0].decode("utf-8")) if len(parts) == 1 else None
+    except (ValueError, RecursionError):
+        reply = None
     if not isinstance(reply, dict):
-        raise UserError(f"the session on {endpoint} sent a malformed reply: {reply!r}")
+        raise UserError(f"the session on {endpoint} sent a malformed reply: {_shown(parts)}")
     return reply
