@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 
-from hardware.sim.microscope import MicroscopeConfig, SimFrame, SimMicroscope, plan_for_speed
+from hardware.sim.microscope import (
+    MicroscopeConfig,
+    SimFrame,
+    SimMicroscope,
+    measure_frame_cost_s,
+    plan_for_speed,
+)
 
 EPOCHS = {"sample": 0.01, "delay": 1.31, "go": 2.61}
 DT = 1 / 30
@@ -221,14 +229,31 @@ def test_ground_truth_shift_is_the_applied_motion() -> None:
         assert est == pytest.approx(f.truth.shift, abs=0.3)
 
 
+def cost_per_pixel(seconds_per_512_frame: float) -> Callable[[int, int], float]:
+    """A host whose render cost is proportional to the pixel count (what `plan_for_speed` is given)."""
+    return lambda h, w: seconds_per_512_frame * h * w / 512**2
+
+
 def test_plan_for_speed_keeps_full_size_at_1x_and_reduces_at_20x(caplog: pytest.LogCaptureFixture) -> None:
-    assert plan_for_speed(1.0) == (512, 512, 30.0)
+    slow = cost_per_pixel(4e-3)  # 4 ms per 512x512 frame
     with caplog.at_level(logging.WARNING):
-        h, w, rate = plan_for_speed(20.0)
-    assert (h, w) != (512, 512) or rate < 30.0
-    assert "cannot render 512x512" in caplog.text
-    cost = SimMicroscope(height=h, width=w, frame_rate_hz=rate).measure_frames_per_s(30)
-    logging.getLogger(__name__).info("20x plan %dx%d at %.2f Hz: %.0f frames/s", h, w, rate, cost)
+        assert plan_for_speed(1.0, frame_cost_s=slow) == (512, 512, 30.0)  # 30/s x 4 ms = 0.12 core
+    assert not caplog.records
+    with caplog.at_level(logging.WARNING):
+        plan = plan_for_speed(20.0, frame_cost_s=slow)
+    # 512x512 fits 0.5 core / (20 x 4 ms) = 6.25 Hz; 256x256 (the smallest on which a neuron is still >= 2 px
+    # across) fits 25 Hz: below 30 Hz, so the rate is lowered rather than the frame shrunk further.
+    assert plan == (256, 256, 25.0)
+    assert "cannot render 512x512 at 30.0 Hz for a session at 20x speed" in caplog.text
+    assert "4.00 ms per frame" in caplog.text and "using 256x256 at 25.00 Hz" in caplog.text
+
+
+def test_plan_for_speed_keeps_full_size_at_20x_on_a_fast_host(caplog: pytest.LogCaptureFixture) -> None:
+    fast = cost_per_pixel(5e-4)  # 0.5 ms per 512x512 frame: 600 frames/s use 0.3 core
+    with caplog.at_level(logging.WARNING):
+        assert plan_for_speed(20.0, frame_cost_s=fast) == (512, 512, 30.0)
+        assert plan_for_speed(20.0, 0.2, frame_cost_s=fast) == (256, 256, 30.0)  # a smaller budget
+    assert caplog.text.count("cannot render 512x512") == 1
 
 
 def test_plan_for_speed_prefers_smaller_frames_then_lower_rates() -> None:
@@ -240,8 +265,17 @@ def test_plan_for_speed_prefers_smaller_frames_then_lower_rates() -> None:
     assert plan_for_speed(6.0, frame_cost_s=cost) == (256, 256, 30.0)  # 180/s x 3.35 ms = 0.60 core
     h, w, rate = plan_for_speed(20.0, frame_cost_s=cost)
     assert (h, w) == (256, 256) and rate == pytest.approx(0.5 / 20 / cost(256, 256), abs=0.01)
-    sim = SimMicroscope.for_speed(20.0, MicroscopeConfig(height=128, width=128))
-    assert sim.height <= 128 and sim.frame_rate_hz <= 30.0
+    sim = SimMicroscope.for_speed(20.0, MicroscopeConfig(height=128, width=128), frame_cost_s=cost)
+    assert (sim.height, sim.width, sim.frame_rate_hz) == plan_for_speed(
+        20.0, config=MicroscopeConfig(height=128, width=128), frame_cost_s=cost)
+
+
+def test_frame_cost_is_measured_at_the_edge_as_host_seconds_per_frame() -> None:
+    config = MicroscopeConfig(height=64, width=64, n_neurons=20)
+    cost = measure_frame_cost_s(config, n_frames=5)
+    assert cost > 0 and math.isfinite(cost)
+    sim = SimMicroscope.for_speed(1.0, config)  # no cost given: measured on this host
+    assert sim.height <= 64 and sim.width <= 64 and 0 < sim.frame_rate_hz <= 30.0
 
 
 def test_measured_frame_rate_is_reported() -> None:

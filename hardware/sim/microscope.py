@@ -482,10 +482,14 @@ class SimMicroscope:
 
     @classmethod
     def for_speed(cls, speed_factor: float, config: MicroscopeConfig | None = None,
-                  budget_fraction_of_core: float = 0.5) -> SimMicroscope:
-        """A simulator reduced (with a logged warning) to keep up with a session at `speed_factor`."""
+                  budget_fraction_of_core: float = 0.5,
+                  frame_cost_s: Callable[[int, int], float] | None = None) -> SimMicroscope:
+        """A simulator reduced (with a logged warning) to keep up with a session at `speed_factor`; frame
+        costs are measured on this host unless `frame_cost_s(height, width)` gives them."""
         config = config or MicroscopeConfig()
-        plan = plan_for_speed(speed_factor, budget_fraction_of_core, config)
+        if frame_cost_s is None:
+            frame_cost_s = measured_frame_cost(config)
+        plan = plan_for_speed(speed_factor, budget_fraction_of_core, config, frame_cost_s=frame_cost_s)
         return cls(replace(config, height=plan.height, width=plan.width, frame_rate_hz=plan.rate_hz))
 
 
@@ -500,16 +504,21 @@ def measure_frame_cost_s(config: MicroscopeConfig, n_frames: int = 60) -> float:
     return (time.perf_counter() - t0) / n_frames
 
 
+def measured_frame_cost(config: MicroscopeConfig, n_frames: int = 30) -> Callable[[int, int], float]:
+    """A `frame_cost_s(height, width)` for `plan_for_speed` that measures `config` at that size."""
+    return lambda h, w: measure_frame_cost_s(replace(config, height=h, width=w), n_frames=n_frames)
+
+
 def plan_for_speed(speed_factor: float, budget_fraction_of_core: float = 0.5,
-                   config: MicroscopeConfig | None = None,
-                   frame_cost_s: Callable[[int, int], float] | None = None,
+                   config: MicroscopeConfig | None = None, *, frame_cost_s: Callable[[int, int], float],
                    min_radius_px: float = 2.0, min_rate_hz: float = 1.0) -> ImagingPlan:
     """The largest frame, then the highest rate, that fits the CPU budget at a session speed.
 
     A session at `speed_factor` x real time needs frame_rate_hz * speed_factor frames per host second, each
-    costing frame_cost_s(height, width) (measured by default). Halve the frame first while a neuron stays at
-    least `min_radius_px` across (so ROIs remain usable), then lower the rate; below `min_rate_hz` keep
-    halving. Any reduction is logged as a warning: the simulator must never fall silently behind the clock.
+    costing frame_cost_s(height, width) host seconds (given, so the choice can be tested for any host; the
+    edges measure it: `measured_frame_cost`). Halve the frame first while a neuron stays at least
+    `min_radius_px` across (so ROIs remain usable), then lower the rate; below `min_rate_hz` keep halving.
+    Any reduction is logged as a warning: the simulator must never fall silently behind the clock.
     """
     if speed_factor <= 0 or budget_fraction_of_core <= 0:
         raise ValueError(f"speed_factor and budget_fraction_of_core must be positive, got {speed_factor}, "
@@ -519,8 +528,7 @@ def plan_for_speed(speed_factor: float, budget_fraction_of_core: float = 0.5,
 
     def max_rate(h: int, w: int) -> float:
         if (h, w) not in costs:
-            costs[(h, w)] = (frame_cost_s(h, w) if frame_cost_s is not None
-                             else measure_frame_cost_s(replace(config, height=h, width=w), n_frames=30))
+            costs[(h, w)] = frame_cost_s(h, w)
         return budget_fraction_of_core / (speed_factor * costs[(h, w)])
 
     sizes = [(config.height >> k, config.width >> k) for k in range(8)
@@ -544,7 +552,7 @@ def plan_for_speed(speed_factor: float, budget_fraction_of_core: float = 0.5,
     if plan != full:
         logger.warning(
             "simulated microscope cannot render %dx%d at %.1f Hz for a session at %gx speed within %.0f%% "
-            "of a core (%.2f ms per frame measured); using %dx%d at %.2f Hz instead", full.height, full.width,
+            "of a core (%.2f ms per frame); using %dx%d at %.2f Hz instead", full.height, full.width,
             full.rate_hz, speed_factor, 100 * budget_fraction_of_core,
             1e3 * costs.get((full.height, full.width), float("nan")), plan.height, plan.width, plan.rate_hz)
         if plan.rate_hz < min_rate_hz:
