@@ -402,7 +402,9 @@ class ContinuousAligner(Generic[T]):
     are released, in order, when the gap fills. A frame that never comes (dropped upstream) is given up after
     `max_pending` later frames, counted in `skipped_frames` and logged. Frames before the first edge belong
     to no trial (`frames_before_first_trigger`). An edge reported after frames later than it were already
-    placed (a late trigger) is counted in `late_edges`: those frames stay on the previous trial."""
+    placed (a late trigger) is counted in `late_edges`: those frames stay on the previous trial. Only the
+    most recent `edges_kept` edges are kept (a session's trials are numbered on from the forgotten ones), so
+    memory stays bounded; a frame older than every kept edge is counted in `frames_too_old`."""
 
     first_trial: int = 1
     frame_offset_s: float = 0.0
@@ -412,7 +414,11 @@ class ContinuousAligner(Generic[T]):
     max_pending: int = 64
     edge_tolerance_s: float = 1e-6
     """Edges closer than this are the same edge reported twice."""
+    edges_kept: int = 256
     edges: list[float] = field(default_factory=list)
+    """The most recent `edges_kept` edges; edges[k] starts trial first_trial + edges_dropped + k."""
+    edges_dropped: int = 0
+    frames_too_old: int = 0
     skipped_frames: int = 0
     late_edges: int = 0
     duplicate_frames: int = 0
@@ -473,18 +479,26 @@ class ContinuousAligner(Generic[T]):
                     self._last_placed_s,
                 )
             self.edges.insert(i, edge)
+        if len(self.edges) > self.edges_kept:
+            excess = len(self.edges) - self.edges_kept
+            del self.edges[:excess]
+            self.edges_dropped += excess
 
     def _place(self, timestamp_s: float, payload: T) -> AlignedFrame[T] | None:
         k = bisect.bisect_right(self.edges, timestamp_s) - 1
         self._last_placed_s = max(self._last_placed_s, timestamp_s)
         if k < 0:
-            self.frames_before_first_trigger += 1
+            if self.edges_dropped:
+                self.frames_too_old += 1
+            else:
+                self.frames_before_first_trigger += 1
             return None
-        return AlignedFrame(self.first_trial + k, timestamp_s - self.edges[k] + self.frame_offset_s, payload)
+        return AlignedFrame(self.first_trial + self.edges_dropped + k,
+                            timestamp_s - self.edges[k] + self.frame_offset_s, payload)
 
     def trigger_of(self, trial: int) -> float | None:
-        """That trial's trigger on the imaging clock, once its edge has been seen."""
-        k = trial - self.first_trial
+        """That trial's trigger on the imaging clock, once its edge has been seen (None once forgotten)."""
+        k = trial - self.first_trial - self.edges_dropped
         return self.edges[k] if 0 <= k < len(self.edges) else None
 
 

@@ -25,10 +25,11 @@ their published analysis code, STEP3_*_CD.m and KD_LDA2.m), on correct trials on
 
 Online, `ContextDecoder` takes correct trials one by one (running sums plus per-trial window means, so an
 update is O(bins x neurons)) and decodes once both sides have `min_trials_per_side` trials; before that it
-raises `DecoderNotReady` instead of guessing. `RunningProjection` is the closed-loop path: one dot product
-per frame. CDs travel as plain JSON-able data (`CodingDirection.to_dict`) and `CodingDirectionStore` keeps
-them per (session, context) for a subject, so a live CD can be compared with stored ones (dot product of
-unit vectors over the same ROI set).
+raises `DecoderNotReady` instead of guessing. It keeps the most recent `trials_kept_per_side` correct
+trials per side (online.decoder.trials_kept_per_side), so memory stays bounded over any session length.
+`RunningProjection` is the closed-loop path: one dot product per frame. CDs travel as plain JSON-able data
+(`CodingDirection.to_dict`) and `CodingDirectionStore` keeps them per (session, context) for a subject, so
+a live CD can be compared with stored ones (dot product of unit vectors over the same ROI set).
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ from __future__ import annotations
 import bisect
 import logging
 import math
+from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -446,6 +448,9 @@ class DecoderConfig:
     method: Method = "classic"
     """The CD `decode_trial` uses. classic and lda update from running sums (O(bins x neurons) per trial);
     lda_eigenvector refits from the stored trials on request."""
+    trials_kept_per_side: int = 200
+    """A context's CDs are trained on its most recent this many correct trials per side (older ones are
+    forgotten, so a long session's memory stays bounded)."""
 
     def __post_init__(self) -> None:
         if self.delay_window_s <= 0 or self.bin_s <= 0:
@@ -453,6 +458,9 @@ class DecoderConfig:
                              f"{self.bin_s}")
         if self.min_trials_per_side < 1:
             raise ValueError(f"min_trials_per_side must be at least 1, got {self.min_trials_per_side}")
+        if self.trials_kept_per_side < max(self.min_trials_per_side, 2):
+            raise ValueError(f"trials_kept_per_side ({self.trials_kept_per_side}) must be at least "
+                             f"min_trials_per_side ({self.min_trials_per_side}) and 2")
         _check_method(self.method)
 
     @classmethod
@@ -461,6 +469,8 @@ class DecoderConfig:
         """From settings online.decoder (read by attribute) and imaging.frame_rate_hz (bins of one frame)."""
         values: dict[str, Any] = {"delay_window_s": float(decoder.delay_window_s),
                                   "min_trials_per_side": int(decoder.min_trials_per_side)}
+        if getattr(decoder, "trials_kept_per_side", None) is not None:  # settings of older versions lack it
+            values["trials_kept_per_side"] = int(decoder.trials_kept_per_side)
         if frame_rate_hz is not None:
             values["bin_s"] = 1.0 / float(frame_rate_hz)
         values.update(overrides)
@@ -493,50 +503,79 @@ def trial_features(trial: TrialFrames, config: DecoderConfig) -> dict[str, Epoch
     return out
 
 
-class _Grow:
-    """A growing stack of equal-shape arrays (amortised O(size) append)."""
+class _Ring:
+    """The most recent `capacity` rows of equal shape, oldest first in `array`; storage grows by doubling up
+    to `capacity`, then the oldest row is overwritten (a trial's features stay bounded however long the
+    session runs)."""
 
-    def __init__(self, shape: tuple[int, ...]) -> None:
-        self._data = np.empty((8, *shape))
+    def __init__(self, shape: tuple[int, ...], capacity: int) -> None:
+        self.capacity = capacity
+        self._data = np.empty((min(8, capacity), *shape))
+        self._start = 0
         self.n = 0
 
-    def append(self, row: np.ndarray) -> None:
-        if self.n == len(self._data):
-            grown = np.empty((2 * self.n, *self._data.shape[1:]))
-            grown[: self.n] = self._data[: self.n]
-            self._data = grown
-        self._data[self.n] = row
-        self.n += 1
+    def append(self, row: np.ndarray) -> np.ndarray | None:
+        """Add a row; returns the row it replaced (a copy) once the ring is full, else None."""
+        if self.n < self.capacity:
+            if self.n == len(self._data):
+                grown = np.empty((min(2 * self.n, self.capacity), *self._data.shape[1:]))
+                grown[: self.n] = self._data[: self.n]
+                self._data = grown
+            self._data[self.n] = row
+            self.n += 1
+            return None
+        evicted = self._data[self._start].copy()
+        self._data[self._start] = row
+        self._start = (self._start + 1) % self.capacity
+        return evicted
+
+    @property
+    def wrapped(self) -> bool:
+        """True right after the oldest row was overwritten at the start of the storage (once per lap)."""
+        return self.n == self.capacity and self._start == 0
 
     @property
     def array(self) -> np.ndarray:
-        return self._data[: self.n]
+        """The kept rows, oldest first (a view until the ring has wrapped, then a copy)."""
+        if self._start == 0:
+            return self._data[: self.n]
+        return np.concatenate([self._data[self._start:], self._data[: self._start]])
 
 
 @dataclass
 class _SideStore:
-    means: _Grow
-    bins: _Grow
+    means: _Ring
+    bins: _Ring
     mean_sum: np.ndarray
     bin_sum: np.ndarray
-    trials: list[int | None] = field(default_factory=list)
+    trials: deque[int | None]
 
 
 class _EpochStore:
-    """Both sides of one epoch: per-trial window means and bins, and their running sums."""
+    """Both sides of one epoch: the most recent `capacity` trials' window means and bins per side, and their
+    running sums (an evicted trial is subtracted; the sums are recomputed once per lap of the ring, so
+    rounding never accumulates)."""
 
-    def __init__(self, n_neurons: int, n_bins: int) -> None:
+    def __init__(self, n_neurons: int, n_bins: int, capacity: int) -> None:
         self.sides: dict[str, _SideStore] = {
-            side: _SideStore(_Grow((n_neurons,)), _Grow((n_bins, n_neurons)), np.zeros(n_neurons),
-                             np.zeros((n_bins, n_neurons))) for side in ("right", "left")}
+            side: _SideStore(_Ring((n_neurons,), capacity), _Ring((n_bins, n_neurons), capacity),
+                             np.zeros(n_neurons), np.zeros((n_bins, n_neurons)), deque(maxlen=capacity))
+            for side in ("right", "left")}
 
     def add(self, side: Side, feature: EpochFeature, trial: int | None) -> None:
         s = self.sides[side]
-        s.means.append(feature.mean)
-        s.bins.append(feature.bins)
+        old_mean = s.means.append(feature.mean)
+        old_bins = s.bins.append(feature.bins)
+        s.trials.append(trial)
+        if s.means.wrapped:
+            s.mean_sum = s.means.array.sum(axis=0)
+            s.bin_sum = s.bins.array.sum(axis=0)
+            return
         s.mean_sum += feature.mean
         s.bin_sum += feature.bins
-        s.trials.append(trial)
+        if old_mean is not None and old_bins is not None:
+            s.mean_sum -= old_mean
+            s.bin_sum -= old_bins
 
     def count(self, side: Side) -> int:
         return self.sides[side].means.n
@@ -551,9 +590,10 @@ class ContextDecoder:
     """One context's CDs (sample, delay, response), updated trial by trial from correct trials.
 
     Feed only correct trials (`add_trial`): the CD is defined on them. An update stores the trial's window
-    means and bins and adds them to per-side sums, so the classic CD is a subtraction of two running means
-    and the boundary a projection of the stored means (O(trials x neurons)); the LDA CD is refitted lazily
-    on request. Nothing is decoded until both sides have `min_trials_per_side` trials."""
+    means and bins (the most recent `trials_kept_per_side` per side) and keeps per-side sums over them, so
+    the classic CD is a subtraction of two running means and the boundary a projection of the stored means
+    (O(trials x neurons)); the LDA CD is refitted lazily on request. Nothing is decoded until both sides
+    have `min_trials_per_side` trials."""
 
     def __init__(self, context: str, n_neurons: int, config: DecoderConfig | None = None,
                  roi_set_id: str | None = None) -> None:
@@ -564,7 +604,8 @@ class ContextDecoder:
         self.config = config or DecoderConfig()
         self.roi_set_id = roi_set_id
         self.windows = self.config.windows()
-        self._stores = {epoch: _EpochStore(n_neurons, window.n_bins(self.config.bin_s))
+        self._stores = {epoch: _EpochStore(n_neurons, window.n_bins(self.config.bin_s),
+                                           self.config.trials_kept_per_side)
                         for epoch, window in self.windows.items()}
         self._cache: dict[tuple[str, str], CodingDirection] = {}
         self.skipped: dict[str, int] = dict.fromkeys(EPOCHS, 0)
