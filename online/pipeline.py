@@ -107,6 +107,8 @@ class PipelineConfig:
     registration: RegistrationParams = field(default_factory=RegistrationParams)
     delay_window_s: float = 0.6
     min_trials_per_side: int = 10
+    trials_kept_per_side: int = 200
+    """A context's decoder trains on its most recent this many correct trials per side (bounded memory)."""
     cd_method: Literal["classic", "lda", "lda_eigenvector"] = "classic"
     alignment: Alignment = "trigger"
     frame_offset_s: float | None = None
@@ -149,6 +151,8 @@ class PipelineConfig:
             "delay_window_s": float(online.decoder.delay_window_s),
             "min_trials_per_side": int(online.decoder.min_trials_per_side),
         }
+        if getattr(online.decoder, "trials_kept_per_side", None) is not None:  # older settings lack it
+            values["trials_kept_per_side"] = int(online.decoder.trials_kept_per_side)
         values.update(overrides)
         return cls(**values)
 
@@ -426,6 +430,7 @@ class OnlinePipeline:
         self.trials = AlignedTrials(rois.n, cfg.epoch_states)
         self.decoder_config = DecoderConfig(delay_window_s=cfg.delay_window_s,
                                             min_trials_per_side=cfg.min_trials_per_side,
+                                            trials_kept_per_side=cfg.trials_kept_per_side,
                                             bin_s=self.frame_period_s, method=cfg.cd_method)
         self._offset_s = 0.5 * self.frame_period_s if cfg.frame_offset_s is None else cfg.frame_offset_s
         if cfg.alignment == "aux":
