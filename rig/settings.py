@@ -582,6 +582,15 @@ class DecoderSettings(_Section):
     """Window before the go cue the coding direction is computed over (s)."""
     min_trials_per_side: int = Field(10, ge=1, le=10_000)
     """Correct trials per side needed before a context's decoder is trained."""
+    trials_kept_per_side: int = Field(200, ge=2, le=100_000)
+    """A context's decoder trains on its most recent this many correct trials per side (bounded memory)."""
+
+    @model_validator(mode="after")
+    def _keeps_enough(self) -> DecoderSettings:
+        if self.trials_kept_per_side < self.min_trials_per_side:
+            raise ValueError(f"trials_kept_per_side ({self.trials_kept_per_side}) must be at least "
+                             f"min_trials_per_side ({self.min_trials_per_side})")
+        return self
 
 
 class ClosedLoopSettings(_Section):
@@ -605,6 +614,8 @@ class OnlineSettings(_Section):
     start_with_rig: bool = True
     """`rig run` starts the online module on this machine; false when it runs elsewhere (`python -m
     online` on an analysis PC, bound at network.frames)."""
+    max_restarts: int = Field(3, ge=0, le=100)
+    """Times `rig run` restarts an online module that died during the session (0: never)."""
     neuropil_coefficient: float = Field(0.7, ge=0, le=1)
     """F_cell - this x F_neuropil."""
     dff_baseline_window_s: float = Field(30.0, gt=0, le=3600)
