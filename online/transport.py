@@ -25,21 +25,40 @@ private context and terms it in `close()`, which is what flushes pending message
 Sockets are not thread-safe: use each from one thread. Endpoints are `tcp://127.0.0.1:port` (`:0`
 picks a free port, see `.endpoint`), `ipc://path` or `inproc://name`; binding a non-loopback TCP
 address needs `allow_remote=True`.
+
+Off this machine every socket uses ZeroMQ CURVE (encryption, and authentication of both ends); loopback,
+ipc and inproc stay plain. `LinkSecurity` is this machine's key pair (`create_key_pair`, `rig keys`) and
+the folder of public keys it trusts. `secure_server` (the side that binds) makes a socket a CURVE server
+whose clients are checked by pyzmq's ZAP authenticator (one per context, started with the first secured
+server) against that folder, reread at each handshake; a refused peer gets nothing and is logged with
+its address. `secure_client` (the side that connects) needs the server's public key: it is the trusted
+key named after the endpoint's host (`tcp://10.0.0.1:5555` -> `10.0.0.1.key`, `tcp://rig-pc:5555` ->
+`rig-pc.key`). A non-loopback endpoint without a `LinkSecurity` is refused, never left plain.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
+import os
+import re
+import shutil
+import stat
+import tempfile
+import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 
 import numpy as np
 import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
 
 from online.wire import TOPIC_FRAME, Message, Part, Sender, WireError, decode_message, default_source
 
@@ -54,7 +73,6 @@ DEFAULT_SEND_TIMEOUT_S = 2.0
 # path. None leaves the OS default.
 DEFAULT_KERNEL_BUFFER_BYTES = 256 * 1024
 LOSSLESS_LINGER_MS = 1000
-_LOOPBACK_HOSTS = {"localhost", "::1", "[::1]"}
 
 Outcome = Literal["first", "ok", "gap", "duplicate", "out_of_order", "restart"]
 
@@ -218,12 +236,249 @@ def _check_endpoint(endpoint: str, bind: bool, allow_remote: bool) -> str:
         raise TransportError(f"endpoint {endpoint!r}: expected tcp://host:port")
     if not bind:
         return endpoint
-    if not (allow_remote or host.startswith("127.") or host in _LOOPBACK_HOSTS):
+    if not (allow_remote or _is_loopback_host(host)):
         raise TransportError(
             f"refusing to bind {endpoint}: not a loopback address. Binding other interfaces must be "
             "explicit (allow_remote=True; see network.bind_loopback_only in settings.yaml)"
         )
     return f"tcp://{host}:*" if port == "0" else endpoint
+
+
+# --------------------------------------------------------------------------------------------------------
+# CURVE off this machine
+
+KEY_SUFFIX = ".key"
+SECRET_SUFFIX = ".key_secret"
+_KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_Z85_KEY_LENGTH = 40
+
+
+def _is_loopback_host(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def is_local_endpoint(endpoint: str) -> bool:
+    """Whether an endpoint stays on this machine (ipc, inproc, or tcp on a loopback host): such sockets
+    stay plain; every other one must use CURVE."""
+    scheme, _, rest = endpoint.partition("://")
+    if scheme in ("ipc", "inproc"):
+        return True
+    return _is_loopback_host(rest.rpartition(":")[0])
+
+
+def _endpoint_host(endpoint: str) -> str:
+    return endpoint.partition("://")[2].rpartition(":")[0].strip("[]")
+
+
+def _read_key_file(path: Path, *, secret: bool) -> tuple[bytes, bytes | None]:
+    """(public, secret) z85 keys of one key file; TransportError in one sentence if it is not one."""
+    try:
+        public, secret_key = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as exc:
+        raise TransportError(f"{path} is not a CURVE key file from `rig keys` ({exc})") from None
+    keys = (public, secret_key) if secret else (public,)
+    if any(key is None or len(key) != _Z85_KEY_LENGTH for key in keys):
+        raise TransportError(f"{path} is not a CURVE key file from `rig keys` (a key is missing or bad)")
+    return public, secret_key
+
+
+@dataclass(frozen=True)
+class LinkSecurity:
+    """This machine's CURVE key pair and the folder of the public keys it trusts (see the module doc)."""
+
+    name: str
+    """The key pair's name (its file name): the host name or address other machines reach this one by."""
+    public_key: bytes
+    secret_key: bytes = field(repr=False)
+    authorized_keys: Path
+    """Folder of trusted public keys (`<name>.key`): the clients let in, and the servers by host."""
+
+    @classmethod
+    def load(cls, keys: Path, authorized_keys: Path) -> LinkSecurity:
+        """Read the one key pair in `keys`; refuses, in one sentence, a missing folder or key, several
+        key pairs, a secret others can read, and a missing authorised folder."""
+        keys, authorized_keys = Path(keys), Path(authorized_keys)
+        if not keys.is_dir():
+            raise TransportError(f"CURVE keys folder {keys}: no such folder (make one with `rig keys`)")
+        secrets = sorted(keys.glob(f"*{SECRET_SUFFIX}"))
+        if not secrets:
+            raise TransportError(f"CURVE keys folder {keys} has no {SECRET_SUFFIX} file "
+                                 "(create this machine's key pair with `rig keys`)")
+        if len(secrets) > 1:
+            names = ", ".join(path.name for path in secrets)
+            raise TransportError(f"CURVE keys folder {keys} holds more than one key pair ({names}): "
+                                 "keep only this machine's")
+        secret_path = secrets[0]
+        if stat.S_IMODE(secret_path.stat().st_mode) & 0o077:
+            raise TransportError(f"{secret_path} (in CURVE keys folder {keys}) can be read by other users: "
+                                 f"chmod 600 {secret_path}")
+        public, secret = _read_key_file(secret_path, secret=True)
+        if not authorized_keys.is_dir():
+            raise TransportError(f"CURVE authorised keys folder {authorized_keys}: no such folder (put the "
+                                 f"{KEY_SUFFIX} files of the machines allowed to connect there)")
+        assert secret is not None
+        return cls(secret_path.name.removesuffix(SECRET_SUFFIX), public, secret, authorized_keys)
+
+    def server_key(self, endpoint: str) -> bytes:
+        """The public key of the machine serving `endpoint`: the trusted key named after its host."""
+        path = self.authorized_keys / f"{_endpoint_host(endpoint)}{KEY_SUFFIX}"
+        if not path.is_file():
+            raise TransportError(f"no public key for the server of {endpoint}: expected {path} (copy the "
+                                 f"{KEY_SUFFIX} file `rig keys` made on that machine there, under this name)")
+        return _read_key_file(path, secret=False)[0]
+
+    def trusted_keys(self) -> set[bytes]:
+        """The public keys in the authorised folder now; a file that is not a key is logged and skipped."""
+        trusted: set[bytes] = set()
+        for path in sorted(self.authorized_keys.glob(f"*{KEY_SUFFIX}")):
+            try:
+                trusted.add(_read_key_file(path, secret=False)[0])
+            except TransportError as exc:
+                log.warning("%s", exc)
+        return trusted
+
+
+def security_for(network: Any) -> LinkSecurity | None:
+    """The `LinkSecurity` of a `network` settings section (`keys`, `authorized_keys`,
+    `bind_loopback_only`); None while everything stays on loopback, where nothing is secured."""
+    if network.bind_loopback_only or network.keys is None or network.authorized_keys is None:
+        return None
+    return LinkSecurity.load(network.keys, network.authorized_keys)
+
+
+def create_key_pair(folder: Path, name: str) -> tuple[Path, Path]:
+    """Write `<folder>/<name>.key` (public) and `<name>.key_secret` (mode 0600, in a folder only the owner
+    reads); never overwrites. Returns (public, secret)."""
+    folder = Path(folder)
+    if not _KEY_NAME.fullmatch(name):
+        raise TransportError(f"key name {name!r}: use letters, digits, '.', '-' and '_' (the host name or "
+                             "address other machines reach this one by)")
+    public, secret = folder / f"{name}{KEY_SUFFIX}", folder / f"{name}{SECRET_SUFFIX}"
+    for path in (public, secret):
+        if path.exists():
+            raise TransportError(f"{path} already exists: keep it, or remove it to make a new key pair")
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    folder.chmod(stat.S_IMODE(folder.stat().st_mode) & ~0o077)
+    staging = Path(tempfile.mkdtemp(dir=folder, prefix=".new-key-"))  # mode 0700: no window for readers
+    try:
+        made_public, made_secret = (Path(p) for p in zmq.auth.create_certificates(staging, name))
+        made_secret.chmod(0o600)
+        made_public.chmod(0o644)
+        os.replace(made_secret, secret)
+        os.replace(made_public, public)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return public, secret
+
+
+class _Gatekeeper(ThreadAuthenticator):
+    """pyzmq's ZAP authenticator for one context; remembers each request's peer address for the log."""
+
+    def __init__(self, context: zmq.Context) -> None:
+        super().__init__(context, log=log)
+        self.servers = 0
+        self.peer = "an unknown address"
+        self.refusals = 0
+        self.refusal_log = _RateLimitedLog()
+
+    async def handle_zap_message(self, msg: list[bytes]) -> None:
+        self.peer = msg[3].decode(errors="replace") if len(msg) > 3 else "an unknown address"
+        await super().handle_zap_message(msg)
+
+
+class _TrustedFolder:
+    """ZAP credentials check for one server socket: the client's key must be in the authorised folder."""
+
+    def __init__(self, gate: _Gatekeeper, endpoint: str, security: LinkSecurity) -> None:
+        self.gate, self.endpoint, self.security = gate, endpoint, security
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        try:
+            allowed = key in self.security.trusted_keys()
+        except OSError as exc:
+            log.error("CURVE authorised keys folder %s unreadable: %s", self.security.authorized_keys, exc)
+            allowed = False
+        if not allowed:
+            self.gate.refusals += 1
+            self.gate.refusal_log(
+                logging.WARNING,
+                f"refused a connection from {self.gate.peer} on {self.endpoint}: its public key "
+                f"{key.decode(errors='replace')} is not in {self.security.authorized_keys}",
+            )
+        return allowed
+
+
+_gates: dict[int, _Gatekeeper] = {}
+_gates_lock = threading.Lock()
+
+
+def _admit_with(context: zmq.Context, endpoint: str, security: LinkSecurity) -> Callable[[], None]:
+    """Checks clients of the server socket on `endpoint` in `context`; returns the release."""
+    with _gates_lock:
+        gate = _gates.get(id(context))
+        if gate is None:
+            gate = _Gatekeeper(context)
+            gate.start()
+            _gates[id(context)] = gate
+        gate.configure_curve_callback(domain=endpoint, credentials_provider=_TrustedFolder(gate, endpoint,
+                                                                                           security))
+        gate.servers += 1
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        with _gates_lock:
+            if released:
+                return
+            released = True
+            gate.credentials_providers.pop(endpoint, None)
+            gate.servers -= 1
+            if gate.servers == 0:  # the context can be termed only once the authenticator is gone
+                gate.stop()
+                del _gates[id(context)]
+
+    return release
+
+
+def _no_release() -> None:
+    """Nothing to release: the socket was not secured."""
+
+
+def _plain_refused(endpoint: str, verb: str) -> TransportError:
+    return TransportError(f"refusing to {verb} {endpoint} without CURVE: it is not a loopback address "
+                          "(set network.keys and network.authorized_keys in settings.yaml; see `rig keys`)")
+
+
+def secure_server(socket: zmq.Socket, endpoint: str, security: LinkSecurity | None) -> Callable[[], None]:
+    """Make `socket` (before it binds `endpoint`) a CURVE server whose clients must hold a trusted key;
+    nothing on a local endpoint. Returns the release to call once the socket is closed."""
+    if is_local_endpoint(endpoint):
+        return _no_release
+    if security is None:
+        raise _plain_refused(endpoint, "bind")
+    socket.curve_secretkey = security.secret_key
+    socket.curve_publickey = security.public_key
+    socket.curve_server = True
+    socket.zap_domain = endpoint.encode()
+    return _admit_with(socket.context, endpoint, security)
+
+
+def secure_client(socket: zmq.Socket, endpoint: str, security: LinkSecurity | None) -> None:
+    """Make `socket` (before it connects to `endpoint`) a CURVE client of the server named by the
+    endpoint's host; nothing on a local endpoint."""
+    if is_local_endpoint(endpoint):
+        return
+    if security is None:
+        raise _plain_refused(endpoint, "connect to")
+    socket.curve_serverkey = security.server_key(endpoint)
+    socket.curve_secretkey = security.secret_key
+    socket.curve_publickey = security.public_key
 
 
 class _Endpoint:
@@ -238,6 +493,7 @@ class _Endpoint:
         options: Mapping[int, int],
         context: zmq.Context | None,
         allow_remote: bool,
+        security: LinkSecurity | None = None,
     ) -> None:
         address = _check_endpoint(endpoint, bind, allow_remote)
         # Without a shared context each endpoint owns one, so close() can term it: that is what
@@ -245,19 +501,25 @@ class _Endpoint:
         self._owns_context = context is None
         self._context = zmq.Context() if context is None else context
         self._socket: zmq.Socket = self._context.socket(kind)
+        self._release: Callable[[], None] = _no_release
         try:
             for option, value in options.items():
                 self._socket.setsockopt(option, value)
             if bind:
+                self._release = secure_server(self._socket, endpoint, security)
                 self._socket.bind(address)
                 self.endpoint: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
             else:
+                secure_client(self._socket, endpoint, security)
                 self._socket.connect(address)
                 self.endpoint = address
-        except zmq.ZMQError as exc:
+        except (zmq.ZMQError, TransportError) as exc:
             self._socket.close(linger=0)
+            self._release()
             if self._owns_context:
                 self._context.term()
+            if isinstance(exc, TransportError):
+                raise
             verb = "bind" if bind else "connect to"
             raise TransportError(f"cannot {verb} {endpoint}: {exc}") from exc
         self.bound = bind
@@ -272,6 +534,7 @@ class _Endpoint:
         flushed when the caller terms that context (a process that just exits loses them)."""
         if not self._socket.closed:
             self._socket.close()
+        self._release()
         if self._owns_context and not self._context.closed:
             self._context.term()
 
@@ -403,6 +666,7 @@ class LosslessSender(_SendingEndpoint):
         source: str | None = None,
         context: zmq.Context | None = None,
         allow_remote: bool = False,
+        security: LinkSecurity | None = None,
     ) -> None:
         self.timeout_s = timeout_s
         self.hwm = hwm
@@ -413,7 +677,8 @@ class LosslessSender(_SendingEndpoint):
             **_buffer_options(kernel_buffer_bytes, zmq.SNDBUF),
         }
         super().__init__(
-            zmq.PUSH, endpoint, bind=bind, options=options, context=context, allow_remote=allow_remote
+            zmq.PUSH, endpoint, bind=bind, options=options, context=context, allow_remote=allow_remote,
+            security=security,
         )
         self._init_sender(source)
 
@@ -444,11 +709,13 @@ class LosslessReceiver(_ReceivingEndpoint):
         latency_window: int = 1000,
         context: zmq.Context | None = None,
         allow_remote: bool = False,
+        security: LinkSecurity | None = None,
     ) -> None:
         self.stats = ReceiverStats(latency_window=latency_window, warn_on_gaps=True)
         options = {zmq.RCVHWM: hwm, zmq.LINGER: 0, **_buffer_options(kernel_buffer_bytes, zmq.RCVBUF)}
         super().__init__(
-            zmq.PULL, endpoint, bind=bind, options=options, context=context, allow_remote=allow_remote
+            zmq.PULL, endpoint, bind=bind, options=options, context=context, allow_remote=allow_remote,
+            security=security,
         )
 
 
@@ -467,10 +734,12 @@ class LossyPublisher(_SendingEndpoint):
         source: str | None = None,
         context: zmq.Context | None = None,
         allow_remote: bool = False,
+        security: LinkSecurity | None = None,
     ) -> None:
         options = {zmq.SNDHWM: hwm, zmq.LINGER: 0, **_buffer_options(kernel_buffer_bytes, zmq.SNDBUF)}
         super().__init__(
-            zmq.PUB, endpoint, bind=bind, options=options, context=context, allow_remote=allow_remote
+            zmq.PUB, endpoint, bind=bind, options=options, context=context, allow_remote=allow_remote,
+            security=security,
         )
         self._init_sender(source)
 
@@ -498,11 +767,13 @@ class LossySubscriber(_ReceivingEndpoint):
         latency_window: int = 1000,
         context: zmq.Context | None = None,
         allow_remote: bool = False,
+        security: LinkSecurity | None = None,
     ) -> None:
         self.stats = ReceiverStats(latency_window=latency_window)
         options = {zmq.RCVHWM: hwm, zmq.LINGER: 0, **_buffer_options(kernel_buffer_bytes, zmq.RCVBUF)}
         super().__init__(
-            zmq.SUB, endpoint, bind=bind, options=options, context=context, allow_remote=allow_remote
+            zmq.SUB, endpoint, bind=bind, options=options, context=context, allow_remote=allow_remote,
+            security=security,
         )
         for topic in topics:
             self._socket.setsockopt(zmq.SUBSCRIBE, topic)

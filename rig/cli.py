@@ -136,6 +136,28 @@ def _cmd_control(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_keys(args: argparse.Namespace) -> int:
+    """Make this machine's CURVE key pair, for endpoints off loopback."""
+    import socket
+
+    from online.transport import TransportError, create_key_pair
+    from rig.settings import load_settings
+
+    folder = args.folder
+    if folder is None:
+        folder = load_settings(args.settings).network.keys or Path("keys")
+    name = args.name or socket.gethostname()
+    try:
+        public, secret = create_key_pair(folder, name)
+    except TransportError as exc:
+        raise UserError(str(exc)) from None
+    sys.stdout.write(f"secret key: {secret} (stays on this machine; network.keys: {folder})\n"
+                     f"public key: {public} (copy it into network.authorized_keys on every machine of this "
+                     f"rig, this one included; it is found there by the name {name!r}, so use that host name "
+                     "or address in the endpoints)\n")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser; kept separate from main() so tests and docs can inspect it."""
     parser = argparse.ArgumentParser(
@@ -233,6 +255,20 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("session", metavar="SESSION_DIR", type=Path, help="the session's folder")
     summary.add_argument("--json", action="store_true", help="print one JSON object")
     summary.set_defaults(func=_cmd_summary)
+
+    keys = sub.add_parser(
+        "keys", help="make this machine's CURVE key pair (for endpoints off loopback)",
+        description="Write NAME.key (public) and NAME.key_secret (mode 0600) for ZeroMQ CURVE; "
+                    "never overwrites.",
+    )
+    keys.add_argument("--folder", metavar="DIR", type=Path, default=None,
+                      help="where to write them (default: network.keys of the settings, else ./keys)")
+    keys.add_argument("--name", default=None,
+                      help="the host name or address other machines reach this one by "
+                           "(default: the host name)")
+    keys.add_argument("--settings", metavar="FILE", type=Path, default=None,
+                      help="settings file giving network.keys (default: settings.yaml)")
+    keys.set_defaults(func=_cmd_keys)
 
     for name, text in (("switch-context", "switch the running session's context at the next trial boundary"),
                        ("pause", "pause the running session after the current trial"),

@@ -87,15 +87,28 @@ def _did_you_mean(word: str, choices: Sequence[str]) -> str | None:
 
 
 class _Section(BaseModel):
-    """Base of every settings section: unknown keys are errors and a loaded settings object is read-only.
+    """Base of every settings section: unknown keys are errors, types are strict and a loaded settings
+    object is read-only.
 
+    Strict, because a lax model turns `true` into 1.0 and '3' into 3: a typo in a file would run a session
+    with a number nobody wrote. A whole number is still a number (2 for 2.0), and a path is written as text.
     Read-only because the session snapshot written to disk must be exactly what ran; derive changed
     settings with ``load_settings(overrides=...)`` or ``model_copy(update=...)``.
     """
 
     model_config = ConfigDict(
-        extra="forbid", frozen=True, use_attribute_docstrings=True, validate_default=True
+        extra="forbid", frozen=True, use_attribute_docstrings=True, validate_default=True, strict=True
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _paths_from_text(cls, data: Any) -> Any:
+        """YAML has no path type: text given for a Path field becomes a Path (strict mode refuses text)."""
+        if not isinstance(data, Mapping):
+            return data
+        paths = {name: Path(data[name]) for name, info in cls.model_fields.items()
+                 if isinstance(data.get(name), str) and _unwrap(info.annotation) is Path}
+        return {**data, **paths} if paths else data
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -158,7 +171,7 @@ def valve_time_s(points: Sequence[ValvePoint], volume_ul: float) -> float:
 class ValveCurve(RootModel[list[ValvePoint]]):
     """A valve's calibration points, at least two, with time and volume both strictly increasing."""
 
-    model_config = ConfigDict(frozen=True, validate_default=True)
+    model_config = ConfigDict(frozen=True, validate_default=True, strict=True)
 
     @model_validator(mode="after")
     def _check_points(self) -> ValveCurve:
@@ -543,6 +556,9 @@ class ImagingSettings(_Section):
     """ScanImage's ZeroMQ frame stream (its PUB) to connect to when source is scanimage_stream."""
     write_tiff: bool = False
     """Simulated source: also write ScanImage TIFF files, one per trial, into <session>/imaging/."""
+    silence_timeout_s: float | None = Field(10.0, gt=0, le=3600)
+    """scanimage_folder: end the session when no new frame arrived for this long while trials run (host
+    seconds; the microscope stopped or its disk is gone); null: never."""
 
     @model_validator(mode="after")
     def _check_folder(self) -> ImagingSettings:
@@ -764,24 +780,38 @@ class NetworkSettings(_Section):
     online_results: Endpoint = "tcp://127.0.0.1:5559"
     """Online module publishes traces and decoder results (PUB)."""
     bind_loopback_only: bool = True
-    """Refuse endpoints off this machine; binding elsewhere requires CURVE keys on the control socket."""
+    """Refuse endpoints off this machine; with false, every endpoint off loopback uses ZeroMQ CURVE."""
+    keys: Path | None = None
+    """Folder of this machine's CURVE key pair, made by `rig keys` (needed for endpoints off loopback)."""
+    authorized_keys: Path | None = None
+    """Folder of the public keys (.key) of the machines allowed in; the server of an endpoint is the key
+    named after its host (tcp://10.0.0.1:5555 -> 10.0.0.1.key)."""
 
     @model_validator(mode="after")
     def _check_endpoints(self) -> NetworkSettings:
         problems = _ProblemList()
         seen: dict[str, str] = {}
+        remote: list[str] = []
         for key in ("events_pub", "control", "frames", "frames_display", "online_results"):
             endpoint: str = getattr(self, key)
-            if self.bind_loopback_only and not endpoint_is_loopback(endpoint):
-                problems.add(
-                    (key,),
-                    "not a loopback address while network.bind_loopback_only is true "
-                    "(use 127.0.0.1, or set bind_loopback_only: false to bind elsewhere)",
-                    endpoint,
-                )
+            if not endpoint_is_loopback(endpoint):
+                remote.append(f"network.{key} = {endpoint}")
+                if self.bind_loopback_only:
+                    problems.add(
+                        (key,),
+                        "not a loopback address while network.bind_loopback_only is true "
+                        "(use 127.0.0.1, or set bind_loopback_only: false to bind elsewhere)",
+                        endpoint,
+                    )
             if endpoint in seen:
                 problems.add((key,), f"same endpoint as network.{seen[endpoint]}", endpoint)
             seen.setdefault(endpoint, key)
+        if remote and not self.bind_loopback_only:
+            for key in ("keys", "authorized_keys"):
+                if getattr(self, key) is None:
+                    problems.add((key,), f"needed, since {remote[0]} is not a loopback address: every "
+                                 "socket off loopback uses CURVE (make this machine's key pair with "
+                                 "`rig keys`)")
         problems.raise_if_any()
         return self
 
@@ -1013,6 +1043,10 @@ _SIMPLE_MESSAGES = {
 }
 
 
+_NUMBER_TEXT = re.compile(r"^\s*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?\s*$")
+"""A number written as text (quoted in YAML): the message then says to drop the quotes."""
+
+
 def _describe_error(err: Mapping[str, Any], root: type[BaseModel]) -> list[str]:
     """One pydantic error -> problem line(s)."""
     kind: str = err["type"]
@@ -1041,6 +1075,10 @@ def _describe_error(err: Mapping[str, Any], root: type[BaseModel]) -> list[str]:
         return [format_problem(loc, _SIMPLE_MESSAGES[kind])]
     if kind in _SIMPLE_MESSAGES:
         message = _SIMPLE_MESSAGES[kind]
+        if kind in ("int_type", "float_type") and isinstance(value, bool):
+            message += ", not true/false"
+        elif kind in ("int_type", "float_type") and isinstance(value, str) and _NUMBER_TEXT.match(value):
+            message += f", not text (write {value.strip()} without quotes)"
     elif kind == "greater_than":
         message = f"must be greater than {_number(ctx['gt'])}"
     elif kind == "greater_than_equal":
@@ -1082,15 +1120,56 @@ def _describe_error(err: Mapping[str, Any], root: type[BaseModel]) -> list[str]:
 # reading and writing
 
 
+MAX_SETTINGS_BYTES = 1_000_000
+"""A settings file is a few kilobytes; a larger one is refused unread (PyYAML spent 38 s and 1.2 GB on
+16 MB before the model could say no)."""
+MAX_SETTINGS_DEPTH = 32
+"""Nesting levels allowed in a settings file (the model's deepest value is 6 levels down). Checked while the
+file is read, so deep input is refused long before PyYAML's recursive composer reaches Python's limit."""
+MAX_SETTINGS_VALUES = 10_000
+"""Keys and values in a settings file, as written and with its aliases expanded (the defaults have 451):
+counted while the file is read, and nine lines of anchors and aliases can stand for a billion values."""
+
+
 class _DuplicateKeyError(yaml.MarkedYAMLError):
     """A mapping defines a key twice; PyYAML would silently keep the last one."""
 
 
+class _LimitError(yaml.MarkedYAMLError):
+    """The file nests too deeply or its aliases expand too far: refused before it is built."""
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys, because a repeated key silently overrides the first."""
+    """SafeLoader that refuses duplicate keys (a repeated key silently overrides the first) and nesting
+    beyond MAX_SETTINGS_DEPTH or MAX_SETTINGS_VALUES as it reads, and reads YAML 1.2 numbers such as 1e-3
+    as numbers (YAML 1.1 needs a dot)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._nodes = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        if self._depth >= MAX_SETTINGS_DEPTH:
+            raise _LimitError(None, None, f"nested more than {MAX_SETTINGS_DEPTH} levels deep (settings "
+                              "need a few)", self.peek_event().start_mark)
+        self._nodes += 1
+        if self._nodes > MAX_SETTINGS_VALUES:
+            raise _LimitError(None, None, f"more than {MAX_SETTINGS_VALUES:,} keys and values (settings "
+                              "have a few hundred)", self.peek_event().start_mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+        finally:
+            self._depth -= 1
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    # keys written in this mapping may override keys merged in with `<<: *anchor`, not each other
+    written = {id(key_node) for key_node, _ in node.value if key_node.tag != _MERGE_TAG}
     loader.flatten_mapping(node)
     mapping: dict[Any, Any] = {}
     first_line: dict[Any, int] = {}
@@ -1102,39 +1181,109 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[An
             raise yaml.constructor.ConstructorError(
                 None, None, "a key must be a plain value, not a list or mapping", key_node.start_mark
             ) from exc
-        if key in mapping:
-            raise _DuplicateKeyError(
-                None,
-                None,
-                f"duplicate key {key!r} (first on line {first_line[key] + 1})",
-                key_node.start_mark,
-            )
-        first_line[key] = key_node.start_mark.line
+        if id(key_node) in written:
+            if key in first_line:
+                raise _DuplicateKeyError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first on line {first_line[key] + 1})",
+                    key_node.start_mark,
+                )
+            first_line[key] = key_node.start_mark.line
         mapping[key] = loader.construct_object(value_node, deep=True)
     return mapping
 
 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
 
 
-def read_settings_file(path: Path) -> dict[str, Any]:
-    """The raw mapping in a settings file ({} if empty); file and YAML problems raise SettingsError."""
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse a document whose aliases make it deeper than MAX_SETTINGS_DEPTH, larger than
+    MAX_SETTINGS_VALUES values, or endless (an alias inside its own anchor). An alias is a shared node, so
+    each node's expanded size is computed once: a walk over the nodes as written, without recursion."""
+    done: dict[int, tuple[int, int]] = {}  # node -> (values, depth) with aliases expanded
+    on_path: set[int] = set()  # started, not finished: the current node and its ancestors
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        if finished:
+            on_path.discard(id(node))
+            parts = [done[id(child)] for child in _children(node)]
+            values = 1 + sum(v for v, _ in parts)
+            depth = 1 + max((d for _, d in parts), default=0)
+            if values > MAX_SETTINGS_VALUES:
+                raise _LimitError(None, None, "aliases expand this file to more than "
+                                  f"{MAX_SETTINGS_VALUES:,} values", node.start_mark)
+            if depth > MAX_SETTINGS_DEPTH:
+                raise _LimitError(None, None, f"nested more than {MAX_SETTINGS_DEPTH} levels deep through "
+                                  "aliases (settings need a few)", node.start_mark)
+            done[id(node)] = (values, depth)
+            continue
+        if id(node) in done:
+            continue
+        on_path.add(id(node))
+        stack.append((node, True))
+        for child in _children(node):
+            if id(child) in on_path:
+                raise _LimitError(None, None, "an alias inside its own anchor refers to itself, so its value "
+                                  "never ends", child.start_mark)
+            if id(child) not in done:
+                stack.append((child, False))
+
+
+def _read_text(path: Path) -> str:
+    """The file's text, read no further than MAX_SETTINGS_BYTES + 1 bytes (a device or pipe may not end)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_SETTINGS_BYTES + 1)
     except FileNotFoundError:
         raise SettingsError([f"{path}: settings file not found"], path) from None
     except IsADirectoryError:
         raise SettingsError([f"{path}: is a folder, not a settings file"], path) from None
-    except UnicodeDecodeError:
-        raise SettingsError([f"{path}: not a UTF-8 text file"], path) from None
     except OSError as exc:
         raise SettingsError([f"{path}: cannot read: {exc.strerror}"], path) from None
+    if len(data) > MAX_SETTINGS_BYTES:
+        raise SettingsError([f"{path}: too large for a settings file (more than "
+                             f"{MAX_SETTINGS_BYTES // 1_000_000} MB)"], path)
     try:
-        data = yaml.load(text, Loader=_StrictLoader)
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SettingsError([f"{path}: not a UTF-8 text file"], path) from None
+
+
+def _load_yaml(text: str) -> Any:
+    """yaml.load with the strict loader, plus the alias check between composing and building."""
+    loader = _StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def read_settings_file(path: Path) -> dict[str, Any]:
+    """The raw mapping in a settings file ({} if empty); file and YAML problems raise SettingsError."""
+    text = _read_text(path)
+    try:
+        data = _load_yaml(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-        if isinstance(exc, _DuplicateKeyError):
+        if isinstance(exc, _DuplicateKeyError | _LimitError):
             raise SettingsError([f"{where}: {exc.problem}"], path) from None
         detail = exc.problem or "invalid YAML"
         if exc.context:

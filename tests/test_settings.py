@@ -242,7 +242,8 @@ def test_non_loopback_endpoint_refused(tmp_path: Path) -> None:
 
 def test_non_loopback_endpoint_allowed_when_asked(tmp_path: Path) -> None:
     settings = load_settings(
-        write(tmp_path, "network: {frames: 'tcp://10.0.0.2:5557', bind_loopback_only: false}\n")
+        write(tmp_path, "network: {frames: 'tcp://10.0.0.2:5557', bind_loopback_only: false,\n"
+                        "          keys: keys, authorized_keys: keys/authorized}\n")
     )
     assert settings.network.frames == "tcp://10.0.0.2:5557"
 
