@@ -15,7 +15,10 @@ Two halves:
   process's GIL: measured on a 2-core machine, a rendering thread raised another thread's p99 wake-up
   latency from 0.06 ms to 4.7 ms (the GIL's switch interval), enough for a 100x session to miss queueing
   its next trial. It runs niced (`NICE`), so a busy machine slows the pictures, not the behaviour. Its
-  log records are forwarded to the rig process's logging.
+  log records are forwarded to the rig process's logging. It renders in slices of at most a health interval
+  and reads its messages between them, so a renderer that is behind keeps reporting; at stop it renders
+  what is left up to the last clock, then sends its final counters, and the rig waits as long as it makes
+  progress (`STOP_TIMEOUT_S` without progress is a failure).
 
 `SimScope.for_speed` sizes the microscope with `plan_for_speed` (costs measured once per rig process), so a
 session at `--speed X` does not make it fall behind: a reduced size or rate is logged as a warning (by
@@ -41,8 +44,9 @@ receiver accepts up to its high-water mark (32) of them; if the path is `stalled
 nowhere.
 
 Health counters (`SimScope.health()`): frames made, sent on each path, undeliverable, late (published more
-than `late_after_s` of host time after the clock passed the frame's end), the largest lag, the rate achieved
-on the Bpod clock and per host second, render cost, TIFF files written, the process's state.
+than `late_after_s` of host time after the clock passed the frame's end), the largest lag, how far the
+renderer is behind the clock (`render_behind_s`), the rate achieved on the Bpod clock and per host second,
+render cost, TIFF files written, the process's state.
 """
 
 from __future__ import annotations
@@ -76,7 +80,7 @@ from hardware.sim.microscope import (
     plan_for_speed,
 )
 from hardware.sim.world_coupling import CYCLE_S, WorldCoupling
-from online.transport import LossyPublisher, SendTimeout, TransportError
+from online.transport import LinkSecurity, LossyPublisher, SendTimeout, TransportError
 from online.wire import Part, Sender, default_source
 
 if TYPE_CHECKING:
@@ -97,6 +101,8 @@ behind (counted as late frames, caught up later) instead of slowing the behaviou
 HEALTH_INTERVAL_S = 0.5
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
+"""At stop, how long the rig waits for the microscope process to report progress (it renders what is left,
+then sends its final counters)."""
 
 
 class MicroscopeStartError(RuntimeError):
@@ -139,14 +145,15 @@ class QueuedLosslessPath:
     def __init__(self, endpoint: str, *, source: str | None = None,
                  max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES, send_timeout_s: float = 0.25,
                  flush_timeout_s: float = 2.0, allow_remote: bool = False,
-                 report_interval_s: float = 1.0) -> None:
+                 security: LinkSecurity | None = None, report_interval_s: float = 1.0) -> None:
         self.endpoint = endpoint
         self.max_pending_bytes = max_pending_bytes
         self.flush_timeout_s = flush_timeout_s
         self.report_interval_s = report_interval_s
         self._sender = Sender(source or default_source())
         self._socket = DiscardableLosslessSender(endpoint, timeout_s=send_timeout_s,
-                                                 source=self._sender.source, allow_remote=allow_remote)
+                                                 source=self._sender.source, allow_remote=allow_remote,
+                                                 security=security)
         self._queue: deque[tuple[list[Part], int]] = deque()
         self._cond = threading.Condition()
         self._closing = False
@@ -291,6 +298,7 @@ class FramePump:
         self.display_sent = 0
         self.frames_late = 0
         self.max_lag_s = 0.0
+        self.render_behind_s = 0.0
         self.event_errors = 0
         self.tiff_files = 0
         self.tiff_frames = 0
@@ -312,21 +320,34 @@ class FramePump:
             self.event_errors += 1
             logger.warning("simulated microscope: %s%s skipped: %s", name, tuple(args), exc)
 
-    def advance(self, cycle: int, clock_time: float) -> None:
+    def advance(self, cycle: int, clock_time: float, budget_s: float = math.inf) -> bool:
         """Render and publish every frame that started before engine cycle `cycle`, which the engine
-        reached at host time `clock_time` (`time.time()`)."""
+        reached at host time `clock_time` (`time.time()`), for at most `budget_s` of host time; True when
+        caught up. The budget keeps a renderer that is behind (starved of CPU) reading its messages and
+        reporting, instead of disappearing into a backlog of many seconds."""
+        sim = self.sim
         clock_s = cycle * CYCLE_S
-        dt = 1.0 / self.sim.frame_rate_hz
-        for frame in self.sim.frames_until(clock_s):
-            end = frame.bpod_time_s + dt
-            self._emit(frame)
-            lag = time.time() - (clock_time - (clock_s - end) / self.speed)
-            if lag > self.late_after_s:
-                self.frames_late += 1
-            self.max_lag_s = max(self.max_lag_s, lag)
-            if self._first_frame_s is None:
-                self._first_frame_s = frame.bpod_time_s
-            self._last_frame_end_s = end
+        dt = 1.0 / sim.frame_rate_hz
+        deadline = time.monotonic() + budget_s
+        while True:
+            start = sim.next_frame_time_s
+            if start is None or start >= clock_s:
+                sim.frames_until(clock_s)  # nothing left to render; the horizon moves up to the clock
+                self.render_behind_s = 0.0
+                return True
+            self.render_behind_s = clock_s - start
+            if time.monotonic() >= deadline:
+                return False
+            for frame in sim.frames_until(math.nextafter(start, math.inf)):  # the one frame starting then
+                end = frame.bpod_time_s + dt
+                self._emit(frame)
+                lag = time.time() - (clock_time - (clock_s - end) / self.speed)
+                if lag > self.late_after_s:
+                    self.frames_late += 1
+                self.max_lag_s = max(self.max_lag_s, lag)
+                if self._first_frame_s is None:
+                    self._first_frame_s = frame.bpod_time_s
+                self._last_frame_end_s = end
 
     def _emit(self, frame: SimFrame) -> None:
         self.frames_made += 1
@@ -392,6 +413,7 @@ class FramePump:
             "frames_late": self.frames_late,
             "late_after_s": self.late_after_s,
             "max_lag_s": round(self.max_lag_s, 4),
+            "render_behind_s": round(self.render_behind_s, 4),
             "late_events": sim.late_events,
             "event_errors": self.event_errors,
             "achieved_rate_hz": round(self.frames_made / span, 3) if span > 0 else None,
@@ -443,10 +465,10 @@ def _microscope_process(conn: Connection, config: MicroscopeConfig, speed: float
         if outputs.get("frames"):
             lossless = QueuedLosslessPath(outputs["frames"], source=outputs["source"],
                                           max_pending_bytes=outputs["max_pending_bytes"],
-                                          allow_remote=outputs["allow_remote"])
+                                          allow_remote=outputs["allow_remote"], security=outputs["security"])
         if outputs.get("frames_display"):
             display = LossyPublisher(outputs["frames_display"], source=outputs["source"],
-                                     allow_remote=outputs["allow_remote"])
+                                     allow_remote=outputs["allow_remote"], security=outputs["security"])
         if outputs.get("tiff_folder"):
             Path(outputs["tiff_folder"]).mkdir(parents=True, exist_ok=True)
         pump = FramePump(sim, speed, lossless=lossless, display=display,
@@ -460,27 +482,28 @@ def _microscope_process(conn: Connection, config: MicroscopeConfig, speed: float
         return
     send(("ready", os.getpid()))
     last_health = time.monotonic()
-    stopping = False
+    clock: tuple[int, float] | None = None
+    stopping = caught_up = False
     try:
-        while not stopping:
-            if not conn.poll(0.1):
-                if time.monotonic() - last_health >= HEALTH_INTERVAL_S:
-                    send(("health", pump.health()))
-                    last_health = time.monotonic()
-                continue
-            clock: tuple[int, float] | None = None
-            while conn.poll(0):  # everything waiting: behaviour first, then one render to the newest clock
-                message = conn.recv()
-                kind = message[0]
-                if kind == "event":
-                    pump.apply(message[1])
-                elif kind == "clock":
-                    clock = (message[1], message[2])
-                elif kind == "stop":
-                    stopping = True
-                    break
-            if clock is not None:
-                pump.advance(*clock)
+        while not (stopping and caught_up):
+            # Messages first (all of them, without waiting while frames are due), then frames up to the
+            # newest clock for at most one health interval: behind or not, this loop keeps reading and
+            # reporting, and after "stop" it renders what is left, then reports its final counters.
+            if not stopping and conn.poll(0.0 if clock is not None and not caught_up else 0.1):
+                while conn.poll(0):
+                    message = conn.recv()
+                    kind = message[0]
+                    if kind == "event":
+                        pump.apply(message[1])
+                    elif kind == "clock":
+                        clock = (message[1], message[2])
+                    elif kind == "stop":
+                        stopping = True
+                        if clock is not None and pump.render_behind_s > 1.0:
+                            logger.info("simulated microscope: stopping; %.1f s of Bpod time still to render "
+                                        "(the renderer is behind)", pump.render_behind_s)
+                        break
+            caught_up = clock is None or pump.advance(*clock, budget_s=HEALTH_INTERVAL_S)
             if time.monotonic() - last_health >= HEALTH_INTERVAL_S:
                 send(("health", pump.health()))
                 last_health = time.monotonic()
@@ -630,6 +653,7 @@ class SimScope:
 
     def start(self, *, frames: str | None = None, frames_display: str | None = None,
               tiff_folder: str | Path | None = None, allow_remote: bool = False,
+              security: LinkSecurity | None = None,
               max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES, source: str = "sim-microscope") -> None:
         """Start the microscope process with its outputs and the clock thread; raises if it cannot start
         (e.g. an endpoint cannot be bound)."""
@@ -637,8 +661,8 @@ class SimScope:
             raise RuntimeError("the simulated microscope is already running")
         self._outputs = {"frames": frames, "frames_display": frames_display,
                          "tiff_folder": str(tiff_folder) if tiff_folder is not None else None,
-                         "allow_remote": allow_remote, "max_pending_bytes": max_pending_bytes,
-                         "source": source}
+                         "allow_remote": allow_remote, "security": security,
+                         "max_pending_bytes": max_pending_bytes, "source": source}
         context = _process_context()
         parent, child = context.Pipe(duplex=True)
         level = min(logging.getLogger().getEffectiveLevel(), logger.getEffectiveLevel())
@@ -737,13 +761,20 @@ class SimScope:
             return
         with contextlib.suppress(OSError, ValueError):
             conn.send(("stop",))
+        # A renderer that is behind (starved of CPU: it runs niced) renders the rest before its final
+        # report, and reports its progress meanwhile: wait as long as it makes progress.
         deadline = time.monotonic() + STOP_TIMEOUT_S
+        made = self._health.get("frames_made")
         while not self._final and time.monotonic() < deadline:
             message = self._receive(deadline - time.monotonic())
             if message is None or message[0] == "gone":
                 break
+            if message[0] == "health" and self._health.get("frames_made") != made:
+                made = self._health.get("frames_made")
+                deadline = time.monotonic() + STOP_TIMEOUT_S
         if not self._final:
-            logger.error("simulated microscope: no final report from its process; counters may be incomplete")
+            logger.error("simulated microscope: no final report from its process (no progress for %g s); "
+                         "counters may be incomplete", STOP_TIMEOUT_S)
         self._kill()
         logger.info("simulated microscope: %s", _summary(self.health()))
 
