@@ -585,3 +585,46 @@ def test_rig_run_opens_and_closes_the_monitor_when_a_display_is_set(tmp_path: Pa
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(pid)
+
+
+# ---------------------------------------------------------------------------------------------- pixels
+
+
+def test_frame_panel_draws_a_ramp_as_grey_levels_between_the_fixed_levels(qtbot: Any) -> None:
+    """A known int16 ramp with fixed levels, drawn offscreen by the real frame panel and read back pixel by
+    pixel: black up to the low level, white from the high level, grey rising linearly in between."""
+    from pyqtgraph.Qt import QtGui
+
+    from online.wire import FrameHeader
+    from rig.monitor.model import ImagingModel
+    from rig.monitor.panels import FramePanel
+
+    height, width, low, high = 16, 64, 1000.0, 5000.0
+    values = -1000 + 125 * np.arange(width)  # -1000 .. 6875: the levels are reached at columns 16 and 48
+    model = ImagingModel()
+    panel = FramePanel(model, frame_shape=(height, width))
+    qtbot.addWidget(panel)
+    panel.resize(800, 400)
+    panel.show()
+    header = FrameHeader(seq=0, frame_index=0, timestamp_s=0.0, trigger_timestamp_s=0.0, trial=1, channel=0,
+                         plane=0, height=height, width=width, dtype="<i2", t_ns=0)
+    now = time.monotonic()
+    model.add_frame(header, np.tile(values, (height, 1)).astype(np.int16), now)
+    model.levels = (low, high)  # fixed levels: the running percentile estimate is not under test here
+    panel.refresh(now)
+    grabbed = panel.grab().toImage()
+    view = panel.plot.vb
+
+    def drawn(column: int, row: int) -> tuple[int, int, int]:
+        point = panel.mapFromScene(view.mapViewToScene(QtCore.QPointF(column + 0.5, row + 0.5)))
+        colour = QtGui.QColor(grabbed.pixel(point))
+        return colour.red(), colour.green(), colour.blue()
+
+    rows = [drawn(x, height // 2) for x in range(width)]
+    assert all(r == g == b for r, g, b in rows)  # grey
+    assert rows == [drawn(x, 2) for x in range(width)]  # every row of the ramp is drawn alike
+    grey = np.array([r for r, _, _ in rows])
+    expected = np.clip((values - low) / (high - low), 0, 1) * 255
+    np.testing.assert_allclose(grey, expected, atol=1.0)
+    assert set(grey[:17]) == {0} and set(grey[48:]) == {255}
+    assert np.all(np.diff(grey[16:49]) > 0)  # strictly brighter with the pixel value
