@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rig import __version__
-from rig.errors import UserError
+from rig.errors import SessionFault, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +61,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from rig.summary import format_summary, summarize_session
 
     settings = load_settings(args.settings)
-    options = RunOptions(subject=args.subject or "sim-mouse", context=args.context, trials=args.trials,
-                         minutes=args.minutes, speed=args.speed, data_root=args.data,
-                         status_stream=sys.stderr)
+    subject = {"subject": args.subject} if args.subject is not None else {}  # "" is refused, not defaulted
+    options = RunOptions(**subject, context=args.context, trials=args.trials, minutes=args.minutes,
+                         speed=args.speed, data_root=args.data, status_stream=sys.stderr)
     gui = None
     if not args.no_gui:
         from rig.monitor import display_available, start_monitor_process
@@ -72,6 +72,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             gui = start_monitor_process(args.settings)
     try:
         result = run_session(settings, options)
+    except SessionFault as fault:  # everything received is on disk; the sentence says what ended it
+        sys.stderr.write(f"\n{fault}\n")
+        return EXIT_FAILURE
     finally:
         if gui is not None:
             from rig.monitor import stop_monitor_process

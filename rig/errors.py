@@ -12,3 +12,12 @@ class UserError(Exception):
     def problems(self) -> list[str]:
         """One entry per problem; subclasses that collect several problems override this."""
         return str(self).splitlines() or [type(self).__name__]
+
+
+class SessionFault(UserError):
+    """A fault that ended a running session early (the Bpod lost, the imaging source silent, the disk
+    full), raised once everything received was recorded; `reason` is the session's end_reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -16,14 +16,16 @@ never waits (bounded queue, then frames counted as undeliverable, see frame_pump
 sources wait for the receiver (pages stay on disk; the stream's own PUB drops, counted as frame gaps).
 
 `open_imaging(...)` returns an `ImagingSource`: a context manager for the session's ExitStack, with an
-idempotent `stop()` (the session stops it before writing session.json) and a `health()` dict that goes
-into session.json under "imaging".
+idempotent `stop()` (the session stops it before writing session.json), a `health()` dict that goes
+into session.json under "imaging", and `silence()`, which the session polls while trials run: the folder
+source reports a microscope that stopped writing (no new page for `imaging.silence_timeout_s`).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
@@ -85,6 +87,13 @@ class ImagingSource(ABC):
     @abstractmethod
     def health(self) -> dict[str, Any]:
         """Plain-JSON counters for session.json."""
+
+    def silence(self) -> str | None:
+        """Why no frames are arriving although they should, or None (sources without such a check)."""
+        return None
+
+    def expect_frames(self) -> None:  # noqa: B027 (a no-op for the sources without a silence check)
+        """Frames are due from now on (trials resume after a pause): silence counts from here."""
 
     def __enter__(self) -> ImagingSource:
         self.start()
@@ -200,10 +209,13 @@ class FolderImaging(_ThreadedImaging):
         self.folder = folder
         self.follower: FolderFollower | None = None
         self.pages = 0
+        self.silence_timeout_s = settings.imaging.silence_timeout_s
+        self._last_frame_s = time.monotonic()
 
     def start(self) -> None:
         self.follower = FolderFollower(self.folder, skip_existing=True)
         self.publisher = self._open_publisher()
+        self.expect_frames()
         self._start_thread()
         log.info("imaging: following %s", self.folder)
 
@@ -212,8 +224,18 @@ class FolderImaging(_ThreadedImaging):
 
         def count(_page: object) -> None:
             self.pages += 1
+            self._last_frame_s = time.monotonic()
 
         publish_folder(self.follower, self.publisher, on_page=count)
+
+    def expect_frames(self) -> None:
+        self._last_frame_s = time.monotonic()
+
+    def silence(self) -> str | None:
+        timeout = self.silence_timeout_s
+        if timeout is None or time.monotonic() - self._last_frame_s < timeout:
+            return None
+        return f"no new frame from {self.folder} for {timeout:g} s"
 
     def _request_stop(self) -> None:
         super()._request_stop()

@@ -5,6 +5,11 @@ drop, the task builds the state machine, the Bpod runs it. The next trial is que
 soon as the current trial's outcome is known, so trials follow with zero dead time; its record is
 fsynced when it ends; the subject's state is then saved so the next session continues from here.
 Control requests (switch context, pause, resume, stop) take effect at trial boundaries, never mid-trial.
+
+The session holds its subject's lock from before recovery to the end. A fault (the Bpod lost, the imaging
+source silent, the disk full) ends it at once: the trials in flight are recorded (the running one as
+aborted with what the Bpod sent of it, a queued one as not started), session.json gets the fault as its
+end reason, and `run()` raises a `SessionFault` whose message is the one sentence for the user.
 """
 
 from __future__ import annotations
@@ -36,13 +41,13 @@ from protocols.state_machine import StateMachine
 from protocols.training import ContextSwitchRules, SubjectTrainingState, Training, stages_from_settings
 from rig import __version__
 from rig.control import ControlRequestError, ControlServer
-from rig.errors import UserError
+from rig.errors import SessionFault, UserError
 from rig.imaging import ImagingSource, open_imaging
 from rig.online_process import OnlineProcess
 from rig.settings import Settings, dump_settings
 from rig.simulated_rig import SimulatedRig
-from rig.store import SessionStore, recover_sessions
-from rig.subject import SubjectRecord, load_subject, save_subject
+from rig.store import DiskFullError, SessionStore, SubjectLock, check_subject_id, recover_sessions
+from rig.subject import SubjectRecord, load_subject, save_subject, subject_path
 from rig.summary import format_status
 
 log = logging.getLogger(__name__)
@@ -74,6 +79,8 @@ class PreparedTrial:
     training_events: list[dict[str, Any]] = field(default_factory=list)
     provisional: ScoredTrial | None = None
     gate: DecoderGate | None = None
+    not_started: bool = False  # queued when the session ended: stopped as it began, or never sent
+    abort_reason: str | None = None  # the fault that cut the trial short
 
 
 @dataclass
@@ -89,6 +96,7 @@ class SessionRunner:
     def __init__(self, settings: Settings, options: RunOptions) -> None:
         self.settings = settings
         self.options = options
+        check_subject_id(options.subject)  # before anything touches a file: the id becomes a folder name
         self.data_root = Path(options.data_root or settings.data.root)
         self.contexts: dict[str, Context] = contexts_from_settings(settings.contexts)
         self.params = TaskParameters.from_settings(settings)
@@ -122,6 +130,8 @@ class SessionRunner:
         self._imaging: ImagingSource | None = None
         self._online: OnlineProcess | None = None
         self._closed_loop = settings.online.closed_loop.enabled
+        self._subject_lock: SubjectLock | None = None
+        self._fault: SessionFault | None = None
         self.training: Training
         self.record: SubjectRecord
 
@@ -129,7 +139,7 @@ class SessionRunner:
 
     def _load_subject(self) -> None:
         subject = self.options.subject
-        recover_sessions(self.data_root / subject)
+        recover_sessions(self.data_root / subject, self._subject_lock)
         switch = ContextSwitchRules.from_settings(self.settings.task.context_switch)
         stored = load_subject(self.data_root, subject)
         if stored is None:
@@ -174,6 +184,12 @@ class SessionRunner:
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> SessionResult:
+        """The subject's lock is taken before recovery and before subject.json is read, and held to the
+        end: a second session for the subject is refused, and a live session is never "recovered"."""
+        with SubjectLock(self.data_root / self.options.subject) as self._subject_lock:
+            return self._run()
+
+    def _run(self) -> SessionResult:
         self._load_subject()
         started = datetime.now()
         with ExitStack() as stack:
@@ -194,6 +210,7 @@ class SessionRunner:
             self._store = SessionStore.create(self.data_root, self.options.subject, started,
                                               dump_settings(self.settings), self._session_info(started))
             stack.callback(self._store.close)
+            self._subject_lock.name_session(self._store.folder)
             if self.settings.online.enabled and self.settings.online.start_with_rig:
                 self._online = stack.enter_context(OnlineProcess(
                     self.settings, self._store.folder, self.data_root / self.options.subject,
@@ -206,6 +223,9 @@ class SessionRunner:
                      self.options.subject, self.training.context, self.training.stage.name)
             try:
                 self._loop()
+            except SessionFault as fault:
+                self._end_reason = fault.reason
+                raise
             except BaseException:
                 self._end_reason = "error"
                 raise
@@ -222,24 +242,57 @@ class SessionRunner:
         client = self._client
         assert client is not None
         current: PreparedTrial | None = self._prepare()
-        self._start(current)
-        while current is not None:
-            queued: PreparedTrial | None = None
-            if self._await_outcome(current):
-                partial = client.partial_trial()
-                if partial is not None:
-                    self._learn(current, self._score(current, partial))
-                    if self._should_continue(current, partial.end_s):
-                        queued = self._prepare()
-                        self._start(queued)
-            result = self._await_end()
-            self._finish(current, result)
-            if queued is not None and self._stop.is_set():
-                client.stop_trial()  # queued before the stop arrived: end it at once, recorded as stopped
-            if queued is None and self._continue_after_idle(current, result):
-                queued = self._prepare()
-                self._start(queued)
-            current = queued
+        queued: PreparedTrial | None = None
+        try:
+            self._start(current)
+            while current is not None:
+                queued = None
+                if self._await_outcome(current):
+                    partial = client.partial_trial()
+                    if partial is not None:
+                        self._learn(current, self._score(current, partial))
+                        if self._should_continue(current, partial.end_s):
+                            queued = self._prepare()
+                            self._start(queued)
+                result = self._await_end(current)
+                self._finish(current, result)
+                if queued is not None and self._stop.is_set():
+                    # queued before the stop arrived: end it at once, recorded as not started
+                    queued.not_started = True
+                    queued.abort_reason = self._fault.reason if self._fault is not None else None
+                    client.stop_trial()
+                if queued is None and self._continue_after_idle(current, result):
+                    queued = self._prepare()
+                    self._start(queued)
+                current = queued
+        except BpodConnectionError as exc:
+            self._fault = SessionFault("bpod lost", str(exc))
+            self._record_lost([current, queued])
+        except DiskFullError as exc:  # even the reserve did not hold the record: nothing more can be written
+            self._fault = SessionFault("disk full", str(exc))
+        if self._fault is not None:
+            assert self._store is not None
+            saved = f"{self._trials_done} trials saved in {self._store.folder}"
+            raise SessionFault(self._fault.reason, f"{self._fault}; the session ended there, with {saved}")
+
+    def _record_lost(self, trials: list[PreparedTrial | None]) -> None:
+        """The Bpod is gone: record the trials in flight now, in order. A trial whose end record came is
+        recorded as usual; the running one as aborted with the events received so far; a queued one that
+        never began as not started."""
+        client = self._client
+        assert client is not None and self._fault is not None
+        for trial in trials:
+            if trial is None or trial.number <= self._trials_done:
+                continue
+            try:
+                result = client.poll_trial(0)
+            except BpodConnectionError:
+                result = None
+            if result is None:
+                trial.abort_reason = self._fault.reason
+                result = client.partial_trial() if client.trials_started == trial.number else None
+                trial.not_started = result is None
+            self._finish(trial, result)
 
     def _continue_after_idle(self, trial: PreparedTrial, result: TrialResult) -> bool:
         """Nothing was queued (paused, stopping, at a limit, or the trial ended before its outcome was
@@ -282,6 +335,7 @@ class SessionRunner:
         client = self._client
         assert client is not None
         while True:
+            self._check_faults(trial)
             try:
                 if client.wait_for_state(OUTCOME_STATES, timeout_s=POLL_S) is not None:
                     return True
@@ -292,13 +346,33 @@ class SessionRunner:
             if client.trials_finished >= trial.number:
                 return False
 
-    def _await_end(self) -> TrialResult:
+    def _await_end(self, trial: PreparedTrial) -> TrialResult:
         client = self._client
         assert client is not None
         while True:
+            self._check_faults(trial)
             result = client.poll_trial(POLL_S)
             if result is not None:
                 return result
+
+    def _check_faults(self, trial: PreparedTrial) -> None:
+        """Faults seen while a trial runs, besides the Bpod's own (its client raises): the disk full, the
+        imaging source silent. Either ends the session now: the running trial is stopped and recorded as
+        aborted, a queued one as not started."""
+        if self._fault is not None:
+            return
+        assert self._store is not None and self._client is not None
+        if self._store.disk_full is not None:
+            self._fault = SessionFault("disk full", f"disk full at {self._store.disk_full}")
+        elif self._imaging is not None and (silence := self._imaging.silence()) is not None:
+            self._fault = SessionFault("imaging silent", f"imaging silent: {silence}")
+        else:
+            return
+        log.error("%s: ending the session now (trial %d is stopped)", self._fault, trial.number)
+        trial.abort_reason = self._fault.reason
+        self._end_reason = self._fault.reason
+        self._stop.set()
+        self._client.stop_trial()
 
     def _score(self, trial: PreparedTrial, result: TrialResult) -> ScoredTrial:
         scored = score_trial(result.to_dict(), side=trial.spec.side, context=trial.spec.context.name,
@@ -349,43 +423,63 @@ class SessionRunner:
                     self._resume.clear()
                     self._paused = False
                 log.info("resumed")
+                if self._imaging is not None:
+                    self._imaging.expect_frames()  # the pause was no silence of the microscope
                 return True
         return False
 
-    def _finish(self, trial: PreparedTrial, result: TrialResult) -> None:
+    def _finish(self, trial: PreparedTrial, result: TrialResult | None) -> None:
+        """Record a trial that ended: `result` is its Bpod record (partial if the Bpod was lost), None for
+        a queued trial the Bpod never began."""
         assert self._store is not None
-        scored = self._score(trial, result)
-        if trial.provisional is None and scored.outcome != "aborted":
+        scored = self._score(trial, result) if result is not None else None
+        provisional = trial.provisional
+        if scored is not None and provisional is None and scored.outcome != "aborted":
             self._learn(trial, scored)  # the outcome state came and went between two polls
-        elif trial.provisional is not None and trial.provisional.outcome != scored.outcome:
+        elif scored is not None and provisional is not None and provisional.outcome != scored.outcome:
             log.error("trial %d: outcome %s at the outcome state but %s at the end; training kept the first",
                       trial.number, trial.provisional.outcome, scored.outcome)
-        if self._first_start_s is None:
-            self._first_start_s = result.start_s
-        gap_s = result.start_s - self._last_result_end_s if self._last_result_end_s is not None else None
-        self._last_result_end_s = result.end_s
+        outcome = "aborted" if scored is None or trial.abort_reason is not None else scored.outcome
+        if trial.not_started and outcome == "aborted":
+            outcome = "not_started"
+        gap_s = None
+        if result is not None:
+            if self._first_start_s is None:
+                self._first_start_s = result.start_s
+            if self._last_result_end_s is not None:
+                gap_s = result.start_s - self._last_result_end_s
+            self._last_result_end_s = result.end_s
+        scored_fields = scored.to_dict() if scored is not None else {}
         record = {
             "trial": trial.number, "subject": self.options.subject, **trial.spec.to_dict(),
-            **{k: v for k, v in scored.to_dict().items() if k not in ("side", "context", "trial_number")},
-            "stopped": scored.outcome == "aborted",
+            **{k: v for k, v in scored_fields.items() if k not in ("side", "context", "trial_number")},
+            "outcome": outcome, "abort_reason": trial.abort_reason,
+            "stopped": outcome in ("aborted", "not_started") and trial.abort_reason is None,
             "dead_time_s": round(gap_s, 6) if gap_s is not None else None,
-            "reward_ul": self.settings.task.reward_volume_ul if scored.rewarded else 0.0,
+            "reward_ul": self.settings.task.reward_volume_ul if scored and scored.rewarded else 0.0,
             "valve_time_s": self.params.valve_s(trial.spec.side),
             "training_events": trial.training_events, "training": self.training.state.to_dict(),
-            "bpod": result.to_dict(), "host_time": datetime.now().isoformat(timespec="milliseconds"),
-            "closed_loop": _closed_loop_record(trial.gate, result),
+            "bpod": result.to_dict() if result is not None else None,
+            "host_time": datetime.now().isoformat(timespec="milliseconds"),
+            "closed_loop": _closed_loop_record(trial.gate, result) if result is not None else None,
         }
+        if scored is not None and outcome != scored.outcome and scored.outcome != "aborted":
+            record["outcome_before_abort"] = scored.outcome  # training counted it with this outcome
         self._store.append_trial(record)
         self._trials_done += 1
         self._save_subject()
-        self._publish(TOPIC_TRIAL, {"kind": "end", "trial": trial.number,
-                                    "record": _publishable(record, self.lick_ports), "status": self.status()})
-        self._status(trial, scored)
+        if result is not None:
+            published = _publishable(record, self.lick_ports)
+            self._publish(TOPIC_TRIAL, {"kind": "end", "trial": trial.number, "record": published,
+                                        "status": self.status()})
+        self._status(trial, outcome)
 
     def _save_subject(self) -> None:
+        assert self._store is not None
         if self._sim is not None:
             self.record.simulated_mouse = self._sim.mouse_state()
-        save_subject(self.data_root, self.record)
+        self._store.durable_write(subject_path(self.data_root, self.options.subject),
+                                  lambda: save_subject(self.data_root, self.record))
 
     # ------------------------------------------------------------------ callbacks (reader thread)
 
@@ -535,12 +629,12 @@ class SessionRunner:
             for sig, old in previous.items():
                 signal.signal(sig, old)
 
-    def _status(self, trial: PreparedTrial, scored: ScoredTrial) -> None:
+    def _status(self, trial: PreparedTrial, outcome: str) -> None:
         stream = self.options.status_stream
         if stream is None:
             return
         line = format_status(trial.number, self.training.context, self.training.stage.name,
-                             self.performance, scored.outcome)
+                             self.performance, outcome)
         if stream.isatty():
             stream.write("\r" + line.ljust(100))
         elif trial.number % 25 == 0 or trial.training_events:

@@ -14,7 +14,7 @@ from typing import Any
 
 from protocols.outcome import ScoredTrial
 from protocols.training import SubjectTrainingState, TrainingStateError
-from rig.store import SUBJECT_FILE, DataError, read_json, write_json_atomic
+from rig.store import SUBJECT_FILE, DataError, check_subject_id, read_json, write_json_atomic
 
 HISTORY_KEPT = 200
 FORMAT_VERSION = 1
@@ -39,7 +39,7 @@ class SubjectRecord:
 
 
 def subject_path(root: Path, subject: str) -> Path:
-    return Path(root) / subject / SUBJECT_FILE
+    return Path(root) / check_subject_id(subject) / SUBJECT_FILE
 
 
 def load_subject(root: Path, subject: str) -> SubjectRecord | None:

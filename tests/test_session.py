@@ -281,7 +281,7 @@ def test_sigterm_ends_the_session_cleanly_after_the_current_trial(tmp_path: Path
     assert info["end_reason"] == "stopped by SIGTERM" and info["ended"]
     records = list(read_jsonl(folder / "trials.jsonl"))
     assert info["trials"] == len(records)
-    assert all(r["outcome"] in ("hit", "error", "no_response", "aborted") for r in records)
+    assert all(r["outcome"] in ("hit", "error", "no_response", "aborted", "not_started") for r in records)
     assert f"data: {folder}" in out
 
 
