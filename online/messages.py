@@ -126,6 +126,7 @@ class HealthReport:
     n_rois: int
     reference_ready: bool
     closed_loop: bool = False
+    setup: str | None = None  # what setup waits for (blank frames, no ROI found, ...); None once ready
 
     def encode(self, sender: Sender) -> Parts:
         return sender.event(TOPIC_HEALTH, {"kind": "online", **asdict(self)})

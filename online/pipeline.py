@@ -2,12 +2,19 @@
 
 Per frame (`OnlinePipeline.process_frame`):
 
-1. Start-up. Until the pipeline is initialised, frames are kept (none is lost): the reference is either
+1. Start-up. Until the pipeline is initialised, usable frames are kept: the reference is either
    given (`reference=`, e.g. suite2p's meanImg or a saved reference.npy) or built from the first
-   `reference_frames` frames (`build_reference`); the ROIs are given (`rois=`: suite2p, rois.npz, the
+   `reference_frames` usable frames (`build_reference`); the ROIs are given (`rois=`: suite2p, rois.npz, the
    simulator's masks) or detected on the reference (`detect_rois`). The frame rate is measured from the
    kept frames' timestamps (the nominal rate from the settings is the fallback; a simulator reduced for a
    fast session runs slower than settings say). Then the kept frames are processed in order.
+   Setup waits for usable frames instead of failing (`setup_status` says what it waits for): blank frames
+   (one value everywhere: the shutter is closed) are counted and not kept; frames are kept per size, at most
+   `MAX_SETUP_SIZES` sizes, and the first size with enough frames becomes the session's (the few frames of
+   other sizes were strays: counted, dropped); a reference on which no ROI is found is dropped and the next
+   frames are tried. With given ROIs or reference, their size is the session's from the start, and
+   `WRONG_SIZE_FRAMES` frames of another size in a row end the setup (the ROIs are for another field).
+   A frame with NaN or infinite pixels is counted and refused (`MalformedInput`) at any time.
 2. `RigidRegistration.register` -> `TraceExtractor.extract` (ROI pixels read at the shifted position, no
    image is shifted) -> `DffTracker.update` -> a `TraceFrame` (published, and appended to disk by the caller).
 3. Alignment to trials through the trigger only (DESIGN.md, Clocks). `alignment="trigger"` (loop mode, and
@@ -83,6 +90,10 @@ SIDES = ("left", "right")
 CORRECT_OUTCOME = "hit"
 NO_TRIAL = 0
 """TraceFrame.trial of a frame that belongs to no trial (before the first aux trigger)."""
+MAX_SETUP_SIZES = 4
+"""Frame sizes whose frames setup keeps at once (a fifth drops the size with the fewest frames)."""
+WRONG_SIZE_FRAMES = 100
+"""Frames in a row of another size than the given ROIs' that end setup with an error (a few are strays)."""
 
 
 class MalformedInput(ValueError):
@@ -188,6 +199,11 @@ class PipelineStats:
     frames_processed: int = 0
     frames_other_channel: int = 0
     frames_invalid: int = 0
+    frames_nonfinite: int = 0
+    frames_blank_at_setup: int = 0
+    frames_other_size_at_setup: int = 0
+    """Frames kept during setup and dropped because frames of another size became the session's."""
+    references_without_rois: int = 0
     frames_without_trial: int = 0
     frames_after_trial_end: int = 0
     frames_dropped_trials: int = 0
@@ -210,6 +226,10 @@ class PipelineStats:
             else:
                 out[f"{name}_p50_ms"] = out[f"{name}_p99_ms"] = None
         return out
+
+
+_Kept = tuple[FrameHeader, np.ndarray, tuple[float, ...]]
+"""A frame kept during setup: its header, a copy of its pixels, its aux-trigger edges."""
 
 
 @dataclass
@@ -275,7 +295,9 @@ class OnlinePipeline:
         self.reference: np.ndarray | None = None
         self.roi_set_id = ""
         self.frame_rate_hz = self.config.frame_rate_hz
-        self.shape: tuple[int, int] | None = None
+        given = rois.shape if rois is not None else reference.shape if reference is not None else None
+        self.shape: tuple[int, int] | None = (int(given[0]), int(given[1])) if given is not None else None
+        """The session's frame size: the given ROIs' or reference's, else fixed when setup completes."""
         self.registration: RigidRegistration | None = None
         self.extractor: TraceExtractor | None = None
         self.dff: DffTracker | None = None
@@ -284,7 +306,9 @@ class OnlinePipeline:
         self.decoders: dict[str, ContextDecoder] = {}
         self.accuracy: dict[str, float | None] = {}
         self._prospective: dict[str, _Prospective] = {}
-        self._buffer: list[tuple[FrameHeader, np.ndarray, tuple[float, ...]]] = []
+        self._setup: dict[tuple[int, int], list[_Kept]] = {}
+        self._wrong_size_run = 0
+        self._no_roi_note: str | None = None
         self._pending_states: list[tuple[int, str, float]] = []
         self._pending_ends: OrderedDict[int, _Pending] = OrderedDict()
         self._finalised: OrderedDict[int, None] = OrderedDict()
@@ -301,6 +325,29 @@ class OnlinePipeline:
     def ready(self) -> bool:
         """True once the reference, ROIs and extractors exist (frames are being processed)."""
         return self.extractor is not None
+
+    @property
+    def setup_status(self) -> str | None:
+        """What setup is waiting for, in one sentence (None once frames are being processed)."""
+        if self.ready:
+            return None
+        stats = self.stats
+        held = max((len(kept) for kept in self._setup.values()), default=0)
+        text = f"waiting for usable frames: {held} of {self._frames_needed()} kept for the reference"
+        skipped = [f"{n} {what}" for n, what in (
+            (stats.frames_blank_at_setup, "blank (shutter closed?)"),
+            (stats.frames_nonfinite, "with NaN or infinite pixels"),
+            (stats.frames_invalid + stats.frames_other_size_at_setup, "of another size")) if n]
+        if skipped:
+            text += "; skipped " + ", ".join(skipped)
+        if self._no_roi_note is not None:
+            text += f"; {self._no_roi_note}"
+        return text
+
+    @property
+    def setup_frames_held(self) -> int:
+        """Frames kept in memory for setup (bounded: at most MAX_SETUP_SIZES sizes of a reference's worth)."""
+        return sum(len(kept) for kept in self._setup.values())
 
     @property
     def n_rois(self) -> int:
@@ -357,38 +404,72 @@ class OnlinePipeline:
             self.stats.frames_invalid += 1
             raise MalformedInput(f"frame {header.frame_index}: pixels of dtype {pixels.dtype} and shape "
                                  f"{pixels.shape}, expected a 2-D numeric image")
-        if self.shape is None:
-            self.shape = (int(pixels.shape[0]), int(pixels.shape[1]))
-        if pixels.shape != self.shape:
-            self.stats.frames_invalid += 1
-            raise MalformedInput(f"frame {header.frame_index} is {pixels.shape[0]}x{pixels.shape[1]}, the "
-                                 f"session's frames are {self.shape[0]}x{self.shape[1]}")
+        if pixels.dtype.kind == "f" and not math.isfinite(float(np.add.reduce(pixels, None, np.float64))):
+            self.stats.frames_nonfinite += 1  # (one float64 sum: NaN or inf anywhere makes it non-finite)
+            raise MalformedInput(f"frame {header.frame_index} has NaN or infinite pixels")
         # (the common case, no aux edges, skips building a tuple from a generator)
         aux = () if isinstance(aux_trigger_s, tuple) and not aux_trigger_s else tuple(
             float(e) for e in aux_trigger_s)
         if self.extractor is None:
-            self._buffer.append((header, np.array(pixels, copy=True), aux))  # the message's memory is reused
-            if len(self._buffer) < self._frames_needed():
-                return PipelineOutput()
-            out = self._initialise()
-            self.stats.processing_ns.append(time.perf_counter_ns() - t0)
+            out = self._setup_frame(header, pixels, aux)
+            if out.initialised:
+                self.stats.processing_ns.append(time.perf_counter_ns() - t0)
             return out
+        if pixels.shape != self.shape:
+            self.stats.frames_invalid += 1
+            assert self.shape is not None
+            raise MalformedInput(f"frame {header.frame_index} is {pixels.shape[0]}x{pixels.shape[1]}, the "
+                                 f"session's frames are {self.shape[0]}x{self.shape[1]}")
         out = self._process(header, pixels, aux)
         now = self.clock_ns()
         stats.processing_ns.append(time.perf_counter_ns() - t0)
         stats.latency_ns.append(now - header.t_ns)
         return out
 
+    def _setup_frame(self, header: FrameHeader, pixels: np.ndarray, aux: tuple[float, ...]) -> PipelineOutput:
+        """Keep a usable frame for setup; initialise once one size has enough of them."""
+        stats = self.stats
+        shape = (int(pixels.shape[0]), int(pixels.shape[1]))
+        if self.shape is not None and shape != self.shape:  # the given ROIs' or reference's size
+            stats.frames_invalid += 1
+            self._wrong_size_run += 1
+            given = "ROIs are" if self._given_rois is not None else "reference is"
+            if self._wrong_size_run >= WRONG_SIZE_FRAMES:
+                raise PipelineError(f"{given} for {self.shape[0]}x{self.shape[1]} frames, frames are "
+                                    f"{shape[0]}x{shape[1]}")
+            raise MalformedInput(f"frame {header.frame_index} is {shape[0]}x{shape[1]}, the {given} for "
+                                 f"{self.shape[0]}x{self.shape[1]} frames")
+        self._wrong_size_run = 0
+        if pixels.min() == pixels.max():
+            stats.frames_blank_at_setup += 1
+            if stats.frames_blank_at_setup == 1:
+                logger.info("waiting for usable frames: blank frames (one value everywhere: shutter closed?) "
+                            "are not used for the reference")
+            return PipelineOutput()
+        kept = self._setup.setdefault(shape, [])
+        kept.append((header, np.array(pixels, copy=True), aux))  # the message's memory is reused
+        if len(self._setup) > MAX_SETUP_SIZES:
+            fewest = min((s for s in self._setup if s != shape), key=lambda s: len(self._setup[s]))
+            stats.frames_other_size_at_setup += len(self._setup.pop(fewest))
+        if len(kept) < self._frames_needed():
+            return PipelineOutput()
+        strays = sum(len(frames) for size, frames in self._setup.items() if size != shape)
+        if strays:
+            stats.frames_other_size_at_setup += strays
+            logger.warning("%d frame(s) of other sizes than %dx%d skipped during setup", strays, *shape)
+        self._setup = {}
+        return self._initialise(shape, kept)
+
     def _frames_needed(self) -> int:
         if self._given_reference is None:
             return self.config.reference_frames
         return 8 if self.config.measure_frame_rate else 1
 
-    def _measure_rate(self) -> float:
+    def _measure_rate(self, kept: list[_Kept]) -> float:
         nominal = self.config.frame_rate_hz
         if not self.config.measure_frame_rate:
             return nominal
-        frames = sorted((h.trial, h.frame_index, h.timestamp_s) for h, _, _ in self._buffer)
+        frames = sorted((h.trial, h.frame_index, h.timestamp_s) for h, _, _ in kept)
         steps = [(b[2] - a[2]) / (b[1] - a[1]) for a, b in zip(frames, frames[1:], strict=False)
                  if a[0] == b[0] and b[1] > a[1] and a[2] >= 0 and b[2] > a[2]]
         if not steps:
@@ -399,28 +480,36 @@ class OnlinePipeline:
                            "using %.3f Hz", rate, nominal, rate)
         return rate
 
-    def _initialise(self) -> PipelineOutput:
+    def _initialise(self, shape: tuple[int, int], kept: list[_Kept]) -> PipelineOutput:
+        """Reference, ROIs and extractors from the kept frames of `shape`, then those frames processed; no
+        output (and the frames dropped) when no ROI is found on the reference: setup goes on."""
         cfg = self.config
-        assert self.shape is not None
-        self.frame_rate_hz = self._measure_rate()
         t0 = time.perf_counter()
         if self._given_reference is not None:
             reference = self._given_reference
-            if reference.shape != self.shape:
+            if reference.shape != shape:
                 raise PipelineError(f"the reference is {reference.shape[0]}x{reference.shape[1]}, frames are "
-                                    f"{self.shape[0]}x{self.shape[1]}")
+                                    f"{shape[0]}x{shape[1]}")
         else:
-            stack = np.stack([p for _, p, _ in self._buffer[: cfg.reference_frames]])
+            stack = np.stack([p for _, p, _ in kept[: cfg.reference_frames]])
             reference = build_reference(stack, params=cfg.registration)
         rois = self._given_rois
         if rois is None:
-            radius = cfg.roi_radius_px or max(1.5, 5.0 * min(self.shape) / 512)
+            radius = cfg.roi_radius_px or max(1.5, 5.0 * min(shape) / 512)
             rois = detect_rois(reference, cfg.max_rois, radius)
+            if rois.n == 0 and self._given_reference is not None:
+                raise PipelineError("no ROI was found on the given reference image; give ROIs (--rois)")
             if rois.n == 0:
-                raise PipelineError("no ROI was found on the reference image; give ROIs (--rois)")
-        if tuple(rois.shape) != self.shape:
+                self.stats.references_without_rois += 1
+                self._no_roi_note = (f"no ROI was found on the reference of {len(stack)} frames (no cells in "
+                                     "view?): trying the next frames; give ROIs with --rois")
+                logger.warning("%s (%d so far)", self._no_roi_note, self.stats.references_without_rois)
+                return PipelineOutput()
+        if tuple(rois.shape) != shape:
             raise PipelineError(f"ROIs are for {rois.shape[0]}x{rois.shape[1]} frames, frames are "
-                                f"{self.shape[0]}x{self.shape[1]}")
+                                f"{shape[0]}x{shape[1]}")
+        self.shape = shape
+        self.frame_rate_hz = self._measure_rate(kept)
         self.reference, self.rois = reference.astype(np.float32), rois
         self.roi_set_id = roi_set_id(rois)
         self.registration = RigidRegistration(self.reference, cfg.registration)
@@ -440,13 +529,12 @@ class OnlinePipeline:
         logger.info("online pipeline ready in %.2f s: %dx%d frames at %.2f Hz, %d ROIs (%s), reference %s",
                     time.perf_counter() - t0, self.shape[0], self.shape[1], self.frame_rate_hz, rois.n,
                     self.roi_set_id, "given" if self._given_reference is not None else
-                    f"from {min(len(self._buffer), cfg.reference_frames)} frames")
+                    f"from {min(len(kept), cfg.reference_frames)} frames")
         for trial, state, time_s in self._pending_states:
             self.trials.enter_state(trial, state, time_s)
         self._pending_states.clear()
         out = PipelineOutput(initialised=True)
-        buffered, self._buffer = self._buffer, []
-        for header, pixels, aux in buffered:
+        for header, pixels, aux in kept:
             out.extend(self._process(header, pixels, aux))
         return out
 
@@ -583,11 +671,13 @@ class OnlinePipeline:
     def flush(self) -> PipelineOutput:
         """Finalise every pending trial now (end of a replay or of the session)."""
         out = PipelineOutput()
-        if self.extractor is None and self._buffer:
+        if self.extractor is None and self._setup:
+            shape, kept = max(self._setup.items(), key=lambda item: len(item[1]))
+            self._setup = {}
             try:
-                out.extend(self._initialise())
+                out.extend(self._initialise(shape, kept))
             except Exception:
-                logger.exception("could not initialise on the %d frames received", len(self._buffer))
+                logger.exception("could not initialise on the %d frames received", len(kept))
         while self._pending_ends:
             _, pending = self._pending_ends.popitem(last=False)
             out.trials.append(self._finalise(pending))

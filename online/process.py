@@ -57,7 +57,16 @@ from online.pipeline import (
 from online.rois import RoiSet, load_suite2p
 from online.store import CodingDirectionFile, SessionOutputs, load_reference, read_jsonl
 from online.transport import LosslessReceiver, LossyPublisher, LossySubscriber, TransportError
-from online.wire import TOPIC_FRAME, TOPIC_STATE, TOPIC_TRIAL, Event, FrameHeader, Message, WireError
+from online.wire import (
+    TOPIC_FRAME,
+    TOPIC_STATE,
+    TOPIC_TRIAL,
+    Event,
+    FrameHeader,
+    Message,
+    WireError,
+    frame_aux_triggers,
+)
 
 logger = logging.getLogger("online")
 
@@ -309,9 +318,7 @@ class OnlineService:
             if message.topic != TOPIC_FRAME:
                 raise WireError(f"a {message.topic!r} message on the frame path")
             header = FrameHeader.from_message(message)
-            aux = message.header.get("aux_trigger_s", ())
-            if not isinstance(aux, list | tuple) or not all(isinstance(e, int | float) for e in aux):
-                raise WireError(f"frame aux_trigger_s must be a list of numbers, got {aux!r}")
+            aux = frame_aux_triggers(message.header)
             out = self.pipeline.process_frame(header, message.arrays[0], aux)
         except (MalformedInput, WireError):
             self.counters.frames_malformed += 1
@@ -328,7 +335,7 @@ class OnlineService:
                                     roi_set_id=pipeline.roi_set_id)
             self.publish_rois()
         for trace, header in zip(out.traces, out.headers, strict=True):
-            self.outputs.append_trace(trace, header.channel, header.plane, header.t_ns)
+            self.outputs.append_trace(trace, header.channel, header.plane, header.t_ns, header.seq)
             if results is not None:
                 results.send_parts(trace.encode(results.sender))
                 self.counters.published["traces"] += 1
@@ -355,6 +362,7 @@ class OnlineService:
         frames = self.frames.stats if self.frames is not None else None
         events = self.events.stats if self.events is not None else None
         malformed = (self.counters.frames_malformed + self.counters.events_malformed
+                     + self.pipeline.stats.frames_other_size_at_setup
                      + (frames.malformed if frames else 0) + (events.malformed if events else 0))
         return HealthReport(
             frames=processed, frame_rate_hz=round(rate, 3), gaps=frames.gaps if frames else 0,
@@ -362,7 +370,8 @@ class OnlineService:
             malformed=malformed, latency_p50_ms=stats["latency_p50_ms"],
             latency_p99_ms=stats["latency_p99_ms"], processing_p50_ms=stats["processing_p50_ms"],
             processing_p99_ms=stats["processing_p99_ms"], n_rois=self.pipeline.n_rois,
-            reference_ready=self.pipeline.ready, closed_loop=self.closed_loop.armed)
+            reference_ready=self.pipeline.ready, closed_loop=self.closed_loop.armed,
+            setup=self.pipeline.setup_status)
 
     def publish_health(self) -> None:
         if self.results is not None:
@@ -487,6 +496,8 @@ class ReplaySummary:
     seconds: float
     trials_decoded: int
     out: Path
+    frames_skipped: int = 0
+    """Frames the pipeline refused (NaN pixels, another size): counted, logged at most once a second."""
 
     @property
     def frames_per_s(self) -> float:
@@ -521,7 +532,8 @@ def replay(path: str | Path, *, out: str | Path | None = None, rois: str | Path 
     outputs = SessionOutputs(out_dir)
     pipeline = OnlinePipeline(config, rois=roi_set, reference=reference, session=out_dir.name)
     delivered: set[int] = set()
-    decoded = frames = seq = 0
+    decoded = frames = seq = skipped = 0
+    skip_log = _EverySecond()
 
     def emit(result: PipelineOutput) -> None:
         nonlocal decoded
@@ -570,7 +582,12 @@ def replay(path: str | Path, *, out: str | Path | None = None, rois: str | Path 
                                              time.time_ns())
                         seq += 1
                         frames += 1
-                        emit(pipeline.process_frame(header, block[i if mapped is not None else k, z, c], aux))
+                        pixels = block[i if mapped is not None else k, z, c]
+                        try:
+                            emit(pipeline.process_frame(header, pixels, aux))
+                        except MalformedInput as exc:
+                            skipped += 1
+                            skip_log(logging.WARNING, "%s: skipped: %s", file.name, exc)
             for number in sorted(records):
                 if number <= trial and number not in delivered:
                     delivered.add(number)
@@ -582,9 +599,10 @@ def replay(path: str | Path, *, out: str | Path | None = None, rois: str | Path 
         emit(pipeline.flush())
     finally:
         seconds = time.perf_counter() - t0
-        summary = ReplaySummary(len(files), frames, seconds, decoded, out_dir)
+        summary = ReplaySummary(len(files), frames, seconds, decoded, out_dir, skipped)
         with contextlib.suppress(Exception):
             outputs.write_summary({"replay": str(path), "files": len(files), "frames": frames,
+                                   "frames_skipped": skipped,
                                    "seconds": seconds, "frames_per_s": summary.frames_per_s,
                                    "pipeline": pipeline.summary()})
         outputs.close()
@@ -622,7 +640,8 @@ def main_replay(argv_path: str, out: str | None, rois: str | None, trials: str |
         return EXIT_USER
     print(json.dumps({"files": summary.files, "frames": summary.frames,
                       "seconds": round(summary.seconds, 3), "frames_per_s": round(summary.frames_per_s, 1),
-                      "trials_decoded": summary.trials_decoded, "out": str(summary.out)}))
+                      "frames_skipped": summary.frames_skipped, "trials_decoded": summary.trials_decoded,
+                      "out": str(summary.out)}))
     print(f"replayed {summary.frames} frames from {summary.files} file(s) in {summary.seconds:.2f} s: "
           f"{summary.frames_per_s:.1f} frames/s -> {summary.out}")
     return EXIT_OK

@@ -440,13 +440,16 @@ def detect_rois(reference: np.ndarray, max_rois: int, radius_px: float, threshol
     r = float(radius_px)
     surround = _blur(img, 2 * r)
     band = _blur(img, r / 2) - surround
-    contrast = np.sqrt(_blur((img - surround) ** 2, 4 * r)) + 1e-9
+    contrast = np.sqrt(np.maximum(_blur((img - surround) ** 2, 4 * r), 0.0)) + 1e-9  # (FFT rounding: >= 0)
     score = band / contrast
     med = float(np.median(score))
     sd = 1.4826 * float(np.median(np.abs(score - med))) + 1e-12
     z = (score - med) / sd
     size = 2 * int(math.ceil(r)) + 1
-    peaks = (score == _max_filter(score, size)) & (z > threshold)
+    # A flat field's band-pass is FFT rounding noise, which the contrast division would blow up into
+    # "cells": a peak must stand out of the image by more than rounding.
+    rounding = 1e-6 * float(np.abs(img).max())
+    peaks = (score == _max_filter(score, size)) & (z > threshold) & (band > rounding)
     ri = int(math.ceil(r))
     h, w = img.shape
     peaks[:ri, :] = peaks[-ri:, :] = False

@@ -16,6 +16,14 @@ Layout of one message (ZeroMQ multipart):
 
 Sequence numbers count per (sender, topic), not per socket: a subscriber that filters topics would
 otherwise see every unsubscribed message as a gap. Receivers key streams by (`src`, topic).
+
+Every header is checked field by field before anything uses it (receivers count and skip what fails):
+at most `MAX_HEADER_BYTES` of UTF-8 JSON without NaN or Infinity, nested at most `MAX_HEADER_DEPTH`
+levels; `v` the integer `WIRE_VERSION`, `seq` an integer in 0..2**63-1, `t_ns` a 64-bit integer, `src` a
+string of at most `MAX_SOURCE_CHARS`; a frame's `frame_index`, `trial`, `channel` and `plane` integers in
+0..2**63-1, `timestamp_s` a finite number, `trigger_timestamp_s` one or null, its one buffer a 2-D integer
+or float image of at most `MAX_FRAME_SIDE` pixels a side, and `aux_trigger_s` (optional) a list of at most
+`MAX_AUX_TRIGGERS` finite numbers. Refusals quote the offending value shortened, never whole.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import functools
 import json
 import math
 import os
+import reprlib
 import socket
 import time
 from collections.abc import Mapping, Sequence
@@ -55,6 +64,15 @@ TOPICS: tuple[bytes, ...] = (
 
 ENVELOPE_KEYS = frozenset({"v", "seq", "t_ns", "src", "dtype", "shape"})
 MAX_TOPIC_BYTES = 64
+MAX_HEADER_BYTES = 1 << 20
+"""A header is at most this long (a trial record with thousands of events is tens of kB)."""
+MAX_HEADER_DEPTH = 32
+"""Nesting levels of objects and lists a header may have (a trial record has about six)."""
+MAX_SOURCE_CHARS = 256
+MAX_AUX_TRIGGERS = 256
+"""Aux-trigger edges one frame may report."""
+MAX_FRAME_SIDE = 1 << 16
+INT64_MAX = (1 << 63) - 1
 _JSON = json.JSONEncoder(
     separators=(",", ":"), allow_nan=False
 )  # reused: json.dumps(**kw) builds one per call
@@ -96,6 +114,46 @@ class Message:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_count(value: Any) -> bool:
+    """An integer in 0..2**63-1 (what a sequence number, an index or a trial number may be)."""
+    return _is_int(value) and 0 <= value <= INT64_MAX
+
+
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 60
+_SHORT.maxlevel = 3
+
+
+def short_repr(value: Any) -> str:
+    """A value as error messages quote it: its repr, shortened (bad input can be megabytes)."""
+    return _SHORT.repr(value)
+
+
+def json_depth(value: Any) -> int:
+    """Nesting levels of dicts and lists in a parsed JSON value (iterative: no recursion to exhaust)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, list):
+            continue
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in item if isinstance(child, dict | list))
+    return deepest
+
+
+def _refuse_constant(name: str) -> Any:
+    raise WireError(f"{name} is not a JSON number")
+
+
+_HEADER_JSON = json.JSONDecoder(parse_constant=_refuse_constant)  # reused: json.loads(**kw) builds one a call
 
 
 def _check_topic(topic: bytes) -> bytes:
@@ -160,11 +218,12 @@ def _plain_dtype(name: str) -> np.dtype | None:
 
 
 def _decode_array(index: int, part: Part, dtype_str: Any, shape: Any) -> np.ndarray:
-    dtype = _plain_dtype(dtype_str) if isinstance(dtype_str, str) else None
+    dtype = _plain_dtype(dtype_str) if isinstance(dtype_str, str) and len(dtype_str) <= 16 else None
     if dtype is None:
-        raise WireError(f"buffer {index}: dtype {dtype_str!r} is not a plain numeric numpy dtype string")
-    if not isinstance(shape, list) or not all(_is_int(n) and n >= 0 for n in shape):
-        raise WireError(f"buffer {index}: shape {shape!r} is not a list of non-negative integers")
+        raise WireError(f"buffer {index}: dtype {short_repr(dtype_str)} is not a plain numeric numpy dtype "
+                        "string")
+    if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
+        raise WireError(f"buffer {index}: shape {short_repr(shape)} is not a list of non-negative integers")
     view = memoryview(part)
     expected = math.prod(shape) * dtype.itemsize
     if view.nbytes != expected:
@@ -177,6 +236,26 @@ def _decode_array(index: int, part: Part, dtype_str: Any, shape: Any) -> np.ndar
     return array
 
 
+def _parse_header(topic: bytes, part: Part) -> dict[str, Any]:
+    """The header part as a JSON object, within the size and nesting bounds."""
+    raw = bytes(part)
+    if len(raw) > MAX_HEADER_BYTES:
+        raise WireError(f"{topic!r} header is {len(raw)} bytes, at most {MAX_HEADER_BYTES}")
+    try:
+        header = _HEADER_JSON.decode(raw.decode("utf-8"))
+    except WireError as exc:
+        raise WireError(f"{topic!r} header is not UTF-8 JSON: {exc}") from None
+    except RecursionError:
+        raise WireError(f"{topic!r} header nests deeper than {MAX_HEADER_DEPTH} levels") from None
+    except ValueError as exc:  # not UTF-8, not JSON, an integer beyond Python's digit limit
+        raise WireError(f"{topic!r} header is not UTF-8 JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise WireError(f"{topic!r} header is JSON {type(header).__name__}, expected an object")
+    if json_depth(header) > MAX_HEADER_DEPTH:
+        raise WireError(f"{topic!r} header nests deeper than {MAX_HEADER_DEPTH} levels")
+    return header
+
+
 def decode_message(parts: Sequence[Part]) -> Message:
     """Parse the parts of one received message; arrays are zero-copy views. Raises WireError."""
     if len(parts) < 2:
@@ -184,21 +263,21 @@ def decode_message(parts: Sequence[Part]) -> Message:
     topic = bytes(parts[0])
     if not topic or len(topic) > MAX_TOPIC_BYTES:
         raise WireError(f"topic of {len(topic)} bytes: must be 1..{MAX_TOPIC_BYTES}")
-    try:
-        header = json.loads(bytes(parts[1]).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WireError(f"{topic!r} header is not UTF-8 JSON: {exc}") from exc
-    if not isinstance(header, dict):
-        raise WireError(f"{topic!r} header is JSON {type(header).__name__}, expected an object")
+    header = _parse_header(topic, parts[1])
     for key in ("v", "seq", "t_ns"):
         if key not in header:
             raise WireError(f"{topic!r} header lacks required key {key!r}")
-    if header["v"] != WIRE_VERSION:
-        raise WireError(f"{topic!r} header has wire version {header['v']!r}, this build reads {WIRE_VERSION}")
-    if not _is_int(header["seq"]) or header["seq"] < 0:
-        raise WireError(f"{topic!r} header seq {header['seq']!r} is not an integer >= 0")
-    if not _is_int(header["t_ns"]):
-        raise WireError(f"{topic!r} header t_ns {header['t_ns']!r} is not an integer")
+    if not _is_int(header["v"]) or header["v"] != WIRE_VERSION:
+        raise WireError(f"{topic!r} header has wire version {short_repr(header['v'])}, this build reads "
+                        f"{WIRE_VERSION}")
+    if not _is_count(header["seq"]):
+        raise WireError(f"{topic!r} header seq {short_repr(header['seq'])} is not an integer in 0..2**63-1")
+    if not _is_int(header["t_ns"]) or not -INT64_MAX <= header["t_ns"] <= INT64_MAX:
+        raise WireError(f"{topic!r} header t_ns {short_repr(header['t_ns'])} is not a 64-bit integer")
+    source = header.get("src", "")
+    if not isinstance(source, str) or len(source) > MAX_SOURCE_CHARS:
+        raise WireError(f"{topic!r} header src {short_repr(source)} is not a name of at most "
+                        f"{MAX_SOURCE_CHARS} characters")
     buffers = parts[2:]
     dtypes = header.get("dtype", [])
     shapes = header.get("shape", [])
@@ -262,27 +341,38 @@ class FrameHeader:
 
     @classmethod
     def from_header(cls, header: Mapping[str, Any]) -> FrameHeader:
-        """Validate a frame header dict (as decoded) and build the record. Raises WireError."""
+        """Validate a frame header dict (as decoded), field by field, and build the record. Raises
+        WireError naming the first field that is wrong."""
         missing = [k for k in ("seq", "t_ns", "dtype", "shape", *cls._FIELDS) if k not in header]
         if missing:
             raise WireError(f"frame header lacks {', '.join(missing)}")
         dtypes, shapes = header["dtype"], header["shape"]
         if not (isinstance(dtypes, list) and isinstance(shapes, list) and len(dtypes) == len(shapes) == 1):
-            raise WireError(f"a frame message carries exactly one buffer, header describes {len(dtypes)}")
+            n = len(dtypes) if isinstance(dtypes, list) else short_repr(dtypes)
+            raise WireError(f"a frame message carries exactly one buffer, header describes {n} (dtype and "
+                            "shape must be lists of one entry)")
         shape = shapes[0]
-        if not isinstance(dtypes[0], str):
-            raise WireError(f"frame dtype must be a numpy dtype string, got {dtypes[0]!r}")
-        if not (isinstance(shape, list) and len(shape) == 2 and all(_is_int(n) for n in shape)):
-            raise WireError(f"frame shape must be [height, width], got {shape!r}")
-        for name in ("frame_index", "trial", "channel", "plane"):
-            if not _is_int(header[name]):
-                raise WireError(f"frame header {name} must be an integer, got {header[name]!r}")
-        for name in ("timestamp_s", "trigger_timestamp_s"):
-            value = header[name]
-            if not (isinstance(value, int | float) and not isinstance(value, bool)) and not (
-                value is None and name == "trigger_timestamp_s"
-            ):
-                raise WireError(f"frame header {name} must be a number, got {value!r}")
+        dtype = _plain_dtype(dtypes[0]) if isinstance(dtypes[0], str) and len(dtypes[0]) <= 16 else None
+        if dtype is None or dtype.kind not in "iuf":
+            raise WireError(f"frame dtype {short_repr(dtypes[0])} is not an integer or float numpy dtype "
+                            "string")
+        if not (isinstance(shape, list) and len(shape) == 2
+                and all(_is_int(n) and 1 <= n <= MAX_FRAME_SIDE for n in shape)):
+            raise WireError(f"frame shape must be [height, width] of 1..{MAX_FRAME_SIDE} pixels, got "
+                            f"{short_repr(shape)}")
+        for name in ("seq", "frame_index", "trial", "channel", "plane"):
+            if not _is_count(header[name]):
+                raise WireError(f"frame header {name} must be an integer in 0..2**63-1, got "
+                                f"{short_repr(header[name])}")
+        if not _is_int(header["t_ns"]):
+            raise WireError(f"frame header t_ns must be an integer, got {short_repr(header['t_ns'])}")
+        if not _is_finite_number(header["timestamp_s"]):
+            raise WireError(f"frame header timestamp_s must be a finite number, got "
+                            f"{short_repr(header['timestamp_s'])}")
+        trigger = header["trigger_timestamp_s"]
+        if trigger is not None and not _is_finite_number(trigger):
+            raise WireError(f"frame header trigger_timestamp_s must be a finite number or null, got "
+                            f"{short_repr(trigger)}")
         return cls(
             seq=header["seq"],
             frame_index=header["frame_index"],
@@ -303,6 +393,17 @@ class FrameHeader:
         if message.topic != TOPIC_FRAME:
             raise WireError(f"expected a {TOPIC_FRAME!r} message, got {message.topic!r}")
         return cls.from_header(message.header)
+
+
+def frame_aux_triggers(header: Mapping[str, Any]) -> tuple[float, ...]:
+    """The aux-trigger edges (imaging clock, s) a frame header reports, none when absent. Raises WireError."""
+    aux = header.get("aux_trigger_s", ())
+    if aux == ():
+        return ()
+    if not (isinstance(aux, list) and len(aux) <= MAX_AUX_TRIGGERS and all(map(_is_finite_number, aux))):
+        raise WireError(f"frame aux_trigger_s must be a list of at most {MAX_AUX_TRIGGERS} finite numbers, "
+                        f"got {short_repr(aux)}")
+    return tuple(float(e) for e in aux)
 
 
 def encode_frame(header: FrameHeader, pixels: np.ndarray, source: str | None = None) -> list[Part]:
