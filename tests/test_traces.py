@@ -137,7 +137,13 @@ def test_dff_warm_up_is_finite_and_small_and_baselines_refresh_round_robin() -> 
         tracker.update(np.zeros(3))
 
 
-def test_a_non_positive_baseline_does_not_blow_up() -> None:
-    tracker = DffTracker(2, 30.0, min_baseline=1.0)
-    out = [tracker.update(np.array([-5.0, 0.0], np.float32)) for _ in range(100)]
-    assert np.all(np.isfinite(out))
+def test_dim_rois_divide_by_the_minimum_baseline_not_by_their_own() -> None:
+    # Neuropil-corrected F of dim ROIs sits near or below zero. Resting levels -5, 0 and 0.5 (below the
+    # minimum baseline 1.0) and 4 (above it), 10 s at rest, then one frame 3 units up: dF/F is 0 at rest,
+    # then 3 / max(F0, 1) = 3, 3, 3 and 0.75; dividing by F0 itself would give -0.6, inf, 6 and 0.75.
+    tracker = DffTracker(4, 30.0, baseline_window_s=10.0, min_baseline=1.0)
+    rest = np.array([-5.0, 0.0, 0.5, 4.0], np.float32)
+    quiet = np.array([tracker.update(rest) for _ in range(300)])
+    np.testing.assert_array_equal(quiet, 0.0)
+    np.testing.assert_array_equal(tracker.baseline, rest)
+    np.testing.assert_allclose(tracker.update(rest + 3.0), [3.0, 3.0, 3.0, 0.75], rtol=1e-6)
