@@ -94,6 +94,9 @@ MAX_SETUP_SIZES = 4
 """Frame sizes whose frames setup keeps at once (a fifth drops the size with the fewest frames)."""
 WRONG_SIZE_FRAMES = 100
 """Frames in a row of another size than the given ROIs' that end setup with an error (a few are strays)."""
+MAX_TRIAL_JUMP = 1000
+"""How far past the latest trial a frame's trial number may be (more is a corrupt number: it would make
+every trial in memory look finished and old)."""
 
 
 class MalformedInput(ValueError):
@@ -420,6 +423,10 @@ class OnlinePipeline:
             assert self.shape is not None
             raise MalformedInput(f"frame {header.frame_index} is {pixels.shape[0]}x{pixels.shape[1]}, the "
                                  f"session's frames are {self.shape[0]}x{self.shape[1]}")
+        if config.alignment == "trigger" and 0 <= self._latest_trial < header.trial - MAX_TRIAL_JUMP:
+            self.stats.frames_invalid += 1
+            raise MalformedInput(f"frame {header.frame_index} is of trial {header.trial}, more than "
+                                 f"{MAX_TRIAL_JUMP} past the latest trial {self._latest_trial}")
         out = self._process(header, pixels, aux)
         now = self.clock_ns()
         stats.processing_ns.append(time.perf_counter_ns() - t0)

@@ -370,3 +370,22 @@ def test_replay_skips_nan_frames_and_processes_the_rest(tmp_path: Path) -> None:
     assert summary.frames == len(frames) and summary.frames_skipped == len(nan_at)
     stats = json.loads((tmp_path / "out" / "online_summary.json").read_text())["pipeline"]["stats"]
     assert stats["frames_processed"] == len(frames) - len(nan_at) and stats["frames_nonfinite"] == len(nan_at)
+
+
+def test_a_frame_of_a_far_future_trial_neither_drops_nor_completes_the_running_trials() -> None:
+    pipeline = OnlinePipeline(PipelineConfig(frame_rate_hz=RATE, reference_frames=REFERENCE_FRAMES))
+    frames = sim_frames(3)
+    per_trial = {t: [f for f in frames if f.trial == t] for t in (1, 2, 3)}
+
+    def send(f: Any, seq: int, trial: int | None = None) -> list[Any]:
+        h = FrameHeader(seq, f.frame_index, f.timestamp_s, f.trigger_timestamp_s, trial or f.trial, 0, 0,
+                        SIZE, SIZE, "<i2", time.time_ns())
+        return pipeline.process_frame(h, f.pixels).trials
+
+    done = [d for i, f in enumerate(per_trial[1] + per_trial[2][:10]) for d in send(f, i)]
+    record = {"trial": 2, "context": "tactile", "side": "left", "outcome": "hit", "licked_side": "left"}
+    done += pipeline.on_trial_end(record).trials
+    with pytest.raises(MalformedInput, match="trial 1000000000000"):
+        send(per_trial[2][10], 100, trial=10**12)  # a corrupt trial number
+    done += [d for i, f in enumerate(per_trial[2][10:] + per_trial[3][:1]) for d in send(f, 200 + i)]
+    assert [d.result.trial for d in done] == [2] and done[0].record["n_frames"] == len(per_trial[2])
