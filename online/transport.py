@@ -111,6 +111,12 @@ class _Stream:
     missing: set[int] = field(default_factory=set)
 
 
+MAX_STREAMS = 1024
+"""(source, topic) streams and topics a receiver keeps counts for; beyond, the oldest stream is forgotten and
+new topics are counted together as `OTHER_TOPICS`, so senders that rename themselves cannot grow them."""
+OTHER_TOPICS = b"(other)"
+
+
 class ReceiverStats:
     """Counts what one receiver saw, per (source, topic) stream of sequence numbers.
 
@@ -150,11 +156,14 @@ class ReceiverStats:
     def observe(self, topic: bytes, source: str, seq: int, t_ns: int, received_ns: int) -> Outcome:
         """Count one message given its envelope (the pure core of `record`)."""
         self.received += 1
-        self.by_topic[topic] += 1
+        known = topic in self.by_topic or len(self.by_topic) < MAX_STREAMS
+        self.by_topic[topic if known else OTHER_TOPICS] += 1
         self._latency_ns.append(received_ns - t_ns)
         key = (source, topic)
         stream = self._streams.get(key)
         if stream is None:
+            if len(self._streams) >= MAX_STREAMS:
+                del self._streams[next(iter(self._streams))]
             self._streams[key] = _Stream(first=seq, highest=seq)
             return "first"
         if seq == stream.highest + 1:
@@ -220,6 +229,7 @@ class ReceiverStats:
             "latency_p99_ms": None if latency is None else round(latency[1], 3),
             "latency_max_ms": None if latency is None else round(latency[2], 3),
             "latency_window": len(self._latency_ns),
+            "streams": len(self._streams),
             "by_topic": {t.decode(errors="replace"): n for t, n in sorted(self.by_topic.items())},
         }
 

@@ -20,7 +20,7 @@ from online.messages import HealthReport
 from online.pipeline import MalformedInput, OnlinePipeline, PipelineConfig, PipelineError
 from online.process import replay
 from online.rois import RoiSet, detect_rois
-from online.transport import LosslessReceiver, LosslessSender, LossySubscriber
+from online.transport import MAX_STREAMS, LosslessReceiver, LosslessSender, LossySubscriber
 from online.wire import (
     MAX_HEADER_BYTES,
     TOPIC_FRAME,
@@ -389,3 +389,17 @@ def test_a_frame_of_a_far_future_trial_neither_drops_nor_completes_the_running_t
         send(per_trial[2][10], 100, trial=10**12)  # a corrupt trial number
     done += [d for i, f in enumerate(per_trial[2][10:] + per_trial[3][:1]) for d in send(f, 200 + i)]
     assert [d.result.trial for d in done] == [2] and done[0].record["n_frames"] == len(per_trial[2])
+
+
+def test_a_receiver_keeps_bounded_state_for_senders_that_rename_themselves() -> None:
+    endpoint = free_loopback_endpoint()
+    n = 3 * MAX_STREAMS
+    with LosslessReceiver(endpoint) as receiver, LosslessSender(endpoint) as sender:
+        for i in range(n):  # well-formed, but a new sender name and topic in every message
+            topic = b"frame" if i % 2 else f"t{i}".encode()
+            sender.send_parts([topic, json.dumps(good_header(src=f"scope-{i}")).encode(), PIXELS])
+        for _ in range(n):
+            assert receiver.recv(timeout_s=5) is not None
+        report = receiver.stats.report()
+        assert report["received"] == n and report["streams"] <= MAX_STREAMS
+        assert len(report["by_topic"]) <= MAX_STREAMS + 1 and sum(report["by_topic"].values()) == n
