@@ -83,7 +83,7 @@ def test_upsampled_dft_refinement_is_as_accurate(template: np.ndarray) -> None:
     assert np.sqrt((np.array(errors) ** 2).sum(axis=1).mean()) <= 0.1
 
 
-@pytest.mark.skipif(not REAL_FRAME.is_file(), reason=f"real data not found at {DATA}")
+@pytest.mark.skipif(not REAL_FRAME.is_file(), reason=f"shared sample data not present at {DATA}")
 @pytest.mark.parametrize("displacement", [(0.37, -0.81), (-2.45, 3.6), (5.3, -6.75), (-7.9, -12.2),
                                           (11.6, 9.15), (-15.25, 0.5)])
 def test_real_frame_shifted_with_noise_within_0_2_px(displacement: tuple[float, float]) -> None:
