@@ -6,7 +6,9 @@ Per session (`<data_root>/<subject>/<YYYY-MM-DD_HHMMSS>/`, the folder the rig ma
   temporary file and an atomic rename (a reader never sees half a file).
 - `traces.f32`: per processed frame, n_rois float32 dF/F values (little-endian), nothing else, appended.
   `traces_index.bin`: one fixed-size record per frame (`INDEX_DTYPE`: frame_index, trial, channel, plane,
-  timestamp_s, time_in_trial_s (NaN when not in a trial), shift_dy, shift_dx, correlation, t_ns),
+  timestamp_s, time_in_trial_s (NaN when not in a trial), shift_dy, shift_dx, correlation, seq (the
+  frame's number on the lossless path, modulo 2^32: a restarted module's lost frames are the numbers
+  missing between two runs), t_ns),
   appended after the frame's traces row. `traces.json` describes both (format, n_rois, dtypes, record
   size), written before the first frame. Both binary files are opened unbuffered, so every frame reaches
   the OS at once: a killed process loses nothing, and `fsync` runs about once a second (an OS crash loses
@@ -60,7 +62,7 @@ TRACES_FORMAT = "online-traces/1"
 INDEX_DTYPE = np.dtype([
     ("frame_index", "<i8"), ("trial", "<i4"), ("channel", "<i2"), ("plane", "<i2"),
     ("timestamp_s", "<f8"), ("time_in_trial_s", "<f8"),
-    ("shift_dy", "<f4"), ("shift_dx", "<f4"), ("correlation", "<f4"), ("reserved", "<u4"),
+    ("shift_dy", "<f4"), ("shift_dx", "<f4"), ("correlation", "<f4"), ("seq", "<u4"),
     ("t_ns", "<i8"),
 ])
 """One record of traces_index.bin (56 bytes, little-endian)."""
@@ -205,7 +207,8 @@ class TraceWriter:
         self._last_sync = time.monotonic()
         self.frames = 0
 
-    def append(self, trace: TraceFrame, channel: int = 0, plane: int = 0, t_ns: int = 0) -> None:
+    def append(self, trace: TraceFrame, channel: int = 0, plane: int = 0, t_ns: int = 0,
+               seq: int = 0) -> None:
         row = np.ascontiguousarray(trace.dff, dtype=TRACE_DTYPE)
         if row.shape != (self.n_rois,):
             raise ValueError(f"trace row has shape {row.shape}, expected ({self.n_rois},)")
@@ -216,6 +219,7 @@ class TraceWriter:
         r["time_in_trial_s"] = math.nan if trace.time_in_trial_s is None else trace.time_in_trial_s
         r["shift_dy"], r["shift_dx"], r["correlation"] = trace.shift_dy, trace.shift_dx, trace.correlation
         r["t_ns"] = t_ns
+        r["seq"] = seq & 0xFFFFFFFF
         self._traces.write(row.tobytes())
         self._index.write(r.tobytes())
         self.frames += 1
@@ -279,6 +283,25 @@ def read_traces(folder: str | Path) -> TraceTable:
     return TraceTable(records, raw[: n * n_rois].reshape(n, n_rois), meta)
 
 
+def index_length(folder: str | Path) -> int:
+    """Complete records in a session's traces_index.bin (0 when there is none yet)."""
+    path = Path(folder) / TRACES_INDEX_FILE
+    try:
+        return path.stat().st_size // INDEX_DTYPE.itemsize
+    except FileNotFoundError:
+        return 0
+
+
+def read_index(folder: str | Path, start: int, stop: int) -> np.ndarray:
+    """Records [start, stop) of a session's traces_index.bin (fewer if the file is shorter), read without
+    loading the rest: the rig reads a few records around a restart of the online module."""
+    path = Path(folder) / TRACES_INDEX_FILE
+    count = max(0, min(stop, index_length(folder)) - start)
+    if count == 0:
+        return np.zeros(0, INDEX_DTYPE)
+    return np.fromfile(path, dtype=INDEX_DTYPE, count=count, offset=start * INDEX_DTYPE.itemsize)
+
+
 # -- the session's outputs --------------------------------------------------------------------------------
 
 
@@ -309,10 +332,11 @@ class SessionOutputs:
         if self.traces is None:
             self.traces = TraceWriter(self.folder, rois.n, roi_set_id=roi_set_id, frame_rate_hz=frame_rate_hz)
 
-    def append_trace(self, trace: TraceFrame, channel: int = 0, plane: int = 0, t_ns: int = 0) -> None:
+    def append_trace(self, trace: TraceFrame, channel: int = 0, plane: int = 0, t_ns: int = 0,
+                     seq: int = 0) -> None:
         if self.traces is None:
             raise RuntimeError("append_trace before write_rois: the trace files are opened with the ROI set")
-        self.traces.append(trace, channel, plane, t_ns)
+        self.traces.append(trace, channel, plane, t_ns, seq)
 
     def append_decoder(self, record: Mapping[str, Any]) -> None:
         self.decoder.write(record, fsync=True)

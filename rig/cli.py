@@ -56,6 +56,8 @@ def _cmd_check_settings(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     """Run a session until its trial or time limit, `rig stop`, Ctrl-C or SIGTERM."""
+    from dataclasses import replace
+
     from rig.session import RunOptions, run_session
     from rig.settings import load_settings
     from rig.summary import format_summary, summarize_session
@@ -71,7 +73,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if display_available():  # its own process: closing or crashing it never touches the session
             gui = start_monitor_process(args.settings)
     try:
-        result = run_session(settings, options)
+        result = run_session(settings, replace(options, monitor=gui))  # the session watches the monitor
     except SessionFault as fault:  # everything received is on disk; the sentence says what ended it
         sys.stderr.write(f"\n{fault}\n")
         return EXIT_FAILURE

@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import platform
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -40,6 +41,7 @@ from protocols.selection import AutoRewardRules, SelectionRules, TrialSpec, sele
 from protocols.state_machine import StateMachine
 from protocols.training import ContextSwitchRules, SubjectTrainingState, Training, stages_from_settings
 from rig import __version__
+from rig.children import ChildWatcher
 from rig.control import ControlRequestError, ControlServer
 from rig.errors import SessionFault, UserError
 from rig.imaging import ImagingSource, open_imaging
@@ -69,6 +71,8 @@ class RunOptions:
     data_root: Path | None = None
     status_stream: TextIO | None = None
     handle_signals: bool = True
+    monitor: subprocess.Popen[bytes] | None = None
+    """The monitor window's process, if `rig run` started one: watched, never waited for."""
 
 
 @dataclass
@@ -129,6 +133,7 @@ class SessionRunner:
         self._sim: SimulatedRig | None = None
         self._imaging: ImagingSource | None = None
         self._online: OnlineProcess | None = None
+        self._children: ChildWatcher | None = None
         self._closed_loop = settings.online.closed_loop.enabled
         self._subject_lock: SubjectLock | None = None
         self._fault: SessionFault | None = None
@@ -179,6 +184,7 @@ class SessionRunner:
             "limits": {"trials": self.options.trials, "minutes": self.options.minutes},
             "imaging": self._imaging.health() if self._imaging is not None else None,
             "online": self._online.describe() if self._online is not None else None,
+            "children": self._children.describe() if self._children is not None else None,
         }
 
     # ------------------------------------------------------------------ the loop
@@ -217,6 +223,10 @@ class SessionRunner:
                     app_port=self._app_port(), settings_path=self._store.folder / "settings.yaml"))
             self._imaging = stack.enter_context(open_imaging(self.settings, self._store.folder, self._sim))
             self._store.write_session_info(self._session_info(started))  # with the imaging source's plan
+            self._children = stack.enter_context(ChildWatcher(  # stops after the children (finally below)
+                online=self._online, imaging=self._imaging, monitor=self.options.monitor,
+                trial=lambda: client.trials_started,
+                on_change=lambda: self._store.write_session_info(self._session_info(started))))
             if self.options.handle_signals:
                 stack.enter_context(self._signals())
             log.info("session %s started: subject %s, context %s, stage %s", self._store.folder,
@@ -467,6 +477,8 @@ class SessionRunner:
             record["outcome_before_abort"] = scored.outcome  # training counted it with this outcome
         self._store.append_trial(record)
         self._trials_done += 1
+        if self._children is not None:
+            self._children.report()  # a child's death or return into session.json
         self._save_subject()
         if result is not None:
             published = _publishable(record, self.lick_ports)
@@ -600,6 +612,7 @@ class SessionRunner:
             "stage": self.training.stage.name, "perf100": perf, "paused": self._paused, "idle": self._idle,
             "stopping": self._stop.is_set(), "session": str(self._store.folder) if self._store else None,
             "pending_context": self.training.state.pending_context, "closed_loop": self._closed_loop,
+            "children": self._children.status() if self._children is not None else None,
         }
 
     def request_stop(self, reason: str) -> None:

@@ -1,5 +1,7 @@
 """What a session did, from its files alone: trials, outcomes, Perf100 per context, context switches,
-and the dead time between trials measured from the Bpod's own timestamps."""
+the dead time between trials measured from the Bpod's own timestamps, and the times a child process
+(online module, frame source, monitor) died: the online module's gaps with their frames lost and trials
+affected, from session.json."""
 
 from __future__ import annotations
 
@@ -73,7 +75,48 @@ def summarize_session(folder: Path) -> dict[str, Any]:
                              "nonzero": sum(1 for g in gaps_cycles if g != 0)},
         "early_lick_trials": sum(1 for r in records if r.get("early_lick")),
         "free_drop_trials": sum(1 for r in records if r.get("free_drop")),
+        "online": _online_summary(info.get("online")),
+        "child_events": list((info.get("children") or {}).get("events") or []),
     }
+
+
+def _online_summary(online: Any) -> dict[str, Any] | None:
+    if not isinstance(online, dict):
+        return None
+    return {"restarts": int(online.get("restarts") or 0), "exit_status": online.get("exit_status"),
+            "gaps": list(online.get("gaps") or [])}
+
+
+def _clock(stamp: Any) -> str:
+    """The time of day of an ISO host time (the date is the session's)."""
+    text = str(stamp) if stamp else "?"
+    return text.split("T", 1)[1][:12] if "T" in text else text
+
+
+def _gap_line(gap: dict[str, Any]) -> str:
+    trials = gap.get("trials_affected") or []
+    span = "unknown" if not trials else (str(trials[0]) if len(trials) == 1 else f"{trials[0]}-{trials[-1]}")
+    lost = gap.get("frames_lost")
+    seconds = gap.get("seconds")
+    line = (f"    gap {_clock(gap.get('started'))} - {_clock(gap.get('ended'))}"
+            f"{f' ({seconds:.1f} s)' if isinstance(seconds, int | float) else ''}: "
+            f"{'unknown number of' if lost is None else lost} frames lost, trials affected {span}")
+    return line + (f"; {gap['note']}" if gap.get("note") else "")
+
+
+def _child_lines(summary: dict[str, Any]) -> list[str]:
+    lines = []
+    online = summary.get("online")
+    if online and (online["restarts"] or online["gaps"]):
+        lines.append(f"  online module restarted {online['restarts']} time(s), {len(online['gaps'])} gap(s):")
+        lines += [_gap_line(g) for g in online["gaps"]]
+    for event in summary.get("child_events", []):
+        child = event.get("child")
+        name = f"frame source ({event.get('source')})" if child == "imaging" else str(child)
+        detail = event.get("error") or (f"status {event['exit_status']}" if "exit_status" in event else "")
+        lines.append(f"  {name} {event.get('event')} at {_clock(event.get('host_time'))} "
+                     f"(trial {event.get('trial')}){f': {detail}' if detail else ''}")
+    return lines
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -93,4 +136,5 @@ def format_summary(summary: dict[str, Any]) -> str:
     if dead["max"] is not None:
         lines.append(f"  dead time between trials (Bpod clock): max {dead['max']} cycles, "
                      f"mean {dead['mean']:.2f}, {dead['nonzero']} gaps not zero")
+    lines += _child_lines(summary)
     return "\n".join(lines)

@@ -57,6 +57,35 @@ OFFLINE_AFTER_S = 5.0
 """A stream with no message for this long counts as not running."""
 
 
+@dataclass(frozen=True)
+class OnlineWatch:
+    """What the session says about its online module's restarts (status["children"]["online"])."""
+
+    restarts: int
+    gaps: int
+    frames_lost: int
+    down_since: str | None
+    """Host time the module was found dead, while it is not back."""
+    gave_up: bool
+
+
+def online_watch(status: Mapping[str, Any]) -> OnlineWatch | None:
+    """The session status's record of the online module's deaths and restarts; None when the session does
+    not run one (or says nothing usable: status messages come from another process)."""
+    children = status.get("children")
+    online = children.get("online") if isinstance(children, Mapping) else None
+    if not isinstance(online, Mapping):
+        return None
+
+    def count(key: str) -> int:
+        value = online.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+    down = online.get("down_since")
+    return OnlineWatch(count("restarts"), count("gaps"), count("frames_lost"),
+                       down if isinstance(down, str) else None, online.get("gave_up") is True)
+
+
 def _float_or_none(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return None

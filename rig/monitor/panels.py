@@ -18,7 +18,14 @@ import numpy as np
 import pyqtgraph as pg
 from pyqtgraph.Qt import QtCore, QtGui, QtWidgets
 
-from rig.monitor.model import OFFLINE_AFTER_S, BehaviourModel, ImagingModel, MonitorModel, TrialRow
+from rig.monitor.model import (
+    OFFLINE_AFTER_S,
+    BehaviourModel,
+    ImagingModel,
+    MonitorModel,
+    TrialRow,
+    online_watch,
+)
 
 # ---- colours (one scheme for every panel: left is blue, right is red)
 
@@ -854,6 +861,7 @@ class HealthPanel(QtWidgets.QFrame):
             online = f"{dot(GOOD)} <b>Online</b> results arriving (no health report yet)"
         else:
             online = f"{dot(BAD)} <b>Online</b> {NOT_RUNNING}"
+        online = self._with_restarts(online)
         frames = self.feed_report.get("frames", {})
         shown = frames.get("received", 0) - frames.get("superseded", 0)
         skipped = frames.get("gaps", 0) + frames.get("superseded", 0)
@@ -869,6 +877,21 @@ class HealthPanel(QtWidgets.QFrame):
             self._texts = texts
             for label, text in zip((self.session, self.online, self.display), texts, strict=True):
                 label.setText(text)
+
+
+    def _with_restarts(self, online: str) -> str:
+        """The online part of the line, with what the session says of its module's deaths and restarts."""
+        watch = online_watch(self.model.behaviour.status)
+        if watch is None:
+            return online
+        if watch.down_since is not None:
+            since = html.escape(watch.down_since.split("T", 1)[-1][:8])
+            what = "not restarted (online.max_restarts reached)" if watch.gave_up else "restarting"
+            online = f"{dot(BAD)} <b>Online</b> down since {since} · {what}"
+        if watch.gaps:
+            online += (f" · restarted {watch.restarts}× · {watch.frames_lost} frames lost in {watch.gaps} "
+                       f"gap{'s' if watch.gaps != 1 else ''}")
+        return online
 
 
 # ----------------------------------------------------------------------------------------------- controls
