@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,15 @@ import pytest
 import yaml
 
 from hardware.scanimage.writer import ScanImageWriter
+from protocols.training import SubjectTrainingState
 from rig.control import send_request
 from rig.ports import free_network
-from rig.store import SessionStore, read_jsonl, recover_sessions
+from rig.store import SessionStore, SubjectBusyError, SubjectLock, read_jsonl, recover_sessions
 from rig.subject import SubjectRecord, save_subject
 
 ANSWERED = ("hit", "error", "no_response")
+STARTED = datetime(2024, 5, 1, 12, 0, 0)
+UNFINISHED = {"ended": None, "end_reason": None}
 # A long StopLicking: once the outcome is known the next trial waits in the Bpod's queue for 5 s of Bpod
 # time, so a test can act while a trial is queued.
 QUEUE_WINDOW = {"task": {"timing": {"sample": 0.1, "answer_period": 0.2, "stop_licking": 5.0}}}
@@ -44,8 +48,8 @@ def _settings_file(path: Path, extra: dict[str, Any] | None = None) -> Path:
 
 def _rig(data: Path, settings: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "rig", "run", "--data", str(data), "--settings", str(settings), "--no-gui", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [sys.executable, "-m", "rig", "run", "--data", str(data), "--settings", str(settings), "--no-gui",
+         *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 @contextlib.contextmanager
@@ -109,15 +113,15 @@ def _event_names(bpod: dict[str, Any]) -> list[str]:
     return sorted(name for name, times in bpod["Events"].items() for _ in times)
 
 
-# -- the subject lock -------------------------------------------------------------------------------------
+# -- the subject lock ----------------------------------------------------------------------------------------
 
 
-def test_a_second_run_for_a_running_subject_is_refused_and_other_subjects_run_beside_it(tmp_path: Path) -> None:
+def test_a_second_run_for_a_running_subject_is_refused_and_other_subjects_run_beside(tmp_path: Path) -> None:
     data = tmp_path / "data"
     first = _rig(data, _settings_file(tmp_path / "a.yaml"), "--subject", "m", "--speed", "20")
     with _running(first):
         folder = _session_folder(data / "m", first)
-        _wait_until(lambda: len(_lines(folder / "trials.jsonl")) >= 1, first, "the first session wrote no trial")
+        _wait_until(lambda: len(_lines(folder / "trials.jsonl")) >= 1, first, "no trial in the first session")
         other_ports = _settings_file(tmp_path / "b.yaml")
         second = _rig(data, other_ports, "--subject", "m", "--trials", "2", "--speed", "50")
         out, err = second.communicate(timeout=60)
@@ -146,31 +150,23 @@ def test_a_second_run_for_a_running_subject_is_refused_and_other_subjects_run_be
 
 
 def test_recovery_refuses_a_subject_whose_session_holds_the_lock(tmp_path: Path) -> None:
-    from rig.store import SubjectLock
-
-    store = SessionStore.create(tmp_path, "m", _now(), "", {"subject": "m", "ended": None, "end_reason": None})
+    store = SessionStore.create(tmp_path, "m", STARTED, "", {"subject": "m", **UNFINISHED})
     store.journal(1, "trial", side="left")
     store.close()
-    with SubjectLock(tmp_path / "m"), pytest.raises(Exception, match="already in a session"):
+    with SubjectLock(tmp_path / "m"), pytest.raises(SubjectBusyError, match="already in a session"):
         recover_sessions(tmp_path / "m")
     assert json.loads((store.folder / "session.json").read_text())["end_reason"] is None
     assert recover_sessions(tmp_path / "m") == [store.folder]  # the lock is free again
 
 
-def _now() -> Any:
-    from datetime import datetime
-
-    return datetime(2024, 5, 1, 12, 0, 0)
-
-
-# -- the Bpod lost, a stop while a trial is queued ---------------------------------------------------------
+# -- the Bpod lost, a stop while a trial is queued -----------------------------------------------------------
 
 
 @pytest.fixture
 def emulator() -> Iterator[tuple[subprocess.Popen[str], str]]:
     """The Bpod emulator in its own process (a device that can be unplugged: killed), at 10x real time."""
-    proc = subprocess.Popen([sys.executable, "-m", "hardware.bpod.emulator", "--firmware", "23", "--speed", "10",
-                             "--exit-with-parent"], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "hardware.bpod.emulator", "--firmware", "23",
+                             "--speed", "10", "--exit-with-parent"], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
@@ -247,7 +243,7 @@ def test_an_ordinary_stop_records_the_queued_trial_as_not_started(
     assert json.loads((folder / "session.json").read_text())["end_reason"] == "stopped by experimenter"
 
 
-# -- the imaging source going silent ----------------------------------------------------------------------
+# -- the imaging source going silent -------------------------------------------------------------------------
 
 
 def test_scanimage_folder_going_silent_ends_the_session_with_a_clear_reason(tmp_path: Path) -> None:
@@ -268,21 +264,25 @@ def test_scanimage_folder_going_silent_ends_the_session_with_a_clear_reason(tmp_
                 time.sleep(0.01)
 
     writer = threading.Thread(target=acquire, daemon=True)
-    writer.start()
     rig = _rig(data, settings, "--subject", "quiet", "--speed", "20")
     try:
         with _running(rig):
             folder = _session_folder(data / "quiet", rig)
+            # files already there at the start belong to earlier acquisitions: begin once trials run
+            _wait_until(lambda: (folder / "events.jsonl").exists(), rig, "no trial started")
+            writer.start()
             _wait_until(lambda: len(_lines(folder / "trials.jsonl")) >= 2 or rig.poll() is not None, rig,
                         "no trials with frames")
             writing.clear()
             out, err = rig.communicate(timeout=60)
     finally:
         writing.clear()
-        writer.join(5)
+        if writer.is_alive():
+            writer.join(5)
     assert rig.returncode == 1, err
     sentence = _last_line(err)
-    assert sentence.startswith(f"imaging silent: no new frame from {scanimage} for 1 s") and str(folder) in sentence
+    assert sentence.startswith(f"imaging silent: no new frame from {scanimage} for 1 s")
+    assert str(folder) in sentence
     assert "Traceback" not in err
     records = _lines(folder / "trials.jsonl")
     assert [r["trial"] for r in records] == list(range(1, len(records) + 1))
@@ -292,9 +292,10 @@ def test_scanimage_folder_going_silent_ends_the_session_with_a_clear_reason(tmp_
     assert all(r["outcome"] == "not_started" for r in ended[1:])
     info = json.loads((folder / "session.json").read_text())
     assert info["end_reason"] == "imaging silent" and info["trials"] == len(records)
+    assert info["imaging"]["pages"] > 0  # frames came, then stopped
 
 
-# -- the data disk filling ----------------------------------------------------------------------------------
+# -- the data disk filling -----------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -330,7 +331,8 @@ def test_disk_full_ends_the_session_with_the_path_and_keeps_the_trials_before(sm
         out, err = rig.communicate(timeout=60)
     assert rig.returncode == 1, err
     sentence = _last_line(err)
-    assert sentence.startswith(f"disk full at {folder}") and "Traceback" not in err
+    assert sentence.startswith(f"disk full at {small_disk}") and str(folder) in sentence
+    assert "Traceback" not in err
     records = _lines(folder / "trials.jsonl")
     assert records[:len(kept)] == kept
     assert [r["trial"] for r in records] == list(range(1, len(records) + 1))
@@ -342,18 +344,20 @@ def test_disk_full_ends_the_session_with_the_path_and_keeps_the_trials_before(sm
     assert subject["training"]["total_trials"] >= len(answered)
 
 
-# -- subject ids ----------------------------------------------------------------------------------------------
+# -- subject ids ---------------------------------------------------------------------------------------------
 
 
 def test_a_subject_id_outside_the_data_root_is_refused_before_any_file_is_touched(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()  # a lab's data root exists, and ../x resolves beside it
-    outside = SessionStore.create(tmp_path, "x", _now(), "", {"subject": "x", "ended": None, "end_reason": None})
+    outside = SessionStore.create(tmp_path, "x", STARTED, "", {"subject": "x", **UNFINISHED})
     outside.journal(1, "trial", side="left")
     outside.close()
-    save_subject(tmp_path, SubjectRecord(subject="x", training=_training()))
+    save_subject(tmp_path, SubjectRecord(subject="x", training=SubjectTrainingState(stage="full",
+                                                                                     context="tactile")))
     before = {p: p.read_bytes() for p in (tmp_path / "x").rglob("*") if p.is_file()}
-    proc = _rig(data, _settings_file(tmp_path / "s.yaml"), "--subject", "../x", "--trials", "1", "--speed", "50")
+    settings = _settings_file(tmp_path / "s.yaml")
+    proc = _rig(data, settings, "--subject", "../x", "--trials", "1", "--speed", "50")
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 2 and "Traceback" not in err
     assert _last_line(err).startswith("subject id '../x':")
@@ -369,18 +373,11 @@ def test_an_empty_subject_id_is_refused_not_replaced_by_the_default(tmp_path: Pa
     assert not data.exists()
 
 
-def _training() -> Any:
-    from protocols.training import SubjectTrainingState
-
-    return SubjectTrainingState(stage="full", context="tactile")
-
-
-# -- recovery ---------------------------------------------------------------------------------------------------
+# -- recovery ------------------------------------------------------------------------------------------------
 
 
 def test_a_recovered_session_json_carries_the_trial_count(tmp_path: Path) -> None:
-    store = SessionStore.create(tmp_path, "k", _now(), "", {"subject": "k", "trials": 0, "ended": None,
-                                                             "end_reason": None})
+    store = SessionStore.create(tmp_path, "k", STARTED, "", {"subject": "k", "trials": 0, **UNFINISHED})
     for n in (1, 2, 3):
         store.journal(n, "trial", side="left")
         store.append_trial({"trial": n, "outcome": "hit"})
