@@ -423,10 +423,9 @@ class OnlinePipeline:
             assert self.shape is not None
             raise MalformedInput(f"frame {header.frame_index} is {pixels.shape[0]}x{pixels.shape[1]}, the "
                                  f"session's frames are {self.shape[0]}x{self.shape[1]}")
-        if config.alignment == "trigger" and 0 <= self._latest_trial < header.trial - MAX_TRIAL_JUMP:
+        if config.alignment == "trigger" and (far := self._far_trial(header.trial)) is not None:
             self.stats.frames_invalid += 1
-            raise MalformedInput(f"frame {header.frame_index} is of trial {header.trial}, more than "
-                                 f"{MAX_TRIAL_JUMP} past the latest trial {self._latest_trial}")
+            raise MalformedInput(f"frame {header.frame_index} {far}")
         out = self._process(header, pixels, aux)
         now = self.clock_ns()
         stats.processing_ns.append(time.perf_counter_ns() - t0)
@@ -466,6 +465,13 @@ class OnlinePipeline:
             logger.warning("%d frame(s) of other sizes than %dx%d skipped during setup", strays, *shape)
         self._setup = {}
         return self._initialise(shape, kept)
+
+    def _far_trial(self, trial: int) -> str | None:
+        """Why `trial` is refused, if it is more than MAX_TRIAL_JUMP past the latest trial with frames."""
+        if 0 <= self._latest_trial < trial - MAX_TRIAL_JUMP:
+            latest = self._latest_trial
+            return f"is of trial {trial}, more than {MAX_TRIAL_JUMP} past the latest trial {latest}"
+        return None
 
     def _frames_needed(self) -> int:
         if self._given_reference is None:
@@ -614,6 +620,8 @@ class OnlinePipeline:
         if not isinstance(state, str) or not state:
             raise MalformedInput(f"state message needs a state name, got {state!r}")
         time_s = _number(data.get("time_s"), "state time_s")
+        if (far := self._far_trial(trial)) is not None:
+            raise MalformedInput(f"state {state!r} {far}")
         self.stats.states += 1
         if trial in self._finalised:
             return PipelineOutput()

@@ -403,3 +403,16 @@ def test_a_receiver_keeps_bounded_state_for_senders_that_rename_themselves() -> 
         report = receiver.stats.report()
         assert report["received"] == n and report["streams"] <= MAX_STREAMS
         assert len(report["by_topic"]) <= MAX_STREAMS + 1 and sum(report["by_topic"].values()) == n
+
+
+def test_state_events_of_far_future_trials_keep_nothing() -> None:
+    pipeline = OnlinePipeline(PipelineConfig(frame_rate_hz=RATE, reference_frames=REFERENCE_FRAMES))
+    for i, f in enumerate(sim_frames(1)):
+        pipeline.process_frame(frame_header(i), f.pixels)
+    assert pipeline.trials is not None
+    kept = len(pipeline.trials)
+    for i in range(500):  # each with a trial number no frame will ever reach
+        with pytest.raises(MalformedInput, match="past the latest trial"):
+            pipeline.on_state({"trial": 10**9 + i, "state": "DelayPeriod", "time_s": 1.0})
+    pipeline.on_state({"trial": 2, "state": "DelayPeriod", "time_s": 1.0})  # the next trial's: kept
+    assert len(pipeline.trials) == kept + 1
