@@ -113,16 +113,16 @@ class Message:
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return type(value) is int  # (not bool; exact types: this runs several times per frame)
 
 
 def _is_count(value: Any) -> bool:
     """An integer in 0..2**63-1 (what a sequence number, an index or a trial number may be)."""
-    return _is_int(value) and 0 <= value <= INT64_MAX
+    return type(value) is int and 0 <= value <= INT64_MAX
 
 
 def _is_finite_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return (type(value) is float or type(value) is int) and math.isfinite(value)
 
 
 _SHORT = reprlib.Repr()
@@ -251,7 +251,8 @@ def _parse_header(topic: bytes, part: Part) -> dict[str, Any]:
         raise WireError(f"{topic!r} header is not UTF-8 JSON: {exc}") from None
     if not isinstance(header, dict):
         raise WireError(f"{topic!r} header is JSON {type(header).__name__}, expected an object")
-    if json_depth(header) > MAX_HEADER_DEPTH:
+    brackets = raw.count(b"[") + raw.count(b"{")  # (a bound on the depth: most headers need no walk)
+    if brackets > MAX_HEADER_DEPTH and json_depth(header) > MAX_HEADER_DEPTH:
         raise WireError(f"{topic!r} header nests deeper than {MAX_HEADER_DEPTH} levels")
     return header
 
@@ -317,10 +318,12 @@ class FrameHeader:
 
     def __post_init__(self) -> None:
         # Normalise numpy scalars and dtype spellings so records compare equal after a round trip.
-        try:
-            dtype = np.dtype(self.dtype)
-        except TypeError as exc:
-            raise WireError(f"frame dtype {self.dtype!r} is not a numpy dtype") from exc
+        dtype = _plain_dtype(self.dtype) if isinstance(self.dtype, str) else None  # (cached: the common case)
+        if dtype is None:
+            try:
+                dtype = np.dtype(self.dtype)
+            except TypeError as exc:
+                raise WireError(f"frame dtype {self.dtype!r} is not a numpy dtype") from exc
         object.__setattr__(self, "dtype", dtype.str)
         for name in ("seq", "frame_index", "trial", "channel", "plane", "height", "width", "t_ns"):
             object.__setattr__(self, name, int(getattr(self, name)))
