@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import json
 import logging
-import reprlib
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import zmq
 
+from online.wire import json_depth, short_repr
 from rig.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -45,11 +45,6 @@ MAX_MESSAGE_BYTES = 16 * MAX_REQUEST_BYTES
 MAX_REQUEST_DEPTH = 8
 """Nesting levels of objects and lists a request may have (requests are flat objects)."""
 
-_SHORT = reprlib.Repr()
-_SHORT.maxstring = _SHORT.maxother = 60
-_SHORT.maxlevel = 3
-
-
 def _is_whole(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -69,34 +64,18 @@ class ControlRequestError(ValueError):
     """A request the session refuses; its message is sent back to the client."""
 
 
-def _shown(value: Any) -> str:
-    """A value as error messages quote it: its repr, shortened."""
-    return _SHORT.repr(value)
-
-
 def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """An object of the request; a key given twice is refused (which one would count is ambiguous)."""
     seen: set[str] = set()
     for key, _ in pairs:
         if key in seen:
-            raise ControlRequestError(f"request repeats the key {_shown(key)}")
+            raise ControlRequestError(f"request repeats the key {short_repr(key)}")
         seen.add(key)
     return dict(pairs)
 
 
 def _no_constant(name: str) -> Any:
     raise ControlRequestError(f"request is not JSON: {name} is not a JSON number")
-
-
-def _depth(value: Any) -> int:
-    """Nesting levels of objects and lists in a parsed value (iterative: no recursion to exhaust)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, dict | list):
-            deepest = max(deepest, level)
-            stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
-    return deepest
 
 
 def parse_request(raw: bytes) -> tuple[str, dict[str, Any]]:
@@ -112,20 +91,20 @@ def parse_request(raw: bytes) -> tuple[str, dict[str, Any]]:
         raise ControlRequestError(f"request nests deeper than {MAX_REQUEST_DEPTH} levels") from None
     except ValueError as exc:  # not UTF-8, not JSON, or an integer beyond Python's digit limit
         raise ControlRequestError(f"request is not JSON: {exc}") from None
-    if _depth(request) > MAX_REQUEST_DEPTH:
+    if json_depth(request) > MAX_REQUEST_DEPTH:
         raise ControlRequestError(f"request nests deeper than {MAX_REQUEST_DEPTH} levels")
     if not isinstance(request, dict):
         raise ControlRequestError("request must be a JSON object with a 'command'")
     command = request.get("command")
     if not isinstance(command, str) or command not in COMMANDS:
-        raise ControlRequestError(f"unknown command {_shown(command)}; commands: {', '.join(COMMANDS)}")
+        raise ControlRequestError(f"unknown command {short_repr(command)}; commands: {', '.join(COMMANDS)}")
     missing = [key for key in COMMANDS[command] if key not in request]
     if missing:
         raise ControlRequestError(f"command {command!r} needs {', '.join(repr(k) for k in missing)}")
     for key in (*COMMANDS[command], *OPTIONAL_FIELDS.get(command, ())):
         check, kind = FIELD_TYPES[key]
         if key in request and not check(request[key]):
-            raise ControlRequestError(f"{key!r} must be {kind}, got {_shown(request[key])}")
+            raise ControlRequestError(f"{key!r} must be {kind}, got {short_repr(request[key])}")
     return command, {k: v for k, v in request.items() if k != "command"}
 
 
@@ -175,7 +154,7 @@ class ControlServer:
         try:
             return json.dumps(reply, allow_nan=False).encode()
         except (TypeError, ValueError) as exc:
-            log.error("control reply to %s is not JSON: %s", _shown(raw), exc)
+            log.error("control reply to %s is not JSON: %s", short_repr(raw), exc)
             return json.dumps({"ok": False, "error": f"internal error: reply is not JSON ({exc})"}).encode()
 
     def _answer(self, raw: bytes, parts: int) -> dict[str, Any]:
@@ -220,5 +199,5 @@ def send_request(endpoint: str, command: str, timeout_s: float = 2.0, **args: An
     except (ValueError, RecursionError):
         reply = None
     if not isinstance(reply, dict):
-        raise UserError(f"the session on {endpoint} sent a malformed reply: {_shown(parts)}")
+        raise UserError(f"the session on {endpoint} sent a malformed reply: {short_repr(parts)}")
     return reply
