@@ -64,23 +64,29 @@ def test_a_decoder_refuses_to_keep_fewer_trials_than_it_needs() -> None:
         DecoderConfig(min_trials_per_side=10, trials_kept_per_side=9)
 
 
-def _pipeline(trials_kept_per_side: int) -> OnlinePipeline:
-    size = 32
+SIZE = 32
+
+
+def _pipeline(trials_kept_per_side: int) -> tuple[OnlinePipeline, np.ndarray]:
+    size = SIZE
     masks = [(np.array([y, y, y + 1, y + 1]), np.array([x, x + 1, x, x + 1]))
              for y in range(4, 28, 8) for x in range(4, 28, 6)]
     rois = RoiSet.from_masks((size, size), [{"ypix": ys, "xpix": xs} for ys, xs in masks])
-    reference = np.full((size, size), 100.0, np.float32)
+    reference = np.random.default_rng(2).uniform(50.0, 150.0, (size, size)).astype(np.float32)
     config = PipelineConfig(frame_rate_hz=10.0, min_trials_per_side=3, measure_frame_rate=False,
                             trials_kept_per_side=trials_kept_per_side)
     pipeline = OnlinePipeline(config, rois=rois, reference=reference, session="s")
-    frame = FrameHeader(0, 0, 0.0, 0.0, 1, 0, 0, size, size, "<f4", 0)
-    pipeline.process_frame(frame, reference)  # initialises with the given reference and ROIs
+    for index in range(20):  # initialises on the first usable frames, with the given reference and ROIs
+        if pipeline.ready:
+            break
+        frame = FrameHeader(index, index, 0.1 * index, 0.0, 1, 0, 0, size, size, "<f4", 0)
+        pipeline.process_frame(frame, reference)
     assert pipeline.ready
-    return pipeline
+    return pipeline, reference
 
 
 def test_the_pipeline_keeps_a_bounded_number_of_trials_through_thousands_of_trial_ends() -> None:
-    pipeline = _pipeline(trials_kept_per_side=KEPT)
+    pipeline, image = _pipeline(trials_kept_per_side=KEPT)
     assert pipeline.trials is not None
     n = pipeline.n_rois
     rng = np.random.default_rng(1)
@@ -89,7 +95,9 @@ def test_the_pipeline_keeps_a_bounded_number_of_trials_through_thousands_of_tria
     times = np.arange(0.05, 4.2, 0.1)
     for trial in range(2, 1202):
         side = "right" if trial % 2 else "left"
-        frames = pipeline.trials.trial(trial)  # what the frame path fills, without rendering frames
+        header = FrameHeader(100 + trial, 0, 0.0, 0.0, trial, 0, 0, SIZE, SIZE, "<f4", 0)
+        pipeline.process_frame(header, image)  # one real frame per trial: the pipeline sees the trial
+        frames = pipeline.trials.trial(trial)  # the rest as the frame path fills it, without rendering
         for t in times:
             frames.add(float(t), rng.normal(0.3 if side == "right" else -0.3, 1.0, n))
         pipeline.on_state({"trial": trial, "state": "DelayPeriod", "time_s": 1.31})
