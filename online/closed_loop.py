@@ -49,12 +49,15 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from online.alignment import TrialFrames
 from online.decoding import CodingDirection, RunningProjection
+
+if TYPE_CHECKING:
+    from online.transport import LinkSecurity
 
 logger = logging.getLogger(__name__)
 
@@ -126,11 +129,12 @@ class AppPortOutput:
 class SoftCodeOutput:
     """Asks the rig for a USB soft code over its control socket (request format in the module docstring)."""
 
-    def __init__(self, endpoint: str, *, context: Any = None) -> None:
+    def __init__(self, endpoint: str, *, context: Any = None, security: LinkSecurity | None = None) -> None:
         import zmq
 
         self._zmq = zmq
         self.endpoint = endpoint
+        self._security = security  # off loopback the request goes over CURVE, like every socket
         self.name = f"soft_code:{endpoint}"
         self._context = context or zmq.Context.instance()
         self._socket: Any = None
@@ -148,6 +152,9 @@ class SoftCodeOutput:
             self._socket.close(linger=0)
         self._socket = self._context.socket(zmq.REQ)
         self._socket.setsockopt(zmq.LINGER, 0)
+        from online.transport import secure_client
+
+        secure_client(self._socket, self.endpoint, self._security)
         self._socket.connect(self.endpoint)
         self._awaiting = None
 

@@ -56,7 +56,7 @@ from online.pipeline import (
 )
 from online.rois import RoiSet, load_suite2p
 from online.store import CodingDirectionFile, SessionOutputs, load_reference, read_jsonl
-from online.transport import LosslessReceiver, LossyPublisher, LossySubscriber, TransportError
+from online.transport import LosslessReceiver, LossyPublisher, LossySubscriber, TransportError, security_for
 from online.wire import (
     TOPIC_FRAME,
     TOPIC_STATE,
@@ -173,11 +173,11 @@ def build_closed_loop(settings: Any, app_port: str | None, outputs: SessionOutpu
         if cl.mode == "app_port" and app_port:
             output = AppPortOutput(app_port)
         elif cl.mode == "soft_code":
-            output = SoftCodeOutput(settings.network.control)
+            output = SoftCodeOutput(settings.network.control, security=security_for(settings.network))
         elif cl.enabled:
             logger.warning("online.closed_loop is enabled in app_port mode but no APP port was given "
                            "(--app-port): decisions are not sent")
-    except ClosedLoopOutputError as exc:
+    except (ClosedLoopOutputError, TransportError) as exc:
         logger.error("closed loop disabled: %s", exc)
     return ClosedLoopController(output, confidence_threshold=cl.confidence_threshold,
                                 max_delay_s=cl.max_delay_s, window_s=delay_window_s,
@@ -220,12 +220,16 @@ class OnlineService:
     def open(self) -> None:
         net = self.settings.network
         remote = not net.bind_loopback_only
+        try:  # off loopback every socket uses CURVE (online/transport.py)
+            security = security_for(net)
+        except TransportError as exc:
+            raise UserInputError(str(exc)) from exc
         try:
-            self.frames = LosslessReceiver(net.frames, allow_remote=remote)
+            self.frames = LosslessReceiver(net.frames, allow_remote=remote, security=security)
             self.events = LossySubscriber(net.events_pub, topics=(TOPIC_TRIAL, TOPIC_STATE), hwm=10_000,
-                                          kernel_buffer_bytes=None)
+                                          kernel_buffer_bytes=None, security=security)
             self.results = LossyPublisher(net.online_results, hwm=RESULTS_HWM, source="online",
-                                          allow_remote=remote)
+                                          allow_remote=remote, security=security)
         except TransportError as exc:
             self.close()
             raise UserInputError(f"{exc} (is another online module running? change settings.network)") \

@@ -127,12 +127,13 @@ def _cmd_control(args: argparse.Namespace) -> int:
     """Send one request to the running session's control socket and print its answer."""
     import json
 
-    from rig.control import send_request
+    from rig.control import link_security, send_request
     from rig.settings import load_settings
 
     settings = load_settings(args.settings)
     extra = {"context": args.name} if args.command == "switch-context" else {}
-    reply = send_request(settings.network.control, args.command, **extra)
+    reply = send_request(settings.network.control, args.command, security=link_security(settings.network),
+                         **extra)
     if not reply.get("ok"):
         raise UserError(f"the session refused {args.command!r}: {reply.get('error')}")
     reply.pop("ok")

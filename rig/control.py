@@ -22,6 +22,14 @@ from typing import Any
 
 import zmq
 
+from online.transport import (
+    LinkSecurity,
+    TransportError,
+    is_local_endpoint,
+    secure_client,
+    secure_server,
+    security_for,
+)
 from online.wire import json_depth, short_repr
 from rig.errors import UserError
 
@@ -109,9 +117,11 @@ def parse_request(raw: bytes) -> tuple[str, dict[str, Any]]:
 
 
 class ControlServer:
-    """Serves requests on `endpoint` until closed; `handler(command, args)` returns the reply."""
+    """Serves requests on `endpoint` until closed; `handler(command, args)` returns the reply. Off
+    loopback only clients holding a key trusted by `security` get in (CURVE, see online/transport.py)."""
 
-    def __init__(self, endpoint: str, handler: Handler, context: zmq.Context | None = None) -> None:
+    def __init__(self, endpoint: str, handler: Handler, context: zmq.Context | None = None,
+                 security: LinkSecurity | None = None) -> None:
         self.endpoint = endpoint
         self._handler = handler
         self._context = context or zmq.Context.instance()
@@ -119,9 +129,15 @@ class ControlServer:
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         try:
+            self._release = secure_server(self._socket, endpoint, security)
+        except TransportError as exc:
+            self._socket.close()
+            raise UserError(f"cannot open the control socket: {exc}") from None
+        try:
             self._socket.bind(endpoint)
         except zmq.ZMQError as exc:
             self._socket.close()
+            self._release()
             raise UserError(f"cannot open the control socket {endpoint}: {exc} "
                             "(is another session running? change network.control)") from exc
         self._stop = threading.Event()
@@ -137,6 +153,7 @@ class ControlServer:
                 self._socket.send(self._reply(raw, parts))
         finally:
             self._socket.close()
+            self._release()
 
     def _receive(self) -> tuple[bytes, int]:
         """The first part of the waiting message and how many parts it had; the others are read and
@@ -181,16 +198,33 @@ class ControlServer:
         self.close()
 
 
-def send_request(endpoint: str, command: str, timeout_s: float = 2.0, **args: Any) -> dict[str, Any]:
-    """One request to a running session; a session that does not answer is a clear UserError."""
+def link_security(network: Any) -> LinkSecurity | None:
+    """This machine's CURVE identity for the `network` settings (None while all is loopback); a bad key
+    folder is a UserError in one sentence."""
+    try:
+        return security_for(network)
+    except TransportError as exc:
+        raise UserError(str(exc)) from None
+
+
+def send_request(endpoint: str, command: str, timeout_s: float = 2.0, *, security: LinkSecurity | None = None,
+                 **args: Any) -> dict[str, Any]:
+    """One request to a running session (over CURVE off loopback); a session that does not answer is a
+    clear UserError."""
     context = zmq.Context.instance()
     socket = context.socket(zmq.REQ)
     socket.setsockopt(zmq.LINGER, 0)
     try:
+        try:
+            secure_client(socket, endpoint, security)
+        except TransportError as exc:
+            raise UserError(str(exc)) from None
         socket.connect(endpoint)
         socket.send(json.dumps({"command": command, **args}).encode())
         if not socket.poll(int(timeout_s * 1000)):
-            raise UserError(f"no session answered on {endpoint} within {timeout_s:g} s; is `rig run` on?")
+            hint = "" if is_local_endpoint(endpoint) else " (and is this machine's key authorised there?)"
+            raise UserError(f"no session answered on {endpoint} within {timeout_s:g} s; "
+                            f"is `rig run` on?{hint}")
         parts = socket.recv_multipart()
     finally:
         socket.close()

@@ -35,7 +35,7 @@ from hardware.scanimage.follower import FolderFollower
 from hardware.scanimage.publish import FramePublisher, StreamAdapter, publish_folder
 from hardware.sim.frame_pump import DEFAULT_CPU_BUDGET, MicroscopeStartError, SimScope
 from hardware.sim.microscope import MicroscopeConfig
-from online.transport import TransportError
+from online.transport import TransportError, security_for
 from rig.errors import UserError
 from rig.settings import Settings
 
@@ -136,8 +136,9 @@ class SimulatedImaging(ImagingSource):
         try:
             self.scope.start(frames=network.frames if self.settings.online.enabled else None,
                              frames_display=network.frames_display, tiff_folder=self.tiff_folder,
-                             allow_remote=not network.bind_loopback_only, source=f"{SOURCE_NAME}-sim")
-        except MicroscopeStartError as exc:
+                             allow_remote=not network.bind_loopback_only, security=security_for(network),
+                             source=f"{SOURCE_NAME}-sim")
+        except (MicroscopeStartError, TransportError) as exc:
             raise UserError(f"simulated microscope: {exc} (network.frames / network.frames_display)") from exc
 
     def stop(self) -> None:
@@ -162,7 +163,8 @@ class _ThreadedImaging(ImagingSource):
         try:
             return FramePublisher.open(network.frames if self.settings.online.enabled else None,
                                        network.frames_display, source=f"{SOURCE_NAME}-{self.kind}",
-                                       stop=self._stop, allow_remote=not network.bind_loopback_only)
+                                       stop=self._stop, allow_remote=not network.bind_loopback_only,
+                                       security=security_for(network))
         except TransportError as exc:
             raise UserError(f"imaging ({self.kind}): {exc}") from exc
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from hardware.bpod.client import BpodClient, BpodConnectionError, BpodError
 from hardware.bpod.trial import TrialEvent, TrialResult
-from online.transport import LossyPublisher
+from online.transport import LossyPublisher, TransportError
 from online.wire import TOPIC_STATE, TOPIC_TRIAL
 from protocols.contexts import Context, context_named, contexts_from_settings
 from protocols.directional_licking import DecoderGate, TaskParameters, build_trial
@@ -42,7 +42,7 @@ from protocols.state_machine import StateMachine
 from protocols.training import ContextSwitchRules, SubjectTrainingState, Training, stages_from_settings
 from rig import __version__
 from rig.children import ChildWatcher
-from rig.control import ControlRequestError, ControlServer
+from rig.control import ControlRequestError, ControlServer, link_security
 from rig.errors import SessionFault, UserError
 from rig.imaging import ImagingSource, open_imaging
 from rig.online_process import OnlineProcess
@@ -196,6 +196,7 @@ class SessionRunner:
             return self._run()
 
     def _run(self) -> SessionResult:
+        security = link_security(self.settings.network)  # before anything starts
         self._load_subject()
         started = datetime.now()
         with ExitStack() as stack:
@@ -210,9 +211,14 @@ class SessionRunner:
             self._client = client
             client.on_event = self._on_event
             client.on_state = self._on_state
-            self._publisher = stack.enter_context(
-                LossyPublisher(self.settings.network.events_pub, source="rig", hwm=1000))
-            stack.enter_context(ControlServer(self.settings.network.control, self._handle_control))
+            network = self.settings.network
+            try:  # off loopback both use CURVE: only the machines whose keys are authorised get in
+                self._publisher = stack.enter_context(
+                    LossyPublisher(network.events_pub, source="rig", hwm=1000,
+                                   allow_remote=not network.bind_loopback_only, security=security))
+            except TransportError as exc:
+                raise UserError(f"cannot open the events publisher: {exc}") from None
+            stack.enter_context(ControlServer(network.control, self._handle_control, security=security))
             self._store = SessionStore.create(self.data_root, self.options.subject, started,
                                               dump_settings(self.settings), self._session_info(started))
             stack.callback(self._store.close)

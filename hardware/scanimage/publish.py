@@ -45,7 +45,7 @@ import zmq
 
 from hardware.scanimage.follower import FolderFollower, FollowedPage
 from hardware.scanimage.stream import FrameStreamError, decode_scanimage_frame
-from online.transport import LosslessSender, LossyPublisher, SendTimeout, TransportError
+from online.transport import LinkSecurity, LosslessSender, LossyPublisher, SendTimeout, TransportError
 
 logger = logging.getLogger(__name__)
 
@@ -122,15 +122,18 @@ class FramePublisher:
     @classmethod
     def open(cls, lossless_endpoint: str | None = None, display_endpoint: str | None = None, *,
              source: str | None = None, stop: threading.Event | None = None,
-             send_timeout_s: float = DEFAULT_SEND_TIMEOUT_S, allow_remote: bool = False) -> FramePublisher:
+             send_timeout_s: float = DEFAULT_SEND_TIMEOUT_S, allow_remote: bool = False,
+             security: LinkSecurity | None = None) -> FramePublisher:
         """Sockets for the usual roles: the lossless PUSH connects, the display PUB binds."""
         lossless = display = None
         try:
             if lossless_endpoint is not None:
                 lossless = DiscardableLosslessSender(lossless_endpoint, timeout_s=send_timeout_s,
-                                                     source=source, allow_remote=allow_remote)
+                                                     source=source, allow_remote=allow_remote,
+                                                     security=security)
             if display_endpoint is not None:
-                display = LossyPublisher(display_endpoint, source=source, allow_remote=allow_remote)
+                display = LossyPublisher(display_endpoint, source=source, allow_remote=allow_remote,
+                                         security=security)
         except BaseException:
             for sock in (lossless, display):
                 if sock is not None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import zmq
 
-from online.transport import LossySubscriber, TransportError
+from online.transport import LinkSecurity, LossySubscriber, TransportError
 from online.wire import (
     TOPIC_DECODER,
     TOPIC_FRAME,
@@ -26,6 +26,8 @@ from online.wire import (
     TOPIC_TRACES,
     TOPIC_TRIAL,
 )
+from rig.control import link_security
+from rig.errors import UserError
 from rig.monitor.model import MonitorModel
 
 log = logging.getLogger(__name__)
@@ -50,7 +52,8 @@ class PollCounts:
 
 class Feeds:
     """Subscriptions to the rig's events, the display frames and the online results (any may be absent:
-    ZeroMQ connects before the publisher binds and reconnects after it restarts)."""
+    ZeroMQ connects before the publisher binds and reconnects after it restarts). Off loopback they are
+    CURVE clients with `security`, which the monitor's control requests use too."""
 
     def __init__(
         self,
@@ -58,25 +61,33 @@ class Feeds:
         frames_endpoint: str,
         results_endpoint: str,
         context: zmq.Context | None = None,
+        security: LinkSecurity | None = None,
     ) -> None:
+        self.security = security
         self._context = context or zmq.Context()
         self._owns_context = context is None
         self.events = LossySubscriber(
-            events_endpoint, topics=(TOPIC_TRIAL, TOPIC_STATE), hwm=EVENTS_HWM, context=self._context
+            events_endpoint, topics=(TOPIC_TRIAL, TOPIC_STATE), hwm=EVENTS_HWM, context=self._context,
+            security=security,
         )
         self.frames = LossySubscriber(
-            frames_endpoint, topics=(TOPIC_FRAME,), hwm=FRAMES_HWM, context=self._context
+            frames_endpoint, topics=(TOPIC_FRAME,), hwm=FRAMES_HWM, context=self._context, security=security
         )
         self.results = LossySubscriber(
             results_endpoint,
             topics=(TOPIC_TRACES, TOPIC_ROIS, TOPIC_DECODER, TOPIC_HEALTH),
             hwm=RESULTS_HWM,
             context=self._context,
+            security=security,
         )
 
     @classmethod
     def from_settings(cls, network: Any) -> Feeds:
-        return cls(network.events_pub, network.frames_display, network.online_results)
+        security = link_security(network)
+        try:  # an unknown server key: one sentence, not a traceback
+            return cls(network.events_pub, network.frames_display, network.online_results, security=security)
+        except TransportError as exc:
+            raise UserError(f"monitor: {exc}") from None
 
     def poll(self, model: MonitorModel, now: float | None = None) -> PollCounts:
         """Move what is waiting into `model`, never waiting for more; bounded per call."""

@@ -234,7 +234,7 @@ class MonitorWindow(QtWidgets.QMainWindow):
         endpoint, timeout = self.settings.network.control, self.control_timeout_s
         self.statusBar().showMessage(f"{command}: sending…")
         self._submit(
-            lambda: send_request(endpoint, command, timeout_s=timeout, **args),
+            lambda: send_request(endpoint, command, timeout_s=timeout, security=self.feeds.security, **args),
             lambda reply: self._replies.control.emit(command, args, reply),
         )
 
@@ -256,7 +256,9 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self._status_in_flight = True
         self._last_status_poll = time.monotonic()
         endpoint, timeout = self.settings.network.control, min(self.control_timeout_s, 1.0)
-        self._submit(lambda: send_request(endpoint, "status", timeout_s=timeout), self._replies.status.emit)
+        security = self.feeds.security
+        self._submit(lambda: send_request(endpoint, "status", timeout_s=timeout, security=security),
+                     self._replies.status.emit)
 
     def catch_up(self, folder: Path) -> None:
         """Read the session's trials.jsonl in a worker and add the trials not shown yet."""
