@@ -204,3 +204,19 @@ def test_remote_sockets_get_curve_and_refuse_to_go_plain(machine: tuple[Path, Pa
 def test_an_endpoint_object_refuses_a_remote_address_without_security() -> None:
     with pytest.raises(TransportError, match="CURVE"):
         LossyPublisher("tcp://10.20.30.1:5555", allow_remote=True)
+
+
+@pytest.mark.parametrize("command", [["run", "--no-gui", "--trials", "1"], ["status"], ["stop"]])
+def test_commands_with_a_missing_key_folder_say_so_in_one_line(
+        tmp_path: Path, machine: tuple[Path, Path], capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    _, authorized = machine
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(
+        "network: {control: 'tcp://10.20.30.1:5556', bind_loopback_only: false,\n"
+        f"          keys: '{tmp_path / 'no-keys'}', authorized_keys: '{authorized}'}}\n", encoding="utf-8")
+    extra = ["--data", str(tmp_path / "data")] if command[0] == "run" else []
+    assert rig_main([*command, "--settings", str(settings), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"CURVE keys folder {tmp_path / 'no-keys'}: no such folder (make one with `rig keys`)"]
+    assert not list(tmp_path.rglob("session.json"))  # refused before a session began
