@@ -5,22 +5,31 @@
    (Gaussian peak fit, neuropil 0.7, 30 s dF/F baseline): registration + trace extraction + dF/F +
    trial alignment + the closed loop's running projection on a trained delay CD (armed in a gated trial, never
    deciding). p50/p99 of wall time and of thread CPU time. BLAS/OpenMP are limited to one thread first.
-2. Registration error on that synthetic stream: reference built from the first 50 frames (as live), error =
-   shift + true displacement, the constant offset of the built reference removed; RMS and max (px).
+2. Registration error on that synthetic stream: the reference is built by the pipeline from the first
+   `reference_frames` frames (as live); the error (shift + true displacement) is scored only on the frames
+   after them, and the built reference's constant offset is the median error over the frames it was built
+   from, so nothing is fitted on the scored frames. RMS and max (px).
 3. Replay: 512x512 loop-mode ScanImage files written with hardware/scanimage/writer.py from simulated frames,
-   replayed with `online.process.replay` (reading included): frames/s.
+   replayed with `online.process.replay` (reading included), frames/s, four ways: the memory-mapped path
+   (the files' layout allows a mapped view) and the block path (files that cannot be mapped: compressed,
+   unequally spaced or foreign-byte-order pages; forced here by offering no mapped view, on the same
+   files), each with the files in the page cache (hot: read once just before) and out of it (cold: fsync,
+   then posix_fadvise(POSIX_FADV_DONTNEED) on each file, no root needed). The share of the files' pages
+   resident just before each run (mincore) is reported, so a "cold" figure is known to be cold. One untimed
+   replay of the first file goes first, so no run pays the one-off costs.
 4. Closed loop, end to end: the Bpod emulator at 1x in its own process (firmware 23), the online module as the
-   rig starts it (`rig/online_process.py`, its own process, APP port), frames (256x256, 30 Hz, 100 neurons)
-   sent over the lossless path as the simulated microscope finishes them on the Bpod's clock, state entries
-   and trial records on an events PUB, as the session does. Training trials (ungated) until the decoder is
-   ready, then decoder-gated trials (DecoderGate APP_SoftCode1, min 0.3 s, max 2 s; the gate opens before
-   the 0.6 s window is full, so the decision is made when the LAST frame of the window arrives). Latency =
-   the Bpod time the event landed (trial record Events), on the host clock, minus the decision frame's send
-   time (its header t_ns). Bpod -> host clock: offset = min over every state/event callback of (host receipt
-   time - Bpod time); receipt is later than the event, so this overstates the latency by the smallest
-   delivery delay (tens of us): the figure is conservative.
+   rig starts it (`rig/online_process.py`, its own process, APP port), frames (512x512, 30 Hz, 500 neurons:
+   the per-frame figure's microscope) sent over the lossless path as the simulated microscope finishes them on
+   the Bpod's clock, state entries and trial records on an events PUB, as the session does. Training trials
+   (ungated) until the decoder is ready, then decoder-gated trials (DecoderGate APP_SoftCode1, min 0.3 s, max
+   2 s; the gate opens before the 0.6 s window is full, so the decision is made when the LAST frame of the
+   window arrives). Latency = the Bpod time the event landed (trial record Events), on the host clock, minus
+   the decision frame's send time (its header t_ns). Bpod -> host clock: offset = min over every state/event
+   callback of (host receipt time - Bpod time); receipt is later than the event, so this overstates the
+   latency by the smallest delivery delay (tens of us): the figure is conservative.
 
-Run: `.venv/bin/python bench/online.py [--frames 3000] [--gated 40] [--json]`.
+Run: `.venv/bin/python bench/online.py [--frames 3000] [--gated 40] [--only frame replay closed-loop]
+[--json]`.
 """
 
 from __future__ import annotations
@@ -31,6 +40,8 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import ctypes  # noqa: E402
 import dataclasses  # noqa: E402
 import logging  # noqa: E402
 import queue  # noqa: E402
@@ -38,6 +49,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -48,6 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.report import percentile, print_report  # noqa: E402
 from hardware.bpod.client import BpodClient  # noqa: E402
 from hardware.bpod.trial import TrialEvent  # noqa: E402
+from hardware.scanimage.reader import ScanImageFile  # noqa: E402
 from hardware.scanimage.writer import ScanImageWriter  # noqa: E402
 from hardware.sim.microscope import MicroscopeConfig, SimMicroscope  # noqa: E402
 from online.closed_loop import ClosedLoopController  # noqa: E402
@@ -86,9 +99,12 @@ class _Silent:
 # -- 1 + 2: per-frame cost and registration error ---------------------------------------------------------
 
 
+FULL_SIZE = MicroscopeConfig(n_neurons=500, neuron_radius_px=4.4, motion_px=4.0)
+"""The microscope of every part: 512x512 int16 at 30 Hz, 500 neurons."""
+
+
 def per_frame(n_frames: int, distinct: int) -> dict[str, Any]:
-    sim = SimMicroscope(MicroscopeConfig(n_neurons=500, neuron_radius_px=4.4, motion_px=4.0,
-                                         mode="continuous"))
+    sim = SimMicroscope(dataclasses.replace(FULL_SIZE, mode="continuous"))
     for k in range(int(distinct / 30 / 2.5) + 1):
         sim.start_trial(0.1 + 2.5 * k, "tactile", "left" if k % 2 else "right",
                         {"sample": 0.01, "delay": 0.8, "go": 1.6})
@@ -109,11 +125,14 @@ def per_frame(n_frames: int, distinct: int) -> dict[str, Any]:
     def header(index: int, trial: int, time_s: float) -> FrameHeader:
         return FrameHeader(seq, index, time_s, 0.0, trial, 0, 0, sim.height, sim.width, "<i2", time.time_ns())
 
-    shifts = []
-    for i in range(config.reference_frames):  # the reference phase (timed once, as setup)
+    n_ref = config.reference_frames
+    if len(pixels) <= n_ref:
+        raise SystemExit(f"--distinct must be more than the {n_ref} reference frames")
+    reference_shifts: list[tuple[float, float]] = []
+    for i in range(n_ref):  # the reference phase (timed once, as setup)
         out = pipeline.process_frame(header(i, 1, i / 30), pixels[i])
         seq += 1
-        shifts += [(t.shift_dy, t.shift_dx) for t in out.traces]
+        reference_shifts += [(t.shift_dy, t.shift_dx) for t in out.traces]
     setup_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     decoder = ContextDecoder("tactile", rois.n, pipeline.decoder_config, pipeline.roi_set_id)
@@ -127,6 +146,7 @@ def per_frame(n_frames: int, distinct: int) -> dict[str, Any]:
         decoder.add_features(side, feats)
     pipeline.decoders["tactile"] = decoder
     wall, cpu = [], []
+    scored_shifts: list[tuple[float, float]] = []
     trial, t_in_trial = 1, 0.0
     received = np.empty_like(pixels[0])
     for i in range(n_frames):
@@ -136,7 +156,7 @@ def per_frame(n_frames: int, distinct: int) -> dict[str, Any]:
             pipeline.on_trial_start({"trial": trial, "context": "tactile"})
             for state in ("DelayPeriod", "DelayDecoderWait"):
                 pipeline.on_state({"trial": trial, "state": state, "time_s": 0.0})
-        np.copyto(received, pixels[(config.reference_frames + i) % len(pixels)])  # as a receive would
+        np.copyto(received, pixels[(n_ref + i) % len(pixels)])  # as a receive would
         h = header(i, trial, t_in_trial)
         seq += 1
         c0, w0 = time.thread_time_ns(), time.perf_counter_ns()
@@ -144,14 +164,18 @@ def per_frame(n_frames: int, distinct: int) -> dict[str, Any]:
         w1, c1 = time.perf_counter_ns(), time.thread_time_ns()
         wall.append((w1 - w0) / 1e6)
         cpu.append((c1 - c0) / 1e6)
-        if i + config.reference_frames < len(pixels):
-            shifts += [(t.shift_dy, t.shift_dx) for t in out.traces]
+        if n_ref + i < len(pixels):  # frames the reference was not built from
+            scored_shifts += [(t.shift_dy, t.shift_dx) for t in out.traces]
         t_in_trial += 1 / 30
-    err = np.array(shifts[: len(truth)]) + truth[: len(shifts)]
-    err -= np.median(err, axis=0)
+    if len(reference_shifts) != n_ref or not scored_shifts:
+        raise RuntimeError(f"the pipeline gave {len(reference_shifts)} shifts for {n_ref} reference frames "
+                           f"and {len(scored_shifts)} for the others")
+    offset = np.median(np.array(reference_shifts) + truth[:n_ref], axis=0)  # the built reference's offset
+    err = np.array(scored_shifts) + truth[n_ref:n_ref + len(scored_shifts)] - offset
     return {"p50_ms": percentile(wall, 50), "p99_ms": percentile(wall, 99), "cpu_p50_ms": percentile(cpu, 50),
             "cpu_p99_ms": percentile(cpu, 99), "mean_ms": float(np.mean(wall)), "rois": rois.n,
             "registration_error_px": float(np.sqrt((err**2).sum(axis=1).mean())),
+            "registration_scored_frames": len(err), "reference_frames": n_ref,
             "registration_max_error_px": float(np.abs(err).max()), "motion_px": float(np.abs(truth).max()),
             "reference_setup_s": setup_s, "stale_decodes": loop.stats()["stale"]}
 
@@ -159,11 +183,12 @@ def per_frame(n_frames: int, distinct: int) -> dict[str, Any]:
 # -- 3: replay --------------------------------------------------------------------------------------------
 
 
-def replay_speed(folder: Path, files: int, frames_per_file: int) -> dict[str, Any]:
-    sim = SimMicroscope(MicroscopeConfig(n_neurons=500, neuron_radius_px=4.4,
-                                         frames_per_acquisition=frames_per_file))
+def write_replay_files(folder: Path, files: int, frames_per_file: int) -> tuple[list[Path], Path]:
+    """Loop-mode ScanImage files of the full-size microscope, one per trial, and their ROIs (rois.npz)."""
+    sim = SimMicroscope(dataclasses.replace(FULL_SIZE, frames_per_acquisition=frames_per_file))
     imaging = folder / "imaging"
     period = frames_per_file / 30 + 0.5
+    paths = []
     for trial in range(1, files + 1):
         start = trial * period
         sim.start_trial(start, "tactile", "left", {"sample": 0.01, "delay": 1.31, "go": 2.61}, trial=trial)
@@ -173,11 +198,90 @@ def replay_speed(folder: Path, files: int, frames_per_file: int) -> dict[str, An
                                             first_frame_number=frames[0].frame_number + 1) as writer:
             for f in frames:
                 writer.write_frame(f.pixels, f.timestamp_s)
+            paths.append(writer.path)
     rois = RoiSet.from_masks((sim.height, sim.width), sim.masks)
     rois.save(folder / "rois.npz")
-    summary = replay(imaging, out=folder / "replay", rois=folder / "rois.npz",
-                     config=PipelineConfig.from_settings(Settings()))
-    return {"frames_per_s": summary.frames_per_s, "frames": summary.frames, "files": summary.files}
+    return paths, imaging
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)]
+PROT_READ, MAP_SHARED, PAGE = 1, 1, os.sysconf("SC_PAGE_SIZE")
+
+
+def resident_fraction(paths: list[Path]) -> float:
+    """Share of the files' pages in the page cache (mincore on a mapping that touches none of them)."""
+    resident = total = 0
+    for path in paths:
+        size = path.stat().st_size
+        n = (size + PAGE - 1) // PAGE
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            address = _libc.mmap(None, size, PROT_READ, MAP_SHARED, fd, 0)
+            if address in (None, ctypes.c_void_p(-1).value):
+                raise OSError(ctypes.get_errno(), f"mmap {path}")
+            vector = (ctypes.c_ubyte * n)()
+            try:
+                if _libc.mincore(address, size, vector) != 0:
+                    raise OSError(ctypes.get_errno(), f"mincore {path}")
+            finally:
+                _libc.munmap(address, size)
+        finally:
+            os.close(fd)
+        resident += sum(v & 1 for v in vector)
+        total += n
+    return resident / total if total else 0.0
+
+
+def warm(paths: list[Path]) -> None:
+    """Read the files once, so that they are in the page cache."""
+    for path in paths:
+        with path.open("rb") as fh:
+            while fh.read(1 << 22):
+                pass
+
+
+def evict(paths: list[Path]) -> None:
+    """Drop the files from the page cache: written back (fsync), then posix_fadvise(DONTNEED)."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def block_path() -> Iterator[None]:
+    """Replay as for files that cannot be memory-mapped: ScanImageFile offers no mapped view."""
+    original = ScanImageFile.frames_view
+    ScanImageFile.frames_view = lambda self: None  # type: ignore[method-assign, assignment, return-value]
+    try:
+        yield
+    finally:
+        ScanImageFile.frames_view = original  # type: ignore[method-assign]
+
+
+def replay_speed(folder: Path, files: int, frames_per_file: int) -> dict[str, Any]:
+    paths, imaging = write_replay_files(folder, files, frames_per_file)
+    config = PipelineConfig.from_settings(Settings())
+    figures: dict[str, Any] = {"replay_files": files, "replay_cold_method": "fsync + posix_fadvise(DONTNEED)"}
+    replay(paths[0], out=folder / "warm-up", rois=folder / "rois.npz", config=config)  # one-off costs
+    for path_kind in ("mmap", "block"):
+        for cache in ("hot", "cold"):
+            (warm if cache == "hot" else evict)(paths)
+            key = f"replay_{path_kind}_{cache}"
+            figures[f"{key}_resident"] = round(resident_fraction(paths), 3)
+            with block_path() if path_kind == "block" else contextlib.nullcontext():
+                summary = replay(imaging, out=folder / key, rois=folder / "rois.npz", config=config)
+            figures[f"{key}_frames_per_s"] = summary.frames_per_s
+            figures[f"{key}_frames"] = summary.frames
+    return figures
 
 
 # -- 4: closed loop end to end ----------------------------------------------------------------------------
@@ -216,10 +320,11 @@ def closed_loop_latency(folder: Path, n_train: int, n_gated: int, keep: Path | N
 
 def _run_closed_loop(folder: Path, main_port: str, app_port: str, n_train: int,
                      n_gated: int) -> dict[str, Any]:
-    size, rate, sample_s = 256, 30.0, 0.5
+    rate, sample_s = 30.0, 0.5
+    config = dataclasses.replace(FULL_SIZE, frame_rate_hz=rate, seed=1, context_overlap=0.0)
     settings = parse_settings({
         "network": free_network(),
-        "imaging": {"frame_height": size, "frame_width": size, "frame_rate_hz": rate},
+        "imaging": {"frame_height": config.height, "frame_width": config.width, "frame_rate_hz": rate},
         "online": {"registration": {"reference_frames": 30},
                    "decoder": {"min_trials_per_side": 5, "delay_window_s": 0.6},
                    "closed_loop": {"enabled": True, "mode": "app_port", "confidence_threshold": 0.7,
@@ -228,8 +333,7 @@ def _run_closed_loop(folder: Path, main_port: str, app_port: str, n_train: int,
     session.mkdir(parents=True)
     settings_path = session / "settings.yaml"
     settings_path.write_text(dump_settings(settings))
-    sim = SimMicroscope(MicroscopeConfig(height=size, width=size, n_neurons=100, frame_rate_hz=rate, seed=1,
-                                         context_overlap=0.0))
+    sim = SimMicroscope(config)
     rng = np.random.default_rng(3)
     trial_starts: dict[int, float] = {}
     sides: dict[int, str] = {}
@@ -317,6 +421,7 @@ def _run_closed_loop(folder: Path, main_port: str, app_port: str, n_train: int,
             "host_latency_p50_ms": pct(host, 50), "host_latency_p99_ms": pct(host, 99),
             "frame_end_to_landing_p50_ms": pct(frame_end, 50),
             "frame_end_to_landing_p99_ms": pct(frame_end, 99),
+            "closed_loop_frame_px": config.height, "closed_loop_neurons": config.n_neurons,
             "gated_trials": n_gated, "decisions_landed": len(latencies),
             "no_decision": sum(d["kind"] == "none" for d in decisions),
             "decided_side_correct": sum(d["side"] == sides[n] for n, d in sent.items())}
@@ -358,8 +463,13 @@ def main() -> int:
                  ("per frame p50 / p99 (ms), thread CPU", f"{ms('cpu_p50_ms')} / {ms('cpu_p99_ms')}"),
                  ("registration error RMS / max (px)",
                   f"{ms('registration_error_px')} / {ms('registration_max_error_px')}")]
-    if "frames_per_s" in figures:
-        rows.append(("replay (frames/s, reading included)", f"{figures['frames_per_s']:.1f}"))
+    if "replay_files" in figures:
+        for path_kind, name in (("mmap", "memory-mapped"), ("block", "block path")):
+            for cache in ("hot", "cold"):
+                key = f"replay_{path_kind}_{cache}"
+                rate, resident = figures[key + "_frames_per_s"], figures[key + "_resident"]
+                rows.append((f"replay, {name}, {cache} cache (frames/s; pages resident before)",
+                             f"{rate:.1f} ({100 * resident:.0f}%)"))
     if "gated_trials" in figures:
         rows += [("closed loop: last frame sent -> event in Bpod p50 / p99 (ms)",
                   f"{ms('closed_loop_p50_ms')} / {ms('closed_loop_p99_ms')}"),
@@ -369,8 +479,9 @@ def main() -> int:
                   ms("frame_end_to_landing_p50_ms")),
                  ("closed loop: decisions landed / gated trials",
                   f"{figures['decisions_landed']} / {figures['gated_trials']}")]
-    print_report(f"Online module: 512x512 int16, {figures.get('rois', 500)} ROIs, one core; closed loop "
-                 "256x256 at 30 Hz", rows, figures, args.json)
+    size = f"{FULL_SIZE.height}x{FULL_SIZE.width}"
+    print_report(f"Online module: {size} int16, {FULL_SIZE.n_neurons} neurons, one core, in every part "
+                 "(per frame, replay, closed loop at 30 Hz)", rows, figures, args.json)
     return 0
 
 
