@@ -15,6 +15,7 @@ the task. Perf100 is that fraction over the last 100 trials.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, get_args
@@ -185,11 +186,15 @@ class PerformanceTracker:
     """Running performance of a session, updated trial by trial: overall, per side, per context.
 
     A window of `n` trials with a side or context filter means the last `n` trials *of that side or
-    context*, so a context's Perf100 after a switch never mixes in the previous context.
+    context*, so a context's Perf100 after a switch never mixes in the previous context. A live session
+    keeps only the last `keep` trials (its windows are far shorter), so months of trials do not pile up
+    in memory; a summary of a whole session keeps all (`keep=None`).
     """
 
-    def __init__(self, trials: Iterable[ScoredTrial] = ()) -> None:
-        self._trials: list[ScoredTrial] = list(trials)
+    def __init__(self, trials: Iterable[ScoredTrial] = (), *, keep: int | None = None) -> None:
+        if keep is not None and keep < 1:
+            raise ValueError(f"keep must be at least 1 trial, got {keep}")
+        self._trials: deque[ScoredTrial] = deque(trials, maxlen=keep)
 
     def add(self, trial: ScoredTrial) -> None:
         self._trials.append(trial)

@@ -49,13 +49,14 @@ from rig.online_process import OnlineProcess
 from rig.settings import Settings, dump_settings
 from rig.simulated_rig import SimulatedRig
 from rig.store import DiskFullError, SessionStore, SubjectLock, check_subject_id, recover_sessions
-from rig.subject import SubjectRecord, load_subject, save_subject, subject_path
+from rig.subject import HISTORY_KEPT, SubjectRecord, load_subject, save_subject, subject_path
 from rig.summary import format_status
 
 log = logging.getLogger(__name__)
 
 OUTCOME_STATES = frozenset({"Reward", "TimeOut", "NoResponse"})
 POLL_S = 0.05
+TRIALS_KEPT_IN_MEMORY = 1000  # for the live Perf100 per side and context; every trial is on disk
 EMULATOR_PORT = "emulator"
 
 
@@ -115,7 +116,7 @@ class SessionRunner:
         if options.context is not None and options.context not in self.contexts:
             valid = ", ".join(self.contexts)
             raise UserError(f"--context {options.context!r}: unknown context (contexts: {valid})")
-        self.performance = PerformanceTracker()
+        self.performance = PerformanceTracker(keep=TRIALS_KEPT_IN_MEMORY)
         self._rng = np.random.default_rng(settings.sim.seed)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -402,6 +403,7 @@ class SessionRunner:
         (from what the Bpod has sent so far), so the next trial can be chosen and queued at once."""
         trial.provisional = scored
         self.record.history.append(scored)
+        del self.record.history[:-HISTORY_KEPT]  # selection looks back tens of trials; all are on disk
         self.performance.add(scored)
         with self._lock:
             events = self.training.record(scored)

@@ -305,3 +305,19 @@ def test_time_limit_is_measured_on_the_bpod_clock(settings: Settings, tmp_path: 
     # runs past it by at most the trial in progress at that moment
     assert elapsed[-1] >= 30.0
     assert elapsed[-2] < 30.0 + 10.0
+
+
+def test_a_long_session_keeps_a_bounded_trial_history_in_memory(settings: Settings, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Months of trials must not pile up in the rig process: selection and the live Perf100 look back a
+    bounded number of trials, and every trial is on disk. The bounds are shrunk so a short session
+    crosses them."""
+    monkeypatch.setattr("rig.session.HISTORY_KEPT", 4)
+    monkeypatch.setattr("rig.session.TRIALS_KEPT_IN_MEMORY", 6)
+    runner = SessionRunner(settings, RunOptions(data_root=tmp_path, subject="m9", trials=10, speed=SPEED,
+                                                handle_signals=False))
+    result = runner.run()
+    records = trials_of(result)
+    assert len(records) == 10
+    assert [t.trial_number for t in runner.record.history] == [r["trial"] for r in records[-4:]]
+    assert [t.trial_number for t in runner.performance.trials] == [r["trial"] for r in records[-6:]]
