@@ -24,6 +24,9 @@ Live (`run_live`):
 Replay (`replay`): ScanImage files (a file, or a folder of per-trial loop-mode files, in file-counter order)
 through the same pipeline as fast as it can: per-frame shifts and traces into `--out`, and, with `--trials`
 (the session's trials.jsonl), each trial's record after its file, so decoder.jsonl is written as live.
+A damaged file (cut short, corrupt, not a TIFF) costs only what cannot be read: its readable frames are
+replayed, then the next file; each stop is one line on stderr naming the file and the frame, and the exit
+status is 2. Text that is not UTF-8 costs nothing (a warning line, the frames are all replayed).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -493,6 +496,21 @@ def scanimage_files(path: str | Path) -> list[Path]:
     return files
 
 
+@dataclass(frozen=True)
+class ReplayStop:
+    """A file replay could not read to its end: frames [0, frame) of it were replayed."""
+
+    file: str
+    frame: int
+    reason: str
+
+    def sentence(self) -> str:
+        if self.frame == 0:
+            return f"{self.file}: not replayed: {self.reason}"
+        replayed = f"frames 0-{self.frame - 1} were replayed"
+        return f"{self.file}: stopped at frame {self.frame}: {self.reason}; {replayed}"
+
+
 @dataclass
 class ReplaySummary:
     files: int
@@ -502,6 +520,10 @@ class ReplaySummary:
     out: Path
     frames_skipped: int = 0
     """Frames the pipeline refused (NaN pixels, another size): counted, logged at most once a second."""
+    stops: list[ReplayStop] = field(default_factory=list)
+    """Files not replayed to their end (damaged, not a TIFF), in replay order."""
+    warnings: list[str] = field(default_factory=list)
+    """What is wrong in files that were still replayed whole (text that is not UTF-8)."""
 
     @property
     def frames_per_s(self) -> float:
@@ -530,9 +552,9 @@ def replay(path: str | Path, *, out: str | Path | None = None, rois: str | Path 
     roi_set, reference = load_roi_source(rois) if rois is not None else (None, None)
     records = read_trial_records(trials) if trials is not None else {}
     if config is None:
-        with ScanImageFile(files[0]) as first:
-            rate = first.frame_rate_hz
-        config = PipelineConfig(frame_rate_hz=rate if rate and math.isfinite(rate) else 30.0)
+        config = PipelineConfig(frame_rate_hz=_frame_rate(files))
+    stops: list[ReplayStop] = []
+    warnings: list[str] = []
     outputs = SessionOutputs(out_dir)
     pipeline = OnlinePipeline(config, rois=roi_set, reference=reference, session=out_dir.name)
     delivered: set[int] = set()
@@ -557,26 +579,22 @@ def replay(path: str | Path, *, out: str | Path | None = None, rois: str | Path 
             try:
                 f = ScanImageFile(file)
             except (ScanImageError, OSError) as exc:
-                raise UserInputError(f"{file}: {exc}") from exc
+                stops.append(ReplayStop(str(file), 0, _reason(exc, file)))
+                continue
+            done = 0  # time points of this file replayed so far
             with f:
-                trial, trigger = _file_trial(f, file, counter)
-                stamps = f.timestamps_s
-                n, planes, channels, height, width = f.shape
-                z, c = config.plane, config.channel
-                if z >= planes or c >= channels:
-                    raise UserInputError(f"{file}: has {planes} plane(s) and {channels} channel(s), replay "
-                                         f"reads plane {z} channel {c}")
-                # The whole file as a memory-mapped view when its layout allows (no up-front read and copy of
-                # the pixels), else blocks of chunk_frames time points read through the library.
-                mapped = f.frames_view()
-                chunk = n if mapped is not None else chunk_frames
-                with_aux = config.alignment == "aux"
-                dtype_str = f.dtype.str
-                stamp_list = stamps.tolist() if stamps is not None else None
-                for start in range(0, n, max(1, chunk)):
-                    block = mapped if mapped is not None else f.frames(start, min(n, start + chunk))
-                    for k in range(block.shape[0] if mapped is None else n):
-                        i = start + k
+                try:
+                    trial, trigger = _file_trial(f, file, counter)
+                    stamps = f.timestamps_s
+                    n, planes, channels, height, width = f.shape
+                    z, c = config.plane, config.channel
+                    if z >= planes or c >= channels:
+                        raise UserInputError(f"{file}: has {planes} plane(s) and {channels} channel(s), "
+                                             f"replay reads plane {z} channel {c}")
+                    with_aux = config.alignment == "aux"
+                    dtype_str = f.dtype.str
+                    stamp_list = stamps.tolist() if stamps is not None else None
+                    for i, point in _time_points(f, chunk_frames):
                         aux: Sequence[float] = ()
                         if with_aux:
                             page = (i * planes + z) * channels + c
@@ -586,12 +604,18 @@ def replay(path: str | Path, *, out: str | Path | None = None, rois: str | Path 
                                              time.time_ns())
                         seq += 1
                         frames += 1
-                        pixels = block[i if mapped is not None else k, z, c]
+                        done = i + 1
                         try:
-                            emit(pipeline.process_frame(header, pixels, aux))
+                            emit(pipeline.process_frame(header, point[z, c], aux))
                         except MalformedInput as exc:
                             skipped += 1
                             skip_log(logging.WARNING, "%s: skipped: %s", file.name, exc)
+                except ScanImageError as exc:
+                    stops.append(ReplayStop(str(file), done, _reason(exc, file)))
+                else:
+                    if f.damage is not None:
+                        stops.append(ReplayStop(str(file), done, f.damage))
+                warnings += [f"{file}: {problem}" for problem in f.text_problems]
             for number in sorted(records):
                 if number <= trial and number not in delivered:
                     delivered.add(number)
@@ -603,14 +627,63 @@ def replay(path: str | Path, *, out: str | Path | None = None, rois: str | Path 
         emit(pipeline.flush())
     finally:
         seconds = time.perf_counter() - t0
-        summary = ReplaySummary(len(files), frames, seconds, decoded, out_dir, skipped)
+        summary = ReplaySummary(len(files), frames, seconds, decoded, out_dir, skipped, stops, warnings)
         with contextlib.suppress(Exception):
             outputs.write_summary({"replay": str(path), "files": len(files), "frames": frames,
-                                   "frames_skipped": skipped,
+                                   "frames_skipped": skipped, "stopped": [asdict(s) for s in stops],
+                                   "warnings": warnings,
                                    "seconds": seconds, "frames_per_s": summary.frames_per_s,
                                    "pipeline": pipeline.summary()})
         outputs.close()
     return summary
+
+
+def _frame_rate(files: Sequence[Path]) -> float:
+    """The rate of time points of the first file that opens (30 Hz when none says)."""
+    from hardware.scanimage.reader import ScanImageError, ScanImageFile
+
+    for file in files:
+        try:
+            with ScanImageFile(file) as f:
+                rate = f.frame_rate_hz
+        except (ScanImageError, OSError):
+            continue
+        return rate if rate and math.isfinite(rate) else 30.0
+    return 30.0
+
+
+def _reason(exc: Exception, file: Path) -> str:
+    """An exception's message without the file name it starts with (the stop names the file itself)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc).removeprefix(f"{file}: ")
+
+
+def _time_points(f: Any, chunk_frames: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(index, (planes, channels, height, width)) for every readable time point of a file.
+
+    From a memory-mapped view of the whole file when its layout allows (no up-front read and copy of the
+    pixels), else in blocks of `chunk_frames` time points read through the library (compressed pages,
+    unequal page spacing, foreign byte order). A block that fails is read again one time point at a time,
+    so every frame before the damage is replayed before the DamagedFileError says where it is.
+    """
+    from hardware.scanimage.reader import DamagedFileError
+
+    mapped = f.frames_view()
+    if mapped is not None:
+        yield from enumerate(mapped)
+        return
+    n, step = f.n_frames, max(1, chunk_frames)
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        try:
+            block = f.frames(start, stop)
+        except DamagedFileError:
+            for i in range(start, stop):
+                yield i, f.frame(i)
+            continue
+        for k in range(block.shape[0]):
+            yield start + k, block[k]
 
 
 def _file_trial(f: Any, file: Path, counter: int) -> tuple[int, float | None]:
@@ -645,7 +718,11 @@ def main_replay(argv_path: str, out: str | None, rois: str | None, trials: str |
     print(json.dumps({"files": summary.files, "frames": summary.frames,
                       "seconds": round(summary.seconds, 3), "frames_per_s": round(summary.frames_per_s, 1),
                       "frames_skipped": summary.frames_skipped, "trials_decoded": summary.trials_decoded,
-                      "out": str(summary.out)}))
+                      "out": str(summary.out), "stopped": [asdict(stop) for stop in summary.stops]}))
     print(f"replayed {summary.frames} frames from {summary.files} file(s) in {summary.seconds:.2f} s: "
           f"{summary.frames_per_s:.1f} frames/s -> {summary.out}")
-    return EXIT_OK
+    for stop in summary.stops:
+        print(f"online replay: {stop.sentence()}", file=sys.stderr)
+    for warning in summary.warnings:
+        print(f"online replay: warning: {warning}", file=sys.stderr)
+    return EXIT_USER if summary.stops else EXIT_OK

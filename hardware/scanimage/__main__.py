@@ -10,7 +10,8 @@ Publishing (hardware/scanimage/publish.py): by default on the lossless path, a P
 to ENDPOINT (the online processor binds it) and waits while nobody takes frames; with --lossy on a PUB
 socket bound to ENDPOINT (displays connect), which never waits. `adapt` subscribes (connects) to --from.
 Bad input (missing file, not a TIFF, not ScanImage, a bad endpoint) ends as one line on stderr and exit
-status 2.
+status 2. `info` on a damaged file (cut short, corrupt IFDs, text that is not UTF-8) prints the summary of
+what is readable, then one line saying what is wrong, and exits with status 2.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ def _format_info(summary: dict[str, Any]) -> str:
         lines.append(f"acq state:   {summary['acq_state']}")
     for note in summary["notes"]:
         lines.append(f"note:        {note}")
+    for problem in summary["problems"]:
+        lines.append(f"problem:     {problem}")
     return "\n".join(lines) + "\n"
 
 
@@ -81,6 +84,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(summary) + "\n")
     else:
         sys.stdout.write(_format_info(summary))
+    if summary["problems"]:
+        sys.stderr.write(f"error: {args.file}: {'; '.join(summary['problems'])}\n")
+        return EXIT_USER_ERROR
     return EXIT_OK
 
 

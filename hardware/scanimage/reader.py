@@ -5,15 +5,20 @@ used only where that library cannot help: reading the Software/Artist tags of fi
 block, and as the pixel backend for TIFFs scanimage-tiff-reader refuses. Works for ScanImage 2016+ BigTIFF
 (with or without the block), the 2018a JSON variant and ScanImage 3.x classic TIFF (which has no per-frame
 timestamps: none are synthesised, `timestamps_s` is None).
+
+Damaged files: the pure IFD walker (tiff_index.py) first finds the pages that are wholly on disk and well
+formed; only those are read (a library would hand back the garbage of a page cut short), and `damage` says
+where the file stops being readable. Text that is not UTF-8 is read with those bytes replaced and listed
+in `problems`. Every failure is a ScanImageError whose message is one sentence naming the file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
-import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -30,7 +35,14 @@ from hardware.scanimage.header import (
     parse_frame_description,
     parse_static_metadata,
 )
-from hardware.scanimage.tiff_index import TiffFormatError, TiffIndexer, read_scanimage_block
+from hardware.scanimage.tiff_index import (
+    FinishedIndex,
+    PageIndex,
+    TiffFormatError,
+    TiffHeaderError,
+    index_finished_file,
+    read_scanimage_block,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +64,22 @@ class NotATiffError(ScanImageError):
 
 class NotScanImageError(ScanImageError):
     """A TIFF without ScanImage metadata."""
+
+
+class DamagedFileError(ScanImageError):
+    """A ScanImage TIFF cut short or corrupt before any readable page, or where pixels were asked for."""
+
+
+@contextlib.contextmanager
+def _tifffile_quiet() -> Iterator[None]:
+    """tifffile logs each structural problem it meets; the reader reports damage in one sentence itself."""
+    tifffile_logger = logging.getLogger("tifffile")
+    previous = tifffile_logger.level
+    tifffile_logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        tifffile_logger.setLevel(previous)
 
 
 @dataclass(frozen=True)
@@ -122,24 +150,30 @@ class _TifffileBackend:
         import tifffile
 
         try:
-            self._tif = tifffile.TiffFile(path)
+            with _tifffile_quiet():
+                self._tif = tifffile.TiffFile(path)
+                pages = self._tif.pages
+                self.n_pages = len(pages)
+                first = pages.first if self.n_pages else None
         except tifffile.TiffFileError as exc:
             raise NotATiffError(f"{path}: not a TIFF file") from exc
-        pages = self._tif.pages
-        self.n_pages = len(pages)
-        if self.n_pages == 0:
+        except Exception as exc:  # tifffile meets garbage with struct, index and value errors
+            raise DamagedFileError(f"{path}: a damaged TIFF file ({exc})") from exc
+        if first is None:
+            self._tif.close()
             raise NotATiffError(f"{path}: TIFF file without pages")
-        first = pages.first
         self.page_shape = (int(first.shape[0]), int(first.shape[1]))
         self.dtype = np.dtype(first.dtype)
 
     def data(self, start: int, stop: int) -> np.ndarray:
         if stop <= start:
             return np.empty((0, *self.page_shape), self.dtype)
-        return np.stack([self._tif.pages[i].asarray() for i in range(start, stop)])
+        with _tifffile_quiet():
+            return np.stack([self._tif.pages[i].asarray() for i in range(start, stop)])
 
     def description(self, index: int) -> str:
-        return self._tif.pages[index].description
+        with _tifffile_quiet():
+            return self._tif.pages[index].description
 
     def static_text(self) -> str:
         with open(self._tif.filehandle.path, "rb") as fh:
@@ -150,7 +184,42 @@ class _TifffileBackend:
         self._tif.close()
 
 
-def _open_backend(path: Path) -> _Backend:
+class _IndexBackend:
+    """The walker's own pages, for damaged files: libraries trust sizes and offsets that damage may have
+    changed (scanimage-tiff-reader asked for gigabytes on a cut ScanImage 3.8 file); every byte read here
+    was checked to lie in the file."""
+
+    def __init__(self, path: Path, index: FinishedIndex) -> None:
+        self._fh = open(path, "rb")  # noqa: SIM115 - held for the file's lifetime, closed in close()
+        self._index = index
+        first = index.pages[0]
+        self.n_pages = len(index.pages)
+        self.page_shape = (first.height, first.width)
+        self.dtype = first.dtype.newbyteorder("=")
+
+    def data(self, start: int, stop: int) -> np.ndarray:
+        pages = self._index.pages[start:stop]
+        if not pages:
+            return np.empty((0, *self.page_shape), self.dtype)
+        return np.stack([page.read_pixels(self._fh) for page in pages])
+
+    def description(self, index: int) -> str:
+        return self._index.pages[index].description
+
+    def static_text(self) -> str:
+        block = self._index.block
+        return "" if block is None else block.si_text + "\n" + block.roi_text
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def _open_backend(path: Path, index: FinishedIndex | None) -> _Backend:
+    if index is not None and index.damage is not None:
+        try:
+            return _IndexBackend(path, index)
+        except TiffFormatError as exc:  # a sample format the walker does not read
+            logger.debug("%s: no walker backend (%s)", path.name, exc)
     try:
         return _SitrBackend(path)
     except Exception as exc:  # the library raises bare Exception with its log text
@@ -159,14 +228,34 @@ def _open_backend(path: Path) -> _Backend:
 
 
 def _static_from_tags(path: Path) -> tuple[str, str]:
-    """Software (SI text) and Artist (ROI JSON) of page 0: the copy of the static header in every page."""
+    """Software (SI text) and Artist (ROI JSON) of page 0 through tifffile, for files the walker does not
+    index: the copy of the static header in every page."""
     import tifffile
 
-    with tifffile.TiffFile(path) as tif:
+    with _tifffile_quiet(), tifffile.TiffFile(path) as tif:
         page = tif.pages.first
         software = page.tags.valueof(305) or ""
         artist = page.tags.valueof(315) or ""
     return (software if isinstance(software, str) else ""), (artist if isinstance(artist, str) else "")
+
+
+def _finished_index(path: Path) -> FinishedIndex | None:
+    """The walker's index of the complete pages, or None for a layout it does not read (compressed or tiled
+    pages: the libraries read those and judge them)."""
+    try:
+        index = index_finished_file(path)
+    except TiffHeaderError as exc:
+        raise NotATiffError(f"{path}: {exc}") from None
+    except TiffFormatError as exc:
+        logger.debug("%s: not indexed (%s)", path.name, exc)
+        return None
+    if not index.pages:
+        if index.damage is None:
+            raise NotATiffError(f"{path}: TIFF file without pages")
+        if index.header is None:
+            raise NotATiffError(f"{path}: {index.damage}")
+        raise DamagedFileError(f"{path}: no readable page: {index.damage}")
+    return index
 
 
 class ScanImageFile:
@@ -181,7 +270,18 @@ class ScanImageFile:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no such file")
-        self._backend = _open_backend(self.path)
+        self._index = _finished_index(self.path)
+        self._backend = _open_backend(self.path, self._index)
+        self._n_pages = self._backend.n_pages
+        self.damage: str | None = None
+        """Why the readable pages end before the file's last page (cut short, corrupt IFD); None: whole."""
+        if self._index is not None:
+            self.damage = self._index.damage
+            if len(self._index.pages) < self._n_pages:
+                self._n_pages = len(self._index.pages)
+                self.damage = self.damage or f"page {self._n_pages} is damaged"
+        self._text_problems: list[str] = []
+        self._undecodable_pages: set[int] = set()
         try:
             self.static, self.has_scanimage_block = self._read_static()
         except BaseException:
@@ -201,14 +301,36 @@ class ScanImageFile:
             )
         self._metadata_cache: dict[int, FrameMetadata] = {}
 
+    def _static_text(self) -> str:
+        """The byte-16 block's text; when it is not UTF-8, the walker's copy with those bytes replaced."""
+        block = self._index.block if self._index is not None else None
+        try:
+            text = self._backend.static_text()
+        except UnicodeDecodeError:
+            text = "" if block is None else block.si_text + "\n" + block.roi_text
+        if block is not None and block.undecodable:
+            self._text_problems.append("its ScanImage header (the block at byte 16) is not UTF-8 text, read "
+                                       "with those bytes replaced")
+        return text
+
+    def _tag_text(self) -> tuple[str, str]:
+        """Software and Artist of page 0 (the static header when the block is missing)."""
+        if self._index is None:
+            return _static_from_tags(self.path)
+        first = self._index.pages[0]
+        if first.undecodable:
+            self._text_problems.append("the ScanImage header in its Software/Artist tags is not UTF-8 text, "
+                                       "read with those bytes replaced")
+        return first.software or "", first.artist or ""
+
     def _read_static(self) -> tuple[StaticMetadata, bool]:
-        text = self._backend.static_text()
+        text = self._static_text()
         if text.strip():
             return parse_static_metadata(text), True
-        first = self._backend.description(0) if self._backend.n_pages else ""
+        first = self.description(0) if self.n_pages else ""
         if first.lstrip().startswith("state."):
             return parse_static_metadata(first), False
-        software, artist = _static_from_tags(self.path)
+        software, artist = self._tag_text()
         if software.lstrip().startswith("SI."):
             logger.info("%s: no ScanImage block at byte 16; using the Software/Artist tags", self.path.name)
             return parse_static_metadata(software, artist), False
@@ -250,7 +372,27 @@ class ScanImageFile:
 
     @property
     def n_pages(self) -> int:
-        return self._backend.n_pages
+        """Pages that can be read (all of them, unless the file is damaged: see `damage`)."""
+        return self._n_pages
+
+    @property
+    def problems(self) -> list[str]:
+        """What is wrong with the file, one sentence each (empty for a sound file): the damage, and text that
+        is not UTF-8 in the parts read so far (the summary reads every page's description)."""
+        damage = [] if self.damage is None else [
+            f"damaged: {self.damage}; the first {self.n_pages} of its pages are readable"]
+        return damage + self.text_problems
+
+    @property
+    def text_problems(self) -> list[str]:
+        """Text that is not UTF-8 in the parts read so far (all pixels are still read)."""
+        out = list(self._text_problems)
+        if self._undecodable_pages:
+            pages = sorted(self._undecodable_pages)
+            more = f" and {len(pages) - 1} more page(s)" if len(pages) > 1 else ""
+            out.append(f"the description of page {pages[0]}{more} is not UTF-8 text, read with those bytes "
+                       "replaced")
+        return out
 
     @property
     def channels(self) -> list[int]:
@@ -289,7 +431,15 @@ class ScanImageFile:
         """One page (height, width)."""
         if not 0 <= index < self.n_pages:
             raise IndexError(f"page {index} out of range (file has {self.n_pages})")
-        return self._backend.data(index, index + 1)[0]
+        return self._pixels(index, index + 1)[0]
+
+    def _pixels(self, start: int, stop: int) -> np.ndarray:
+        """Pages [start, stop) from the library; its failures (bare Exceptions from scanimage-tiff-reader,
+        value and OS errors from tifffile) become one DamagedFileError."""
+        try:
+            return self._backend.data(start, stop)
+        except Exception as exc:
+            raise DamagedFileError(f"{self.path}: pages {start}-{stop - 1} cannot be read ({exc})") from exc
 
     def frames(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Time points [start, stop) as (n, planes, channels, height, width)."""
@@ -299,7 +449,7 @@ class ScanImageFile:
         per_frame = self.layout.pages_per_frame
         if stop <= start:
             return np.empty((0, *self.shape[1:]), self.dtype)
-        data = self._backend.data(start * per_frame, stop * per_frame)
+        data = self._pixels(start * per_frame, stop * per_frame)
         return data.reshape(stop - start, *self.shape[1:])
 
     def frames_view(self) -> np.ndarray | None:
@@ -308,16 +458,12 @@ class ScanImageFile:
         data, unequal page spacing, foreign byte order, ...): then use `frames()`. Same values as
         `frames()`, without reading and copying the pixels up front (replay's fast path)."""
         n_pages = self.n_frames * self.layout.pages_per_frame
-        if n_pages == 0:
+        if n_pages == 0 or self._index is None or len(self._index.pages) < n_pages:
             return None
+        pages: list[PageIndex] = self._index.pages[:n_pages]
         try:
-            with TiffIndexer(self.path, settle_s=0.0) as indexer:
-                pages = indexer.update()
-            if len(pages) < n_pages:
-                return None
-            pages = pages[:n_pages]
             dtype = pages[0].dtype
-        except (TiffFormatError, OSError, ValueError, struct.error) as exc:
+        except TiffFormatError as exc:
             logger.debug("%s: no mapped view (%s)", self.path.name, exc)
             return None
         height, width = self._backend.page_shape
@@ -356,7 +502,15 @@ class ScanImageFile:
     # --- per-page metadata ----------------------------------------------------------------------------
 
     def description(self, index: int) -> str:
-        return self._backend.description(index)
+        """Page `index`'s ImageDescription; text that is not UTF-8 comes with those bytes replaced and the
+        page listed in `problems`."""
+        try:
+            return self._backend.description(index)
+        except UnicodeDecodeError:
+            if self._index is None:
+                raise DamagedFileError(f"{self.path}: page {index}'s description is not UTF-8 text") from None
+            self._undecodable_pages.add(index)
+            return self._index.pages[index].description
 
     def frame_metadata(self, index: int) -> FrameMetadata:
         """The typed ImageDescription of page `index` (empty for ScanImage 3.x pages)."""
@@ -441,6 +595,7 @@ class ScanImageFile:
         """JSON-ready facts for `python -m hardware.scanimage info`."""
         frames, planes, channels, height, width = self.shape
         stamps = self.timestamps_s
+        finite = stamps[np.isfinite(stamps)] if stamps is not None else np.empty(0)
         rate = self.frame_rate_hz
         return {
             "file": str(self.path),
@@ -455,13 +610,13 @@ class ScanImageFile:
             "pages": self.n_pages,
             "dtype": self.dtype.name,
             "frame_rate_hz": rate if rate is not None and math.isfinite(rate) else None,
-            "timestamps_s": (
-                [float(stamps[0]), float(stamps[-1])] if stamps is not None and len(stamps) else None
-            ),
+            "timestamps_s": [float(finite[0]), float(finite[-1])] if len(finite) else None,
             "trigger_times": self.trigger_times.to_dict(),
             "acq_state": self.layout.acq_state,
             "scanimage_block": self.has_scanimage_block,
             "header_flavor": self.static.flavor,
             "malformed_header_lines": len(self.static.malformed),
             "notes": list(self.layout.notes),
+            "damage": self.damage,
+            "problems": self.problems,
         }

@@ -57,6 +57,23 @@ class TiffFormatError(ValueError):
     """The bytes are not a TIFF, or use a layout this walker does not read (compression, tiles)."""
 
 
+class TiffHeaderError(TiffFormatError):
+    """The first bytes are not a TIFF header this walker reads: not a TIFF file at all."""
+
+
+class TiffChainError(TiffFormatError):
+    """The IFD chain loops back: the file is corrupt from that link on."""
+
+
+def _text(data: bytes) -> tuple[str, bool]:
+    """A TIFF text value up to its first NUL, and whether it was not UTF-8 (the bad bytes become U+FFFD)."""
+    raw = data.split(b"\x00", 1)[0]
+    try:
+        return raw.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "replace"), True
+
+
 class PageStatus(Enum):
     """Why a page is not (yet) usable; COMPLETE pages come back as PageIndex instead."""
 
@@ -95,7 +112,7 @@ class TiffHeader:
 def parse_tiff_header(data: bytes) -> TiffHeader | None:
     """The header from the first bytes of a file; None if fewer than 16 bytes are there yet."""
     if len(data) >= 2 and data[:2] not in (b"II", b"MM"):
-        raise TiffFormatError("not a TIFF file (the first two bytes are not II or MM)")
+        raise TiffHeaderError("not a TIFF file (the first two bytes are not II or MM)")
     if len(data) < 16:
         return None
     byteorder = "<" if data[:2] == b"II" else ">"
@@ -105,9 +122,9 @@ def parse_tiff_header(data: bytes) -> TiffHeader | None:
     if version == 43:
         offset_size, zero = struct.unpack(byteorder + "HH", data[4:8])
         if offset_size != 8 or zero != 0:
-            raise TiffFormatError("unsupported BigTIFF variant (offset size is not 8)")
+            raise TiffHeaderError(f"not a TIFF file (BigTIFF with offset size {offset_size}, not 8)")
         return TiffHeader(byteorder, True)
-    raise TiffFormatError(f"not a TIFF file (version field is {version}, expected 42 or 43)")
+    raise TiffHeaderError(f"not a TIFF file (version field is {version}, expected 42 or 43)")
 
 
 @dataclass(frozen=True)
@@ -118,6 +135,7 @@ class ScanImageBlock:
     si_text: str
     roi_text: str
     end: int  # first byte after the block
+    undecodable: bool = False  # some of its text was not UTF-8 (those bytes read as U+FFFD)
 
 
 def parse_scanimage_block(data: bytes) -> ScanImageBlock | None | bool:
@@ -136,9 +154,9 @@ def parse_scanimage_block(data: bytes) -> ScanImageBlock | None | bool:
     end = 32 + text_size + roi_size
     if len(data) < end:
         return False
-    si_text = data[32 : 32 + text_size].split(b"\x00", 1)[0].decode("utf-8", "replace")
-    roi_text = data[32 + text_size : end].split(b"\x00", 1)[0].decode("utf-8", "replace")
-    return ScanImageBlock(version, si_text, roi_text, end)
+    si_text, si_bad = _text(data[32 : 32 + text_size])
+    roi_text, roi_bad = _text(data[32 + text_size : end])
+    return ScanImageBlock(version, si_text, roi_text, end, si_bad or roi_bad)
 
 
 def read_scanimage_block(fh: BinaryIO) -> ScanImageBlock | None:
@@ -172,6 +190,7 @@ class PageIndex:
     software: str | None
     artist: str | None
     end: int
+    undecodable: tuple[int, ...] = ()  # text tags that were not UTF-8 (those bytes read as U+FFFD)
 
     @property
     def dtype(self) -> np.dtype:
@@ -242,6 +261,7 @@ def read_ifd(
     texts: dict[int, str] = {}
     end = next_pointer_pos + header.offset_size
     suspect = False
+    undecodable: list[int] = []
     for tag, type_code, count, value in struct.iter_unpack(entry_format, raw):
         if type_code not in _TYPES:
             return PageStatus.INCOMPLETE  # zeros or garbage where entries should be
@@ -261,7 +281,9 @@ def read_ifd(
                 return PageStatus.INCOMPLETE  # the text is linked but still zeros
             if count >= 2 and data[count - 2] == 0 and not allow_trailing_nul:
                 suspect = True  # ends in zeros: maybe padded with NULs, maybe still being written
-            texts[tag] = data.split(b"\x00", 1)[0].decode("utf-8", "replace")
+            texts[tag], bad = _text(data)
+            if bad:
+                undecodable.append(tag)
         elif tag in _NUMERIC_TAGS and type_code not in (2, 7):
             numbers[tag] = struct.unpack(bo + code * count, data)
     if TAG_TILE_WIDTH in numbers:
@@ -303,6 +325,7 @@ def read_ifd(
         software=texts.get(TAG_SOFTWARE),
         artist=texts.get(TAG_ARTIST),
         end=end,
+        undecodable=tuple(undecodable),
     )
 
 
@@ -394,9 +417,9 @@ class TiffIndexer:
             (offset,) = struct.unpack(header.offset_format, raw)
             if offset == 0:
                 break
-            if offset in self._seen_offsets:
-                raise TiffFormatError(f"{self.path.name}: IFD chain loops back to offset {offset}")
             index = len(self.pages)
+            if offset in self._seen_offsets:
+                raise TiffChainError(f"corrupt: the link to page {index} loops back to byte {offset}")
             text_tags = (TAG_DESCRIPTION, TAG_SOFTWARE, TAG_ARTIST) if index == 0 else (TAG_DESCRIPTION,)
             page = read_ifd(self._fh, header, offset, size, index, text_tags=text_tags)
             if page is PageStatus.SUSPECT and self._stable():
@@ -430,6 +453,49 @@ class TiffIndexer:
 
     def read_pixels(self, page: PageIndex) -> np.ndarray:
         return page.read_pixels(self._fh)
+
+    def stop_reason(self) -> str | None:
+        """For a file that is finished: why `update()` stopped before the end of the IFD chain (the file is
+        cut short or corrupt from there on), or None when the chain ends cleanly after the last page."""
+        size = self.size
+        if self.header is None:
+            return "empty file" if size == 0 else f"only {size} byte(s), too short for a TIFF header"
+        if self.header.bigtiff and not self._block_checked:
+            return f"cut short: the ScanImage header at byte 16 runs past the end of the file ({size} bytes)"
+        pointer, index = self._next_pointer_pos, len(self.pages)
+        assert pointer is not None
+        if pointer + self.header.offset_size > size:
+            return f"cut short: the file ends at byte {size}, inside the link to page {index}"
+        raw = _read_exact(self._fh, pointer, self.header.offset_size)
+        (offset,) = struct.unpack(self.header.offset_format, raw)
+        if offset == 0:
+            return None
+        if offset >= size:
+            return f"cut short: page {index} would start at byte {offset}, past the end ({size} bytes)"
+        return f"page {index} (at byte {offset}) is cut short or corrupt"
+
+
+@dataclass(frozen=True)
+class FinishedIndex:
+    """The complete pages of a finished file, its header (None: too short for one) and ScanImage block;
+    `damage` says why the pages end before the IFD chain does (None: the file is whole)."""
+
+    pages: list[PageIndex]
+    header: TiffHeader | None
+    block: ScanImageBlock | None
+    damage: str | None
+
+
+def index_finished_file(path: str | Path) -> FinishedIndex:
+    """Every page of a finished file that is wholly on disk and well formed, in order, and where that stops:
+    the pages a reader can trust in a file that was cut short or has damaged IFDs. Raises TiffFormatError
+    for bytes that are not a TIFF or pages in a layout this walker does not read (compressed, tiled)."""
+    with TiffIndexer(path, settle_s=0.0) as indexer:
+        try:
+            indexer.update()
+        except TiffChainError as exc:
+            return FinishedIndex(list(indexer.pages), indexer.header, indexer.block, str(exc))
+        return FinishedIndex(list(indexer.pages), indexer.header, indexer.block, indexer.stop_reason())
 
 
 def read_first_page(path: str | Path) -> PageIndex:
