@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hardware.scanimage.reader import ScanImageFile
 from hardware.scanimage.writer import ScanImageWriter
 from hardware.sim.microscope import MicroscopeConfig, SimMicroscope
 from online.pipeline import OnlinePipeline, PipelineConfig
@@ -126,3 +127,46 @@ def test_the_replay_command_on_a_suite2p_folder(recording: tuple[Path, SimMicros
     bad = subprocess.run([sys.executable, "-m", "online", "replay", str(tmp_path / "nothing-here")], cwd=REPO,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "no such file or folder" in bad.stderr
+
+
+def test_files_that_cannot_be_memory_mapped_are_replayed_block_by_block_frame_for_frame(
+        recording: tuple[Path, SimMicroscope, list], tmp_path: Path) -> None:
+    """Unpadded descriptions of unequal length (aux-trigger edges on some frames) space the pages unequally,
+    so no memory map fits and replay reads blocks through the library: every frame of every block, in
+    order, must give the values the mapped replay of the same pixels gives."""
+    folder, sim, frames = recording
+    rois = tmp_path / "rois.npz"
+    RoiSet.from_masks((SIZE, SIZE), sim.masks).save(rois)
+    unmapped = tmp_path / "unmapped"
+    for trial in range(1, N_TRIALS + 1):
+        own = [f for f in frames if f.trial == trial]
+        with ScanImageWriter.for_loop_trial(unmapped, "sim", trial, height=SIZE, width=SIZE,
+                                            frame_rate_hz=RATE, template="compact",
+                                            first_frame_number=own[0].frame_number + 1,
+                                            acq_trigger_timestamp_s=0.0, description_bytes=0) as writer:
+            for i, f in enumerate(own):
+                edges = [f.timestamp_s + 0.001] * (i % 3)
+                writer.write_frame(f.pixels, f.timestamp_s, aux_triggers=(edges, [], [], []))
+    for mapped_file, block_file in zip(scanimage_files(folder / "imaging"), scanimage_files(unmapped),
+                                       strict=True):
+        with ScanImageFile(mapped_file) as a, ScanImageFile(block_file) as b:
+            assert a.frames_view() is not None and b.frames_view() is None
+    chunk = 7  # 30 frames per file: four whole blocks and a short one
+    mapped = replay(folder / "imaging", out=tmp_path / "mapped", rois=rois, config=CONFIG, chunk_frames=chunk)
+    blocks = replay(unmapped, out=tmp_path / "blocks", rois=rois, config=CONFIG, chunk_frames=chunk)
+    assert blocks.frames == mapped.frames == len(frames) and not blocks.stops
+    a, b = read_traces(tmp_path / "mapped"), read_traces(tmp_path / "blocks")
+    assert len(b) == len(a) == len(frames)
+    assert b.index["frame_index"].tolist() == [f.frame_index for f in frames]
+    assert b.index["trial"].tolist() == [f.trial for f in frames]
+    np.testing.assert_array_equal(b.index["timestamp_s"], a.index["timestamp_s"])
+    np.testing.assert_array_equal(b.index["shift_dy"], a.index["shift_dy"])
+    np.testing.assert_array_equal(b.dff, a.dff)
+    # and the values are those of the frames themselves, through the live pipeline
+    live = OnlinePipeline(CONFIG, rois=RoiSet.from_masks((SIZE, SIZE), sim.masks))
+    traces = []
+    for seq, f in enumerate(frames):
+        header = FrameHeader(seq, f.frame_index, f.timestamp_s, 0.0, f.trial, 0, 0, SIZE, SIZE, "<i2",
+                             time.time_ns())
+        traces += live.process_frame(header, f.pixels).traces
+    np.testing.assert_allclose(b.dff, np.array([t.dff for t in traces]), rtol=0, atol=1e-6)
