@@ -72,9 +72,9 @@ from online.store import read_jsonl  # noqa: E402
 from online.transport import LosslessSender, LossyPublisher  # noqa: E402
 from online.wire import TOPIC_STATE, TOPIC_TRIAL, FrameHeader  # noqa: E402
 from protocols.contexts import contexts_from_settings  # noqa: E402
-from protocols.directional_licking import DecoderGate, TaskParameters, TaskTiming, TaskWiring, build_trial  # noqa: E402
+from protocols.directional_licking import DecoderGate, TaskParameters, build_trial  # noqa: E402
 from protocols.selection import TrialSpec  # noqa: E402
-from protocols.training import stages_from_settings  # noqa: E402
+from protocols.settings import TimingSettings  # noqa: E402
 from rig.online_process import OnlineProcess  # noqa: E402
 from rig.ports import free_network  # noqa: E402
 from rig.settings import Settings, dump_settings, parse_settings  # noqa: E402
@@ -288,13 +288,13 @@ def replay_speed(folder: Path, files: int, frames_per_file: int) -> dict[str, An
 
 
 def trial_machine(settings: Settings, side: str, gated: bool, sample_s: float, delay_s: float) -> Any:
-    stage = dataclasses.replace({s.name: s for s in stages_from_settings(settings.task.stages)}["full"],
-                                delay_s=delay_s)
-    timing = TaskTiming(trig_trial_start=0.01, sample=sample_s, early_lick_sample=0.05, early_lick_delay=0.05,
-                        response_cue=0.05, answer_period=0.1, reward_consumption=0.05, no_response=0.01,
-                        stop_licking=0.05, trial_end=0.01)
+    stage = {s.name: s for s in settings.task.stages}["full"].model_copy(update={"delay_s": delay_s})
+    timing = TimingSettings(
+        trig_trial_start=0.01, sample=sample_s, early_lick_sample=0.05, early_lick_delay=0.05,
+        response_cue=0.05, answer_period=0.1, reward_consumption=0.05, no_response=0.01,
+        stop_licking=0.05, trial_end=0.01)
     gate = DecoderGate("APP_SoftCode1", 0.3, 2.0) if gated else None
-    params = TaskParameters(timing, TaskWiring.from_settings(settings.wiring), 0.03, 0.03, gate)
+    params = TaskParameters(timing, settings.wiring, 0.03, 0.03, gate)
     context = contexts_from_settings(settings.contexts)["tactile"]
     spec = TrialSpec(trial_number=1, side=side, context=context, stage=stage, mode="antibias",  # type: ignore
                      free_drop=False)

@@ -13,7 +13,10 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
+
+if TYPE_CHECKING:
+    from protocols.settings import ContextSettings
 
 Side = Literal["left", "right"]
 Modality = Literal["tactile", "auditory"]
@@ -34,7 +37,7 @@ CUE_OUTPUT_ROLE: dict[Cue, str] = {
     "tone_high": "sample_tone_high",
     "tone_low": "sample_tone_low",
 }
-"""The wiring role (see `rig.settings.WiringSettings`) that is switched on to present each cue."""
+"""The wiring role (see `protocols.settings.WiringSettings`) that is switched on to present each cue."""
 
 
 class UnknownContextError(ValueError):
@@ -86,15 +89,15 @@ class Context:
         return CUE_OUTPUT_ROLE[self.cue_for(side)]
 
     @classmethod
-    def from_settings(cls, name: str, contexts: Mapping[str, Any]) -> Context:
-        """The context `name` from the rig's `settings.contexts` (objects with modality, contingency)."""
+    def from_settings(cls, name: str, contexts: Mapping[str, ContextSettings]) -> Context:
+        """The context `name` of `settings.contexts`."""
         if name not in contexts:
             raise UnknownContextError(unknown_context_message(name, contexts))
         entry = contexts[name]
         return cls(name=name, modality=entry.modality, contingency=entry.contingency)
 
 
-def contexts_from_settings(contexts: Mapping[str, Any]) -> dict[str, Context]:
+def contexts_from_settings(contexts: Mapping[str, ContextSettings]) -> dict[str, Context]:
     """Every context of `settings.contexts`, by name."""
     return {name: Context.from_settings(name, contexts) for name in contexts}
 

@@ -8,18 +8,17 @@ EarlyLickDelay, which restart that epoch; a lick in StopLicking goes through Sto
 a fresh StopLicking, so the trial ends only after the mouse has stopped licking. Every state is in
 every trial's machine (unused ones are simply not reached), so trial records line up.
 
-Durations come from the settings (`TaskTiming`) and the training stage (delay, timeout, sample
-enforcement); valve times are passed in already calibrated; outputs are named by role (`TaskWiring`).
+Durations come from the settings (`TimingSettings`) and the training stage (delay, timeout, sample
+enforcement); valve times are passed in already calibrated; outputs are named by role (`WiringSettings`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from protocols.contexts import Side, other_side
-from protocols.outcome import input_event
 from protocols.selection import TrialSpec
+from protocols.settings import TimingSettings, WiringSettings
 from protocols.state_machine import EXIT, StateMachine
 
 STATES: tuple[str, ...] = (
@@ -30,54 +29,6 @@ STATES: tuple[str, ...] = (
 """The spec's states, in the order they are added (the first one runs first)."""
 BOTH_REWARDED_STATE = "RewardOtherSide"  # both_rewarded mode: a lick on the other side is rewarded too
 DECODER_WAIT_STATE = "DelayDecoderWait"  # decoder-gated delay: the delay after its minimum
-
-
-@dataclass(frozen=True)
-class TaskTiming:
-    """State durations in seconds (`settings.task.timing`); the stage sets delay and timeout."""
-
-    trig_trial_start: float  # imaging-trigger pulse
-    sample: float  # cue presented
-    early_lick_sample: float  # pause before the sample restarts after an early lick
-    early_lick_delay: float  # pause before the delay restarts after an early lick
-    response_cue: float  # go-cue tone
-    answer_period: float  # window for the first lick
-    reward_consumption: float  # time to drink
-    no_response: float
-    stop_licking: float  # no lick for this long ends the trial
-    trial_end: float
-
-    @classmethod
-    def from_settings(cls, timing: Any) -> TaskTiming:
-        return cls(**{name: getattr(timing, name) for name in cls.__dataclass_fields__})
-
-
-@dataclass(frozen=True)
-class TaskWiring:
-    """Bpod line per role (`settings.wiring`): the task names roles, the rig decides the pins."""
-
-    left_lick: str
-    right_lick: str
-    left_valve: str
-    right_valve: str
-    pole: str
-    sample_tone_high: str
-    sample_tone_low: str
-    go_cue: str
-    imaging_trigger: str
-
-    @classmethod
-    def from_settings(cls, wiring: Any) -> TaskWiring:
-        return cls(**{role: getattr(wiring, role) for role in cls.__dataclass_fields__})
-
-    def on(self, role: str) -> dict[str, int]:
-        """The output action that turns a role on: level 1, or full duty cycle on a PWM line."""
-        line: str = getattr(self, role)
-        return {line: 255 if line.startswith("PWM") else 1}
-
-    def lick(self, side: Side) -> str:
-        """The event of a lick on `side` (`Port1In` for a port, `BNC1High` for a BNC input)."""
-        return input_event(self.left_lick if side == "left" else self.right_lick)
 
 
 @dataclass(frozen=True)
@@ -98,18 +49,11 @@ class DecoderGate:
 class TaskParameters:
     """What stays the same from trial to trial: timing, wiring, calibrated valve times, closed loop."""
 
-    timing: TaskTiming
-    wiring: TaskWiring
+    timing: TimingSettings
+    wiring: WiringSettings
     left_valve_s: float  # valve open time that gives one reward on the left (s)
     right_valve_s: float
     decoder_gated_delay: DecoderGate | None = None
-
-    @classmethod
-    def from_settings(cls, settings: Any, decoder_gated_delay: DecoderGate | None = None) -> TaskParameters:
-        """From the rig's `Settings` (read by attribute; protocols do not import rig)."""
-        return cls(TaskTiming.from_settings(settings.task.timing), TaskWiring.from_settings(settings.wiring),
-                   settings.reward_valve_time_s("left"), settings.reward_valve_time_s("right"),
-                   decoder_gated_delay)
 
     def valve_s(self, side: Side) -> float:
         return self.left_valve_s if side == "left" else self.right_valve_s

@@ -18,9 +18,13 @@ import math
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from protocols.contexts import Side, check_side, other_side
+from protocols.state_machine import input_event
+
+if TYPE_CHECKING:
+    from protocols.settings import WiringSettings
 
 Outcome = Literal["hit", "error", "no_response", "aborted"]
 OUTCOMES: tuple[str, ...] = get_args(Outcome)
@@ -35,11 +39,6 @@ FREE_DROP_STATES: tuple[str, ...] = ("GiveLeftDrop", "GiveRightDrop")
 GO_CUE_STATE, ANSWER_STATE = "ResponseCue", "AnswerPeriod"
 
 
-def input_event(line: str) -> str:
-    """The event an input line raises when it goes high: Port1 -> Port1In, BNC1 -> BNC1High."""
-    return f"{line}In" if line.startswith("Port") else f"{line}High"
-
-
 @dataclass(frozen=True)
 class LickPorts:
     """The two lick-detector input lines (from `settings.wiring`), so scoring knows which lick is which."""
@@ -48,7 +47,7 @@ class LickPorts:
     right: str
 
     @classmethod
-    def from_settings(cls, wiring: Any) -> LickPorts:
+    def from_settings(cls, wiring: WiringSettings) -> LickPorts:
         return cls(left=wiring.left_lick, right=wiring.right_lick)
 
     @property

@@ -27,51 +27,19 @@ from typing import Any, Protocol
 
 from protocols.contexts import SIDES, Context, Cue, Side, check_side, other_side
 from protocols.outcome import ScoredTrial
-from protocols.training import SELECTION_MODES, SelectionMode, StageSpec
-
-MIN_CORRECT_WINDOW_FLOOR = 5
-"""The firmware looks at no fewer than 5 trials of a side for its min_correct rule (spec)."""
+from protocols.settings import (
+    SELECTION_MODES,
+    AutoRewardSettings,
+    SelectionMode,
+    SelectionSettings,
+    TrainingStage,
+)
 
 
 class RandomSource(Protocol):
     """`random.Random` and `numpy.random.Generator` both qualify."""
 
     def random(self) -> float: ...
-
-
-@dataclass(frozen=True)
-class SelectionRules:
-    """The numbers of `settings.task.selection` (the mode comes from the training stage)."""
-
-    history: int
-    max_same: int
-    min_correct: int
-    max_incorrect: int
-    autolearn_streak: int
-    fixed_side: Side
-
-    @classmethod
-    def from_settings(cls, selection: Any) -> SelectionRules:
-        return cls(selection.history, selection.max_same, selection.min_correct, selection.max_incorrect,
-                   selection.autolearn_streak, selection.fixed_side)
-
-    @property
-    def min_correct_window(self) -> int:
-        """How many of a side's most recent trials the min_correct rule looks at."""
-        return max(self.max_incorrect + self.min_correct, MIN_CORRECT_WINDOW_FLOOR)
-
-
-@dataclass(frozen=True)
-class AutoRewardRules:
-    """The numbers of `settings.task.auto_reward`."""
-
-    enabled: bool
-    after_errors: int
-    min_trials_since_last: int
-
-    @classmethod
-    def from_settings(cls, auto_reward: Any) -> AutoRewardRules:
-        return cls(auto_reward.enabled, auto_reward.after_errors, auto_reward.min_trials_since_last)
 
 
 @dataclass(frozen=True)
@@ -82,7 +50,7 @@ class TrialSpec:
     side: Side
     """The correct side (the trial type)."""
     context: Context
-    stage: StageSpec
+    stage: TrainingStage
     mode: SelectionMode
     free_drop: bool = False
 
@@ -112,8 +80,8 @@ class TrialSpec:
         }
 
 
-def select_trial(history: Sequence[ScoredTrial], *, trial_number: int, context: Context, stage: StageSpec,
-                 rules: SelectionRules, auto_reward: AutoRewardRules, rng: RandomSource,
+def select_trial(history: Sequence[ScoredTrial], *, trial_number: int, context: Context, stage: TrainingStage,
+                 rules: SelectionSettings, auto_reward: AutoRewardSettings, rng: RandomSource,
                  mode: SelectionMode | None = None) -> TrialSpec:
     """The next trial: side by the stage's selection mode (or `mode`), and a free drop if one is due."""
     mode = mode or stage.selection
@@ -123,7 +91,7 @@ def select_trial(history: Sequence[ScoredTrial], *, trial_number: int, context: 
                      free_drop=free_drop)
 
 
-def choose_side(history: Sequence[ScoredTrial], mode: SelectionMode, rules: SelectionRules,
+def choose_side(history: Sequence[ScoredTrial], mode: SelectionMode, rules: SelectionSettings,
                 rng: RandomSource) -> Side:
     """The correct side of the next trial."""
     if mode == "antibias":
@@ -162,7 +130,7 @@ def same_side_run(history: Sequence[ScoredTrial]) -> int:
     return run
 
 
-def sides_short_of_hits(history: Sequence[ScoredTrial], rules: SelectionRules) -> list[Side]:
+def sides_short_of_hits(history: Sequence[ScoredTrial], rules: SelectionSettings) -> list[Side]:
     """Sides with fewer than `min_correct` hits among their last `min_correct_window` trials."""
     short: list[Side] = []
     for side in SIDES:
@@ -178,7 +146,7 @@ def sides_short_of_hits(history: Sequence[ScoredTrial], rules: SelectionRules) -
     return short
 
 
-def free_drop_due(history: Sequence[ScoredTrial], side: Side, rules: AutoRewardRules) -> bool:
+def free_drop_due(history: Sequence[ScoredTrial], side: Side, rules: AutoRewardSettings) -> bool:
     """A free drop on a `side` trial: that side's last `after_errors` trials all unrewarded, and more
     than `min_trials_since_last` trials since the last free drop."""
     if not rules.enabled:
@@ -198,7 +166,7 @@ def free_drop_due(history: Sequence[ScoredTrial], side: Side, rules: AutoRewardR
     return False
 
 
-def _antibias_side(history: Sequence[ScoredTrial], rules: SelectionRules, rng: RandomSource) -> Side:
+def _antibias_side(history: Sequence[ScoredTrial], rules: SelectionSettings, rng: RandomSource) -> Side:
     if history and same_side_run(history) >= rules.max_same:
         side = other_side(history[-1].side)
     else:
@@ -211,7 +179,7 @@ def _antibias_side(history: Sequence[ScoredTrial], rules: SelectionRules, rng: R
     return side
 
 
-def _autolearn_side(history: Sequence[ScoredTrial], rules: SelectionRules, rng: RandomSource) -> Side:
+def _autolearn_side(history: Sequence[ScoredTrial], rules: SelectionSettings, rng: RandomSource) -> Side:
     if not history:
         return _draw(0.5, rng)
     last = history[-1].side

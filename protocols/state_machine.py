@@ -32,6 +32,11 @@ _TIMER_CHANNEL = re.compile(r"GlobalTimer(\d+)")
 ActionValue = int | list[int]
 
 
+def input_event(line: str) -> str:
+    """The event an input line raises when it goes high: Port1 -> Port1In, BNC1 -> BNC1High."""
+    return f"{line}In" if line.startswith("Port") else f"{line}High"
+
+
 class StateMachineError(ValueError):
     """The state machine is malformed whatever device runs it."""
 

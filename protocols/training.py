@@ -7,7 +7,8 @@ marks the task as learned; from then on the context switches, uncued, each time 
 more than `context_switch.min_trials` trials in the context since it was learned or entered, Perf100 is
 above threshold and more than `min_answered_last_100` of the last 100 trials were answered (the lab
 firmware's criterion). The experimenter can switch at any time; the request applies at the next trial
-boundary, i.e. to the first trial whose parameters are asked for after it.
+boundary, i.e. to the first trial whose parameters are asked for after it. The stages and the switch
+criterion are the settings models themselves (`protocols.settings`).
 
 Everything here is pure: `Training` updates a `SubjectTrainingState`, which the rig stores in
 subject.json so that the next session continues where this one stopped.
@@ -17,92 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 from protocols.contexts import UnknownContextError, unknown_context_message
-from protocols.outcome import OUTCOMES, PERF_WINDOW, Outcome, ScoredTrial, count_answered, fraction_correct
-
-SelectionMode = Literal["antibias", "autolearn", "random", "fixed", "both_rewarded"]
-SELECTION_MODES: tuple[str, ...] = get_args(SelectionMode)
+from protocols.outcome import OUTCOMES, PERF_WINDOW, Outcome, ScoredTrial, fraction_correct
+from protocols.settings import ContextSwitchSettings, TrainingStage
 
 
 class TrainingStateError(ValueError):
     """A stored training state that cannot be continued with these settings."""
-
-
-@dataclass(frozen=True)
-class AdvanceCriterion:
-    """Leave a stage after more than `min_trials` trials in it with performance > `perf_threshold`."""
-
-    min_trials: int
-    perf_threshold: float
-    """Fraction correct among answered trials (0-1)."""
-    window: int
-    """Number of most recent trials in the stage the performance is computed over."""
-
-    @classmethod
-    def from_settings(cls, advance: Any) -> AdvanceCriterion:
-        return cls(advance.min_trials, advance.perf_threshold, advance.window)
-
-    def met(self, trials_in_stage: int, performance: float | None) -> bool:
-        above = performance is not None and performance > self.perf_threshold
-        return trials_in_stage > self.min_trials and above
-
-
-@dataclass(frozen=True)
-class StageSpec:
-    """One training stage: the delay and timeout it runs with, how sides are chosen, when it is passed."""
-
-    name: str
-    delay_s: float
-    timeout_s: float
-    selection: SelectionMode
-    sample_enforcement: bool
-    advance: AdvanceCriterion
-
-    def __post_init__(self) -> None:
-        if self.selection not in SELECTION_MODES:
-            raise ValueError(f"stage {self.name!r}: selection must be one of {', '.join(SELECTION_MODES)}, "
-                             f"got {self.selection!r}")
-
-    @classmethod
-    def from_settings(cls, stage: Any) -> StageSpec:
-        """From one `settings.task.stages` entry (read by attribute, so protocols need not import rig)."""
-        return cls(name=stage.name, delay_s=stage.delay_s, timeout_s=stage.timeout_s,
-                   selection=stage.selection, sample_enforcement=stage.sample_enforcement,
-                   advance=AdvanceCriterion.from_settings(stage.advance))
-
-
-def stages_from_settings(stages: Sequence[Any]) -> tuple[StageSpec, ...]:
-    return tuple(StageSpec.from_settings(stage) for stage in stages)
-
-
-@dataclass(frozen=True)
-class ContextSwitchRules:
-    """When the context switches by itself, and to which context (`sequence` wraps around)."""
-
-    enabled: bool
-    min_trials: int
-    perf_threshold: float
-    min_answered_last_100: int
-    sequence: tuple[str, ...]
-
-    @classmethod
-    def from_settings(cls, switch: Any) -> ContextSwitchRules:
-        return cls(switch.enabled, switch.min_trials, switch.perf_threshold, switch.min_answered_last_100,
-                   tuple(switch.sequence))
-
-    def next_context(self, current: str) -> str:
-        """The context after `current` in the sequence; from outside the sequence, its first context."""
-        if current in self.sequence:
-            return self.sequence[(self.sequence.index(current) + 1) % len(self.sequence)]
-        return next((name for name in self.sequence if name != current), current)
-
-    def met(self, trials_in_context: int, context_outcomes: Sequence[str]) -> bool:
-        recent = list(context_outcomes)[-PERF_WINDOW:]
-        perf = fraction_correct(recent)
-        return (self.enabled and trials_in_context > self.min_trials and perf is not None
-                and perf > self.perf_threshold and count_answered(recent) > self.min_answered_last_100)
 
 
 @dataclass
@@ -182,7 +106,7 @@ class TrainingEvent:
 class StageProgress:
     """The current stage of a state, its performance, and the step to the next stage at criterion."""
 
-    def __init__(self, stages: Sequence[StageSpec], state: SubjectTrainingState) -> None:
+    def __init__(self, stages: Sequence[TrainingStage], state: SubjectTrainingState) -> None:
         if not stages:
             raise ValueError("training needs at least one stage")
         self.stages = tuple(stages)
@@ -197,7 +121,7 @@ class StageProgress:
         return [stage.name for stage in self.stages].index(self.state.stage)
 
     @property
-    def stage(self) -> StageSpec:
+    def stage(self) -> TrainingStage:
         return self.stages[self.index]
 
     @property
@@ -233,8 +157,8 @@ class StageProgress:
 class Training:
     """A subject's training: record each finished trial, ask for the next trial's stage and context."""
 
-    def __init__(self, stages: Sequence[StageSpec], switch: ContextSwitchRules, contexts: Collection[str],
-                 state: SubjectTrainingState) -> None:
+    def __init__(self, stages: Sequence[TrainingStage], switch: ContextSwitchSettings,
+                 contexts: Collection[str], state: SubjectTrainingState) -> None:
         self.contexts = tuple(contexts)
         self.switch = switch
         self.state = state
@@ -244,7 +168,7 @@ class Training:
                 raise TrainingStateError(f"the subject's {unknown_context_message(name, self.contexts)}")
 
     @classmethod
-    def start(cls, stages: Sequence[StageSpec], switch: ContextSwitchRules, contexts: Collection[str],
+    def start(cls, stages: Sequence[TrainingStage], switch: ContextSwitchSettings, contexts: Collection[str],
               context: str) -> Training:
         """A new subject: first stage, the given (default) context."""
         if not stages:
@@ -252,7 +176,7 @@ class Training:
         return cls(stages, switch, contexts, SubjectTrainingState(stage=stages[0].name, context=context))
 
     @property
-    def stage(self) -> StageSpec:
+    def stage(self) -> TrainingStage:
         return self.progress.stage
 
     @property
@@ -270,7 +194,7 @@ class Training:
             raise UnknownContextError(unknown_context_message(name, self.contexts))
         self.state.pending_context = name
 
-    def next_trial(self) -> tuple[StageSpec, str, list[TrainingEvent]]:
+    def next_trial(self) -> tuple[TrainingStage, str, list[TrainingEvent]]:
         """The stage and context of the trial about to be built; applies a pending switch request first."""
         events: list[TrainingEvent] = []
         pending = self.state.pending_context

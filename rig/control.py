@@ -32,6 +32,7 @@ from online.transport import (
 )
 from online.wire import json_depth, short_repr
 from rig.errors import UserError
+from rig.settings import NetworkSettings
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +199,7 @@ class ControlServer:
         self.close()
 
 
-def link_security(network: Any) -> LinkSecurity | None:
+def link_security(network: NetworkSettings) -> LinkSecurity | None:
     """This machine's CURVE identity for the `network` settings (None while all is loopback); a bad key
     folder is a UserError in one sentence."""
     try:

@@ -50,17 +50,26 @@ IMAGING_FOLDER = "imaging"
 SOURCE_NAME = "rig-imaging"
 
 
+def simulated_microscope_config(settings: Settings) -> MicroscopeConfig:
+    """The simulated microscope of settings.sim.microscope, at the frame format of settings.imaging (one
+    plane and one channel: the simulator renders no more)."""
+    imaging = settings.imaging
+    for name in ("channels", "planes"):
+        if getattr(imaging, name) != 1:
+            log.warning("simulated microscope renders one %s; imaging.%s=%d is ignored", name.rstrip("s"),
+                        name, getattr(imaging, name))
+    return MicroscopeConfig.from_settings(
+        settings.sim.microscope, seed=settings.sim.seed, height=imaging.frame_height,
+        width=imaging.frame_width, frame_rate_hz=imaging.frame_rate_hz, dtype=imaging.dtype)
+
+
 def build_simulated_scope(settings: Settings, speed: float, world: World,
                           clock: Callable[[], int] | None = None,
                           cpu_budget: float = DEFAULT_CPU_BUDGET) -> SimScope:
     """The simulated microscope for a `SimulatedRig`: settings.sim.microscope and settings.imaging, wired as
     settings.wiring, reduced by `plan_for_speed` so that it keeps up with a session at `speed`; `clock`
     reads the engine's cycle (see `SimScope.now_cycle`)."""
-    imaging = settings.imaging
-    if imaging.channels != 1:
-        log.warning("simulated microscope renders one channel; imaging.channels=%d is ignored",
-                    imaging.channels)
-    config = MicroscopeConfig.from_settings(settings.sim.microscope, imaging=imaging, seed=settings.sim.seed)
+    config = simulated_microscope_config(settings)
     wiring = settings.wiring
     scope = SimScope.for_speed(
         config, world, speed, cpu_budget, clock=clock, imaging_trigger=wiring.imaging_trigger,

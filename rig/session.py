@@ -37,9 +37,9 @@ from online.wire import TOPIC_STATE, TOPIC_TRIAL
 from protocols.contexts import Context, context_named, contexts_from_settings
 from protocols.directional_licking import DecoderGate, TaskParameters, build_trial
 from protocols.outcome import LickPorts, PerformanceTracker, ScoredTrial, score_trial
-from protocols.selection import AutoRewardRules, SelectionRules, TrialSpec, select_trial
+from protocols.selection import TrialSpec, select_trial
 from protocols.state_machine import StateMachine
-from protocols.training import ContextSwitchRules, SubjectTrainingState, Training, stages_from_settings
+from protocols.training import SubjectTrainingState, Training
 from rig import __version__
 from rig.children import ChildWatcher
 from rig.control import ControlRequestError, ControlServer, link_security
@@ -95,6 +95,12 @@ class SessionResult:
     end_reason: str
 
 
+def task_parameters(settings: Settings) -> TaskParameters:
+    """What stays the same from trial to trial, from the settings: timing, wiring, calibrated valve times."""
+    return TaskParameters(settings.task.timing, settings.wiring, settings.reward_valve_time_s("left"),
+                          settings.reward_valve_time_s("right"))
+
+
 class SessionRunner:
     """Runs one session. `run()` blocks until the session ends and returns where its data are."""
 
@@ -104,11 +110,9 @@ class SessionRunner:
         check_subject_id(options.subject)  # before anything touches a file: the id becomes a folder name
         self.data_root = Path(options.data_root or settings.data.root)
         self.contexts: dict[str, Context] = contexts_from_settings(settings.contexts)
-        self.params = TaskParameters.from_settings(settings)
+        self.params = task_parameters(settings)
         self.lick_ports = LickPorts.from_settings(settings.wiring)
-        self.selection = SelectionRules.from_settings(settings.task.selection)
-        self.auto_reward = AutoRewardRules.from_settings(settings.task.auto_reward)
-        self.stages = stages_from_settings(settings.task.stages)
+        self.stages = tuple(settings.task.stages)
         self.simulated = settings.bpod.port == EMULATOR_PORT
         self.speed = options.speed if options.speed is not None else settings.bpod.emulator_speed
         if options.speed is not None and not self.simulated:
@@ -146,7 +150,7 @@ class SessionRunner:
     def _load_subject(self) -> None:
         subject = self.options.subject
         recover_sessions(self.data_root / subject, self._subject_lock)
-        switch = ContextSwitchRules.from_settings(self.settings.task.context_switch)
+        switch = self.settings.task.context_switch
         stored = load_subject(self.data_root, subject)
         if stored is None:
             state = self._new_subject_state()
@@ -326,7 +330,8 @@ class SessionRunner:
             stage, context_name, events = self.training.next_trial()
         context = context_named(context_name, self.contexts)
         spec = select_trial(self.record.history, trial_number=number, context=context, stage=stage,
-                            rules=self.selection, auto_reward=self.auto_reward, rng=self._rng)
+                            rules=self.settings.task.selection, auto_reward=self.settings.task.auto_reward,
+                            rng=self._rng)
         gate = self._decoder_gate(stage.delay_s)
         params = dataclasses.replace(self.params, decoder_gated_delay=gate) if gate else self.params
         machine = build_trial(spec, params)

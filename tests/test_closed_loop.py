@@ -40,12 +40,10 @@ from protocols.directional_licking import (
     DECODER_WAIT_STATE,
     DecoderGate,
     TaskParameters,
-    TaskTiming,
-    TaskWiring,
     build_trial,
 )
 from protocols.selection import TrialSpec
-from protocols.training import stages_from_settings
+from protocols.settings import TimingSettings
 from rig.settings import Settings
 
 # -- the controller on hand-made numbers ------------------------------------------------------------------
@@ -264,11 +262,12 @@ def trained_pipeline(closed_loop: ClosedLoopController) -> OnlinePipeline:
 
 def gated_trial(side: str, event: str) -> Any:
     settings = Settings()
-    stage = {s.name: s for s in stages_from_settings(settings.task.stages)}["full"]
-    timing = TaskTiming(trig_trial_start=0.01, sample=SAMPLE_S, early_lick_sample=0.05, early_lick_delay=0.05,
-                        response_cue=0.1, answer_period=0.2, reward_consumption=0.1, no_response=0.01,
-                        stop_licking=0.1, trial_end=0.01)
-    params = TaskParameters(timing, TaskWiring.from_settings(settings.wiring), 0.03, 0.03,
+    stage = {s.name: s for s in settings.task.stages}["full"]
+    timing = TimingSettings(
+        trig_trial_start=0.01, sample=SAMPLE_S, early_lick_sample=0.05, early_lick_delay=0.05,
+        response_cue=0.1, answer_period=0.2, reward_consumption=0.1, no_response=0.01,
+        stop_licking=0.1, trial_end=0.01)
+    params = TaskParameters(timing, settings.wiring, 0.03, 0.03,
                             DecoderGate(event, *GATE))
     context = contexts_from_settings(settings.contexts)["tactile"]
     spec = TrialSpec(trial_number=1, side=side, context=context, stage=stage, mode="antibias",  # type: ignore

@@ -35,7 +35,7 @@ from hardware.sim.microscope import MicroscopeConfig, measure_frame_cost_s, plan
 from hardware.sim.world_coupling import CYCLE_S
 from online.transport import LosslessReceiver, LossySubscriber
 from online.wire import FrameHeader, Message
-from rig.imaging import NoImaging, open_imaging
+from rig.imaging import NoImaging, open_imaging, simulated_microscope_config
 from rig.ports import free_loopback_endpoint as free_endpoint
 from rig.ports import free_network_overrides
 from rig.session import RunOptions, SessionRunner
@@ -271,7 +271,7 @@ def test_session_publishes_frames_aligned_to_bpod_trials_and_records_the_reduced
     rate = plan["rate_hz"]
     # The plan for 50x from this host's frame costs (measured once per process, so the same ones the session
     # used): recorded, and said when it is a reduction (on most hosts 512x512 at 30 Hz is too much at 50x).
-    config = MicroscopeConfig.from_settings(settings.sim.microscope, settings.imaging, seed=settings.sim.seed)
+    config = simulated_microscope_config(settings)
     expected = plan_for_speed(50.0, DEFAULT_CPU_BUDGET, config, frame_cost_s=cached_frame_cost(config))
     full = {"height": 512, "width": 512, "rate_hz": 30.0}
     assert imaging["source"] == "simulated" and imaging["speed"] == 50.0 and imaging["configured"] == full

@@ -14,9 +14,9 @@ from protocols.outcome import (
     PerformanceTracker,
     ScoredTrial,
     fraction_correct,
-    input_event,
     score_trial,
 )
+from protocols.state_machine import input_event
 from rig.settings import Settings
 
 PORTS = LickPorts.from_settings(Settings().wiring)  # left Port1, right Port2

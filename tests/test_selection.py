@@ -11,9 +11,7 @@ import pytest
 from protocols.contexts import Side, contexts_from_settings
 from protocols.outcome import ScoredTrial
 from protocols.selection import (
-    AutoRewardRules,
     RandomSource,
-    SelectionRules,
     TrialSpec,
     antibias_p_left,
     choose_side,
@@ -22,16 +20,16 @@ from protocols.selection import (
     select_trial,
     sides_short_of_hits,
 )
-from protocols.training import SelectionMode, stages_from_settings
+from protocols.settings import AutoRewardSettings, SelectionMode, SelectionSettings
 from rig.settings import Settings
 
 SETTINGS = Settings()
-RULES = SelectionRules.from_settings(SETTINGS.task.selection)
-AUTO = AutoRewardRules.from_settings(SETTINGS.task.auto_reward)
-NO_MIN_CORRECT = SelectionRules(history=30, max_same=3, min_correct=0, max_incorrect=3, autolearn_streak=3,
+RULES = SETTINGS.task.selection
+AUTO = SETTINGS.task.auto_reward
+NO_MIN_CORRECT = SelectionSettings(history=30, max_same=3, min_correct=0, max_incorrect=3, autolearn_streak=3,
                                 fixed_side="left")
 CONTEXT = contexts_from_settings(SETTINGS.contexts)["tactile"]
-STAGES = {stage.name: stage for stage in stages_from_settings(SETTINGS.task.stages)}
+STAGES = {stage.name: stage for stage in SETTINGS.task.stages}
 
 
 def scored(side: Side, outcome: str = "hit", free_drop: bool = False) -> ScoredTrial:
@@ -51,7 +49,7 @@ def history(code: str) -> list[ScoredTrial]:
 Responder = Callable[[Side, np.random.Generator], str]
 
 
-def simulate(n: int, responder: Responder, mode: SelectionMode = "antibias", rules: SelectionRules = RULES,
+def simulate(n: int, responder: Responder, mode: SelectionMode = "antibias", rules: SelectionSettings = RULES,
              seed: int = 1) -> list[ScoredTrial]:
     """A session of `n` trials: the selector's rng and the mouse's rng are independent and seeded."""
     rng, mouse = np.random.default_rng(seed), np.random.default_rng(seed + 1000)
@@ -99,7 +97,7 @@ def test_antibias_is_even_without_both_hits_and_errors() -> None:
 
 @pytest.mark.parametrize("rules", [RULES, NO_MIN_CORRECT], ids=["settings", "min_correct=0"])
 @pytest.mark.parametrize(("p_right", "least_left"), [(0.75, 0.58), (0.9, 0.62)])
-def test_a_right_biased_mouse_gets_more_left_trials(rules: SelectionRules, p_right: float,
+def test_a_right_biased_mouse_gets_more_left_trials(rules: SelectionSettings, p_right: float,
                                                       least_left: float) -> None:
     trials = simulate(4000, biased(p_right), rules=rules)
     left = sum(t.side == "left" for t in trials) / len(trials)
@@ -142,7 +140,7 @@ def test_min_correct_keeps_presenting_a_side_until_it_has_a_hit() -> None:
 
 
 def test_min_correct_window_is_max_of_incorrect_plus_correct_and_five() -> None:
-    rules = SelectionRules(history=30, max_same=3, min_correct=2, max_incorrect=6, autolearn_streak=3,
+    rules = SelectionSettings(history=30, max_same=3, min_correct=2, max_incorrect=6, autolearn_streak=3,
                            fixed_side="left")
     assert rules.min_correct_window == 8
     # 2 left hits, but the older one is the 9th left trial back: only 1 within the window of 8
@@ -205,7 +203,7 @@ def test_free_drop_after_consecutive_errors_on_one_side() -> None:
     assert not free_drop_due(history("LE LE LH LE LE"), "left", AUTO)
     # no answer is not a hit either (lab firmware counts every unrewarded trial)
     assert free_drop_due(history("LE Ln LE"), "left", AUTO)
-    disabled = AutoRewardRules(enabled=False, after_errors=3, min_trials_since_last=3)
+    disabled = AutoRewardSettings(enabled=False, after_errors=3, min_trials_since_last=3)
     assert not free_drop_due(history("LE LE LE"), "left", disabled)
 
 
@@ -215,7 +213,7 @@ def test_free_drops_are_spaced() -> None:
     assert not free_drop_due(history("LE LE LEd"), "left", AUTO)
     assert not free_drop_due(history("LE LE LEd LE LE"), "left", AUTO)
     assert free_drop_due(history("LE LE LEd LE LE LE"), "left", AUTO)
-    unspaced = AutoRewardRules(enabled=True, after_errors=3, min_trials_since_last=0)
+    unspaced = AutoRewardSettings(enabled=True, after_errors=3, min_trials_since_last=0)
     assert free_drop_due(history("LE LE LEd"), "left", unspaced)
 
 

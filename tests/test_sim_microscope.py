@@ -9,6 +9,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
+from hardware.settings import MicroscopeSimSettings
 from hardware.sim.microscope import (
     MicroscopeConfig,
     SimFrame,
@@ -285,11 +286,8 @@ def test_measured_frame_rate_is_reported() -> None:
 
 
 def test_config_from_the_settings_model() -> None:
-    from rig.settings import ImagingSettings, MicroscopeSimSettings
-
-    cfg = MicroscopeConfig.from_settings(MicroscopeSimSettings(n_neurons=50, context_overlap=0.0),
-                                         ImagingSettings(frame_height=128, frame_width=256), seed=7,
-                                         mode="continuous")
+    cfg = MicroscopeConfig.from_settings(MicroscopeSimSettings(n_neurons=50, context_overlap=0.0), seed=7,
+                                         height=128, width=256, mode="continuous")
     got = (cfg.n_neurons, cfg.context_overlap, cfg.height, cfg.width, cfg.frame_rate_hz, cfg.seed, cfg.mode)
     assert got == (50, 0.0, 128, 256, 30.0, 7, "continuous")
     assert MicroscopeConfig.from_settings(MicroscopeSimSettings(), seed=None).seed >= 0

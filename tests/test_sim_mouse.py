@@ -27,16 +27,17 @@ from hardware.sim.mouse import (
 )
 from hardware.sim.pole_motor import SimulatedPoleMotor
 from protocols.contexts import SIDES, Context, Side, contexts_from_settings
-from protocols.directional_licking import TaskParameters, build_trial
+from protocols.directional_licking import build_trial
 from protocols.outcome import LickPorts, ScoredTrial, fraction_correct, score_trial
 from protocols.selection import TrialSpec
-from protocols.training import StageSpec, stages_from_settings
+from protocols.settings import TrainingStage
+from rig.session import task_parameters
 from rig.settings import load_settings
 
 SETTINGS = load_settings()
-TASK = TaskParameters.from_settings(SETTINGS)
+TASK = task_parameters(SETTINGS)
 CONTEXTS = contexts_from_settings(SETTINGS.contexts)
-STAGES = {stage.name: stage for stage in stages_from_settings(SETTINGS.task.stages)}
+STAGES = {stage.name: stage for stage in SETTINGS.task.stages}
 LICK_PORTS = LickPorts.from_settings(SETTINGS.wiring)
 LINES = MouseLines.from_wiring(SETTINGS.wiring)
 PARAMS = MouseParameters.from_settings(SETTINGS.sim.mouse)
@@ -171,7 +172,7 @@ class Session:
         return [t.outcome for t in self.scored]
 
 
-def run_session(sides: Sequence[Side], context: Context, stage: StageSpec, *, seed: int,
+def run_session(sides: Sequence[Side], context: Context, stage: TrainingStage, *, seed: int,
                 mapping: dict[str, float] | None = None, params: MouseParameters = PARAMS,
                 speed: float = FAST, free_drops: Callable[[int], bool] = lambda i: False) -> Session:
     """Trials of the given sides, one after the other, on a fresh emulator with a fresh mouse."""

@@ -32,7 +32,8 @@ from protocols.directional_licking import (
 )
 from protocols.outcome import LickPorts, ScoredTrial, score_trial
 from protocols.selection import TrialSpec
-from protocols.training import StageSpec, stages_from_settings
+from protocols.settings import TrainingStage
+from rig.session import task_parameters
 from rig.settings import load_settings
 
 SPEED = 50.0
@@ -40,10 +41,10 @@ LICK_CYCLES = 30  # 3 ms tongue contact
 TRIAL_TIMEOUT_S = 10.0  # host seconds; the longest trial here is ~12 s of device time = 0.25 s at SPEED
 
 SETTINGS = load_settings()
-PARAMS = TaskParameters.from_settings(SETTINGS)
+PARAMS = task_parameters(SETTINGS)
 CONTEXTS = contexts_from_settings(SETTINGS.contexts)
-FULL: StageSpec = next(stage for stage in stages_from_settings(SETTINGS.task.stages) if stage.name == "full")
-NO_SAMPLE_ENFORCEMENT = dataclasses.replace(FULL, sample_enforcement=False)
+FULL: TrainingStage = next(stage for stage in SETTINGS.task.stages if stage.name == "full")
+NO_SAMPLE_ENFORCEMENT = FULL.model_copy(update={"sample_enforcement": False})
 LICK_PORTS = LickPorts.from_settings(SETTINGS.wiring)
 W, T = PARAMS.wiring, PARAMS.timing
 LICK: dict[Side, str] = {"left": W.left_lick, "right": W.right_lick}
@@ -123,7 +124,7 @@ def rig() -> Iterator[Rig]:
         yield server, client
 
 
-def make_trial(side: Side, context: str = "tactile", stage: StageSpec = FULL, free_drop: bool = False,
+def make_trial(side: Side, context: str = "tactile", stage: TrainingStage = FULL, free_drop: bool = False,
                mode: str | None = None) -> TrialSpec:
     return TrialSpec(trial_number=1, side=side, context=CONTEXTS[context], stage=stage,
                      mode=mode or stage.selection, free_drop=free_drop)  # type: ignore[arg-type]
@@ -271,7 +272,7 @@ def test_sample_lick_does_nothing_without_sample_enforcement(rig: Rig) -> None:
 
 
 @pytest.mark.parametrize("stage", [FULL, NO_SAMPLE_ENFORCEMENT], ids=["full", "no-sample-enforcement"])
-def test_early_lick_in_the_delay_restarts_the_delay(rig: Rig, stage: StageSpec) -> None:
+def test_early_lick_in_the_delay_restarts_the_delay(rig: Rig, stage: TrainingStage) -> None:
     trial = make_trial("right", stage=stage)
     early = DELAY_ON + DELAY // 3
     restart = early + EARLY_DELAY

@@ -21,19 +21,18 @@ from protocols.directional_licking import (
     DECODER_WAIT_STATE,
     STATES,
     DecoderGate,
-    TaskParameters,
-    TaskWiring,
     build_trial,
 )
 from protocols.selection import TrialSpec
+from protocols.settings import TrainingStage
 from protocols.state_machine import EXIT, State, StateMachine
-from protocols.training import StageSpec, stages_from_settings
+from rig.session import task_parameters
 from rig.settings import Settings, parse_settings
 
 SETTINGS = Settings()
 CONTEXTS = contexts_from_settings(SETTINGS.contexts)
-STAGES = {stage.name: stage for stage in stages_from_settings(SETTINGS.task.stages)}
-PARAMS = TaskParameters.from_settings(SETTINGS)
+STAGES = {stage.name: stage for stage in SETTINGS.task.stages}
+PARAMS = task_parameters(SETTINGS)
 SPEC_STATES = (
     "TrigTrialStart", "SamplePeriod", "EarlyLickSample", "DelayPeriod", "EarlyLickDelay", "GiveLeftDrop",
     "GiveRightDrop", "ResponseCue", "AnswerPeriod", "Reward", "RewardConsumption", "TimeOut", "NoResponse",
@@ -158,8 +157,8 @@ def test_trigger_go_cue_and_valves_by_role() -> None:
 
 
 def test_rewiring_is_a_settings_change() -> None:
-    wiring = dataclasses.replace(PARAMS.wiring, left_lick="Port3", right_lick="BNC1", left_valve="Valve3",
-                                 go_cue="Wire1", imaging_trigger="BNC2", pole="Wire2")
+    wiring = PARAMS.wiring.model_copy(update=dict(left_lick="Port3", right_lick="BNC1", left_valve="Valve3",
+                                                  go_cue="Wire1", imaging_trigger="BNC2", pole="Wire2"))
     params = dataclasses.replace(PARAMS, wiring=wiring)
     s = states(build_trial(make_trial("left"), params))
     assert s["AnswerPeriod"].transitions == {"Port3In": "Reward", "BNC1High": "TimeOut", "Tup": "NoResponse"}
@@ -167,7 +166,7 @@ def test_rewiring_is_a_settings_change() -> None:
     assert s["ResponseCue"].actions == {"Wire1": 1}
     assert s["TrigTrialStart"].actions == {"BNC2": 1}
     assert s["SamplePeriod"].actions == {"Wire2": 1}
-    assert TaskWiring.from_settings(SETTINGS.wiring) == PARAMS.wiring
+    assert SETTINGS.wiring == PARAMS.wiring
 
 
 # -- durations -------------------------------------------------------------------------------------
@@ -183,7 +182,7 @@ def custom_settings(**task: Any) -> Settings:
 def test_durations_come_from_timing_and_the_stage() -> None:
     settings = custom_settings()
     t = settings.task.timing
-    params = TaskParameters.from_settings(settings)
+    params = task_parameters(settings)
     for stage in STAGES.values():
         s = states(build_trial(make_trial("right", stage=stage.name), params))
         assert s["DelayPeriod"].timer_s == stage.delay_s
@@ -206,7 +205,7 @@ def test_reward_and_free_drop_valve_times_are_the_calibrated_ones() -> None:
     curve_right = [{"valve_time_s": 0.01, "volume_ul": 1.0}, {"valve_time_s": 0.04, "volume_ul": 4.0}]
     settings = parse_settings({"task": {"reward_volume_ul": 2.5},
                                "bpod": {"valve_calibration": {"left": curve_left, "right": curve_right}}})
-    params = TaskParameters.from_settings(settings)
+    params = task_parameters(settings)
     assert params.left_valve_s == pytest.approx(settings.reward_valve_time_s("left")) == pytest.approx(0.05)
     assert params.right_valve_s == pytest.approx(0.025)
     for side, valve_s in (("left", 0.05), ("right", 0.025)):
@@ -263,7 +262,7 @@ def test_decoder_gated_delay_is_off_by_default() -> None:
 @pytest.mark.parametrize("free_drop", [False, True])
 def test_decoder_gated_delay_structure(free_drop: bool) -> None:
     gate = DecoderGate(event="APP_SoftCode1", min_s=0.8, max_s=2.0)
-    params = TaskParameters.from_settings(SETTINGS, decoder_gated_delay=gate)
+    params = dataclasses.replace(task_parameters(SETTINGS), decoder_gated_delay=gate)
     sm = build_trial(make_trial("right", free_drop=free_drop), params)
     s = states(sm)
     after = "GiveRightDrop" if free_drop else "ResponseCue"
@@ -285,7 +284,7 @@ def test_decoder_gate_refuses_an_empty_window() -> None:
 
 
 def test_trial_spec_refuses_bad_side_and_mode() -> None:
-    stage: StageSpec = STAGES["full"]
+    stage: TrainingStage = STAGES["full"]
     with pytest.raises(ValueError, match="side"):
         TrialSpec(1, "up", CONTEXTS["tactile"], stage, "antibias")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="mode must be one of"):

@@ -9,30 +9,27 @@ import pytest
 
 from protocols.contexts import UnknownContextError
 from protocols.outcome import ScoredTrial
+from protocols.settings import AdvanceCriterion, ContextSwitchSettings, TrainingStage
 from protocols.training import (
-    AdvanceCriterion,
-    ContextSwitchRules,
     StageProgress,
-    StageSpec,
     SubjectTrainingState,
     Training,
     TrainingEvent,
     TrainingStateError,
-    stages_from_settings,
 )
 from rig.settings import Settings
 
 SETTINGS = Settings()
-STAGES = stages_from_settings(SETTINGS.task.stages)
-SWITCH = ContextSwitchRules.from_settings(SETTINGS.task.context_switch)
+STAGES = tuple(SETTINGS.task.stages)
+SWITCH = SETTINGS.task.context_switch
 CONTEXTS = tuple(SETTINGS.contexts)
 
 
-def new_training(switch: ContextSwitchRules = SWITCH) -> Training:
+def new_training(switch: ContextSwitchSettings = SWITCH) -> Training:
     return Training.start(STAGES, switch, CONTEXTS, SETTINGS.task.default_context)
 
 
-def learned(context: str = "tactile", switch: ContextSwitchRules = SWITCH) -> Training:
+def learned(context: str = "tactile", switch: ContextSwitchSettings = SWITCH) -> Training:
     """A subject that has passed the last stage, at the start of its context."""
     state = SubjectTrainingState(stage=STAGES[-1].name, context=context, task_learned=True)
     return Training(STAGES, switch, CONTEXTS, state)
@@ -64,9 +61,12 @@ def test_stages_are_data_from_the_settings() -> None:
                                         "delay-1.0", "delay-1.3", "full"]
     assert [s.delay_s for s in STAGES] == [0.3, 0.3, 0.3, 0.5, 0.8, 1.0, 1.3, 1.3]
     assert [s.selection for s in STAGES][:2] == ["autolearn", "antibias"]
-    assert STAGES[-1] == StageSpec("full", 1.3, 4.0, "antibias", True, AdvanceCriterion(500, 0.70, 100))
-    with pytest.raises(ValueError, match="selection must be one of"):
-        StageSpec("x", 1.0, 1.0, "blocks", False, AdvanceCriterion(1, 0.5, 10))  # type: ignore[arg-type]
+    full_advance = AdvanceCriterion(min_trials=500, perf_threshold=0.70, window=100)
+    assert STAGES[-1] == TrainingStage(name="full", delay_s=1.3, timeout_s=4.0, selection="antibias",
+                                       sample_enforcement=True, advance=full_advance)
+    with pytest.raises(ValueError, match=r"selection\n  Input should be 'antibias', 'autolearn'"):
+        TrainingStage(name="x", delay_s=1.0, timeout_s=1.0, selection="blocks",  # type: ignore[arg-type]
+                      advance=AdvanceCriterion(min_trials=1, perf_threshold=0.5, window=10))
 
 
 def test_a_perfect_mouse_climbs_the_whole_ramp_to_the_full_task() -> None:
@@ -162,7 +162,8 @@ def test_no_automatic_switch_before_the_task_is_learned_or_when_disabled() -> No
     training = Training(STAGES, SWITCH, CONTEXTS, SubjectTrainingState(stage="delay-1.3", context="tactile"))
     run(training, 100)
     assert training.context == "tactile"
-    off = ContextSwitchRules(False, 300, 0.75, 70, ("tactile", "tactile-reversed"))
+    off = ContextSwitchSettings(enabled=False, min_trials=300, perf_threshold=0.75, min_answered_last_100=70,
+                                sequence=["tactile", "tactile-reversed"])
     training = learned(switch=off)
     run(training, 2000)
     assert training.context == "tactile"

@@ -31,6 +31,7 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
+from hardware.settings import MicroscopeSimSettings
 from hardware.sim.motion import BrainMotion, OrnsteinUhlenbeck
 from hardware.sim.neurons import Population, PopulationParams, TaskState, named_rng, side_sign, unit
 from hardware.sim.optics import FieldOfView, OpticsParams, RoiMask
@@ -80,24 +81,15 @@ class MicroscopeConfig:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed}")
 
     @classmethod
-    def from_settings(cls, microscope: Any, imaging: Any = None, seed: int | None = 0,
+    def from_settings(cls, microscope: MicroscopeSimSettings, seed: int | None = 0,
                       **overrides: Any) -> MicroscopeConfig:
-        """From the settings sections sim.microscope and imaging (duck-typed: hardware imports no rig code).
-
-        A None seed draws a fresh one, which is logged so the run can be reproduced."""
+        """From `settings.sim.microscope`; the frame format (height, width, frame_rate_hz, dtype) and the
+        rest come as `overrides`. A None seed draws a fresh one, which is logged so the run can be
+        reproduced."""
         if seed is None:
             seed = int(np.random.SeedSequence().entropy % (2**63))
             logger.info("simulated microscope: fresh seed %d", seed)
-        values: dict[str, Any] = {name: getattr(microscope, name) for name in (
-            "n_neurons", "noise", "motion_px", "neuron_radius_px", "selective_fraction", "context_overlap")}
-        if imaging is not None:
-            values.update(height=imaging.frame_height, width=imaging.frame_width,
-                          frame_rate_hz=imaging.frame_rate_hz, dtype=getattr(imaging, "dtype", "int16"))
-            planes = getattr(imaging, "planes", 1)
-            if planes != 1:
-                logger.warning("simulated microscope renders one plane; imaging.planes=%s is ignored", planes)
-        values.update(seed=int(seed), **overrides)
-        return cls(**values)
+        return cls(**{**microscope.model_dump(), "seed": int(seed), **overrides})
 
     def population_params(self) -> PopulationParams:
         return PopulationParams(n_neurons=self.n_neurons, selective_fraction=self.selective_fraction,

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 
+from hardware.settings import MouseSimSettings
 from hardware.sim.pole_motor import SimulatedPoleMotor
 
 if TYPE_CHECKING:
@@ -108,8 +109,8 @@ class MouseParameters:
             raise ValueError("bad mouse parameters: " + "; ".join(problems))
 
     @classmethod
-    def from_settings(cls, mouse: Any, **overrides: Any) -> MouseParameters:
-        """From the rig's `settings.sim.mouse` (read by attribute: hardware does not import rig)."""
+    def from_settings(cls, mouse: MouseSimSettings, **overrides: Any) -> MouseParameters:
+        """From `settings.sim.mouse`, with the behaviour constants (or `overrides`)."""
         values: dict[str, Any] = {
             "lick_rate_hz": mouse.lick_rate_hz, "reaction_time_mean_s": mouse.reaction_time_s.mean,
             "reaction_time_sd_s": mouse.reaction_time_s.sd, "early_lick_prob": mouse.early_lick_prob,

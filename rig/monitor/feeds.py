@@ -29,6 +29,7 @@ from online.wire import (
 from rig.control import link_security
 from rig.errors import UserError
 from rig.monitor.model import MonitorModel
+from rig.settings import NetworkSettings
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ class Feeds:
         )
 
     @classmethod
-    def from_settings(cls, network: Any) -> Feeds:
+    def from_settings(cls, network: NetworkSettings) -> Feeds:
         security = link_security(network)
         try:  # an unknown server key: one sentence, not a traceback
             return cls(network.events_pub, network.frames_display, network.online_results, security=security)

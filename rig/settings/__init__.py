@@ -4,9 +4,36 @@
 - `problems`: the wording of problems (`SettingsError`, one line per problem naming key path and value).
 - `files`: reading (strict YAML with size and nesting limits, overrides) and writing settings files.
 
-Everything a caller needs is importable from here: ``from rig.settings import Settings, load_settings``.
+The sections of the other packages are theirs (`protocols.settings`: the task's; `hardware.settings`: the
+devices'); they are re-exported here with the rest, so a caller needs only
+``from rig.settings import Settings, load_settings``.
 """
 
+from hardware.settings import (
+    BpodSettings,
+    MicroscopeSimSettings,
+    MouseSimSettings,
+    NormalDistribution,
+    SimSettings,
+    SimSubjectSettings,
+    ValveCalibration,
+    ValveCalibrationError,
+    ValveCurve,
+    ValvePoint,
+    bpod_line_names,
+    valve_time_s,
+)
+from protocols.settings import (
+    AdvanceCriterion,
+    AutoRewardSettings,
+    ContextSettings,
+    ContextSwitchSettings,
+    SelectionSettings,
+    TaskSettings,
+    TimingSettings,
+    TrainingStage,
+    WiringSettings,
+)
 from rig.settings.files import (
     DEFAULT_SETTINGS_PATH,
     MAX_SETTINGS_BYTES,
@@ -19,37 +46,16 @@ from rig.settings.files import (
 )
 from rig.settings.problems import SettingsError, format_problem
 from rig.settings.schema import (
-    AdvanceCriterion,
-    AutoRewardSettings,
-    BpodSettings,
     ClosedLoopSettings,
-    ContextSettings,
-    ContextSwitchSettings,
     DataSettings,
     DecoderSettings,
     ImagingSettings,
-    MicroscopeSimSettings,
-    MouseSimSettings,
     NetworkSettings,
-    NormalDistribution,
     OnlineSettings,
     RegistrationSettings,
     RigSettings,
-    SelectionSettings,
     Settings,
-    SimSettings,
-    SimSubjectSettings,
-    TaskSettings,
-    TimingSettings,
-    TrainingStage,
-    ValveCalibration,
-    ValveCalibrationError,
-    ValveCurve,
-    ValvePoint,
-    WiringSettings,
-    bpod_line_names,
     endpoint_is_loopback,
-    valve_time_s,
 )
 
 __all__ = [

@@ -22,6 +22,9 @@ from rig.errors import UserError
 _NO_VALUE: Any = object()
 """Marks a problem that has no value to show (an unknown or missing key)."""
 
+Problem = tuple[tuple[str | int, ...], Any, str]
+"""(key path below the validated model, bad value or _NO_VALUE, message) of one problem."""
+
 
 # --------------------------------------------------------------------------------------------------------
 # Problems found by cross-field validators
@@ -34,7 +37,7 @@ class _Problems(ValueError):
     line per problem instead of one vague line for the whole section.
     """
 
-    def __init__(self, items: Sequence[tuple[tuple[str | int, ...], Any, str]]) -> None:
+    def __init__(self, items: Sequence[Problem]) -> None:
         self.items = list(items)
         super().__init__("; ".join(format_problem(path, message, value) for path, value, message in items))
 
@@ -43,7 +46,7 @@ class _ProblemList:
     """Collects (path, value, message) triples and raises them together."""
 
     def __init__(self) -> None:
-        self.items: list[tuple[tuple[str | int, ...], Any, str]] = []
+        self.items: list[Problem] = []
 
     def add(self, path: tuple[str | int, ...], message: str, value: Any = _NO_VALUE) -> None:
         self.items.append((path, value, message))
