@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from protocols.contexts import Side, check_side, other_side
-from protocols.state_machine import input_event
 
 if TYPE_CHECKING:
     from protocols.settings import WiringSettings
@@ -37,26 +36,6 @@ REWARD, REWARD_OTHER_SIDE, TIMEOUT, NO_RESPONSE = "Reward", "RewardOtherSide", "
 EARLY_LICK_STATES: dict[str, str] = {"EarlyLickSample": "sample", "EarlyLickDelay": "delay"}
 FREE_DROP_STATES: tuple[str, ...] = ("GiveLeftDrop", "GiveRightDrop")
 GO_CUE_STATE, ANSWER_STATE = "ResponseCue", "AnswerPeriod"
-
-
-@dataclass(frozen=True)
-class LickPorts:
-    """The two lick-detector input lines (from `settings.wiring`), so scoring knows which lick is which."""
-
-    left: str
-    right: str
-
-    @classmethod
-    def from_settings(cls, wiring: WiringSettings) -> LickPorts:
-        return cls(left=wiring.left_lick, right=wiring.right_lick)
-
-    @property
-    def left_event(self) -> str:
-        return input_event(self.left)
-
-    @property
-    def right_event(self) -> str:
-        return input_event(self.right)
 
 
 @dataclass(frozen=True)
@@ -106,7 +85,7 @@ class ScoredTrial:
         return cls(**fields)
 
 
-def score_trial(result: Mapping[str, Any], *, side: Side, context: str, lick_ports: LickPorts,
+def score_trial(result: Mapping[str, Any], *, side: Side, context: str, wiring: WiringSettings,
                 trial_number: int | None = None) -> ScoredTrial:
     """Score one finished trial from its record (`state_sequence`, `States`, `Events`)."""
     check_side(side)
@@ -125,7 +104,7 @@ def score_trial(result: Mapping[str, Any], *, side: Side, context: str, lick_por
     early_licks = sum(len(_intervals(states, state)) for state in EARLY_LICK_STATES)
     return ScoredTrial(
         side=side, context=context, outcome=outcome, licked_side=licked,
-        reaction_time_s=reaction_time(result, lick_ports) if outcome in ANSWERED else None,
+        reaction_time_s=reaction_time(result, wiring) if outcome in ANSWERED else None,
         early_lick=bool(epochs), early_lick_epochs=epochs, early_licks=early_licks,
         free_drop=any(state in visited for state in FREE_DROP_STATES),
         rewarded=REWARD in visited or REWARD_OTHER_SIDE in visited, trial_number=trial_number,
@@ -140,7 +119,7 @@ def visited_states(result: Mapping[str, Any]) -> set[str]:
     return {name for name in states if _intervals(states, name)}
 
 
-def reaction_time(result: Mapping[str, Any], lick_ports: LickPorts) -> float | None:
+def reaction_time(result: Mapping[str, Any], wiring: WiringSettings) -> float | None:
     """Time from go-cue onset to the lick that answered: the first lick in the answer period (s).
     Licks during the go cue itself are ignored by the task, so they are not the answer."""
     states: Mapping[str, Any] = result.get("States", {})
@@ -151,7 +130,7 @@ def reaction_time(result: Mapping[str, Any], lick_ports: LickPorts) -> float | N
     go = cues[0][0]
     start, end = answers[0]
     events: Mapping[str, Sequence[float]] = result.get("Events", {})
-    licks = [t for name in (lick_ports.left_event, lick_ports.right_event) for t in events.get(name, ())
+    licks = [t for name in (wiring.lick("left"), wiring.lick("right")) for t in events.get(name, ())
              if start <= t <= end]
     return min(licks) - go if licks else None
 

@@ -36,8 +36,9 @@ from online.transport import LossyPublisher, TransportError
 from online.wire import TOPIC_STATE, TOPIC_TRIAL
 from protocols.contexts import Context, context_named, contexts_from_settings
 from protocols.directional_licking import DecoderGate, TaskParameters, build_trial
-from protocols.outcome import LickPorts, PerformanceTracker, ScoredTrial, score_trial
+from protocols.outcome import PerformanceTracker, ScoredTrial, score_trial
 from protocols.selection import TrialSpec, select_trial
+from protocols.settings import WiringSettings
 from protocols.state_machine import StateMachine
 from protocols.training import SubjectTrainingState, Training
 from rig import __version__
@@ -111,7 +112,6 @@ class SessionRunner:
         self.data_root = Path(options.data_root or settings.data.root)
         self.contexts: dict[str, Context] = contexts_from_settings(settings.contexts)
         self.params = task_parameters(settings)
-        self.lick_ports = LickPorts.from_settings(settings.wiring)
         self.stages = tuple(settings.task.stages)
         self.simulated = settings.bpod.port == EMULATOR_PORT
         self.speed = options.speed if options.speed is not None else settings.bpod.emulator_speed
@@ -398,7 +398,7 @@ class SessionRunner:
 
     def _score(self, trial: PreparedTrial, result: TrialResult) -> ScoredTrial:
         scored = score_trial(result.to_dict(), side=trial.spec.side, context=trial.spec.context.name,
-                             lick_ports=self.lick_ports, trial_number=trial.number)
+                             wiring=self.settings.wiring, trial_number=trial.number)
         if scored.reaction_time_s is not None:
             scored = dataclasses.replace(scored, reaction_time_s=round(scored.reaction_time_s, 6))
         return scored
@@ -494,7 +494,7 @@ class SessionRunner:
             self._children.report()  # a child's death or return into session.json
         self._save_subject()
         if result is not None:
-            published = _publishable(record, self.lick_ports)
+            published = _publishable(record, self.settings.wiring)
             self._publish(TOPIC_TRIAL, {"kind": "end", "trial": trial.number, "record": published,
                                         "status": self.status()})
         self._status(trial, outcome)
@@ -677,7 +677,7 @@ def _describe_event(event: Any) -> str:
     return " ".join(f"{k}={v}" for k, v in data.items())
 
 
-def _publishable(record: dict[str, Any], lick_ports: LickPorts) -> dict[str, Any]:
+def _publishable(record: dict[str, Any], wiring: WiringSettings) -> dict[str, Any]:
     """The trial record for displays: without the raw event lists, but with the licks and the go cue
     (times from trial start) that a lick raster needs."""
     bpod = record["bpod"]
@@ -685,8 +685,8 @@ def _publishable(record: dict[str, Any], lick_ports: LickPorts) -> dict[str, Any
     return {k: v for k, v in record.items() if k != "bpod"} | {
         "trial_start_s": bpod["trial_start_s"], "trial_end_s": bpod["trial_end_s"],
         "state_sequence": bpod["state_sequence"], "go_cue_s": go[-1][0] if go else None,
-        "licks": {"left": bpod["Events"].get(lick_ports.left_event, []),
-                  "right": bpod["Events"].get(lick_ports.right_event, [])},
+        "licks": {"left": bpod["Events"].get(wiring.lick("left"), []),
+                  "right": bpod["Events"].get(wiring.lick("right"), [])},
         "States": bpod["States"], "Events": bpod["Events"],
     }
 

@@ -23,7 +23,7 @@ from pyqtgraph.Qt import QtCore, QtWidgets
 from online.messages import DecoderResult, HealthReport, RoiSnapshot, TraceFrame
 from online.transport import LossyPublisher
 from online.wire import TOPIC_STATE, TOPIC_TRIAL
-from protocols.outcome import LickPorts
+from protocols.settings import WiringSettings
 from rig.control import ControlRequestError, ControlServer
 from rig.monitor import display_available, start_monitor_process, stop_monitor_process
 from rig.monitor.model import BehaviourModel, MonitorModel, TraceBuffer, TrialRow, published_from_disk
@@ -78,7 +78,7 @@ def published_trial(
     }
 
 
-def disk_trial(n: int, lick_ports: LickPorts, **kwargs: Any) -> dict[str, Any]:
+def disk_trial(n: int, wiring: WiringSettings, **kwargs: Any) -> dict[str, Any]:
     """The same trial as trials.jsonl holds it: raw Bpod events and states instead of licks and go cue."""
     record = published_trial(n, **kwargs)
     licks = record.pop("licks")
@@ -86,8 +86,8 @@ def disk_trial(n: int, lick_ports: LickPorts, **kwargs: Any) -> dict[str, Any]:
     start, end = record.pop("trial_start_s"), record.pop("trial_end_s")
     record["bpod"] = {
         "Events": {
-            lick_ports.left_event: licks["left"],
-            lick_ports.right_event: licks["right"],
+            wiring.lick("left"): licks["left"],
+            wiring.lick("right"): licks["right"],
             "Tup": [0.01],
         },
         "States": {"ResponseCue": [[go, go + 0.1]]},
@@ -171,7 +171,7 @@ def test_a_new_session_starts_the_behaviour_panels_over() -> None:
 
 
 def test_disk_record_reduces_like_the_published_one(settings: Settings) -> None:
-    ports = LickPorts.from_settings(settings.wiring)
+    ports = settings.wiring
     published = published_trial(4, outcome="error", side="right")
     reduced = published_from_disk(disk_trial(4, ports, outcome="error", side="right"), ports)
     assert TrialRow.from_record(reduced) == TrialRow.from_record(published)
@@ -431,7 +431,7 @@ def test_control_without_a_session_reports_it(qtbot: Any, settings: Settings) ->
 def test_reopened_monitor_catches_up_from_trials_jsonl(
     qtbot: Any, settings: Settings, tmp_path: Path
 ) -> None:
-    ports = LickPorts.from_settings(settings.wiring)
+    ports = settings.wiring
     lines = [json.dumps(disk_trial(n, ports, outcome="hit" if n % 3 else "error")) for n in range(1, 13)]
     (tmp_path / "trials.jsonl").write_text("\n".join(lines) + "\n" + '{"trial": 13, "torn', encoding="utf-8")
     fake = FakeSession(settings.network.control, session=tmp_path)

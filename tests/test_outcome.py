@@ -10,16 +10,16 @@ import pytest
 
 from protocols.contexts import Side
 from protocols.outcome import (
-    LickPorts,
     PerformanceTracker,
     ScoredTrial,
     fraction_correct,
     score_trial,
 )
+from protocols.settings import WiringSettings
 from protocols.state_machine import input_event
 from rig.settings import Settings
 
-PORTS = LickPorts.from_settings(Settings().wiring)  # left Port1, right Port2
+WIRING = Settings().wiring  # left lick Port1, right lick Port2
 
 
 def record(*visits: tuple[str, float, float], events: dict[str, list[float]] | None = None) -> dict[str, Any]:
@@ -42,7 +42,7 @@ def tail(t: float) -> list[tuple[str, float, float]]:
 
 
 def score(rec: dict[str, Any], side: Side = "right", context: str = "tactile") -> ScoredTrial:
-    return score_trial(rec, side=side, context=context, lick_ports=PORTS, trial_number=7)
+    return score_trial(rec, side=side, context=context, wiring=WIRING, trial_number=7)
 
 
 # -- each outcome path -----------------------------------------------------------------------------
@@ -122,12 +122,12 @@ def test_reaction_time_is_from_go_cue_onset_to_the_answering_lick() -> None:
 
 
 def test_reaction_time_uses_the_wired_lick_lines() -> None:
-    ports = LickPorts(left="BNC1", right="Port3")
-    assert (ports.left_event, ports.right_event) == ("BNC1High", "Port3In")
+    wiring = WiringSettings(left_lick="BNC1", right_lick="Port3")
+    assert (wiring.lick("left"), wiring.lick("right")) == ("BNC1High", "Port3In")
     assert input_event("Wire2") == "Wire2High"
     rec = record(*head(), ("AnswerPeriod", 2.71, 2.9), ("Reward", 2.9, 2.93), *tail(2.93),
                  events={"Port2In": [2.75], "Port3In": [2.9]})
-    trial = score_trial(rec, side="right", context="tactile", lick_ports=ports)
+    trial = score_trial(rec, side="right", context="tactile", wiring=wiring)
     assert trial.reaction_time_s == pytest.approx(0.29)
 
 

@@ -28,7 +28,7 @@ from hardware.sim.mouse import (
 from hardware.sim.pole_motor import SimulatedPoleMotor
 from protocols.contexts import SIDES, Context, Side, contexts_from_settings
 from protocols.directional_licking import build_trial
-from protocols.outcome import LickPorts, ScoredTrial, fraction_correct, score_trial
+from protocols.outcome import ScoredTrial, fraction_correct, score_trial
 from protocols.selection import TrialSpec
 from protocols.settings import TrainingStage
 from rig.session import task_parameters
@@ -38,7 +38,6 @@ SETTINGS = load_settings()
 TASK = task_parameters(SETTINGS)
 CONTEXTS = contexts_from_settings(SETTINGS.contexts)
 STAGES = {stage.name: stage for stage in SETTINGS.task.stages}
-LICK_PORTS = LickPorts.from_settings(SETTINGS.wiring)
 LINES = MouseLines.from_wiring(SETTINGS.wiring)
 PARAMS = MouseParameters.from_settings(SETTINGS.sim.mouse)
 FAST = 100.0  # emulator speed: a 5 s trial in 50 ms
@@ -190,7 +189,7 @@ def run_session(sides: Sequence[Side], context: Context, stage: TrainingStage, *
             record = client.run_trial(build_trial(spec, TASK), timeout_s=20).to_dict()
             session.specs.append(spec)
             session.records.append(record)
-            session.scored.append(score_trial(record, side=side, context=context.name, lick_ports=LICK_PORTS,
+            session.scored.append(score_trial(record, side=side, context=context.name, wiring=SETTINGS.wiring,
                                               trial_number=i))
         mouse.close()
     return session

@@ -30,7 +30,7 @@ from protocols.directional_licking import (
     TaskParameters,
     build_trial,
 )
-from protocols.outcome import LickPorts, ScoredTrial, score_trial
+from protocols.outcome import ScoredTrial, score_trial
 from protocols.selection import TrialSpec
 from protocols.settings import TrainingStage
 from rig.session import task_parameters
@@ -45,7 +45,6 @@ PARAMS = task_parameters(SETTINGS)
 CONTEXTS = contexts_from_settings(SETTINGS.contexts)
 FULL: TrainingStage = next(stage for stage in SETTINGS.task.stages if stage.name == "full")
 NO_SAMPLE_ENFORCEMENT = FULL.model_copy(update={"sample_enforcement": False})
-LICK_PORTS = LickPorts.from_settings(SETTINGS.wiring)
 W, T = PARAMS.wiring, PARAMS.timing
 LICK: dict[Side, str] = {"left": W.left_lick, "right": W.right_lick}
 VALVE: dict[Side, str] = {"left": W.left_valve, "right": W.right_valve}
@@ -112,7 +111,7 @@ class Run:
 
     def score(self, trial: TrialSpec) -> ScoredTrial:
         return score_trial(self.result.to_dict(), side=trial.side, context=trial.context.name,
-                           lick_ports=LICK_PORTS, trial_number=trial.trial_number)
+                           wiring=SETTINGS.wiring, trial_number=trial.trial_number)
 
 
 Rig = tuple[EmulatorServer, BpodClient]

@@ -139,7 +139,7 @@ class MouseLines:
 
     @classmethod
     def from_wiring(cls, wiring: Any) -> MouseLines:
-        """From the rig's `settings.wiring` or the task's `TaskWiring` (read by attribute)."""
+        """From the rig's `settings.wiring` (read by attribute: hardware does not import protocols)."""
         return cls(**{role: getattr(wiring, role) for role in cls.__dataclass_fields__})
 
 

@@ -39,7 +39,8 @@ from online.wire import (
     Message,
     WireError,
 )
-from protocols.outcome import LickPorts, fraction_correct
+from protocols.outcome import fraction_correct
+from protocols.settings import WiringSettings
 from rig.store import TRIALS_FILE, DataError, read_jsonl
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ class TrialRow:
         return np.asarray(licks, dtype=float) - self.go_cue_s
 
 
-def published_from_disk(record: Mapping[str, Any], lick_ports: LickPorts) -> dict[str, Any]:
+def published_from_disk(record: Mapping[str, Any], wiring: WiringSettings) -> dict[str, Any]:
     """A trials.jsonl line in the shape of a published record: licks and go cue taken from its Bpod data
     (the same reduction the session applies before it publishes)."""
     bpod = record.get("bpod")
@@ -163,13 +164,13 @@ def published_from_disk(record: Mapping[str, Any], lick_ports: LickPorts) -> dic
         "state_sequence": bpod.get("state_sequence", []),
         "go_cue_s": go[-1][0] if go else None,
         "licks": {
-            "left": events.get(lick_ports.left_event, []),
-            "right": events.get(lick_ports.right_event, []),
+            "left": events.get(wiring.lick("left"), []),
+            "right": events.get(wiring.lick("right"), []),
         },
     }
 
 
-def read_trial_rows(folder: Path, lick_ports: LickPorts) -> list[TrialRow]:
+def read_trial_rows(folder: Path, wiring: WiringSettings) -> list[TrialRow]:
     """The trials written so far to `folder`/trials.jsonl (none if there is no such file yet)."""
     path = Path(folder) / TRIALS_FILE
     rows: list[TrialRow] = []
@@ -178,7 +179,7 @@ def read_trial_rows(folder: Path, lick_ports: LickPorts) -> list[TrialRow]:
     try:
         for record in read_jsonl(path):
             try:
-                rows.append(TrialRow.from_record(published_from_disk(record, lick_ports)))
+                rows.append(TrialRow.from_record(published_from_disk(record, wiring)))
             except (ValueError, AttributeError) as exc:
                 log.warning("%s: skipped a line: %s", path, exc)
     except (OSError, DataError) as exc:
@@ -189,8 +190,8 @@ def read_trial_rows(folder: Path, lick_ports: LickPorts) -> list[TrialRow]:
 class BehaviourModel:
     """Trials of the running session, Perf100 through it, context switches and the session status."""
 
-    def __init__(self, lick_ports: LickPorts | None = None) -> None:
-        self.lick_ports = lick_ports or LickPorts(left="Port1", right="Port2")
+    def __init__(self, wiring: WiringSettings | None = None) -> None:
+        self.wiring = wiring or WiringSettings()
         self.rows: dict[int, TrialRow] = {}
         self.perf: dict[str, tuple[list[int], list[float]]] = {}  # context -> (trial numbers, Perf100)
         self.switches: list[tuple[int, str]] = []  # (first trial of the new context, its name)
@@ -244,7 +245,7 @@ class BehaviourModel:
     def catch_up(self, folder: Path) -> int:
         """Add the trials of `folder`/trials.jsonl the monitor has not seen; returns how many."""
         self.session_folder = self.caught_up_from = Path(folder)
-        added = self.add_rows(read_trial_rows(folder, self.lick_ports))
+        added = self.add_rows(read_trial_rows(folder, self.wiring))
         if added:
             log.info("caught up %d trial(s) from %s", added, folder)
         return added
@@ -506,11 +507,11 @@ class MonitorModel:
 
     def __init__(
         self,
-        lick_ports: LickPorts | None = None,
+        wiring: WiringSettings | None = None,
         frame_rate_hz: float = 30.0,
         trace_seconds: float = TRACE_SECONDS,
     ) -> None:
-        self.behaviour = BehaviourModel(lick_ports)
+        self.behaviour = BehaviourModel(wiring)
         self.imaging = ImagingModel(frame_rate_hz, trace_seconds)
         self.malformed = 0
         self.applied: dict[bytes, int] = {}

@@ -23,7 +23,6 @@ import numpy as np
 import pyqtgraph as pg
 from pyqtgraph.Qt import QtCore, QtGui, QtWidgets
 
-from protocols.outcome import LickPorts
 from rig.control import send_request
 from rig.monitor.feeds import Feeds
 from rig.monitor.model import MonitorModel, read_trial_rows
@@ -109,7 +108,7 @@ class MonitorWindow(QtWidgets.QMainWindow):
         contexts = list(settings.contexts)
         imaging = settings.imaging
         self.model = MonitorModel(
-            LickPorts.from_settings(settings.wiring), frame_rate_hz=imaging.frame_rate_hz / imaging.planes
+            settings.wiring, frame_rate_hz=imaging.frame_rate_hz / imaging.planes
         )
         self.feeds = Feeds.from_settings(settings.network)
         self.pool = QtCore.QThreadPool()
@@ -264,9 +263,9 @@ class MonitorWindow(QtWidgets.QMainWindow):
         """Read the session's trials.jsonl in a worker and add the trials not shown yet."""
         self._catch_up_in_flight = True
         self._last_catch_up = time.monotonic()
-        lick_ports = self.model.behaviour.lick_ports
+        wiring = self.model.behaviour.wiring
         self._submit(
-            lambda: read_trial_rows(folder, lick_ports), lambda rows: self._replies.rows.emit(folder, rows)
+            lambda: read_trial_rows(folder, wiring), lambda rows: self._replies.rows.emit(folder, rows)
         )
 
     def _on_control_reply(self, command: str, args: dict[str, Any], reply: dict[str, Any]) -> None:
