@@ -234,6 +234,27 @@ class ReceiverStats:
         }
 
 
+_ENDPOINT = re.compile(r"(?P<scheme>tcp|ipc|inproc)://(?P<address>.+)")
+_TCP_ADDRESS = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^:\[\]]+):(?P<port>\d{1,5})")
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, str | None, int | None]:
+    """(scheme, host, port) of an endpoint that names one address: tcp://HOST:PORT with a port from 1 to
+    65535 (an IPv6 host in brackets), ipc://PATH or inproc://NAME; host and port are None off tcp.
+
+    The one reading of an endpoint as written in settings, for every package; a ValueError says what the
+    endpoint must look like."""
+    m = _ENDPOINT.fullmatch(endpoint)
+    if m is None:
+        raise ValueError("must look like tcp://HOST:PORT, ipc://PATH or inproc://NAME")
+    if m["scheme"] != "tcp":
+        return m["scheme"], None, None
+    tcp = _TCP_ADDRESS.fullmatch(m["address"])
+    if tcp is None or not 1 <= int(tcp["port"]) <= 65535:
+        raise ValueError("must look like tcp://HOST:PORT with a port from 1 to 65535")
+    return "tcp", tcp["host"].strip("[]"), int(tcp["port"])
+
+
 def _check_endpoint(endpoint: str, bind: bool, allow_remote: bool) -> str:
     """Validate an endpoint; for a bind, refuse non-loopback TCP unless allowed and map port 0."""
     scheme, sep, rest = endpoint.partition("://")

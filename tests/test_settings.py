@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from online.transport import is_local_endpoint
 from rig.errors import UserError
 from rig.settings import (
     DEFAULT_SETTINGS_PATH,
@@ -17,7 +18,6 @@ from rig.settings import (
     ValveCurve,
     ValvePoint,
     dump_settings,
-    endpoint_is_loopback,
     load_settings,
     valve_time_s,
 )
@@ -266,7 +266,7 @@ def test_malformed_endpoint(tmp_path: Path) -> None:
     ],
 )
 def test_endpoint_is_loopback(endpoint: str, loopback: bool) -> None:
-    assert endpoint_is_loopback(endpoint) is loopback
+    assert is_local_endpoint(endpoint) is loopback
 
 
 def test_wiring_checked_against_bpod_model(tmp_path: Path) -> None:

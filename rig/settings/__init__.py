@@ -55,7 +55,6 @@ from rig.settings.schema import (
     RegistrationSettings,
     RigSettings,
     Settings,
-    endpoint_is_loopback,
 )
 
 __all__ = [
@@ -65,6 +64,6 @@ __all__ = [
     "MouseSimSettings", "NetworkSettings", "NormalDistribution", "OnlineSettings", "RegistrationSettings",
     "RigSettings", "SelectionSettings", "Settings", "SettingsError", "SimSettings", "SimSubjectSettings",
     "TaskSettings", "TimingSettings", "TrainingStage", "ValveCalibration", "ValveCalibrationError",
-    "ValveCurve", "ValvePoint", "WiringSettings", "bpod_line_names", "dump_settings", "endpoint_is_loopback",
+    "ValveCurve", "ValvePoint", "WiringSettings", "bpod_line_names", "dump_settings",
     "format_problem", "load_settings", "parse_settings", "read_settings_file", "valve_time_s",
 ]

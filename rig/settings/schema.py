@@ -11,7 +11,6 @@ Mappings of named things (``contexts``) and lists (``task.stages``) are replaced
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,6 +32,7 @@ from hardware.settings import (
     bpod_line_names,
     summarise_lines,
 )
+from online.transport import is_local_endpoint, parse_endpoint
 from protocols.contexts import Side
 from protocols.settings import ContextSettings, TaskSettings, WiringSettings, default_contexts
 from rig.settings.problems import _NO_VALUE, Problem, _did_you_mean, _ProblemList, _Problems, _unwrap
@@ -204,38 +204,9 @@ class DataSettings(_Section):
     """Data root (<root>/<subject>/<date_time>/ per session); relative to the working directory."""
 
 
-_ENDPOINT = re.compile(r"(?P<transport>tcp|ipc|inproc)://(?P<address>.+)")
-_TCP_ADDRESS = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^:\[\]]+):(?P<port>\d{1,5})")
-
-
 def _check_endpoint(endpoint: str) -> str:
-    m = _ENDPOINT.fullmatch(endpoint)
-    if m is None:
-        raise ValueError("must look like tcp://HOST:PORT, ipc://PATH or inproc://NAME")
-    if m["transport"] == "tcp":
-        tcp = _TCP_ADDRESS.fullmatch(m["address"])
-        if tcp is None or not 1 <= int(tcp["port"]) <= 65535:
-            raise ValueError("must look like tcp://HOST:PORT with a port from 1 to 65535")
+    parse_endpoint(endpoint)  # a ValueError names the expected form
     return endpoint
-
-
-def endpoint_is_loopback(endpoint: str) -> bool:
-    """Whether a ZeroMQ endpoint stays on this machine (ipc, inproc, or tcp on a loopback address)."""
-    m = _ENDPOINT.fullmatch(endpoint)
-    if m is None:
-        return False
-    if m["transport"] != "tcp":
-        return True
-    tcp = _TCP_ADDRESS.fullmatch(m["address"])
-    if tcp is None:
-        return False
-    host = tcp["host"].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 Endpoint = Annotated[str, AfterValidator(_check_endpoint)]
@@ -269,7 +240,7 @@ class NetworkSettings(_Section):
         remote: list[str] = []
         for key in ("events_pub", "control", "frames", "frames_display", "online_results"):
             endpoint: str = getattr(self, key)
-            if not endpoint_is_loopback(endpoint):
+            if not is_local_endpoint(endpoint):
                 remote.append(f"network.{key} = {endpoint}")
                 if self.bind_loopback_only:
                     problems.add(
