@@ -39,12 +39,13 @@ import logging
 import math
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
 from online.alignment import EpochWindow, TrialFrames
+from online.settings import DecoderSettings
 
 logger = logging.getLogger(__name__)
 
@@ -436,10 +437,11 @@ def split_half_similarity(data: EpochData, method: Method | str = "classic", n_r
 
 @dataclass(frozen=True)
 class DecoderConfig:
-    """Decoder parameters (settings online.decoder, plus the bin width from the imaging frame rate)."""
+    """Decoder parameters: settings online.decoder, the bin width (one frame period of the imaging) and
+    the sample and response windows, which the paper fixes."""
 
-    delay_window_s: float = 0.6
-    min_trials_per_side: int = 10
+    settings: DecoderSettings = field(default_factory=DecoderSettings)
+    """online.decoder: delay window, trials needed and kept per side."""
     bin_s: float = 1.0 / 30.0
     sample_window_s: tuple[float, float] = (0.0, 1.0)
     """Relative to sample onset."""
@@ -448,38 +450,16 @@ class DecoderConfig:
     method: Method = "classic"
     """The CD `decode_trial` uses. classic and lda update from running sums (O(bins x neurons) per trial);
     lda_eigenvector refits from the stored trials on request."""
-    trials_kept_per_side: int = 200
-    """A context's CDs are trained on its most recent this many correct trials per side (older ones are
-    forgotten, so a long session's memory stays bounded)."""
 
     def __post_init__(self) -> None:
-        if self.delay_window_s <= 0 or self.bin_s <= 0:
-            raise ValueError(f"delay_window_s and bin_s must be positive, got {self.delay_window_s}, "
-                             f"{self.bin_s}")
-        if self.min_trials_per_side < 1:
-            raise ValueError(f"min_trials_per_side must be at least 1, got {self.min_trials_per_side}")
-        if self.trials_kept_per_side < max(self.min_trials_per_side, 2):
-            raise ValueError(f"trials_kept_per_side ({self.trials_kept_per_side}) must be at least "
-                             f"min_trials_per_side ({self.min_trials_per_side}) and 2")
+        if self.bin_s <= 0:
+            raise ValueError(f"bin_s must be positive, got {self.bin_s}")
         _check_method(self.method)
-
-    @classmethod
-    def from_settings(cls, decoder: Any, frame_rate_hz: float | None = None,
-                      **overrides: Any) -> DecoderConfig:
-        """From settings online.decoder (read by attribute) and imaging.frame_rate_hz (bins of one frame)."""
-        values: dict[str, Any] = {"delay_window_s": float(decoder.delay_window_s),
-                                  "min_trials_per_side": int(decoder.min_trials_per_side)}
-        if getattr(decoder, "trials_kept_per_side", None) is not None:  # settings of older versions lack it
-            values["trials_kept_per_side"] = int(decoder.trials_kept_per_side)
-        if frame_rate_hz is not None:
-            values["bin_s"] = 1.0 / float(frame_rate_hz)
-        values.update(overrides)
-        return cls(**values)
 
     def windows(self) -> dict[str, EpochWindow]:
         return {
             "sample": EpochWindow("sample", *self.sample_window_s),
-            "delay": EpochWindow("go", -self.delay_window_s, 0.0),
+            "delay": EpochWindow("go", -self.settings.delay_window_s, 0.0),
             "response": EpochWindow("go", *self.response_window_s),
         }
 
@@ -605,7 +585,7 @@ class ContextDecoder:
         self.roi_set_id = roi_set_id
         self.windows = self.config.windows()
         self._stores = {epoch: _EpochStore(n_neurons, window.n_bins(self.config.bin_s),
-                                           self.config.trials_kept_per_side)
+                                           self.config.settings.trials_kept_per_side)
                         for epoch, window in self.windows.items()}
         self._cache: dict[tuple[str, str], CodingDirection] = {}
         self.skipped: dict[str, int] = dict.fromkeys(EPOCHS, 0)
@@ -648,14 +628,14 @@ class ContextDecoder:
         return self._stores[_check_epoch(epoch)].count(_check_side(side))
 
     def ready(self, epoch: str = "delay") -> bool:
-        need = max(self.config.min_trials_per_side, 2)
+        need = max(self.config.settings.min_trials_per_side, 2)
         store = self._stores[_check_epoch(epoch)]
         return store.count("right") >= need and store.count("left") >= need
 
     def status(self, epoch: str = "delay") -> str:
         """One sentence for logs and the GUI."""
         store = self._stores[_check_epoch(epoch)]
-        need = max(self.config.min_trials_per_side, 2)
+        need = max(self.config.settings.min_trials_per_side, 2)
         state = "ready" if self.ready(epoch) else f"not ready (needs {need} correct trials per side)"
         return (f"context {self.context!r} {epoch} decoder {state}: {store.count('right')} right, "
                 f"{store.count('left')} left correct trials")

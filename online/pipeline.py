@@ -80,6 +80,7 @@ from online.decoding import (
 from online.messages import DecoderResult, RoiSnapshot, TraceFrame
 from online.registration import RegistrationParams, RigidRegistration, Shift, build_reference
 from online.rois import RoiSet, detect_rois
+from online.settings import OnlineSettings
 from online.traces import DffTracker, TraceExtractor
 from online.wire import FrameHeader
 
@@ -109,20 +110,14 @@ class PipelineError(RuntimeError):
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """How the pipeline processes frames. `from_settings` reads settings.online and settings.imaging."""
+    """How the pipeline processes frames: settings online (`online`), the imaging's per-plane frame rate,
+    and what only the process or a test chooses (alignment, channel, plane, ROI detection, bookkeeping)."""
 
+    online: OnlineSettings = field(default_factory=OnlineSettings)
+    """settings online: registration, neuropil, dF/F baseline, decoder."""
     frame_rate_hz: float = 30.0
     """Nominal per-plane frame rate; the measured rate replaces it when frames carry timestamps."""
     measure_frame_rate: bool = True
-    neuropil_coefficient: float = 0.7
-    dff_baseline_window_s: float = 30.0
-    reference_frames: int = 50
-    """Frames averaged into the reference when none is given (ignored when one is)."""
-    registration: RegistrationParams = field(default_factory=RegistrationParams)
-    delay_window_s: float = 0.6
-    min_trials_per_side: int = 10
-    trials_kept_per_side: int = 200
-    """A context's decoder trains on its most recent this many correct trials per side (bounded memory)."""
     cd_method: Literal["classic", "lda", "lda_eigenvector"] = "classic"
     alignment: Alignment = "trigger"
     frame_offset_s: float | None = None
@@ -143,32 +138,16 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         if not self.frame_rate_hz > 0:
             raise ValueError(f"frame_rate_hz must be positive, got {self.frame_rate_hz}")
-        if self.reference_frames < 1:
-            raise ValueError(f"reference_frames must be at least 1, got {self.reference_frames}")
         if self.alignment not in ("trigger", "aux"):
             raise ValueError(f"alignment must be 'trigger' or 'aux', got {self.alignment!r}")
         if self.max_rois < 1:
             raise ValueError(f"max_rois must be at least 1, got {self.max_rois}")
 
-    @classmethod
-    def from_settings(cls, settings: Any, **overrides: Any) -> PipelineConfig:
-        """From the rig's Settings (read by attribute: online does not import rig)."""
-        online, imaging = settings.online, settings.imaging
-        reg = online.registration
-        values: dict[str, Any] = {
-            "frame_rate_hz": float(imaging.frame_rate_hz) / max(1, int(getattr(imaging, "planes", 1))),
-            "neuropil_coefficient": float(online.neuropil_coefficient),
-            "dff_baseline_window_s": float(online.dff_baseline_window_s),
-            "reference_frames": int(reg.reference_frames),
-            "registration": RegistrationParams(max_shift_px=float(reg.max_shift_px),
-                                               upsample=int(reg.upsample)),
-            "delay_window_s": float(online.decoder.delay_window_s),
-            "min_trials_per_side": int(online.decoder.min_trials_per_side),
-        }
-        if getattr(online.decoder, "trials_kept_per_side", None) is not None:  # older settings lack it
-            values["trials_kept_per_side"] = int(online.decoder.trials_kept_per_side)
-        values.update(overrides)
-        return cls(**values)
+    @property
+    def registration(self) -> RegistrationParams:
+        """settings online.registration as the registration core's parameters."""
+        reg = self.online.registration
+        return RegistrationParams(max_shift_px=float(reg.max_shift_px), upsample=reg.upsample)
 
 
 @dataclass
@@ -475,7 +454,7 @@ class OnlinePipeline:
 
     def _frames_needed(self) -> int:
         if self._given_reference is None:
-            return self.config.reference_frames
+            return self.config.online.registration.reference_frames
         return 8 if self.config.measure_frame_rate else 1
 
     def _measure_rate(self, kept: list[_Kept]) -> float:
@@ -504,7 +483,7 @@ class OnlinePipeline:
                 raise PipelineError(f"the reference is {reference.shape[0]}x{reference.shape[1]}, frames are "
                                     f"{shape[0]}x{shape[1]}")
         else:
-            stack = np.stack([p for _, p, _ in kept[: cfg.reference_frames]])
+            stack = np.stack([p for _, p, _ in kept[: cfg.online.registration.reference_frames]])
             reference = build_reference(stack, params=cfg.registration)
         rois = self._given_rois
         if rois is None:
@@ -526,14 +505,12 @@ class OnlinePipeline:
         self.reference, self.rois = reference.astype(np.float32), rois
         self.roi_set_id = roi_set_id(rois)
         self.registration = RigidRegistration(self.reference, cfg.registration)
-        self.extractor = TraceExtractor(rois, neuropil_coefficient=cfg.neuropil_coefficient,
+        self.extractor = TraceExtractor(rois, neuropil_coefficient=cfg.online.neuropil_coefficient,
                                         max_shift_px=cfg.registration.max_shift_px)
-        self.dff = DffTracker(rois.n, self.frame_rate_hz, baseline_window_s=cfg.dff_baseline_window_s)
+        self.dff = DffTracker(rois.n, self.frame_rate_hz, baseline_window_s=cfg.online.dff_baseline_window_s)
         self.trials = AlignedTrials(rois.n, cfg.epoch_states)
-        self.decoder_config = DecoderConfig(delay_window_s=cfg.delay_window_s,
-                                            min_trials_per_side=cfg.min_trials_per_side,
-                                            trials_kept_per_side=cfg.trials_kept_per_side,
-                                            bin_s=self.frame_period_s, method=cfg.cd_method)
+        self.decoder_config = DecoderConfig(cfg.online.decoder, bin_s=self.frame_period_s,
+                                            method=cfg.cd_method)
         self._offset_s = 0.5 * self.frame_period_s if cfg.frame_offset_s is None else cfg.frame_offset_s
         if cfg.alignment == "aux":
             self._aligner = ContinuousAligner(first_trial=1, frame_offset_s=self._offset_s, first_index=None)
@@ -542,7 +519,7 @@ class OnlinePipeline:
         logger.info("online pipeline ready in %.2f s: %dx%d frames at %.2f Hz, %d ROIs (%s), reference %s",
                     time.perf_counter() - t0, self.shape[0], self.shape[1], self.frame_rate_hz, rois.n,
                     self.roi_set_id, "given" if self._given_reference is not None else
-                    f"from {min(len(kept), cfg.reference_frames)} frames")
+                    f"from {min(len(kept), cfg.online.registration.reference_frames)} frames")
         for trial, state, time_s in self._pending_states:
             self.trials.enter_state(trial, state, time_s)
         self._pending_states.clear()

@@ -138,6 +138,13 @@ def load_roi_source(path: str | Path) -> tuple[RoiSet, np.ndarray | None]:
                          "folder with rois.npz, or a rois.npz file")
 
 
+def pipeline_config(settings: Any, alignment: str) -> PipelineConfig:
+    """The pipeline's configuration from the rig's settings: the online section and the per-plane rate."""
+    imaging = settings.imaging
+    return PipelineConfig(settings.online, frame_rate_hz=imaging.frame_rate_hz / imaging.planes,
+                          alignment=alignment)  # type: ignore[arg-type]
+
+
 # -- the live process --------------------------------------------------------------------------------------
 
 
@@ -199,7 +206,7 @@ class OnlineService:
         self.options = options
         self.session = options.session_dir.name
         rois, reference = (load_roi_source(options.rois) if options.rois is not None else (None, None))
-        self.config = PipelineConfig.from_settings(settings, alignment=options.alignment)
+        self.config = pipeline_config(settings, options.alignment)
         self.outputs = SessionOutputs(options.session_dir)
         self.cd_file = (CodingDirectionFile.in_subject_dir(options.subject_dir)
                         if options.subject_dir is not None else None)
@@ -208,7 +215,7 @@ class OnlineService:
                            "session only and not saved for later sessions")
         store = self.cd_file.load() if self.cd_file is not None else CodingDirectionStore()
         self.closed_loop = build_closed_loop(settings, options.app_port, self.outputs,
-                                             self.config.delay_window_s)
+                                             self.config.online.decoder.delay_window_s)
         self.pipeline = OnlinePipeline(self.config, rois=rois, reference=reference, session=self.session,
                                        cd_store=store, closed_loop=self.closed_loop)
         self.counters = _Counters()
@@ -708,7 +715,7 @@ def main_replay(argv_path: str, out: str | None, rois: str | None, trials: str |
     try:
         config = None
         if settings_path is not None:
-            config = PipelineConfig.from_settings(load_settings(settings_path), alignment=alignment)
+            config = pipeline_config(load_settings(settings_path), alignment)
         elif alignment != "trigger":
             config = PipelineConfig(alignment=alignment)  # type: ignore[arg-type]
         summary = replay(argv_path, out=out, rois=rois, trials=trials, config=config)

@@ -33,6 +33,7 @@ from online.closed_loop import (
 from online.decoding import Boundary, CodingDirection
 from online.pipeline import OnlinePipeline, PipelineConfig, PipelineOutput
 from online.rois import RoiSet
+from online.settings import DecoderSettings, OnlineSettings, RegistrationSettings
 from online.store import SessionOutputs, read_jsonl
 from online.wire import FrameHeader
 from protocols.contexts import contexts_from_settings
@@ -239,7 +240,9 @@ def sim_config() -> MicroscopeConfig:
 def trained_pipeline(closed_loop: ClosedLoopController) -> OnlinePipeline:
     """A pipeline whose tactile decoder learned from 24 simulated trials (ungated, same epochs as live)."""
     sim = SimMicroscope(sim_config())
-    pipeline = OnlinePipeline(PipelineConfig(frame_rate_hz=RATE, reference_frames=20, min_trials_per_side=5),
+    online = OnlineSettings(registration=RegistrationSettings(reference_frames=20),
+                            decoder=DecoderSettings(min_trials_per_side=5))
+    pipeline = OnlinePipeline(PipelineConfig(online, frame_rate_hz=RATE),
                               rois=RoiSet.from_masks((SIZE, SIZE), sim.masks), session="s",
                               closed_loop=closed_loop)
     rng = np.random.default_rng(5)

@@ -31,6 +31,7 @@ from online.pipeline import (
     roi_set_id,
 )
 from online.rois import RoiSet
+from online.settings import DecoderSettings, OnlineSettings, RegistrationSettings
 from online.store import (
     CODING_DIRECTIONS_FILE,
     INDEX_DTYPE,
@@ -141,7 +142,9 @@ def sessions(tmp_path_factory: pytest.TempPathFactory) -> Sessions:
     cd_file = CodingDirectionFile.in_subject_dir(subject)
     sim = make_sim()
     rois = RoiSet.from_masks((SIZE, SIZE), sim.masks)
-    config = PipelineConfig(frame_rate_hz=RATE, reference_frames=30, min_trials_per_side=10)
+    online = OnlineSettings(registration=RegistrationSettings(reference_frames=30),
+                            decoder=DecoderSettings(min_trials_per_side=10))
+    config = PipelineConfig(online, frame_rate_hz=RATE)
     first = Run(sim, OnlinePipeline(config, rois=rois, session=SESSION_1, cd_store=cd_file.load()))
     outputs = SessionOutputs(folder)
     rng = np.random.default_rng(1)
@@ -324,9 +327,10 @@ def small_sim(**overrides: object) -> SimMicroscope:
 
 
 def small_pipeline(sim: SimMicroscope, **config: object) -> OnlinePipeline:
-    values: dict[str, object] = {"frame_rate_hz": 10.0, "reference_frames": 5, "min_trials_per_side": 2,
-                                 "finalize_timeout_s": 5.0, **config}
-    return OnlinePipeline(PipelineConfig(**values), rois=RoiSet.from_masks((64, 64), sim.masks))  # type: ignore
+    online = OnlineSettings(registration=RegistrationSettings(reference_frames=5),
+                            decoder=DecoderSettings(min_trials_per_side=2))
+    values: dict[str, object] = {"frame_rate_hz": 10.0, "finalize_timeout_s": 5.0, **config}
+    return OnlinePipeline(PipelineConfig(online, **values), rois=RoiSet.from_masks((64, 64), sim.masks))  # type: ignore
 
 
 def test_a_trial_is_finalised_once_its_frames_are_in(tmp_path: Path) -> None:
