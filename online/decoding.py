@@ -14,7 +14,7 @@ their published analysis code, STEP3_*_CD.m and KD_LDA2.m), on correct trials on
   The per-bin axis: the spec says "top eigenvector of pinv(W) B"; the published code takes the first RIGHT
   singular vector of pinv(W) B (`[u,s,v] = svd(pinv(W)*B); v(:,1)`). B has rank one for two classes, so
   that vector is the bin's unit mean difference d / |d|, while the eigenvector is pinv(W) d. Both are here:
-  `method="lda"` is the code's (default, reproduces the paper's numbers), `method="lda_eigenvector"` the
+  `method="lda"` is the code's (reproduces the paper's numbers), `method="lda_eigenvector"` the
   textbook one. With fewer trials than about the number of neurons, pinv(W) d is mostly noise (on the
   simulated rig, ~100 trials x 100 neurons: cosine ~0.3 with the true CD, against ~0.99 for the others);
 - windows: sample = 0-1 s from sample onset (last SamplePeriod entry), delay = the last `delay_window_s`
@@ -23,10 +23,12 @@ their published analysis code, STEP3_*_CD.m and KD_LDA2.m), on correct trials on
   (window-mean activity on the CD; the paper's code does the same), accuracy = fraction of held-out trials
   on their side of DB, over repeated seeded 50/50 splits per side.
 
-Online, `ContextDecoder` takes correct trials one by one (running sums plus per-trial window means, so an
-update is O(bins x neurons)) and decodes once both sides have `min_trials_per_side` trials; before that it
-raises `DecoderNotReady` instead of guessing. It keeps the most recent `trials_kept_per_side` correct
-trials per side (online.decoder.trials_kept_per_side), so memory stays bounded over any session length.
+Online, `ContextDecoder` computes the CD of settings `online.decoder.cd_method` (`classic` by default;
+every method stays available by name) and takes correct trials one by one (running sums plus per-trial
+window means, so an update is O(bins x neurons)) and decodes once both sides have `min_trials_per_side`
+trials; before that it raises `DecoderNotReady` instead of guessing. It keeps the most recent
+`trials_kept_per_side` correct trials per side (online.decoder.trials_kept_per_side), so memory stays
+bounded over any session length.
 `RunningProjection` is the closed-loop path: one dot product per frame. CDs travel as plain JSON-able data
 (`CodingDirection.to_dict`) and `CodingDirectionStore` keeps them per (session, context) for a subject, so
 a live CD can be compared with stored ones (dot product of unit vectors over the same ROI set).
@@ -40,23 +42,21 @@ import math
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import numpy as np
 
 from online.alignment import EpochWindow, TrialFrames
-from online.settings import DecoderSettings
+from online.settings import CdMethod, DecoderSettings
 
 logger = logging.getLogger(__name__)
 
 Side = Literal["left", "right"]
-Method = Literal["classic", "lda", "lda_eigenvector"]
-"""classic: mean difference; lda: the paper's code (per-bin first right singular vector of pinv(W) B);
-lda_eigenvector: the same pipeline with the textbook Fisher axis (top eigenvector of pinv(W) B)."""
+Method = CdMethod
 LdaAxis = Literal["right_singular", "eigenvector"]
 LDA_AXES: tuple[str, ...] = ("right_singular", "eigenvector")
 EPOCHS: tuple[str, ...] = ("sample", "delay", "response")
-METHODS: tuple[str, ...] = ("classic", "lda", "lda_eigenvector")
+METHODS: tuple[str, ...] = get_args(CdMethod)
 
 
 class DecoderNotReady(RuntimeError):
@@ -441,20 +441,23 @@ class DecoderConfig:
     the sample and response windows, which the paper fixes."""
 
     settings: DecoderSettings = field(default_factory=DecoderSettings)
-    """online.decoder: delay window, trials needed and kept per side."""
+    """online.decoder: delay window, trials needed and kept per side, the CD method `decode_trial` uses
+    (classic and lda update from running sums, O(bins x neurons) per trial; lda_eigenvector refits from
+    the stored trials on request)."""
     bin_s: float = 1.0 / 30.0
     sample_window_s: tuple[float, float] = (0.0, 1.0)
     """Relative to sample onset."""
     response_window_s: tuple[float, float] = (0.16, 1.5)
     """Relative to the go cue."""
-    method: Method = "classic"
-    """The CD `decode_trial` uses. classic and lda update from running sums (O(bins x neurons) per trial);
-    lda_eigenvector refits from the stored trials on request."""
 
     def __post_init__(self) -> None:
         if self.bin_s <= 0:
             raise ValueError(f"bin_s must be positive, got {self.bin_s}")
-        _check_method(self.method)
+
+    @property
+    def method(self) -> Method:
+        """The CD method of settings online.decoder.cd_method."""
+        return self.settings.cd_method
 
     def windows(self) -> dict[str, EpochWindow]:
         return {

@@ -118,7 +118,6 @@ class PipelineConfig:
     frame_rate_hz: float = 30.0
     """Nominal per-plane frame rate; the measured rate replaces it when frames carry timestamps."""
     measure_frame_rate: bool = True
-    cd_method: Literal["classic", "lda", "lda_eigenvector"] = "classic"
     alignment: Alignment = "trigger"
     frame_offset_s: float | None = None
     """Added to every frame's time in trial; None = half a frame period (the frame's centre)."""
@@ -147,7 +146,8 @@ class PipelineConfig:
     def registration(self) -> RegistrationParams:
         """settings online.registration as the registration core's parameters."""
         reg = self.online.registration
-        return RegistrationParams(max_shift_px=float(reg.max_shift_px), upsample=reg.upsample)
+        return RegistrationParams(crop_px=reg.crop_px, max_shift_px=float(reg.max_shift_px),
+                                  upsample=reg.upsample)
 
 
 @dataclass
@@ -509,8 +509,7 @@ class OnlinePipeline:
                                         max_shift_px=cfg.registration.max_shift_px)
         self.dff = DffTracker(rois.n, self.frame_rate_hz, baseline_window_s=cfg.online.dff_baseline_window_s)
         self.trials = AlignedTrials(rois.n, cfg.epoch_states)
-        self.decoder_config = DecoderConfig(cfg.online.decoder, bin_s=self.frame_period_s,
-                                            method=cfg.cd_method)
+        self.decoder_config = DecoderConfig(cfg.online.decoder, bin_s=self.frame_period_s)
         self._offset_s = 0.5 * self.frame_period_s if cfg.frame_offset_s is None else cfg.frame_offset_s
         if cfg.alignment == "aux":
             self._aligner = ContinuousAligner(first_trial=1, frame_offset_s=self._offset_s, first_index=None)

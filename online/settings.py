@@ -11,6 +11,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+CdMethod = Literal["classic", "lda", "lda_eigenvector"]
+"""How a coding direction is computed (online/decoding.py): classic, the mean difference; lda, the
+paper's code (per-bin first right singular vector of pinv(W) B); lda_eigenvector, the same with the
+textbook Fisher axis (top eigenvector of pinv(W) B)."""
+
 
 class _Section(BaseModel):
     """Base of the online section's models: the rig's rules for every settings section (unknown keys are
@@ -44,6 +49,9 @@ class DecoderSettings(_Section):
     """Correct trials per side needed before a context's decoder is trained."""
     trials_kept_per_side: int = Field(200, ge=2, le=100_000)
     """A context's decoder trains on its most recent this many correct trials per side (bounded memory)."""
+    cd_method: CdMethod = "classic"
+    """How the coding direction is computed: classic (right-minus-left mean difference), lda (the paper's
+    code: per-bin LDA axes averaged) or lda_eigenvector (the textbook Fisher axis; noisy with few trials)."""
 
     @model_validator(mode="after")
     def _keeps_enough(self) -> DecoderSettings:

@@ -256,6 +256,21 @@ def test_incremental_updates_equal_the_batch_results(sessions: dict[str, Session
     assert decoder.accuracy() == decoding_accuracy(batch)
 
 
+def test_the_cd_method_of_the_settings_is_the_one_the_decoder_uses(sessions: dict[str, Session]) -> None:
+    classic = ContextDecoder("tactile", N_NEURONS, DecoderConfig(bin_s=DT))
+    lda = ContextDecoder("tactile", N_NEURONS, DecoderConfig(DecoderSettings(cd_method="lda"), bin_s=DT))
+    for side, trial in sessions["A"].correct:
+        classic.add_trial(side, trial)
+        lda.add_trial(side, trial)
+    assert DecoderSettings().cd_method == "classic" and classic.coding_direction().method == "classic"
+    cd = lda.coding_direction()
+    assert cd.method == "lda"
+    np.testing.assert_allclose(cd.vector, classic.coding_direction("delay", "lda").vector, atol=1e-12)
+    assert not np.allclose(cd.vector, classic.coding_direction().vector)
+    assert lda.decode_trial(sessions["A"].correct[0][1]) == cd.decode(
+        sessions["A"].correct[0][1].mean_in(lda.windows["delay"]))
+
+
 def test_too_few_trials_is_not_ready_rather_than_a_bogus_decode(sessions: dict[str, Session]) -> None:
     config = DecoderConfig(DecoderSettings(min_trials_per_side=10), bin_s=DT)
     decoder = ContextDecoder("tactile", N_NEURONS, config)
@@ -396,5 +411,7 @@ def test_decoder_config_from_settings() -> None:
     config = DecoderConfig(decoder_settings, bin_s=1 / 6.0)
     assert config.bin_s == pytest.approx(1 / 6) and config.settings.min_trials_per_side == 3
     assert config.windows()["delay"].start_s == -0.5 and config.windows()["delay"].n_bins(config.bin_s) == 3
+    with pytest.raises(ValueError, match="cd_method(?s:.*)'classic', 'lda' or 'lda_eigenvector'"):
+        DecoderSettings(cd_method="pca")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown CD method"):
-        DecoderConfig(method="pca")  # type: ignore[arg-type]
+        ContextDecoder("tactile", 2, config).coding_direction("delay", "pca")
