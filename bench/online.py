@@ -64,8 +64,9 @@ from hardware.scanimage.reader import ScanImageFile  # noqa: E402
 from hardware.scanimage.writer import ScanImageWriter  # noqa: E402
 from hardware.sim.microscope import MicroscopeConfig, SimMicroscope  # noqa: E402
 from online.closed_loop import ClosedLoopController  # noqa: E402
+from online.config import PipelineConfig  # noqa: E402
 from online.decoding import ContextDecoder, EpochFeature  # noqa: E402
-from online.pipeline import OnlinePipeline, PipelineConfig  # noqa: E402
+from online.pipeline import OnlinePipeline  # noqa: E402
 from online.process import replay  # noqa: E402
 from online.rois import RoiSet  # noqa: E402
 from online.store import read_jsonl  # noqa: E402

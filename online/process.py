@@ -48,15 +48,12 @@ from typing import Any
 import numpy as np
 
 from online.closed_loop import AppPortOutput, ClosedLoopController, ClosedLoopOutputError, SoftCodeOutput
+from online.config import PipelineConfig
 from online.decoding import CodingDirectionStore
+from online.errors import MalformedInput, PipelineError
 from online.messages import HealthReport
-from online.pipeline import (
-    MalformedInput,
-    OnlinePipeline,
-    PipelineConfig,
-    PipelineError,
-    PipelineOutput,
-)
+from online.outputs import PipelineOutput
+from online.pipeline import OnlinePipeline
 from online.rois import RoiSet, load_suite2p
 from online.store import CodingDirectionFile, SessionOutputs, load_reference, read_jsonl
 from online.transport import LosslessReceiver, LossyPublisher, LossySubscriber, TransportError, security_for

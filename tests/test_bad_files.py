@@ -25,7 +25,7 @@ from hardware.scanimage.reader import ScanImageFile
 from hardware.scanimage.tiff_index import PageIndex, TiffIndexer
 from hardware.scanimage.writer import ScanImageWriter
 from hardware.sim.microscope import MicroscopeConfig, SimMicroscope
-from online.pipeline import PipelineConfig
+from online.config import PipelineConfig
 from online.process import EXIT_OK, EXIT_USER, main_replay, replay
 from online.rois import RoiSet
 from online.store import read_traces

@@ -16,8 +16,10 @@ import zmq
 
 from hardware.scanimage.writer import ScanImageWriter
 from hardware.sim.microscope import MicroscopeConfig, SimMicroscope
+from online.config import PipelineConfig
+from online.errors import MalformedInput, PipelineError
 from online.messages import HealthReport
-from online.pipeline import MalformedInput, OnlinePipeline, PipelineConfig, PipelineError
+from online.pipeline import OnlinePipeline
 from online.process import replay
 from online.rois import RoiSet, detect_rois
 from online.settings import OnlineSettings, RegistrationSettings

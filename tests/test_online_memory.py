@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from online.alignment import ContinuousAligner
+from online.config import PipelineConfig
 from online.decoding import (
     Boundary,
     ContextDecoder,
@@ -15,7 +16,7 @@ from online.decoding import (
     EpochFeature,
     classic_cd,
 )
-from online.pipeline import OnlinePipeline, PipelineConfig
+from online.pipeline import OnlinePipeline
 from online.rois import RoiSet
 from online.settings import DecoderSettings, OnlineSettings
 from online.wire import FrameHeader
@@ -112,7 +113,7 @@ def test_the_pipeline_keeps_a_bounded_number_of_trials_through_thousands_of_tria
     for decoder in pipeline.decoders.values():
         for epoch in ("sample", "delay", "response"):
             assert decoder.n_trials("right", epoch) == decoder.n_trials("left", epoch) == KEPT
-    assert len(pipeline._finalised) <= 1000 and len(pipeline._contexts) <= 64
+    assert len(pipeline.trial_stage._finalised) <= 1000 and len(pipeline.trial_stage._contexts) <= 64
 
 
 def test_continuous_alignment_keeps_a_bounded_number_of_trigger_edges() -> None:

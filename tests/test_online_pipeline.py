@@ -19,18 +19,13 @@ import numpy as np
 import pytest
 
 from hardware.sim.microscope import MicroscopeConfig, SimMicroscope
+from online.config import PipelineConfig
 from online.decoding import CodingDirectionStore
+from online.errors import MalformedInput, PipelineError
 from online.messages import DecoderResult, TraceFrame
-from online.pipeline import (
-    NO_TRIAL,
-    MalformedInput,
-    OnlinePipeline,
-    PipelineConfig,
-    PipelineError,
-    PipelineOutput,
-    roi_set_id,
-)
-from online.rois import RoiSet
+from online.outputs import PipelineOutput
+from online.pipeline import NO_TRIAL, OnlinePipeline
+from online.rois import RoiSet, roi_set_id
 from online.settings import DecoderSettings, OnlineSettings, RegistrationSettings
 from online.store import (
     CODING_DIRECTIONS_FILE,
@@ -401,9 +396,9 @@ def test_the_online_settings_reach_registration_and_the_decoders() -> None:
     for pipeline in (default, cropped):
         for i, f in enumerate(frames):
             pipeline.process_frame(header(f, i, size=64), f.pixels)
-    assert default.registration is not None and cropped.registration is not None
-    assert default.registration.crop_px == 64  # 128 by default, clipped to the 64 px frame
-    assert cropped.registration.crop_px == 32
+    assert default.frame_stage is not None and cropped.frame_stage is not None
+    assert default.frame_stage.registration.crop_px == 64  # 128 by default, clipped to the 64 px frame
+    assert cropped.frame_stage.registration.crop_px == 32
     assert default.decoder_config is not None and default.decoder_config.method == "classic"
     assert cropped.decoder_config is not None and cropped.decoder_config.method == "lda"
 

@@ -15,7 +15,8 @@ import pytest
 from hardware.scanimage.reader import ScanImageFile
 from hardware.scanimage.writer import ScanImageWriter
 from hardware.sim.microscope import MicroscopeConfig, SimMicroscope
-from online.pipeline import OnlinePipeline, PipelineConfig
+from online.config import PipelineConfig
+from online.pipeline import OnlinePipeline
 from online.process import replay, scanimage_files
 from online.rois import RoiSet
 from online.settings import DecoderSettings, OnlineSettings, RegistrationSettings
