@@ -50,7 +50,7 @@ import numpy as np
 from online.closed_loop import AppPortOutput, ClosedLoopController, ClosedLoopOutputError, SoftCodeOutput
 from online.config import PipelineConfig
 from online.decoding import CodingDirectionStore
-from online.errors import MalformedInput, PipelineError
+from online.errors import MalformedInput, PipelineError, UserInputError
 from online.messages import HealthReport
 from online.outputs import PipelineOutput
 from online.pipeline import OnlinePipeline
@@ -79,10 +79,6 @@ SUBSCRIBE_SETTLE_S = 0.2
 """Time given to the SUB socket's subscription to reach the rig's PUB before `ready` is printed."""
 MAX_CONSECUTIVE_ERRORS = 200
 EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 1, 2
-
-
-class UserInputError(Exception):
-    """Bad input from the user (settings, ROI files, paths); one sentence, exit status 2."""
 
 
 class _EverySecond:
