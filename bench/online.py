@@ -64,8 +64,9 @@ from hardware.scanimage.reader import ScanImageFile  # noqa: E402
 from hardware.scanimage.writer import ScanImageWriter  # noqa: E402
 from hardware.sim.microscope import MicroscopeConfig, SimMicroscope  # noqa: E402
 from online.closed_loop import ClosedLoopController  # noqa: E402
+from online.config import PipelineConfig  # noqa: E402
 from online.decoding import ContextDecoder, EpochFeature  # noqa: E402
-from online.pipeline import OnlinePipeline, PipelineConfig  # noqa: E402
+from online.pipeline import OnlinePipeline  # noqa: E402
 from online.process import replay  # noqa: E402
 from online.rois import RoiSet  # noqa: E402
 from online.store import read_jsonl  # noqa: E402
@@ -80,6 +81,8 @@ from rig.ports import free_network  # noqa: E402
 from rig.settings import Settings, dump_settings, parse_settings  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+DEFAULTS = Settings()
+"""The default settings: the online section and frame rate the benchmarks run with."""
 log = logging.getLogger("bench.online")
 
 
@@ -113,11 +116,11 @@ def per_frame(n_frames: int, distinct: int) -> dict[str, Any]:
     pixels = [f.pixels for f in frames]
     truth = np.array([f.truth.shift for f in frames])
     rois = RoiSet.from_masks((sim.height, sim.width), sim.masks)
-    config = PipelineConfig.from_settings(Settings())
+    config = PipelineConfig(DEFAULTS.online, frame_rate_hz=DEFAULTS.imaging.frame_rate_hz)
     # armed in every trial and never sending (its clock makes every frame look stale), so the running
     # projection and the decode run on every frame
-    loop = ClosedLoopController(_Silent(), confidence_threshold=0.5, window_s=config.delay_window_s,
-                                clock_ns=lambda: 2**62)
+    loop = ClosedLoopController(_Silent(), confidence_threshold=0.5,
+                                window_s=config.online.decoder.delay_window_s, clock_ns=lambda: 2**62)
     pipeline = OnlinePipeline(config, rois=rois, closed_loop=loop)
     t0 = time.perf_counter()
     seq = 0
@@ -125,7 +128,7 @@ def per_frame(n_frames: int, distinct: int) -> dict[str, Any]:
     def header(index: int, trial: int, time_s: float) -> FrameHeader:
         return FrameHeader(seq, index, time_s, 0.0, trial, 0, 0, sim.height, sim.width, "<i2", time.time_ns())
 
-    n_ref = config.reference_frames
+    n_ref = config.online.registration.reference_frames
     if len(pixels) <= n_ref:
         raise SystemExit(f"--distinct must be more than the {n_ref} reference frames")
     reference_shifts: list[tuple[float, float]] = []
@@ -269,7 +272,7 @@ def block_path() -> Iterator[None]:
 
 def replay_speed(folder: Path, files: int, frames_per_file: int) -> dict[str, Any]:
     paths, imaging = write_replay_files(folder, files, frames_per_file)
-    config = PipelineConfig.from_settings(Settings())
+    config = PipelineConfig(DEFAULTS.online, frame_rate_hz=DEFAULTS.imaging.frame_rate_hz)
     figures: dict[str, Any] = {"replay_files": files, "replay_cold_method": "fsync + posix_fadvise(DONTNEED)"}
     replay(paths[0], out=folder / "warm-up", rois=folder / "rois.npz", config=config)  # one-off costs
     for path_kind in ("mmap", "block"):

@@ -11,7 +11,9 @@ How, per trial (`ClosedLoopController`):
   activity that counts follows the last restart;
 - every new frame of the trial at or after that entry updates a `RunningProjection` on the context's
   current delay CD over a sliding window of `window_s` (the decoder's `delay_window_s`, the window the CD
-  was trained on); frames that arrived before the state message are replayed from the trial's frames;
+  was trained on); frames that arrived before the state message are replayed from the trial's frames.
+  The pipeline pushes all of it with the frame (`on_frame`: the frame, the context and its CD, the
+  trial's frames so far), so the controller never asks back;
 - once `DelayDecoderWait` has been entered, the window is full and the decoder is ready, the first
   frame (or the wait entry itself, if frames came first) whose decode has confidence >= the threshold sends
   the decision: one byte, or one control request (below). One decision per trial, never more;
@@ -268,6 +270,7 @@ class _TrialLoop:
     gated: bool = False
     closed: bool = False
     projection: RunningProjection | None = None
+    context: str = ""
     last_frame: _FrameRef | None = None
     decision: Decision | None = None
     frames: int = 0
@@ -275,10 +278,6 @@ class _TrialLoop:
     below_threshold: int = 0
     stale: int = 0
     max_confidence: float | None = None
-
-
-CdForTrial = Callable[[int], "tuple[str, CodingDirection] | None"]
-FramesForTrial = Callable[[int], "TrialFrames | None"]
 
 
 class ClosedLoopController:
@@ -307,9 +306,6 @@ class ClosedLoopController:
         self.clock_ns = clock_ns
         self.keep_trials = keep_trials
         self._trials: OrderedDict[int, _TrialLoop] = OrderedDict()
-        self._cd_for_trial: CdForTrial = lambda trial: None
-        self._frames_for_trial: FramesForTrial = lambda trial: None
-        self.frame_period_s = 1 / 30
         self.decisions = 0
         self.errors = 0
         self.stale = 0
@@ -321,12 +317,6 @@ class ClosedLoopController:
     def armed(self) -> bool:
         """True when decisions have somewhere to go."""
         return self.output is not None
-
-    def bind(self, cd_for_trial: CdForTrial, frames_for_trial: FramesForTrial, frame_period_s: float) -> None:
-        """Where the controller gets a trial's (context, delay CD) and its frames so far (the pipeline)."""
-        self._cd_for_trial = cd_for_trial
-        self._frames_for_trial = frames_for_trial
-        self.frame_period_s = float(frame_period_s)
 
     def _loop(self, trial: int) -> _TrialLoop:
         lp = self._trials.get(trial)
@@ -363,26 +353,30 @@ class ClosedLoopController:
             lp.closed = True  # the delay is over (go cue, free drop, ...)
         return None
 
-    def on_frame(self, trial: int, time_s: float, values: np.ndarray, *, frame_index: int,
-                 frame_start_s: float, t_ns: int) -> Decision | None:
-        """One processed frame of `trial`: `time_s` as the decoder sees it (trial clock), `values` its
-        dF/F."""
+    def wants_frame(self, trial: int, time_s: float) -> bool:
+        """Whether a frame of `trial` at `time_s` counts: the trial is in its delay, undecided."""
         lp = self._trials.get(trial)
-        if lp is None or lp.delay_onset is None or lp.closed or lp.decision is not None:
+        return not (lp is None or lp.delay_onset is None or lp.closed or lp.decision is not None
+                    or time_s < lp.delay_onset)
+
+    def on_frame(self, trial: int, time_s: float, values: np.ndarray, *, frame_index: int,
+                 frame_start_s: float, frame_end_s: float, t_ns: int,
+                 cd: tuple[str, CodingDirection] | None, frames: TrialFrames | None = None,
+                 ) -> Decision | None:
+        """One processed frame of `trial`: `time_s` as the decoder sees it (trial clock), `values` its
+        dF/F, with what the decision needs: the trial's (context, current delay CD), None while its decoder
+        is not ready, and the trial's frames so far (replayed into a new window)."""
+        if not self.wants_frame(trial, time_s):
             return None
-        if time_s < lp.delay_onset:
-            return None
-        found = self._cd_for_trial(trial)
-        if found is None:
+        lp = self._trials[trial]
+        if cd is None:
             lp.not_ready += 1
             return None
-        _, cd = found
+        lp.context, direction = cd
         lp.frames += 1
-        frame = _FrameRef(int(frame_index), float(frame_start_s), float(frame_start_s) + self.frame_period_s,
-                          int(t_ns))
-        if lp.projection is None or lp.projection.cd is not cd:
-            lp.projection = RunningProjection(cd, self.window_s)
-            frames = self._frames_for_trial(trial)
+        frame = _FrameRef(int(frame_index), float(frame_start_s), float(frame_end_s), int(t_ns))
+        if lp.projection is None or lp.projection.cd is not direction:
+            lp.projection = RunningProjection(direction, self.window_s)
             replayed = False
             if frames is not None and len(frames):
                 times, activity = frames.times_s, frames.activity
@@ -396,14 +390,15 @@ class ClosedLoopController:
         lp.last_frame = frame
         return self._try_decide(lp, frame)
 
-    def _required_frames(self) -> int:
-        return max(1, int(round(self.window_s / self.frame_period_s)) - 1)
+    def _required_frames(self, frame: _FrameRef) -> int:
+        """Frames that fill the window, at the frame's period."""
+        return max(1, int(round(self.window_s / (frame.end_s - frame.start_s))) - 1)
 
     def _try_decide(self, lp: _TrialLoop, frame: _FrameRef) -> Decision | None:
         projection = lp.projection
         if lp.wait_s is None or projection is None or lp.decision is not None or lp.closed:
             return None
-        if projection.n_frames < self._required_frames():
+        if projection.n_frames < self._required_frames(frame):
             return None
         decode = projection.decode()
         if decode is None:
@@ -419,8 +414,6 @@ class ClosedLoopController:
             return None
         if self.output is None:
             return None
-        found = self._cd_for_trial(lp.trial)
-        context = found[0] if found is not None else ""
         code = self.codes[decode.side]
         error = None
         try:
@@ -431,7 +424,7 @@ class ClosedLoopController:
             logger.error("closed loop, trial %d: %s", lp.trial, exc)
         sent = self.clock_ns()
         decision = Decision(
-            trial=lp.trial, context=context, side=decode.side, code=code,
+            trial=lp.trial, context=lp.context, side=decode.side, code=code,
             bpod_event=self.output.event_name(code),
             confidence=round(decode.confidence, 6), projection=float(decode.projection),
             boundary=float(projection.cd.boundary.value), frame_index=frame.index,

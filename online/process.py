@@ -48,15 +48,12 @@ from typing import Any
 import numpy as np
 
 from online.closed_loop import AppPortOutput, ClosedLoopController, ClosedLoopOutputError, SoftCodeOutput
+from online.config import PipelineConfig
 from online.decoding import CodingDirectionStore
+from online.errors import MalformedInput, PipelineError, UserInputError
 from online.messages import HealthReport
-from online.pipeline import (
-    MalformedInput,
-    OnlinePipeline,
-    PipelineConfig,
-    PipelineError,
-    PipelineOutput,
-)
+from online.outputs import PipelineOutput
+from online.pipeline import OnlinePipeline
 from online.rois import RoiSet, load_suite2p
 from online.store import CodingDirectionFile, SessionOutputs, load_reference, read_jsonl
 from online.transport import LosslessReceiver, LossyPublisher, LossySubscriber, TransportError, security_for
@@ -82,10 +79,6 @@ SUBSCRIBE_SETTLE_S = 0.2
 """Time given to the SUB socket's subscription to reach the rig's PUB before `ready` is printed."""
 MAX_CONSECUTIVE_ERRORS = 200
 EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 1, 2
-
-
-class UserInputError(Exception):
-    """Bad input from the user (settings, ROI files, paths); one sentence, exit status 2."""
 
 
 class _EverySecond:
@@ -136,6 +129,13 @@ def load_roi_source(path: str | Path) -> tuple[RoiSet, np.ndarray | None]:
         raise UserInputError(str(exc)) from exc
     raise UserInputError(f"--rois {path}: expected a suite2p plane folder (stat.npy, iscell.npy, ops.npy), a "
                          "folder with rois.npz, or a rois.npz file")
+
+
+def pipeline_config(settings: Any, alignment: str) -> PipelineConfig:
+    """The pipeline's configuration from the rig's settings: the online section and the per-plane rate."""
+    imaging = settings.imaging
+    return PipelineConfig(settings.online, frame_rate_hz=imaging.frame_rate_hz / imaging.planes,
+                          alignment=alignment)  # type: ignore[arg-type]
 
 
 # -- the live process --------------------------------------------------------------------------------------
@@ -199,7 +199,7 @@ class OnlineService:
         self.options = options
         self.session = options.session_dir.name
         rois, reference = (load_roi_source(options.rois) if options.rois is not None else (None, None))
-        self.config = PipelineConfig.from_settings(settings, alignment=options.alignment)
+        self.config = pipeline_config(settings, options.alignment)
         self.outputs = SessionOutputs(options.session_dir)
         self.cd_file = (CodingDirectionFile.in_subject_dir(options.subject_dir)
                         if options.subject_dir is not None else None)
@@ -208,7 +208,7 @@ class OnlineService:
                            "session only and not saved for later sessions")
         store = self.cd_file.load() if self.cd_file is not None else CodingDirectionStore()
         self.closed_loop = build_closed_loop(settings, options.app_port, self.outputs,
-                                             self.config.delay_window_s)
+                                             self.config.online.decoder.delay_window_s)
         self.pipeline = OnlinePipeline(self.config, rois=rois, reference=reference, session=self.session,
                                        cd_store=store, closed_loop=self.closed_loop)
         self.counters = _Counters()
@@ -708,7 +708,7 @@ def main_replay(argv_path: str, out: str | None, rois: str | None, trials: str |
     try:
         config = None
         if settings_path is not None:
-            config = PipelineConfig.from_settings(load_settings(settings_path), alignment=alignment)
+            config = pipeline_config(load_settings(settings_path), alignment)
         elif alignment != "trigger":
             config = PipelineConfig(alignment=alignment)  # type: ignore[arg-type]
         summary = replay(argv_path, out=out, rois=rois, trials=trials, config=config)

@@ -12,6 +12,7 @@ to 3x) until at least `min_pixels` are found.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections.abc import Iterable, Mapping
@@ -473,3 +474,13 @@ def detect_rois(reference: np.ndarray, max_rois: int, radius_px: float, threshol
         masks.append({"ypix": y[body], "xpix": x[body], "lam": weight[body]})
     logger.info("detect_rois: %d candidates above %.1f SD, kept %d", py.size, threshold, len(masks))
     return RoiSet.from_masks((h, w), masks, neuropil)
+
+
+def roi_set_id(rois: RoiSet) -> str:
+    """A short id of the ROI masks (same masks -> same id), so CDs compare only over the same neurons."""
+    h = hashlib.sha1()
+    h.update(np.asarray(rois.shape, np.int64).tobytes())
+    for array in (rois.roi_offsets, rois.ypix, rois.xpix):
+        h.update(np.ascontiguousarray(array).astype(np.int64).tobytes())
+    h.update(np.round(np.asarray(rois.lam, np.float64), 4).tobytes())
+    return f"rois-{h.hexdigest()[:12]}"

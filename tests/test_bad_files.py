@@ -25,7 +25,7 @@ from hardware.scanimage.reader import ScanImageFile
 from hardware.scanimage.tiff_index import PageIndex, TiffIndexer
 from hardware.scanimage.writer import ScanImageWriter
 from hardware.sim.microscope import MicroscopeConfig, SimMicroscope
-from online.pipeline import PipelineConfig
+from online.config import PipelineConfig
 from online.process import EXIT_OK, EXIT_USER, main_replay, replay
 from online.rois import RoiSet
 from online.store import read_traces
@@ -41,7 +41,8 @@ needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="../shared/data (the r
 SIZE, RATE, N_FRAMES = 32, 10.0, 24
 SETTINGS = parse_settings({"imaging": {"frame_rate_hz": RATE},
                            "online": {"registration": {"reference_frames": 8, "max_shift_px": 6}}})
-CONFIG = PipelineConfig.from_settings(SETTINGS)
+CONFIG = PipelineConfig(SETTINGS.online, frame_rate_hz=SETTINGS.imaging.frame_rate_hz)
+REFERENCE_FRAMES = CONFIG.online.registration.reference_frames
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -229,7 +230,7 @@ def test_replay_of_a_file_cut_short_replays_every_readable_frame_and_says_where_
     assert figures["frames"] == readable
     (stop,) = figures["stopped"]
     assert stop["file"] == str(path) and stop["frame"] == readable and stop["reason"] in err[0]
-    if readable > CONFIG.reference_frames:  # the pipeline starts after its reference frames
+    if readable > REFERENCE_FRAMES:  # the pipeline starts after its reference frames
         np.testing.assert_array_equal(replayed_dff(tmp_path / "out"), good_replay[:readable])
 
 
@@ -295,7 +296,7 @@ def test_flipped_structure_gives_one_sentence_and_the_pages_before_it(
     assert status == EXIT_USER
     assert_one_sentence(err, str(path))
     assert figures["frames"] == (readable or 0)
-    if readable and readable > CONFIG.reference_frames:  # the pipeline starts after its reference frames
+    if readable and readable > REFERENCE_FRAMES:  # the pipeline starts after its reference frames
         np.testing.assert_array_equal(replayed_dff(tmp_path / "out"), good_replay[:readable])
 
 

@@ -30,9 +30,12 @@ from online.closed_loop import (
     Decision,
     SoftCodeOutput,
 )
+from online.config import PipelineConfig
 from online.decoding import Boundary, CodingDirection
-from online.pipeline import OnlinePipeline, PipelineConfig, PipelineOutput
+from online.outputs import PipelineOutput
+from online.pipeline import OnlinePipeline
 from online.rois import RoiSet
+from online.settings import DecoderSettings, OnlineSettings, RegistrationSettings
 from online.store import SessionOutputs, read_jsonl
 from online.wire import FrameHeader
 from protocols.contexts import contexts_from_settings
@@ -80,7 +83,6 @@ def controller(output: FakeOutput | None = None, clock_ns: Callable[[], int] = t
     c = ClosedLoopController(output if output is not None else FakeOutput(), confidence_threshold=threshold,
                              max_delay_s=1.0, window_s=0.3, on_decision=log.append, clock_ns=clock_ns,
                              codes={"left": 2, "right": 1})
-    c.bind(lambda trial: ("tactile", CD), lambda trial: None, frame_period_s=0.1)
     return c, log
 
 
@@ -88,8 +90,8 @@ def frames(c: ClosedLoopController, trial: int, times: list[float], values: np.n
            t_ns: int | None = None) -> list[Decision]:
     out = []
     for k, t in enumerate(times):
-        d = c.on_frame(trial, t, values, frame_index=k, frame_start_s=t - 0.05,
-                       t_ns=time.time_ns() if t_ns is None else t_ns)
+        d = c.on_frame(trial, t, values, frame_index=k, frame_start_s=t - 0.05, frame_end_s=t + 0.05,
+                       t_ns=time.time_ns() if t_ns is None else t_ns, cd=("tactile", CD))
         if d is not None:
             out.append(d)
     return out
@@ -237,7 +239,9 @@ def sim_config() -> MicroscopeConfig:
 def trained_pipeline(closed_loop: ClosedLoopController) -> OnlinePipeline:
     """A pipeline whose tactile decoder learned from 24 simulated trials (ungated, same epochs as live)."""
     sim = SimMicroscope(sim_config())
-    pipeline = OnlinePipeline(PipelineConfig(frame_rate_hz=RATE, reference_frames=20, min_trials_per_side=5),
+    online = OnlineSettings(registration=RegistrationSettings(reference_frames=20),
+                            decoder=DecoderSettings(min_trials_per_side=5))
+    pipeline = OnlinePipeline(PipelineConfig(online, frame_rate_hz=RATE),
                               rois=RoiSet.from_masks((SIZE, SIZE), sim.masks), session="s",
                               closed_loop=closed_loop)
     rng = np.random.default_rng(5)

@@ -10,7 +10,6 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -38,6 +37,7 @@ from online.decoding import (
     train,
     trial_features,
 )
+from online.settings import DecoderSettings
 from tests.timelines import trial_timeline
 
 log = logging.getLogger(__name__)
@@ -191,7 +191,7 @@ def test_running_projection_equals_the_batch_projection_of_the_window(sessions: 
         assert decoder.decode_trial(activity).projection == pytest.approx(batch.projection)
     # The sliding default: the epoch window's length over the newest frames.
     sliding = decoder.running_projection()
-    assert sliding.window_s == pytest.approx(decoder.config.delay_window_s)
+    assert sliding.window_s == pytest.approx(decoder.config.settings.delay_window_s)
 
 
 def test_running_projection_costs_microseconds_per_frame(sessions: dict[str, Session]) -> None:
@@ -256,8 +256,24 @@ def test_incremental_updates_equal_the_batch_results(sessions: dict[str, Session
     assert decoder.accuracy() == decoding_accuracy(batch)
 
 
+def test_the_cd_method_of_the_settings_is_the_one_the_decoder_uses(sessions: dict[str, Session]) -> None:
+    classic = ContextDecoder("tactile", N_NEURONS, DecoderConfig(bin_s=DT))
+    lda = ContextDecoder("tactile", N_NEURONS, DecoderConfig(DecoderSettings(cd_method="lda"), bin_s=DT))
+    for side, trial in sessions["A"].correct:
+        classic.add_trial(side, trial)
+        lda.add_trial(side, trial)
+    assert DecoderSettings().cd_method == "classic" and classic.coding_direction().method == "classic"
+    cd = lda.coding_direction()
+    assert cd.method == "lda"
+    np.testing.assert_allclose(cd.vector, classic.coding_direction("delay", "lda").vector, atol=1e-12)
+    assert not np.allclose(cd.vector, classic.coding_direction().vector)
+    assert lda.decode_trial(sessions["A"].correct[0][1]) == cd.decode(
+        sessions["A"].correct[0][1].mean_in(lda.windows["delay"]))
+
+
 def test_too_few_trials_is_not_ready_rather_than_a_bogus_decode(sessions: dict[str, Session]) -> None:
-    decoder = ContextDecoder("tactile", N_NEURONS, DecoderConfig(bin_s=DT, min_trials_per_side=10))
+    config = DecoderConfig(DecoderSettings(min_trials_per_side=10), bin_s=DT)
+    decoder = ContextDecoder("tactile", N_NEURONS, config)
     rights = [t for s, t in sessions["A"].correct if s == "right"]
     lefts = [t for s, t in sessions["A"].correct if s == "left"]
     for trial in rights[:12] + lefts[:9]:
@@ -391,9 +407,11 @@ def test_sliding_running_projection_keeps_the_newest_window_of_frames() -> None:
 
 
 def test_decoder_config_from_settings() -> None:
-    decoder_settings = SimpleNamespace(delay_window_s=0.5, min_trials_per_side=3)
-    config = DecoderConfig.from_settings(decoder_settings, frame_rate_hz=6.0)
-    assert config.bin_s == pytest.approx(1 / 6) and config.min_trials_per_side == 3
+    decoder_settings = DecoderSettings(delay_window_s=0.5, min_trials_per_side=3)
+    config = DecoderConfig(decoder_settings, bin_s=1 / 6.0)
+    assert config.bin_s == pytest.approx(1 / 6) and config.settings.min_trials_per_side == 3
     assert config.windows()["delay"].start_s == -0.5 and config.windows()["delay"].n_bins(config.bin_s) == 3
+    with pytest.raises(ValueError, match="cd_method(?s:.*)'classic', 'lda' or 'lda_eigenvector'"):
+        DecoderSettings(cd_method="pca")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown CD method"):
-        DecoderConfig(method="pca")  # type: ignore[arg-type]
+        ContextDecoder("tactile", 2, config).coding_direction("delay", "pca")

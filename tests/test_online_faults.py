@@ -16,10 +16,13 @@ import zmq
 
 from hardware.scanimage.writer import ScanImageWriter
 from hardware.sim.microscope import MicroscopeConfig, SimMicroscope
+from online.config import PipelineConfig
+from online.errors import MalformedInput, PipelineError
 from online.messages import HealthReport
-from online.pipeline import MalformedInput, OnlinePipeline, PipelineConfig, PipelineError
+from online.pipeline import OnlinePipeline
 from online.process import replay
 from online.rois import RoiSet, detect_rois
+from online.settings import OnlineSettings, RegistrationSettings
 from online.transport import MAX_STREAMS, LosslessReceiver, LosslessSender, LossySubscriber
 from online.wire import (
     MAX_HEADER_BYTES,
@@ -35,6 +38,8 @@ from rig.ports import free_loopback_endpoint
 from tests.test_online_process import PERIOD_S, RATE, SIZE, make_settings
 
 REFERENCE_FRAMES = 10  # make_settings: the module builds its reference from 10 frames
+CONFIG = PipelineConfig(OnlineSettings(registration=RegistrationSettings(reference_frames=REFERENCE_FRAMES)),
+                        frame_rate_hz=RATE)
 
 
 def good_header(**changes: Any) -> dict[str, Any]:
@@ -296,7 +301,7 @@ def frame_header(index: int, shape: tuple[int, int] = (SIZE, SIZE), dtype: str =
 
 
 def test_a_reference_without_cells_waits_for_frames_with_cells() -> None:
-    pipeline = OnlinePipeline(PipelineConfig(frame_rate_hz=RATE, reference_frames=REFERENCE_FRAMES))
+    pipeline = OnlinePipeline(CONFIG)
     flat = np.full((SIZE, SIZE), 500, np.int16)
     flat[0, 0] = 501  # not constant, but no cell anywhere (a uniform field: shutter half open, no sample)
     for i in range(3 * REFERENCE_FRAMES):
@@ -308,7 +313,7 @@ def test_a_reference_without_cells_waits_for_frames_with_cells() -> None:
 
 
 def test_setup_holds_a_bounded_number_of_frames_whatever_arrives() -> None:
-    pipeline = OnlinePipeline(PipelineConfig(frame_rate_hz=RATE, reference_frames=REFERENCE_FRAMES))
+    pipeline = OnlinePipeline(CONFIG)
     rng = np.random.default_rng(0)
     for i in range(200):  # every frame of a new size: none may be kept for long
         shape = (8 + i, 8)
@@ -324,8 +329,7 @@ def test_setup_holds_a_bounded_number_of_frames_whatever_arrives() -> None:
 def test_frames_of_another_size_than_the_given_rois_are_skipped_then_refused() -> None:
     sim = SimMicroscope(MicroscopeConfig(height=SIZE, width=SIZE, n_neurons=12, frame_rate_hz=RATE, seed=3))
     rois = RoiSet.from_masks((SIZE, SIZE), sim.masks)
-    config = PipelineConfig(frame_rate_hz=RATE, reference_frames=REFERENCE_FRAMES)
-    pipeline = OnlinePipeline(config, rois=rois)
+    pipeline = OnlinePipeline(CONFIG, rois=rois)
     small = np.ones((SIZE // 2, SIZE // 2), np.int16)
     with pytest.raises(MalformedInput, match=f"the ROIs are for {SIZE}x{SIZE}"):
         pipeline.process_frame(frame_header(0, small.shape), small)
@@ -333,7 +337,7 @@ def test_frames_of_another_size_than_the_given_rois_are_skipped_then_refused() -
     for i, f in enumerate(frames):
         pipeline.process_frame(frame_header(1 + i), f.pixels)
     assert pipeline.ready and pipeline.stats.frames_processed == len(frames)
-    wrong = OnlinePipeline(config, rois=rois)
+    wrong = OnlinePipeline(CONFIG, rois=rois)
     with pytest.raises(PipelineError, match=f"ROIs are for {SIZE}x{SIZE} frames, frames are 32x32"):
         for i in range(1000):  # a whole stream of another size: the wrong ROIs, said in one sentence
             try:
@@ -365,15 +369,14 @@ def test_replay_skips_nan_frames_and_processes_the_rest(tmp_path: Path) -> None:
                 if k in nan_at:
                     pixels[9, 9] = np.nan
                 writer.write_frame(pixels, f.timestamp_s)
-    config = PipelineConfig(frame_rate_hz=RATE, reference_frames=REFERENCE_FRAMES)
-    summary = replay(tmp_path / "imaging", out=tmp_path / "out", config=config)
+    summary = replay(tmp_path / "imaging", out=tmp_path / "out", config=CONFIG)
     assert summary.frames == len(frames) and summary.frames_skipped == len(nan_at)
     stats = json.loads((tmp_path / "out" / "online_summary.json").read_text())["pipeline"]["stats"]
     assert stats["frames_processed"] == len(frames) - len(nan_at) and stats["frames_nonfinite"] == len(nan_at)
 
 
 def test_a_frame_of_a_far_future_trial_neither_drops_nor_completes_the_running_trials() -> None:
-    pipeline = OnlinePipeline(PipelineConfig(frame_rate_hz=RATE, reference_frames=REFERENCE_FRAMES))
+    pipeline = OnlinePipeline(CONFIG)
     frames = sim_frames(3)
     per_trial = {t: [f for f in frames if f.trial == t] for t in (1, 2, 3)}
 
@@ -406,7 +409,7 @@ def test_a_receiver_keeps_bounded_state_for_senders_that_rename_themselves() -> 
 
 
 def test_state_events_of_far_future_trials_keep_nothing() -> None:
-    pipeline = OnlinePipeline(PipelineConfig(frame_rate_hz=RATE, reference_frames=REFERENCE_FRAMES))
+    pipeline = OnlinePipeline(CONFIG)
     for i, f in enumerate(sim_frames(1)):
         pipeline.process_frame(frame_header(i), f.pixels)
     assert pipeline.trials is not None

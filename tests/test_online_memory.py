@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from online.alignment import ContinuousAligner
+from online.config import PipelineConfig
 from online.decoding import (
     Boundary,
     ContextDecoder,
@@ -15,8 +16,9 @@ from online.decoding import (
     EpochFeature,
     classic_cd,
 )
-from online.pipeline import OnlinePipeline, PipelineConfig
+from online.pipeline import OnlinePipeline
 from online.rois import RoiSet
+from online.settings import DecoderSettings, OnlineSettings
 from online.wire import FrameHeader
 
 N_NEURONS = 12
@@ -33,7 +35,7 @@ def _features(config: DecoderConfig, rng: np.random.Generator, side: str) -> dic
 
 
 def test_a_decoder_keeps_the_most_recent_trials_per_side_and_its_cd_is_theirs() -> None:
-    config = DecoderConfig(min_trials_per_side=5, bin_s=0.1, trials_kept_per_side=KEPT)
+    config = DecoderConfig(DecoderSettings(min_trials_per_side=5, trials_kept_per_side=KEPT), bin_s=0.1)
     decoder = ContextDecoder("tactile", N_NEURONS, config)
     rng = np.random.default_rng(0)
     fed: dict[str, list[np.ndarray]] = {"right": [], "left": []}
@@ -61,7 +63,7 @@ def test_a_decoder_keeps_the_most_recent_trials_per_side_and_its_cd_is_theirs() 
 
 def test_a_decoder_refuses_to_keep_fewer_trials_than_it_needs() -> None:
     with pytest.raises(ValueError, match="trials_kept_per_side"):
-        DecoderConfig(min_trials_per_side=10, trials_kept_per_side=9)
+        DecoderSettings(min_trials_per_side=10, trials_kept_per_side=9)
 
 
 SIZE = 32
@@ -73,8 +75,8 @@ def _pipeline(trials_kept_per_side: int) -> tuple[OnlinePipeline, np.ndarray]:
              for y in range(4, 28, 8) for x in range(4, 28, 6)]
     rois = RoiSet.from_masks((size, size), [{"ypix": ys, "xpix": xs} for ys, xs in masks])
     reference = np.random.default_rng(2).uniform(50.0, 150.0, (size, size)).astype(np.float32)
-    config = PipelineConfig(frame_rate_hz=10.0, min_trials_per_side=3, measure_frame_rate=False,
-                            trials_kept_per_side=trials_kept_per_side)
+    decoder = DecoderSettings(min_trials_per_side=3, trials_kept_per_side=trials_kept_per_side)
+    config = PipelineConfig(OnlineSettings(decoder=decoder), frame_rate_hz=10.0, measure_frame_rate=False)
     pipeline = OnlinePipeline(config, rois=rois, reference=reference, session="s")
     for index in range(20):  # initialises on the first usable frames, with the given reference and ROIs
         if pipeline.ready:
@@ -111,7 +113,7 @@ def test_the_pipeline_keeps_a_bounded_number_of_trials_through_thousands_of_tria
     for decoder in pipeline.decoders.values():
         for epoch in ("sample", "delay", "response"):
             assert decoder.n_trials("right", epoch) == decoder.n_trials("left", epoch) == KEPT
-    assert len(pipeline._finalised) <= 1000 and len(pipeline._contexts) <= 64
+    assert len(pipeline.trial_stage._finalised) <= 1000 and len(pipeline.trial_stage._contexts) <= 64
 
 
 def test_continuous_alignment_keeps_a_bounded_number_of_trigger_edges() -> None:

@@ -19,18 +19,14 @@ import numpy as np
 import pytest
 
 from hardware.sim.microscope import MicroscopeConfig, SimMicroscope
+from online.config import PipelineConfig
 from online.decoding import CodingDirectionStore
+from online.errors import MalformedInput, PipelineError
 from online.messages import DecoderResult, TraceFrame
-from online.pipeline import (
-    NO_TRIAL,
-    MalformedInput,
-    OnlinePipeline,
-    PipelineConfig,
-    PipelineError,
-    PipelineOutput,
-    roi_set_id,
-)
-from online.rois import RoiSet
+from online.outputs import PipelineOutput
+from online.pipeline import NO_TRIAL, OnlinePipeline
+from online.rois import RoiSet, roi_set_id
+from online.settings import DecoderSettings, OnlineSettings, RegistrationSettings
 from online.store import (
     CODING_DIRECTIONS_FILE,
     INDEX_DTYPE,
@@ -141,7 +137,9 @@ def sessions(tmp_path_factory: pytest.TempPathFactory) -> Sessions:
     cd_file = CodingDirectionFile.in_subject_dir(subject)
     sim = make_sim()
     rois = RoiSet.from_masks((SIZE, SIZE), sim.masks)
-    config = PipelineConfig(frame_rate_hz=RATE, reference_frames=30, min_trials_per_side=10)
+    online = OnlineSettings(registration=RegistrationSettings(reference_frames=30),
+                            decoder=DecoderSettings(min_trials_per_side=10))
+    config = PipelineConfig(online, frame_rate_hz=RATE)
     first = Run(sim, OnlinePipeline(config, rois=rois, session=SESSION_1, cd_store=cd_file.load()))
     outputs = SessionOutputs(folder)
     rng = np.random.default_rng(1)
@@ -323,10 +321,13 @@ def small_sim(**overrides: object) -> SimMicroscope:
     return SimMicroscope(config)
 
 
-def small_pipeline(sim: SimMicroscope, **config: object) -> OnlinePipeline:
-    values: dict[str, object] = {"frame_rate_hz": 10.0, "reference_frames": 5, "min_trials_per_side": 2,
-                                 "finalize_timeout_s": 5.0, **config}
-    return OnlinePipeline(PipelineConfig(**values), rois=RoiSet.from_masks((64, 64), sim.masks))  # type: ignore
+def small_pipeline(sim: SimMicroscope, registration: dict[str, object] | None = None,
+                   decoder: dict[str, object] | None = None, **config: object) -> OnlinePipeline:
+    reg = RegistrationSettings.model_validate({"reference_frames": 5, **(registration or {})})
+    dec = DecoderSettings.model_validate({"min_trials_per_side": 2, **(decoder or {})})
+    online = OnlineSettings(registration=reg, decoder=dec)
+    values: dict[str, object] = {"frame_rate_hz": 10.0, "finalize_timeout_s": 5.0, **config}
+    return OnlinePipeline(PipelineConfig(online, **values), rois=RoiSet.from_masks((64, 64), sim.masks))  # type: ignore
 
 
 def test_a_trial_is_finalised_once_its_frames_are_in(tmp_path: Path) -> None:
@@ -382,6 +383,24 @@ def test_malformed_events_and_frames_are_refused_with_a_reason() -> None:
     pipeline.on_trial_end({"trial": 1, "context": "tactile", "side": "left", "outcome": "hit"})
     with pytest.raises(MalformedInput, match="second end record"):
         pipeline.on_trial_end({"trial": 1, "context": "tactile", "side": "left", "outcome": "hit"})
+
+
+def test_the_online_settings_reach_registration_and_the_decoders() -> None:
+    """online.registration.crop_px is the side of the centre crop registered; online.decoder.cd_method the
+    CD the decoders compute (classic unless the settings say otherwise)."""
+    sim = small_sim()
+    sim.start_trial(0.1, "tactile", "left", EPOCHS, trial=1)
+    frames = sim.frames_until(1.0)
+    default = small_pipeline(sim)
+    cropped = small_pipeline(sim, registration={"crop_px": 32}, decoder={"cd_method": "lda"})
+    for pipeline in (default, cropped):
+        for i, f in enumerate(frames):
+            pipeline.process_frame(header(f, i, size=64), f.pixels)
+    assert default.frame_stage is not None and cropped.frame_stage is not None
+    assert default.frame_stage.registration.crop_px == 64  # 128 by default, clipped to the 64 px frame
+    assert cropped.frame_stage.registration.crop_px == 32
+    assert default.decoder_config is not None and default.decoder_config.method == "classic"
+    assert cropped.decoder_config is not None and cropped.decoder_config.method == "lda"
 
 
 def test_rois_of_another_frame_size_are_refused() -> None:

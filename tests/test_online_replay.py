@@ -15,16 +15,19 @@ import pytest
 from hardware.scanimage.reader import ScanImageFile
 from hardware.scanimage.writer import ScanImageWriter
 from hardware.sim.microscope import MicroscopeConfig, SimMicroscope
-from online.pipeline import OnlinePipeline, PipelineConfig
+from online.config import PipelineConfig
+from online.pipeline import OnlinePipeline
 from online.process import replay, scanimage_files
 from online.rois import RoiSet
+from online.settings import DecoderSettings, OnlineSettings, RegistrationSettings
 from online.store import read_jsonl, read_traces
 from online.wire import FrameHeader
 from rig.settings import dump_settings, parse_settings
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE, RATE, PERIOD_S, N_TRIALS = 64, 10.0, 3.0, 14
-CONFIG = PipelineConfig(frame_rate_hz=RATE, reference_frames=10, min_trials_per_side=3)
+CONFIG = PipelineConfig(OnlineSettings(registration=RegistrationSettings(reference_frames=10),
+                                       decoder=DecoderSettings(min_trials_per_side=3)), frame_rate_hz=RATE)
 
 
 def states(correct: bool) -> dict[str, list[list[float]]]:

@@ -23,6 +23,7 @@ from hardware.settings import (
     bpod_line_names,
     valve_time_s,
 )
+from online.settings import ClosedLoopSettings, DecoderSettings, OnlineSettings, RegistrationSettings
 from protocols.settings import (
     AdvanceCriterion,
     AutoRewardSettings,
@@ -45,17 +46,7 @@ from rig.settings.files import (
     read_settings_file,
 )
 from rig.settings.problems import SettingsError, format_problem
-from rig.settings.schema import (
-    ClosedLoopSettings,
-    DataSettings,
-    DecoderSettings,
-    ImagingSettings,
-    NetworkSettings,
-    OnlineSettings,
-    RegistrationSettings,
-    RigSettings,
-    Settings,
-)
+from rig.settings.schema import DataSettings, ImagingSettings, NetworkSettings, RigSettings, Settings
 
 __all__ = [
     "DEFAULT_SETTINGS_PATH", "MAX_SETTINGS_BYTES", "MAX_SETTINGS_DEPTH", "MAX_SETTINGS_VALUES",

@@ -1,0 +1,379 @@
+"""The trial stage: each trial's frames and epochs, its record, and at its end the decode and training.
+
+Frames join their trial (`add_frame`); live state entries place the epochs until the record arrives
+(`enter_state`); the record (`end`) gives the trial's epochs once, from its `States` when present. A trial
+is finalised once its frames are in: when a frame of a later trial arrives, when its frames reach past
+the response window, on `flush()`, or `finalize_timeout_s` after the record (`poll`).
+
+At finalisation the trial is decoded with its context's current delay CD BEFORE it is added (so every
+decode is held out), then, if correct (outcome "hit", not a free-drop trial), it trains that context's
+`ContextDecoder` (sample, delay and response windows). The `TrialOutcome` carries the decode, the
+cross-validated accuracy of every context's decoder, the trials per side, the dot products of the
+context's CDs with every stored CD over the same ROI set (`CodingDirectionStore`: earlier sessions of this
+subject, and the other contexts of this session) and the running held-out ("prospective") accuracy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from online.alignment import DEFAULT_EPOCH_STATES, AlignedTrials, EpochStates, TrialEpochs, TrialFrames
+from online.closed_loop import record_states
+from online.decoding import (
+    EPOCHS,
+    CodingDirection,
+    CodingDirectionStore,
+    ContextDecoder,
+    Decode,
+    DecoderConfig,
+    DecoderNotReady,
+)
+from online.stats import PipelineStats
+
+logger = logging.getLogger(__name__)
+
+SIDES = ("left", "right")
+CORRECT_OUTCOME = "hit"
+MAX_TRIAL_JUMP = 1000
+"""How far past the latest trial a frame's trial number may be (more is a corrupt number: it would make
+every trial in memory look finished and old)."""
+CONTEXTS_KEPT = 64
+"""Trial start messages (their contexts) remembered."""
+FINALISED_KEPT = 1000
+"""Finished trial numbers remembered, so late frames and second records are recognised."""
+
+
+@dataclass
+class Prospective:
+    """Held-out decodes of a context's correct trials so far, and how many were right."""
+
+    decoded: int = 0
+    correct: int = 0
+
+
+@dataclass
+class _Pending:
+    trial: int
+    record: dict[str, Any]
+    since: float
+    epochs: TrialEpochs | None
+    """The record's epochs (from its States), computed once; None: the live epochs stand."""
+
+
+@dataclass
+class TrialOutcome:
+    """What a trial's end computed: the decode (held out), the training and the decoders' state after it."""
+
+    trial: int
+    context: str
+    record: dict[str, Any]
+    correct: bool
+    n_frames: int = 0
+    epochs: TrialEpochs | None = None
+    decode: Decode | None = None
+    boundary: float | None = None
+    decode_skipped: str | None = None
+    training_skipped: str | None = None
+    trained_epochs: list[str] = field(default_factory=list)
+    similarity: dict[str, dict[str, float]] = field(default_factory=dict)
+    accuracy: dict[str, float | None] = field(default_factory=dict)
+    trials_per_side: dict[str, int] = field(default_factory=dict)
+    prospective: dict[str, Prospective] = field(default_factory=dict)
+    cds_changed: bool = False
+
+
+def record_epochs(record: Mapping[str, Any], names: EpochStates) -> TrialEpochs | None:
+    """A trial record's epochs from its States, or None when it has none (or they are unusable)."""
+    states = record_states(record)
+    if states is None:
+        return None
+    try:
+        return TrialEpochs.from_states(states, names)
+    except (TypeError, ValueError, IndexError) as exc:
+        logger.warning("trial %s: unusable States in the record (%s); live epochs kept", record.get("trial"),
+                       exc)
+        return None
+
+
+class TrialStage:
+    """Trials in, `TrialOutcome`s out. `start` once the ROIs are known; before that, records and states are
+    kept (and trials ended then are finalised without frames). Single-threaded; no I/O."""
+
+    def __init__(self, session: str = "", cd_store: CodingDirectionStore | None = None, *,
+                 epoch_states: EpochStates = DEFAULT_EPOCH_STATES, include_free_drop: bool = False,
+                 trials_kept: int = 6, stats: PipelineStats | None = None) -> None:
+        self.session = session
+        self.cd_store = cd_store if cd_store is not None else CodingDirectionStore()
+        self.epoch_states = epoch_states
+        self.include_free_drop = include_free_drop
+        self.trials_kept = trials_kept
+        self.stats = stats if stats is not None else PipelineStats()
+        self.trials: AlignedTrials | None = None
+        self.decoder_config: DecoderConfig | None = None
+        self.n_rois = 0
+        self.roi_set_id = ""
+        self.decoders: dict[str, ContextDecoder] = {}
+        self.accuracy: dict[str, float | None] = {}
+        self._prospective: dict[str, Prospective] = {}
+        self._pending_states: list[tuple[int, str, float]] = []
+        self._pending_ends: OrderedDict[int, _Pending] = OrderedDict()
+        self._finalised: OrderedDict[int, None] = OrderedDict()
+        self._contexts: OrderedDict[int, str] = OrderedDict()
+        self._last_context: str | None = None
+        self.latest_trial = -1
+
+    def start(self, n_rois: int, decoder_config: DecoderConfig, roi_set_id: str) -> None:
+        """The ROIs are known: frames can join trials, decoders can be made."""
+        self.n_rois, self.decoder_config, self.roi_set_id = n_rois, decoder_config, roi_set_id
+        self.trials = AlignedTrials(n_rois, self.epoch_states)
+        for trial, state, time_s in self._pending_states:
+            self.trials.enter_state(trial, state, time_s)
+        self._pending_states.clear()
+
+    # -- trials in ----------------------------------------------------------------------------------
+
+    def far_trial(self, trial: int) -> str | None:
+        """Why `trial` is refused, if it is more than MAX_TRIAL_JUMP past the latest trial with frames."""
+        if 0 <= self.latest_trial < trial - MAX_TRIAL_JUMP:
+            latest = self.latest_trial
+            return f"is of trial {trial}, more than {MAX_TRIAL_JUMP} past the latest trial {latest}"
+        return None
+
+    def is_finalised(self, trial: int) -> bool:
+        return trial in self._finalised
+
+    def enter_state(self, trial: int, state: str, time_s: float) -> bool:
+        """A live state entry; False for a trial already finalised (ignored)."""
+        if trial in self._finalised:
+            return False
+        if self.trials is None:
+            self._pending_states.append((trial, state, time_s))
+            del self._pending_states[:-2000]
+        else:
+            self.trials.enter_state(trial, state, time_s)
+        return True
+
+    def set_context(self, trial: int, context: str) -> None:
+        """A trial's start message: its context, before the record exists."""
+        self._contexts[trial] = context
+        while len(self._contexts) > CONTEXTS_KEPT:
+            self._contexts.popitem(last=False)
+
+    def context_for(self, trial: int) -> str | None:
+        """The context of a trial: from its start message, else the last finished trial's."""
+        return self._contexts.get(trial, self._last_context)
+
+    def add_frame(self, trial: int, time_s: float, dff: np.ndarray) -> bool:
+        """A frame's dF/F joins its trial; False for a trial already finalised (counted) or a time that is
+        not finite."""
+        assert self.trials is not None
+        if trial in self._finalised:
+            self.stats.frames_after_trial_end += 1
+            return False
+        if not math.isfinite(time_s):
+            return False
+        self.trials.trial(trial).add(time_s, dff)  # = add_frame(AlignedFrame(...)), without the object
+        if trial > self.latest_trial:
+            self.latest_trial = trial
+            self._drop_old_trials()
+        return True
+
+    def frames_of(self, trial: int) -> TrialFrames | None:
+        """The trial's frames so far (None before `start` or before its first frame)."""
+        if self.trials is None or trial not in self.trials:
+            return None
+        return self.trials[trial]
+
+    def _drop_old_trials(self) -> None:
+        """Trials without a record that fell out of the kept range (no events, or records lost)."""
+        assert self.trials is not None
+        for number in list(self.trials):
+            if number < self.latest_trial - self.trials_kept and number not in self._pending_ends:
+                dropped = self.trials.pop(number)
+                self.stats.frames_dropped_trials += len(dropped) if dropped is not None else 0
+
+    def is_ended(self, trial: int) -> bool:
+        """The trial's record arrived (it may still wait for its frames)."""
+        return trial in self._finalised or trial in self._pending_ends
+
+    def end(self, trial: int, context: str, record: Mapping[str, Any], now: float) -> list[TrialOutcome]:
+        """A finished trial's record (validated). Returns the trials it finalised (possibly none yet)."""
+        self._last_context = context
+        epochs = record_epochs(record, self.epoch_states)
+        self._pending_ends[trial] = _Pending(trial, dict(record), now, epochs)
+        return self.finalise_ready()
+
+    # -- finalisation -------------------------------------------------------------------------------
+
+    @property
+    def has_pending(self) -> bool:
+        return bool(self._pending_ends)
+
+    def finalise_ready(self) -> list[TrialOutcome]:
+        """Finalise every ended trial whose frames are in."""
+        done = []
+        for trial, pending in list(self._pending_ends.items()):
+            if self._frames_complete(pending):
+                done.append(self._finalise(self._pending_ends.pop(trial)))
+        return done
+
+    def poll(self, now: float, timeout_s: float) -> list[TrialOutcome]:
+        """Finalise trials whose frames did not come within `timeout_s` of their record."""
+        out = []
+        for trial, pending in list(self._pending_ends.items()):
+            if now - pending.since >= timeout_s:
+                self.stats.trials_timed_out += 1
+                out.append(self._finalise(self._pending_ends.pop(trial)))
+        return out
+
+    def flush(self) -> list[TrialOutcome]:
+        """Finalise every ended trial now (end of a replay or of the session)."""
+        out = []
+        while self._pending_ends:
+            _, pending = self._pending_ends.popitem(last=False)
+            out.append(self._finalise(pending))
+        return out
+
+    def _frames_complete(self, pending: _Pending) -> bool:
+        if self.trials is None:
+            return False
+        if self.latest_trial > pending.trial:
+            return True
+        frames = self.trials.get(pending.trial)
+        if frames is None or not len(frames):
+            return False
+        epochs = pending.epochs if pending.epochs is not None else frames.epochs
+        go = epochs.go_s if epochs.go_s is not None else pending.record.get("go_cue_s")
+        if not isinstance(go, int | float) or isinstance(go, bool):
+            return False
+        assert self.decoder_config is not None
+        end = float(go) + self.decoder_config.response_window_s[1]
+        return float(frames.times_s[-1]) >= end
+
+    def _decoder(self, context: str) -> ContextDecoder | None:
+        if self.decoder_config is None:
+            return None
+        decoder = self.decoders.get(context)
+        if decoder is None:
+            decoder = self.decoders[context] = ContextDecoder(context, self.n_rois, self.decoder_config,
+                                                              self.roi_set_id)
+            self.accuracy.setdefault(context, None)
+        return decoder
+
+    def _frames_with_epochs(self, pending: _Pending) -> TrialFrames | None:
+        """The trial's frames, their epochs those of the record (live ones where it says nothing)."""
+        frames = self.trials.pop(pending.trial) if self.trials is not None else None
+        if frames is None or len(frames) == 0:
+            self.stats.trials_without_frames += 1
+            return None
+        if pending.epochs is not None:
+            frames.epochs = pending.epochs
+        go = pending.record.get("go_cue_s")
+        if frames.epochs.go_s is None and isinstance(go, int | float) and not isinstance(go, bool):
+            frames.epochs.enter(self.epoch_states.go, float(go))
+        return frames
+
+    def _finalise(self, pending: _Pending) -> TrialOutcome:
+        record = pending.record
+        trial, context = pending.trial, str(record["context"])
+        side = record.get("side")
+        self.stats.trials_finalised += 1
+        self._finalised[trial] = None
+        while len(self._finalised) > FINALISED_KEPT:
+            self._finalised.popitem(last=False)
+        frames = self._frames_with_epochs(pending)
+        decoder = self._decoder(context)
+        correct = record.get("outcome") == CORRECT_OUTCOME and side in SIDES and (
+            self.include_free_drop or not record.get("free_drop", False))
+        out = TrialOutcome(trial, context, record, correct, n_frames=len(frames) if frames is not None else 0,
+                           epochs=frames.epochs if frames is not None else None)
+        if decoder is not None and frames is not None and decoder.ready("delay"):
+            try:
+                cd = decoder.coding_direction("delay")
+                out.decode, out.boundary = decoder.decode_trial(frames, "delay"), float(cd.boundary.value)
+            except (DecoderNotReady, ValueError) as exc:
+                out.decode_skipped = str(exc)
+        if out.decode is not None and correct:
+            stats = self._prospective.setdefault(context, Prospective())
+            stats.decoded += 1
+            stats.correct += out.decode.side == side
+        if correct and decoder is not None and frames is not None:
+            try:
+                out.trained_epochs = decoder.add_trial(str(side), frames)
+            except ValueError as exc:
+                out.training_skipped = str(exc)
+        if decoder is not None:
+            out.similarity, out.cds_changed = self._after_training(decoder, out.trained_epochs)
+            out.trials_per_side = {s: decoder.n_trials(s, "delay") for s in SIDES}
+        out.accuracy = dict(self.accuracy)
+        out.prospective = {c: Prospective(p.decoded, p.correct) for c, p in self._prospective.items()}
+        return out
+
+    def _after_training(self, decoder: ContextDecoder, used: list[str]) -> tuple[dict[str, dict[str, float]],
+                                                                                    bool]:
+        """Similarities of the context's CDs with the stored ones; a CD that changed is stored."""
+        similarity: dict[str, dict[str, float]] = {}
+        changed = False
+        if used:
+            self.accuracy[decoder.context] = _accuracy(decoder)
+            for epoch in EPOCHS:
+                if epoch not in used or not decoder.ready(epoch):
+                    continue
+                try:
+                    cd = decoder.coding_direction(epoch)
+                except DecoderNotReady:
+                    continue
+                similarity[epoch] = self._similarities(cd)
+                self.cd_store.put(self.session, cd)
+                changed = True
+        elif decoder.ready("delay"):
+            for epoch in EPOCHS:
+                if decoder.ready(epoch):
+                    with contextlib.suppress(DecoderNotReady):
+                        similarity[epoch] = self._similarities(decoder.coding_direction(epoch))
+        return similarity, changed
+
+    def _similarities(self, cd: CodingDirection) -> dict[str, float]:
+        """Dot products of `cd` with every stored CD of its epoch over the same ROIs (itself excluded); the
+        other contexts of this session count with their current CDs."""
+        out: dict[str, float] = {}
+        for sim in self.cd_store.compare(cd):
+            if sim.session == self.session and sim.context == cd.context:
+                continue
+            if sim.method != cd.method:
+                continue
+            out[f"{sim.session}/{sim.context}"] = round(sim.dot, 4)
+        return out
+
+    # -- for the closed loop and reports ------------------------------------------------------------
+
+    def cd_for_trial(self, trial: int) -> tuple[str, CodingDirection] | None:
+        """(context, current delay CD) for a running trial, or None while its decoder is not ready."""
+        context = self.context_for(trial)
+        decoder = self.decoders.get(context) if context is not None else None
+        if decoder is None or not decoder.ready("delay"):
+            return None
+        try:
+            return decoder.context, decoder.coding_direction("delay")
+        except DecoderNotReady:
+            return None
+
+    def decoder_status(self) -> dict[str, str]:
+        return {c: d.status("delay") for c, d in self.decoders.items()}
+
+
+def _accuracy(decoder: ContextDecoder) -> float | None:
+    if not decoder.ready("delay"):
+        return None
+    try:
+        return round(decoder.accuracy("delay"), 4)
+    except (DecoderNotReady, ValueError):
+        return None
