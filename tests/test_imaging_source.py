@@ -21,7 +21,6 @@ import zmq
 from hardware.bpod.emulator.world import TrialRecord, World
 from hardware.bpod.hardware_description import preset
 from hardware.scanimage.reader import ScanImageFile
-from hardware.scanimage.stream import encode_scanimage_frame
 from hardware.scanimage.writer import ScanImageWriter
 from hardware.sim import frame_pump
 from hardware.sim.frame_pump import (
@@ -41,6 +40,7 @@ from rig.ports import free_network_overrides
 from rig.session import RunOptions, SessionRunner
 from rig.settings import Settings, load_settings
 from rig.store import read_jsonl
+from tests.scanimage_frames import encode_scanimage_frame
 
 
 class Collector:

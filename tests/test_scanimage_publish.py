@@ -17,10 +17,10 @@ import pytest
 import zmq
 
 from hardware.scanimage.publish import FramePublisher, StreamAdapter
-from hardware.scanimage.stream import encode_scanimage_frame
 from online.transport import LosslessReceiver
 from online.wire import FrameHeader, Message
 from rig.ports import free_loopback_endpoint as free_endpoint
+from tests.scanimage_frames import encode_scanimage_frame
 
 REPO = Path(__file__).resolve().parents[1]
 

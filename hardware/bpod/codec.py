@@ -101,15 +101,6 @@ class StateMachineBody:
         )
 
 
-@dataclass(frozen=True)
-class StateMachineCommand:
-    """A decoded `C` command: the body and its two flags."""
-
-    run_asap: bool
-    use_back_signal: bool
-    body: StateMachineBody
-
-
 class _Writer:
     def __init__(self) -> None:
         self.parts: list[bytes] = []
@@ -425,11 +416,6 @@ def encode_confirmation(loaded: bool) -> bytes:
 def encode_trial_start_time(start_us: int) -> bytes:
     """The start timestamp the first cycle of a trial sends."""
     return _START_TIME.pack(start_us)
-
-
-def encode_trial_start(start_us: int, confirmation: int | None) -> bytes:
-    prefix = b"" if confirmation is None else bytes([confirmation])
-    return prefix + encode_trial_start_time(start_us)
 
 
 def encode_events(codes: list[int] | tuple[int, ...], cycle: int) -> bytes:
