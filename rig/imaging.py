@@ -2,7 +2,7 @@
 
 - `simulated`: the simulated microscope that `SimulatedRig` built into the emulator's world
   (`build_simulated_scope`); starting the source starts its rendering process, which follows the Bpod clock
-  (hardware/sim/frame_pump.py). With `imaging.write_tiff` it also writes ScanImage TIFF files, one per
+  (hardware/sim/scope.py). With `imaging.write_tiff` it also writes ScanImage TIFF files, one per
   trial, into `<session>/imaging/`. It needs the emulator (bpod.port: emulator); with a real Bpod there is
   nothing to couple it to.
 - `scanimage_folder`: a `FolderFollower` over `imaging.scanimage_folder` (files already there when the
@@ -11,9 +11,10 @@
 
 Every source publishes the wire format's frame messages on `network.frames_display` (lossy, PUB binds) and,
 when the online module is enabled (`online.enabled`, the lossless path's one consumer), on `network.frames`
-(lossless, PUSH connects; the online processor binds). Back-pressure on the lossless path: the simulator
-never waits (bounded queue, then frames counted as undeliverable, see frame_pump.py); the ScanImage
-sources wait for the receiver (pages stay on disk; the stream's own PUB drops, counted as frame gaps).
+(lossless, PUSH connects; the online processor binds), through a `FramePublisher` (hardware/frames/).
+Back-pressure on the lossless path (hardware/frames/lossless.py): the simulator never waits (bounded queue,
+then frames counted as undeliverable); the ScanImage sources wait for the receiver (pages stay on disk;
+the stream's own PUB drops, counted as frame gaps).
 
 `open_imaging(...)` returns an `ImagingSource`: a context manager for the session's ExitStack, with an
 idempotent `stop()` (the session stops it before writing session.json), a `health()` dict that goes
@@ -31,10 +32,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hardware.frames.publisher import FramePublisher
 from hardware.scanimage.follower import FolderFollower
-from hardware.scanimage.publish import FramePublisher, StreamAdapter, publish_folder
-from hardware.sim.frame_pump import DEFAULT_CPU_BUDGET, MicroscopeStartError, SimScope
+from hardware.scanimage.publish import StreamAdapter, publish_folder
 from hardware.sim.microscope import MicroscopeConfig
+from hardware.sim.scope import MicroscopeStartError, SimScope
+from hardware.sim.scope_plan import DEFAULT_CPU_BUDGET
 from online.transport import TransportError, security_for
 from rig.errors import UserError
 from rig.settings import Settings
