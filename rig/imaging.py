@@ -1,7 +1,7 @@
 """The session's frame source, chosen by `settings.imaging.source`, started and stopped with the session.
 
 - `simulated`: the simulated microscope that `SimulatedRig` built into the emulator's world
-  (`build_simulated_scope`); starting the source starts its rendering process, which follows the Bpod clock
+  (`rig/simulated_rig.py`); starting the source starts its rendering process, which follows the Bpod clock
   (hardware/sim/scope.py). With `imaging.write_tiff` it also writes ScanImage TIFF files, one per
   trial, into `<session>/imaging/`. It needs the emulator (bpod.port: emulator); with a real Bpod there is
   nothing to couple it to.
@@ -28,22 +28,18 @@ import logging
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hardware.frames.publisher import FramePublisher
 from hardware.scanimage.follower import FolderFollower
 from hardware.scanimage.publish import StreamAdapter, publish_folder
-from hardware.sim.microscope import MicroscopeConfig
 from hardware.sim.scope import MicroscopeStartError, SimScope
-from hardware.sim.scope_plan import DEFAULT_CPU_BUDGET
 from online.transport import TransportError, security_for
 from rig.errors import UserError
 from rig.settings import Settings
 
 if TYPE_CHECKING:
-    from hardware.bpod.emulator.world import World
     from rig.simulated_rig import SimulatedRig
 
 log = logging.getLogger(__name__)
@@ -51,28 +47,6 @@ log = logging.getLogger(__name__)
 IMAGING_FOLDER = "imaging"
 """Subfolder of the session folder for the simulated microscope's TIFF files."""
 SOURCE_NAME = "rig-imaging"
-
-
-def build_simulated_scope(settings: Settings, speed: float, world: World,
-                          clock: Callable[[], int] | None = None,
-                          cpu_budget: float = DEFAULT_CPU_BUDGET) -> SimScope:
-    """The simulated microscope for a `SimulatedRig`: settings.sim.microscope and settings.imaging, wired as
-    settings.wiring, reduced by `plan_for_speed` so that it keeps up with a session at `speed`; `clock`
-    reads the engine's cycle (see `SimScope.now_cycle`)."""
-    imaging = settings.imaging
-    if imaging.channels != 1:
-        log.warning("simulated microscope renders one channel; imaging.channels=%d is ignored",
-                    imaging.channels)
-    config = MicroscopeConfig.from_settings(settings.sim.microscope, imaging=imaging, seed=settings.sim.seed)
-    wiring = settings.wiring
-    scope = SimScope.for_speed(
-        config, world, speed, cpu_budget, clock=clock, imaging_trigger=wiring.imaging_trigger,
-        sample_cues=(wiring.pole, wiring.sample_tone_high, wiring.sample_tone_low), go_cue=wiring.go_cue)
-    eff = scope.effective
-    reduced = (f" (reduced from {config.height}x{config.width} at {config.frame_rate_hz:g} Hz for {speed:g}x "
-               "speed, see the warning above; recorded in session.json)") if scope.reduced else ""
-    log.info("simulated microscope: %dx%d at %.2f Hz%s", eff.height, eff.width, eff.rate_hz, reduced)
-    return scope
 
 
 class ImagingSource(ABC):
