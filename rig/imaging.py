@@ -1,8 +1,8 @@
 """The session's frame source, chosen by `settings.imaging.source`, started and stopped with the session.
 
 - `simulated`: the simulated microscope that `SimulatedRig` built into the emulator's world
-  (`build_simulated_scope`); starting the source starts its rendering process, which follows the Bpod clock
-  (hardware/sim/frame_pump.py). With `imaging.write_tiff` it also writes ScanImage TIFF files, one per
+  (`rig/simulated_rig.py`); starting the source starts its rendering process, which follows the Bpod clock
+  (hardware/sim/scope.py). With `imaging.write_tiff` it also writes ScanImage TIFF files, one per
   trial, into `<session>/imaging/`. It needs the emulator (bpod.port: emulator); with a real Bpod there is
   nothing to couple it to.
 - `scanimage_folder`: a `FolderFollower` over `imaging.scanimage_folder` (files already there when the
@@ -11,9 +11,10 @@
 
 Every source publishes the wire format's frame messages on `network.frames_display` (lossy, PUB binds) and,
 when the online module is enabled (`online.enabled`, the lossless path's one consumer), on `network.frames`
-(lossless, PUSH connects; the online processor binds). Back-pressure on the lossless path: the simulator
-never waits (bounded queue, then frames counted as undeliverable, see frame_pump.py); the ScanImage
-sources wait for the receiver (pages stay on disk; the stream's own PUB drops, counted as frame gaps).
+(lossless, PUSH connects; the online processor binds), through a `FramePublisher` (hardware/frames/).
+Back-pressure on the lossless path (hardware/frames/lossless.py): the simulator never waits (bounded queue,
+then frames counted as undeliverable); the ScanImage sources wait for the receiver (pages stay on disk;
+the stream's own PUB drops, counted as frame gaps).
 
 `open_imaging(...)` returns an `ImagingSource`: a context manager for the session's ExitStack, with an
 idempotent `stop()` (the session stops it before writing session.json), a `health()` dict that goes
@@ -27,20 +28,18 @@ import logging
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hardware.frames.publisher import FramePublisher
 from hardware.scanimage.follower import FolderFollower
-from hardware.scanimage.publish import FramePublisher, StreamAdapter, publish_folder
-from hardware.sim.frame_pump import DEFAULT_CPU_BUDGET, MicroscopeStartError, SimScope
-from hardware.sim.microscope import MicroscopeConfig
+from hardware.scanimage.publish import StreamAdapter, publish_folder
+from hardware.sim.scope import MicroscopeStartError, SimScope
 from online.transport import TransportError, security_for
 from rig.errors import UserError
 from rig.settings import Settings
 
 if TYPE_CHECKING:
-    from hardware.bpod.emulator.world import World
     from rig.simulated_rig import SimulatedRig
 
 log = logging.getLogger(__name__)
@@ -48,37 +47,6 @@ log = logging.getLogger(__name__)
 IMAGING_FOLDER = "imaging"
 """Subfolder of the session folder for the simulated microscope's TIFF files."""
 SOURCE_NAME = "rig-imaging"
-
-
-def simulated_microscope_config(settings: Settings) -> MicroscopeConfig:
-    """The simulated microscope of settings.sim.microscope, at the frame format of settings.imaging (one
-    plane and one channel: the simulator renders no more)."""
-    imaging = settings.imaging
-    for name in ("channels", "planes"):
-        if getattr(imaging, name) != 1:
-            log.warning("simulated microscope renders one %s; imaging.%s=%d is ignored", name.rstrip("s"),
-                        name, getattr(imaging, name))
-    return MicroscopeConfig.from_settings(
-        settings.sim.microscope, seed=settings.sim.seed, height=imaging.frame_height,
-        width=imaging.frame_width, frame_rate_hz=imaging.frame_rate_hz, dtype=imaging.dtype)
-
-
-def build_simulated_scope(settings: Settings, speed: float, world: World,
-                          clock: Callable[[], int] | None = None,
-                          cpu_budget: float = DEFAULT_CPU_BUDGET) -> SimScope:
-    """The simulated microscope for a `SimulatedRig`: settings.sim.microscope and settings.imaging, wired as
-    settings.wiring, reduced by `plan_for_speed` so that it keeps up with a session at `speed`; `clock`
-    reads the engine's cycle (see `SimScope.now_cycle`)."""
-    config = simulated_microscope_config(settings)
-    wiring = settings.wiring
-    scope = SimScope.for_speed(
-        config, world, speed, cpu_budget, clock=clock, imaging_trigger=wiring.imaging_trigger,
-        sample_cues=(wiring.pole, wiring.sample_tone_high, wiring.sample_tone_low), go_cue=wiring.go_cue)
-    eff = scope.effective
-    reduced = (f" (reduced from {config.height}x{config.width} at {config.frame_rate_hz:g} Hz for {speed:g}x "
-               "speed, see the warning above; recorded in session.json)") if scope.reduced else ""
-    log.info("simulated microscope: %dx%d at %.2f Hz%s", eff.height, eff.width, eff.rate_hz, reduced)
-    return scope
 
 
 class ImagingSource(ABC):

@@ -32,6 +32,7 @@ import numpy as np
 
 from hardware.bpod.client import BpodClient, BpodConnectionError, BpodError
 from hardware.bpod.trial import TrialEvent, TrialResult
+from hardware.pole_motor import PoleMotor
 from online.transport import LossyPublisher, TransportError
 from online.wire import TOPIC_STATE, TOPIC_TRIAL
 from protocols.contexts import Context, context_named, contexts_from_settings
@@ -136,6 +137,7 @@ class SessionRunner:
         self._publish_lock = threading.Lock()
         self._client: BpodClient | None = None
         self._sim: SimulatedRig | None = None
+        self._pole_motor: PoleMotor | None = None
         self._imaging: ImagingSource | None = None
         self._online: OnlineProcess | None = None
         self._children: ChildWatcher | None = None
@@ -210,6 +212,7 @@ class SessionRunner:
                 rig = SimulatedRig(self.settings, self.speed, self.record.simulated_mouse)
                 self._sim = stack.enter_context(rig)
                 port = self._sim.port
+                self._pole_motor = self._sim.motor
             client = BpodClient(port, timeout_s=self.settings.bpod.timeout_s)
             client.connect()
             stack.callback(client.close)
@@ -342,8 +345,8 @@ class SessionRunner:
 
     def _start(self, trial: PreparedTrial) -> None:
         assert self._client is not None and self._store is not None
-        if self._sim is not None and trial.spec.cue.startswith("pole_"):
-            self._sim.motor.move_to(trial.spec.cue.removeprefix("pole_"))  # during the previous trial's end
+        if self._pole_motor is not None and trial.spec.cue.startswith("pole_"):
+            self._pole_motor.move_to(trial.spec.cue.removeprefix("pole_"))  # during the previous trial's end
         if self._sim is not None:
             self._sim.set_trial_context(trial.number, trial.spec.context.name)  # for the simulated microscope
         self._store.journal(trial.number, "trial", **trial.spec.to_dict())

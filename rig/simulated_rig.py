@@ -5,16 +5,50 @@ The session talks to it exactly as to a real Bpod, through the port."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from hardware.bpod.emulator import EmulatorServer
+from hardware.bpod.emulator import EmulatorServer, World
+from hardware.sim.microscope import MicroscopeConfig
 from hardware.sim.mouse import MouseLines, MouseParameters, SimulatedMouse, trained_mapping
 from hardware.sim.pole_motor import SimulatedPoleMotor
+from hardware.sim.scope import SimScope
+from hardware.sim.scope_plan import DEFAULT_CPU_BUDGET
 from protocols.contexts import Context
-from rig.imaging import build_simulated_scope
 from rig.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def simulated_microscope_config(settings: Settings) -> MicroscopeConfig:
+    """The simulated microscope of settings.sim.microscope, at the frame format of settings.imaging (one
+    plane and one channel: the simulator renders no more)."""
+    imaging = settings.imaging
+    for name in ("channels", "planes"):
+        if getattr(imaging, name) != 1:
+            log.warning("simulated microscope renders one %s; imaging.%s=%d is ignored", name.rstrip("s"),
+                        name, getattr(imaging, name))
+    return MicroscopeConfig.from_settings(
+        settings.sim.microscope, seed=settings.sim.seed, height=imaging.frame_height,
+        width=imaging.frame_width, frame_rate_hz=imaging.frame_rate_hz, dtype=imaging.dtype)
+
+
+def build_simulated_scope(settings: Settings, speed: float, world: World,
+                          clock: Callable[[], int] | None = None,
+                          cpu_budget: float = DEFAULT_CPU_BUDGET) -> SimScope:
+    """The simulated microscope for a `SimulatedRig`: settings.sim.microscope and settings.imaging, wired as
+    settings.wiring, reduced by `plan_for_speed` so that it keeps up with a session at `speed`; `clock`
+    reads the engine's cycle (see `SimScope.now_cycle`)."""
+    config = simulated_microscope_config(settings)
+    wiring = settings.wiring
+    scope = SimScope.for_speed(
+        config, world, speed, cpu_budget, clock=clock, imaging_trigger=wiring.imaging_trigger,
+        sample_cues=(wiring.pole, wiring.sample_tone_high, wiring.sample_tone_low), go_cue=wiring.go_cue)
+    eff = scope.effective
+    reduced = (f" (reduced from {config.height}x{config.width} at {config.frame_rate_hz:g} Hz for {speed:g}x "
+               "speed, see the warning above; recorded in session.json)") if scope.reduced else ""
+    log.info("simulated microscope: %dx%d at %.2f Hz%s", eff.height, eff.width, eff.rate_hz, reduced)
+    return scope
 
 
 class SimulatedRig:

@@ -15,11 +15,12 @@ from hardware.bpod.codec import (
     TrialStarted,
     TrialStreamParser,
     decode_state_machine_body,
+    encode_confirmation,
     encode_events,
     encode_soft_code,
     encode_state_machine,
     encode_trial_end,
-    encode_trial_start,
+    encode_trial_start_time,
 )
 from hardware.bpod.hardware_description import (
     EventTable,
@@ -30,6 +31,13 @@ from hardware.bpod.hardware_description import (
     output_channel_names,
     preset,
 )
+
+
+def encode_trial_start(start_us: int, confirmation: int | None) -> bytes:
+    """A trial start as the device sends it: the confirmation byte after a new `C`, then the time."""
+    prefix = b"" if confirmation is None else encode_confirmation(confirmation == 1)
+    return prefix + encode_trial_start_time(start_us)
+
 
 PRESETS = [("r2", 22), ("r2", 23), ("r2plus", 23), ("r1", 22), ("r1", 23), ("r2.5", 23)]
 

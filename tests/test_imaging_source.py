@@ -20,27 +20,24 @@ import zmq
 
 from hardware.bpod.emulator.world import TrialRecord, World
 from hardware.bpod.hardware_description import preset
+from hardware.frames.lossless import QueuedLosslessPath
 from hardware.scanimage.reader import ScanImageFile
-from hardware.scanimage.stream import encode_scanimage_frame
 from hardware.scanimage.writer import ScanImageWriter
-from hardware.sim import frame_pump
-from hardware.sim.frame_pump import (
-    DEFAULT_CPU_BUDGET,
-    MicroscopeStartError,
-    QueuedLosslessPath,
-    SimScope,
-    cached_frame_cost,
-)
+from hardware.sim import scope as sim_scope
 from hardware.sim.microscope import MicroscopeConfig, measure_frame_cost_s, plan_for_speed
+from hardware.sim.scope import MicroscopeStartError, SimScope
+from hardware.sim.scope_plan import DEFAULT_CPU_BUDGET, cached_frame_cost
 from hardware.sim.world_coupling import CYCLE_S
 from online.transport import LosslessReceiver, LossySubscriber
 from online.wire import FrameHeader, Message
-from rig.imaging import NoImaging, open_imaging, simulated_microscope_config
+from rig.imaging import NoImaging, open_imaging
 from rig.ports import free_loopback_endpoint as free_endpoint
 from rig.ports import free_network_overrides
 from rig.session import RunOptions, SessionRunner
 from rig.settings import Settings, load_settings
+from rig.simulated_rig import simulated_microscope_config
 from rig.store import read_jsonl
+from tests.scanimage_frames import encode_scanimage_frame
 
 
 class Collector:
@@ -192,7 +189,7 @@ def test_stop_gets_the_final_counters_from_a_renderer_that_is_far_behind(
     # A renderer that is behind by more than the stop timeout, as a starved one is (other processes load
     # the cores and it runs niced): the clock jumps by ~3 s of this host's rendering just before the stop.
     # It reports its progress while it catches up, so the stop waits for its final counters.
-    monkeypatch.setattr(frame_pump, "STOP_TIMEOUT_S", 2.0)
+    monkeypatch.setattr(sim_scope, "STOP_TIMEOUT_S", 2.0)
     config = MicroscopeConfig(height=128, width=128, frame_rate_hz=30.0, n_neurons=60, seed=2)
     backlog = max(60, round(3.0 / measure_frame_cost_s(config, n_frames=10)))
     world = World(preset("r2", 23))
@@ -224,7 +221,7 @@ def test_lossless_queue_counts_what_it_cannot_deliver_and_never_blocks() -> None
     accepted = []
     for i in range(200):
         offer_started = time.monotonic()
-        accepted.append(path.offer(pixels, frame(i, 1)))
+        accepted.append(path.deliver(pixels, frame(i, 1)))
         assert time.monotonic() - offer_started < 0.05  # offering never waits
         time.sleep(0.001)
     path.close()
@@ -239,7 +236,7 @@ def test_lossless_queue_counts_what_it_cannot_deliver_and_never_blocks() -> None
     with LosslessReceiver(endpoint) as receiver:
         path = QueuedLosslessPath(endpoint).start()
         for i in range(50):
-            assert path.offer(pixels + i, frame(i, 2))
+            assert path.deliver(pixels + i, frame(i, 2))
         got = [receiver.recv(2.0) for _ in range(50)]
         path.close()
     assert [m.header["frame_index"] for m in got if m is not None] == list(range(50))

@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 import zmq
 
-from hardware.scanimage.publish import FramePublisher, StreamAdapter
-from hardware.scanimage.stream import encode_scanimage_frame
+from hardware.frames.publisher import FramePublisher
+from hardware.scanimage.publish import StreamAdapter
 from online.transport import LosslessReceiver
 from online.wire import FrameHeader, Message
 from rig.ports import free_loopback_endpoint as free_endpoint
+from tests.scanimage_frames import encode_scanimage_frame
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -109,7 +110,7 @@ def test_lossless_publisher_waits_for_a_receiver_and_stopping_never_hangs() -> N
         # publisher waits (nothing dropped) until stop, after which the rest are counted, not waited for.
         delivered = sum(results)
         assert 0 < delivered < 200 and results == [True] * delivered + [False] * (200 - delivered)
-        assert publisher.stats.undelivered == 200 - delivered and publisher.stats.send_timeouts >= 2
+        assert publisher.lossless.undelivered == 200 - delivered and publisher.lossless.send_timeouts >= 2
         assert 0.35 < elapsed < 2.0
 
 

@@ -13,8 +13,8 @@ from hardware.scanimage.stream import (
     FrameStreamError,
     ScanImageFrameHeader,
     decode_scanimage_frame,
-    encode_scanimage_frame,
 )
+from tests.scanimage_frames import encode_scanimage_frame
 
 
 def test_byte_layout_is_five_float64_then_int16_x_fastest() -> None:

@@ -18,7 +18,14 @@ from typing import Any
 
 import serial
 
-from hardware.bpod.codec import CodecError, SoftCodeReceived, TrialStreamParser, encode_state_machine
+from hardware.bpod.codec import (
+    CodecError,
+    SoftCodeReceived,
+    TrialStreamParser,
+    decode_firmware_minor,
+    decode_firmware_version,
+    encode_state_machine,
+)
 from hardware.bpod.compiler import CompiledStateMachine, compile_state_machine
 from hardware.bpod.hardware_description import (
     SUPPORTED_FIRMWARE,
@@ -101,14 +108,14 @@ class BpodClient:
             raise BpodConnectionError(f"cannot open the Bpod port {self.port}: {exc}") from exc
         try:
             self._handshake()
-            major, machine_type = struct.unpack("<HH", self._command(b"F", 4, "firmware version"))
+            major, machine_type = decode_firmware_version(self._command(b"F", 4, "firmware version"))
             if major not in SUPPORTED_FIRMWARE:
                 raise BpodConnectionError(
                     f"the Bpod on {self.port} runs firmware {major}; supported firmware: 22, 23"
                 )
             minor = pcb = 0
             if major >= 23:
-                (minor,) = struct.unpack("<H", self._command(b"f", 2, "firmware minor version"))
+                minor = decode_firmware_minor(self._command(b"f", 2, "firmware minor version"))
                 pcb = self._command(b"v", 1, "board revision")[0]
             self._write(b"H")
             hw = read_hardware_description(

@@ -1,4 +1,5 @@
-"""The Bpod byte codec: state-machine payloads (`C`) and the device-to-host trial stream.
+"""The Bpod byte codec: state-machine payloads (`C`), the version replies and the device-to-host
+trial stream.
 
 Pure functions and a small incremental parser, shared by the client and the emulator so that
 the emulator is the client's exact inverse. Layouts follow the firmware (spec sections 3 and 4).
@@ -16,6 +17,10 @@ MAX_BODY_BYTES = 50_000
 OP_EVENTS = 0x01
 OP_SOFT_CODE = 0x02
 STATE_MACHINE_OP = b"C"
+CONFIRMED = 1  # `startSM`'s byte after a new state machine: 1 loaded, 0 refused
+_FIRMWARE_VERSION = struct.Struct("<HH")  # `F`: major, machine type
+_FIRMWARE_MINOR = struct.Struct("<H")  # `f` (v23)
+_START_TIME = struct.Struct("<Q")  # trial start, session microseconds
 
 
 class CodecError(ValueError):
@@ -94,15 +99,6 @@ class StateMachineBody:
             timer_loop_intervals=[0] * n_timers,
             counter_thresholds=[0] * n_counters,
         )
-
-
-@dataclass(frozen=True)
-class StateMachineCommand:
-    """A decoded `C` command: the body and its two flags."""
-
-    run_asap: bool
-    use_back_signal: bool
-    body: StateMachineBody
 
 
 class _Writer:
@@ -358,6 +354,29 @@ def decode_state_machine_body(data: bytes, hw: HardwareDescription) -> StateMach
 
 
 # ----------------------------------------------------------------------------------------------
+# Version replies (`F`, `f`)
+
+
+def encode_firmware_version(major: int, machine_type: int) -> bytes:
+    return _FIRMWARE_VERSION.pack(major, machine_type)
+
+
+def decode_firmware_version(data: bytes) -> tuple[int, int]:
+    """`F`'s reply: (firmware major version, machine type)."""
+    major, machine_type = _FIRMWARE_VERSION.unpack(data)
+    return major, machine_type
+
+
+def encode_firmware_minor(minor: int) -> bytes:
+    return _FIRMWARE_MINOR.pack(minor)
+
+
+def decode_firmware_minor(data: bytes) -> int:
+    (minor,) = _FIRMWARE_MINOR.unpack(data)
+    return minor
+
+
+# ----------------------------------------------------------------------------------------------
 # Device-to-host trial stream
 
 
@@ -389,9 +408,14 @@ StreamMessage = TrialStarted | EventsReceived | SoftCodeReceived | TrialEnded
 TRIAL_END_RECORD_SIZE = 19
 
 
-def encode_trial_start(start_us: int, confirmation: int | None) -> bytes:
-    prefix = b"" if confirmation is None else bytes([confirmation])
-    return prefix + struct.pack("<Q", start_us)
+def encode_confirmation(loaded: bool) -> bytes:
+    """The byte `startSM` sends first when a new state machine starts: was it loaded?"""
+    return bytes([CONFIRMED if loaded else 0])
+
+
+def encode_trial_start_time(start_us: int) -> bytes:
+    """The start timestamp the first cycle of a trial sends."""
+    return _START_TIME.pack(start_us)
 
 
 def encode_events(codes: list[int] | tuple[int, ...], cycle: int) -> bytes:
@@ -451,9 +475,9 @@ class TrialStreamParser:
                 return None
             confirmed = None
             if confirming:
-                confirmed = buf[0] == 1
+                confirmed = buf[0] == CONFIRMED
                 self._starts_with_confirmation -= 1
-            (start_us,) = struct.unpack_from("<Q", buf, need - 8)
+            (start_us,) = _START_TIME.unpack_from(buf, need - _START_TIME.size)
             del buf[:need]
             self._in_trial = True
             return TrialStarted(start_us, confirmed)

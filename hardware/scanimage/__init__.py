@@ -2,7 +2,7 @@
 
 Modules (import what you need; this package imports nothing heavy on its own):
 `header` (pure text parsing), `tiff_index` (pure IFD walker for growing files), `reader` (`ScanImageFile`),
-`writer` (`ScanImageWriter`), `follower` (`FolderFollower`), `stream` (ZeroMQ frame-stream format).
+`writer` (`ScanImageWriter`), `follower` (`FolderFollower`), `stream` (ZeroMQ frame-stream decoding).
 Command line: `python -m hardware.scanimage info FILE` / `follow DIR`.
 """
 
@@ -23,7 +23,6 @@ _EXPORTS = {
     "parse_static_metadata": "header",
     "parse_frame_description": "header",
     "decode_scanimage_frame": "stream",
-    "encode_scanimage_frame": "stream",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -91,7 +91,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _open_publisher(endpoint: str, lossy: bool) -> Any:
-    from hardware.scanimage.publish import FramePublisher
+    from hardware.frames.publisher import FramePublisher
 
     if lossy:
         return FramePublisher.open(display_endpoint=endpoint, source="scanimage")
@@ -100,6 +100,7 @@ def _open_publisher(endpoint: str, lossy: bool) -> Any:
 
 def _cmd_follow(args: argparse.Namespace) -> int:
     from hardware.scanimage.follower import FolderFollower
+    from hardware.scanimage.publish import publish_page
 
     follower = FolderFollower(
         args.folder, pattern=args.pattern, poll_s=args.poll, idle_timeout_s=args.idle_timeout
@@ -108,7 +109,7 @@ def _cmd_follow(args: argparse.Namespace) -> int:
     try:
         for page in follower:
             if publisher is not None:
-                publisher.publish_page(page)
+                publish_page(publisher, page)
             if args.jsonl:
                 sys.stdout.write(json.dumps(page.to_json_dict()) + "\n")
             else:

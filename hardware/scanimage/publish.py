@@ -17,16 +17,10 @@ Two sources, one output (`FramePublisher`), each frame as one `TOPIC_FRAME` mess
   in that acquisition. Jumps in frameNumber (ScanImage's PUB drops frames for a slow subscriber) are counted
   as `frame_gaps`. Malformed messages are counted, logged (at most once per second) and skipped.
 
-Back-pressure. The lossless output (`LosslessSender`, PUSH, connects: the receiver binds) blocks while the
-receiver is behind; a send that nobody takes within `send_timeout_s` is retried, with a warning at most once
-per second, until it goes through: the source waits, nothing is dropped. Both sources can afford to wait:
-pages stay on disk, and the frame stream's own PUB drops what a waiting adapter does not take, which shows
-up in `frame_gaps`. Once `stop` is set, each remaining frame gets one more attempt; after the first one that
-fails, the rest are counted as `undelivered` without waiting (so stopping never hangs). The display output
-(`LossyPublisher`, PUB, binds) never blocks.
-
-Imports: the wire format and the frame transport from `online/` (the one place where frame sources reach
-outside `hardware/`), nothing of `rig`.
+Back-pressure: `FramePublisher.open` (`hardware/frames/publisher.py`) gives a lossless path that waits
+while the receiver is behind (`WaitingLosslessPath`, `hardware/frames/lossless.py`): both sources can
+afford to wait, pages stay on disk and the frame stream's own PUB drops what a waiting adapter does not
+take (counted as `frame_gaps`). The display path never blocks.
 """
 
 from __future__ import annotations
@@ -40,175 +34,19 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
 import zmq
 
+from hardware.frames.publisher import FramePublisher
+from hardware.frames.throttle import EverySecond
 from hardware.scanimage.follower import FolderFollower, FollowedPage
 from hardware.scanimage.stream import FrameStreamError, decode_scanimage_frame
-from online.transport import LinkSecurity, LosslessSender, LossyPublisher, SendTimeout, TransportError
+from online.transport import TransportError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SEND_TIMEOUT_S = 0.5
-"""A blocked lossless send is retried after this long, so a stop request is seen within it."""
 STREAM_RCVHWM = 1000
 """Messages the adapter's SUB socket queues from ScanImage (frames, ~0.5 MB each at 512x512)."""
 _FILE_COUNTER = re.compile(r"_(\d+)_(\d+)\.tiff?$", re.IGNORECASE)
-
-
-class _EverySecond:
-    """Log at most once per interval; says how many were held back."""
-
-    def __init__(self, interval_s: float = 1.0) -> None:
-        self.interval_s = interval_s
-        self._last = -math.inf
-        self._held = 0
-
-    def __call__(self, level: int, text: str, *args: Any) -> None:
-        now = time.monotonic()
-        if now - self._last < self.interval_s:
-            self._held += 1
-            return
-        if self._held:
-            text += f" (+{self._held} more like it)"
-        logger.log(level, text, *args)
-        self._last, self._held = now, 0
-
-
-# --------------------------------------------------------------------------------------------------------
-# output
-
-
-class DiscardableLosslessSender(LosslessSender):
-    """A `LosslessSender` that can give up on what it still holds for a receiver that never comes."""
-
-    def discard_pending(self) -> None:
-        """Close without the linger wait for messages a stalled or absent receiver will never take."""
-        self._socket.setsockopt(zmq.LINGER, 0)
-
-
-@dataclass
-class PublisherStats:
-    """What a `FramePublisher` did. `undelivered`: frames the lossless path never took (stopped while the
-    receiver was gone or stalled); `send_timeouts`: retries of a blocked lossless send."""
-
-    lossless_sent: int = 0
-    display_sent: int = 0
-    send_timeouts: int = 0
-    undelivered: int = 0
-    waited_s: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
-
-
-class FramePublisher:
-    """Frames out on a lossless path, a lossy display path, or both. Use from one thread only.
-
-    `stop` (shared with whoever ends the source) turns the lossless path's waiting into one last attempt.
-    """
-
-    def __init__(self, *, lossless: LosslessSender | None = None, display: LossyPublisher | None = None,
-                 stop: threading.Event | None = None) -> None:
-        if lossless is None and display is None:
-            raise ValueError("a FramePublisher needs a lossless path, a display path or both")
-        self.lossless = lossless
-        self.display = display
-        self.stop = stop or threading.Event()
-        self.stats = PublisherStats()
-        self._abandoned = False
-        self._warn = _EverySecond()
-
-    @classmethod
-    def open(cls, lossless_endpoint: str | None = None, display_endpoint: str | None = None, *,
-             source: str | None = None, stop: threading.Event | None = None,
-             send_timeout_s: float = DEFAULT_SEND_TIMEOUT_S, allow_remote: bool = False,
-             security: LinkSecurity | None = None) -> FramePublisher:
-        """Sockets for the usual roles: the lossless PUSH connects, the display PUB binds."""
-        lossless = display = None
-        try:
-            if lossless_endpoint is not None:
-                lossless = DiscardableLosslessSender(lossless_endpoint, timeout_s=send_timeout_s,
-                                                     source=source, allow_remote=allow_remote,
-                                                     security=security)
-            if display_endpoint is not None:
-                display = LossyPublisher(display_endpoint, source=source, allow_remote=allow_remote,
-                                         security=security)
-        except BaseException:
-            for sock in (lossless, display):
-                if sock is not None:
-                    sock.close()
-            raise
-        return cls(lossless=lossless, display=display, stop=stop)
-
-    def publish(self, pixels: np.ndarray, *, frame_index: int, timestamp_s: float,
-                trigger_timestamp_s: float | None, trial: int, channel: int = 0, plane: int = 0) -> bool:
-        """Send one 2-D frame; False if the lossless path could not take it (counted as undelivered).
-        Do not modify `pixels` afterwards: it leaves zero-copy."""
-        fields = {"frame_index": frame_index, "timestamp_s": timestamp_s,
-                  "trigger_timestamp_s": trigger_timestamp_s, "trial": trial, "channel": channel,
-                  "plane": plane}
-        delivered = True
-        if self.lossless is not None:
-            delivered = self._send_lossless(pixels, fields)
-        if self.display is not None:
-            self.display.send_frame(pixels, **fields)
-            self.stats.display_sent += 1
-        return delivered
-
-    def publish_page(self, page: FollowedPage) -> bool:
-        """One followed ScanImage page (see `page_fields`)."""
-        return self.publish(page.pixels, **page_fields(page))
-
-    def _send_lossless(self, pixels: np.ndarray, fields: dict[str, Any]) -> bool:
-        assert self.lossless is not None
-        if self._abandoned:
-            self.stats.undelivered += 1
-            return False
-        blocked_since: float | None = None
-        while True:
-            stopping = self.stop.is_set()
-            try:
-                self.lossless.send_frame(pixels, **fields)
-                break
-            except SendTimeout:
-                self.stats.send_timeouts += 1
-                if blocked_since is None:
-                    blocked_since = time.monotonic() - self.lossless.timeout_s
-                if stopping:
-                    self._abandoned = True
-                    self.stats.undelivered += 1
-                    logger.warning("frames: stopping while nobody takes frames on %s; this and any later "
-                                   "frame are counted as undelivered", self.lossless.endpoint)
-                    return False
-                self._warn(logging.WARNING, "frames: no receiver has taken a frame on %s for %.1f s; waiting "
-                           "(the source is held back, nothing is dropped)", self.lossless.endpoint,
-                           time.monotonic() - blocked_since)
-        if blocked_since is not None:
-            self.stats.waited_s += time.monotonic() - blocked_since
-        self.stats.lossless_sent += 1
-        return True
-
-    def report(self) -> dict[str, Any]:
-        report = self.stats.to_dict()
-        report["lossless_endpoint"] = self.lossless.endpoint if self.lossless is not None else None
-        report["display_endpoint"] = self.display.endpoint if self.display is not None else None
-        return report
-
-    def close(self) -> None:
-        """Close the sockets. Frames still queued for a receiver are flushed for up to the socket's linger
-        (1 s), unless the path was abandoned at stop (nobody takes frames): then they are discarded."""
-        if self._abandoned and isinstance(self.lossless, DiscardableLosslessSender):
-            self.lossless.discard_pending()
-        for sock in (self.lossless, self.display):
-            if sock is not None:
-                sock.close()
-
-    def __enter__(self) -> FramePublisher:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -239,13 +77,18 @@ def page_fields(page: FollowedPage) -> dict[str, Any]:
     }
 
 
+def publish_page(publisher: FramePublisher, page: FollowedPage) -> bool:
+    """One followed ScanImage page (see `page_fields`)."""
+    return publisher.publish(page.pixels, **page_fields(page))
+
+
 def publish_folder(follower: FolderFollower | Iterable[FollowedPage], publisher: FramePublisher,
                    on_page: Callable[[FollowedPage], None] | None = None) -> int:
     """Publish every page the follower yields, in order, until it ends (idle timeout or `stop()`).
     Returns the number of pages handled."""
     pages = 0
     for page in follower:
-        publisher.publish_page(page)
+        publish_page(publisher, page)
         pages += 1
         if on_page is not None:
             on_page(page)
@@ -291,7 +134,7 @@ class StreamAdapter:
         self.stats = StreamStats()
         self.stopped_reason: str | None = None
         self._first_frame_number = 0
-        self._malformed_log = _EverySecond()
+        self._malformed_log = EverySecond(logger)
 
     def handle(self, parts: list[Any]) -> int:
         """Decode one stream message and publish its channels; returns frames published (0 if malformed)."""

@@ -1,4 +1,4 @@
-"""The ScanImage Premium / ScanImageTools ZeroMQ frame-stream format, decoded and encoded.
+"""The ScanImage Premium / ScanImageTools ZeroMQ frame-stream format, decoded.
 
 A message is a 40-byte header of five little-endian float64 `[pixelsPerLine, linesPerFrame, numChannels,
 timestamp, frameNumber]` and an int16 payload (x fastest, then lines, channels concatenated), normally as
@@ -95,20 +95,3 @@ def decode_scanimage_frame(parts: Sequence[Any]) -> tuple[ScanImageFrameHeader, 
         header.num_channels, header.lines_per_frame, header.pixels_per_line
     )
     return header, pixels
-
-
-def encode_scanimage_frame(pixels: np.ndarray, timestamp: float, frame_number: int) -> list[bytes]:
-    """The two parts ScanImage sends for `pixels` shaped (channels, lines, pixels) or (lines, pixels)."""
-    array = np.asarray(pixels)
-    if array.ndim == 2:
-        array = array[np.newaxis]
-    if array.ndim != 3 or 0 in array.shape:
-        shape = np.asarray(pixels).shape
-        raise FrameStreamError(f"pixels must be (channels, lines, pixels), got shape {shape}")
-    if array.dtype != PIXEL_DTYPE:
-        if not np.can_cast(array.dtype, np.int16, casting="safe"):
-            raise FrameStreamError(f"pixels of dtype {array.dtype} do not fit int16 without loss")
-        array = array.astype(PIXEL_DTYPE)
-    channels, lines, per_line = array.shape
-    header = struct.pack(HEADER_FORMAT, per_line, lines, channels, float(timestamp), float(frame_number))
-    return [header, np.ascontiguousarray(array).tobytes()]

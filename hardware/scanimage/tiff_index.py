@@ -497,12 +497,3 @@ def index_finished_file(path: str | Path) -> FinishedIndex:
             return FinishedIndex(list(indexer.pages), indexer.header, indexer.block, str(exc))
         return FinishedIndex(list(indexer.pages), indexer.header, indexer.block, indexer.stop_reason())
 
-
-def read_first_page(path: str | Path) -> PageIndex:
-    """Page 0 of a finished file with its Description, Software and Artist tags (the static-header
-    fallback for files whose byte-16 block was lost)."""
-    with TiffIndexer(path, settle_s=0.0) as indexer:
-        indexer.update()
-        if not indexer.pages:
-            raise TiffFormatError(f"{Path(path).name}: no complete page found")
-        return indexer.pages[0]

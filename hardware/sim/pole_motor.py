@@ -1,4 +1,4 @@
-"""The motorised stage that moves the pole between trials, simulated.
+"""The motorised stage that moves the pole between trials, simulated (a `hardware.pole_motor.PoleMotor`).
 
 The pole's anterior/posterior position is not a Bpod output: the runner moves the motor during the
 inter-trial interval, and the Bpod only raises the pole (BNC) during the sample. The simulated mouse
@@ -9,12 +9,11 @@ lives. The move time is recorded, not simulated: the emulator's inter-trial inte
 from __future__ import annotations
 
 import logging
-from typing import Literal, get_args
+
+from hardware.pole_motor import POLE_POSITIONS, PolePosition
 
 log = logging.getLogger(__name__)
 
-PolePosition = Literal["anterior", "posterior"]
-POLE_POSITIONS: tuple[str, ...] = get_args(PolePosition)
 DEFAULT_MOVE_TIME_S = 1.5
 """Typical stage travel between the two positions (spec: ~1-2 s)."""
 

@@ -1,6 +1,8 @@
 """A firmware-faithful Bpod state machine emulator (firmware 22 and 23) served on ptys.
 
-`Firmware` is the pure cycle-by-cycle model, `World` its input lines and output observers,
+`Firmware` is the pure cycle-by-cycle model: it owns the firmware's variables (`FirmwareState`)
+and runs them through the firmware's functions (`cycle`, `commands`, `outputs`, `timers`), each a
+module that imports only the ones below it. `World` holds its input lines and output observers,
 `EmulatorServer` puts it on pseudo-terminals for real clients; `python -m hardware.bpod.emulator`
 runs one from the command line.
 """

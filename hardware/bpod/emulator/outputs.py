@@ -1,126 +1,137 @@
 """State entry and the output lines: `setStateOutputs`, `setGlobalTimerChannel`,
 `resetOutputs` and the sync line, as the firmware writes them.
 
-A mixin of `Firmware` (state lives there). Every physical write is reported to the `World`;
-level channels report changes, message channels (SoftCode, APP_SoftCode, modules) every byte.
-An output that a running global timer owns, or that the host overrode with `O`, is skipped by
-state entry until it is released.
+Functions of the `FirmwareState`, named after the firmware's. Every physical write is reported
+to the `World`; level channels report changes, message channels (SoftCode, APP_SoftCode,
+modules) every byte. An output that a running global timer owns, or that the host overrode
+with `O`, is skipped by state entry until it is released.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from functools import partial
 
 from hardware.bpod.codec import encode_soft_code
+from hardware.bpod.emulator.state import FirmwareState
+from hardware.bpod.emulator.timers import SetChannel
 
-if TYPE_CHECKING:
-    from hardware.bpod.emulator.engine import Firmware
+
+def timer_channel_writer(fw: FirmwareState) -> SetChannel:
+    """`setGlobalTimerChannel` bound to this firmware, as the global timers call it."""
+    return partial(set_global_timer_channel, fw)
 
 
-class OutputStage:
-    """State entry and output-channel writes; state lives on the `Firmware` instance."""
+def set_state_outputs(fw: FirmwareState, state: int) -> None:
+    """`setStateOutputs`: cancel timers, trigger timers, write every output, reset a counter."""
+    m, now, events = fw.machine, fw.current_time, fw.events
+    cancel = m.cancel_mask(state)
+    if cancel:
+        fw.timers.cancel_mask(cancel, events, timer_channel_writer(fw))
+    trigger = m.trigger_mask(state)
+    if trigger:
+        fw.timers.trigger_mask(trigger, now, events, timer_channel_writer(fw))
+    row = m.output_row(state)
+    for i, letter in enumerate(fw.output_hw):
+        value = row.get(i, 0)
+        if letter == "U":
+            if value > 0:
+                message(fw, i, value)  # serial message `value` to that module (none attached)
+        elif letter == "X":
+            if value > 0:
+                fw.main_out += encode_soft_code(value & 0xFF)
+                message(fw, i, value)
+        elif letter == "Z":
+            if value > 0 and fw.hw.machine_type > 2:
+                fw.app_out.append(value & 0xFF)
+                message(fw, i, value)
+        elif letter in "BWDV":
+            if fw.output_override[i] == 0:
+                drive(fw, i, 1 if value else 0)
+        elif letter == "P":
+            if fw.output_override[i] == 0:
+                drive(fw, i, value & 0xFF)
+        elif letter == "F":
+            drive_flex(fw, i, value, value)
+    reset = m.counter_reset(state)
+    if 0 < reset <= fw.hw.n_global_counters:
+        fw.counter_counts[reset - 1] = 0
+        fw.counter_handled[reset - 1] = False
+    fw.meaningful_tup = m.tup_target(state) != state
 
-    def _set_state_outputs(self: Firmware, state: int) -> None:
-        """State entry: cancel timers, trigger timers, write every output, reset a counter."""
-        m, now, events = self.machine, self.current_time, self.events
-        cancel = m.cancel_mask(state)
-        if cancel:
-            self.timers.cancel_mask(cancel, events)
-        trigger = m.trigger_mask(state)
-        if trigger:
-            self.timers.trigger_mask(trigger, now, events)
-        row = m.output_row(state)
-        for i, letter in enumerate(self.output_hw):
-            value = row.get(i, 0)
-            if letter == "U":
-                if value > 0:
-                    self._message(i, value)  # serial message `value` to that module (none attached)
-            elif letter == "X":
-                if value > 0:
-                    self._main_out += encode_soft_code(value & 0xFF)
-                    self._message(i, value)
-            elif letter == "Z":
-                if value > 0 and self.hw.machine_type > 2:
-                    self._app_out.append(value & 0xFF)
-                    self._message(i, value)
-            elif letter in "BWDV":
-                if self.output_override[i] == 0:
-                    self._drive(i, 1 if value else 0)
-            elif letter == "P":
-                if self.output_override[i] == 0:
-                    self._drive(i, value & 0xFF)
-            elif letter == "F":
-                self._drive_flex(i, value, value)
-        reset = m.counter_reset(state)
-        if 0 < reset <= self.hw.n_global_counters:
-            self.counter_counts[reset - 1] = 0
-            self.counter_handled[reset - 1] = False
-        self._meaningful_tup = m.tup_target(state) != state
 
-    def _set_timer_channel(self, t: int, op: int) -> None:
-        """`setGlobalTimerChannel`: drive timer t's channel on (1) or off (0); while on, the
-        channel is locked against state outputs. Channel 254/255 means none."""
-        m = self.machine
-        channel = m.timer_channels[t] if t < m.n_timers else 255
-        message = (m.timer_on_values[t] if op else m.timer_off_values[t]) if t < m.n_timers else 0
-        if channel < len(self.output_hw):
-            letter = self.output_hw[channel]
-            if letter == "U":
-                if message < 254:
-                    self._message(channel, message)
-            elif letter == "X":
-                self._main_out += encode_soft_code(message & 0xFF)
-                self._message(channel, message)
-            elif letter == "Z":
-                if self.hw.machine_type > 2:
-                    self._app_out.append(message & 0xFF)
-                    self._message(channel, message)
-            elif letter in "BWDV":
-                self._drive(channel, op)
-                self.output_override[channel] = op
-            elif letter == "P":
-                self._drive(channel, (m.timer_on_values[t] & 0xFF) if op else 0)
-                self.output_override[channel] = op
-            elif letter == "F":
-                self._drive_flex(channel, op, message)
-                self.output_override[channel] = op
-        self.input_state[self.n_inputs + t] = op
+def set_global_timer_channel(fw: FirmwareState, t: int, op: int) -> None:
+    """`setGlobalTimerChannel`: drive timer t's channel on (1) or off (0); while on, the
+    channel is locked against state outputs. Channel 254/255 means none."""
+    m = fw.machine
+    channel = m.timer_channels[t] if t < m.n_timers else 255
+    value = (m.timer_on_values[t] if op else m.timer_off_values[t]) if t < m.n_timers else 0
+    if channel < len(fw.output_hw):
+        letter = fw.output_hw[channel]
+        if letter == "U":
+            if value < 254:
+                message(fw, channel, value)
+        elif letter == "X":
+            fw.main_out += encode_soft_code(value & 0xFF)
+            message(fw, channel, value)
+        elif letter == "Z":
+            if fw.hw.machine_type > 2:
+                fw.app_out.append(value & 0xFF)
+                message(fw, channel, value)
+        elif letter in "BWDV":
+            drive(fw, channel, op)
+            fw.output_override[channel] = op
+        elif letter == "P":
+            drive(fw, channel, (m.timer_on_values[t] & 0xFF) if op else 0)
+            fw.output_override[channel] = op
+        elif letter == "F":
+            drive_flex(fw, channel, op, value)
+            fw.output_override[channel] = op
+    fw.input_state[fw.n_inputs + t] = op
 
-    def _reset_outputs(self) -> None:
-        """`resetOutputs`: every line low, overrides released, timers and counters cleared."""
-        for i, letter in enumerate(self.output_hw):
-            if letter in "BWVP":
-                self._drive(i, 0)
-                self.output_override[i] = 0
-            elif letter == "F":
-                self._drive_flex(i, 0, 0)
-        self.timers.reset()
-        for x in range(self.hw.n_global_counters):
-            self.counter_counts[x] = 0
-            self.counter_handled[x] = False
-        self._meaningful_tup = False
 
-    def _drive(self, index: int, value: int) -> None:
-        self.world.output_changed(self.cycle, index, value)
+def reset_outputs(fw: FirmwareState) -> None:
+    """`resetOutputs`: every line low, overrides released, timers and counters cleared."""
+    for i, letter in enumerate(fw.output_hw):
+        if letter in "BWVP":
+            drive(fw, i, 0)
+            fw.output_override[i] = 0
+        elif letter == "F":
+            drive_flex(fw, i, 0, 0)
+    fw.timers.reset()
+    for x in range(fw.hw.n_global_counters):
+        fw.counter_counts[x] = 0
+        fw.counter_handled[x] = False
+    fw.meaningful_tup = False
 
-    def _message(self, index: int, value: int) -> None:
-        self.world.output_changed(self.cycle, index, value, message=True)
 
-    def _drive_flex(self, index: int, digital: int, analog: int) -> None:
-        """Flex channels (r2+) output only when configured as digital (1) or analog (3) out."""
-        k = self.hw.outputs[:index].count("F")
-        if k < self.n_flex and self.flex_types[k] == 1:
-            self._drive(index, 1 if digital else 0)
-        elif k < self.n_flex and self.flex_types[k] == 3:
-            self._drive(index, analog)
+def drive(fw: FirmwareState, index: int, value: int) -> None:
+    """A level write on a physical output line."""
+    fw.world.output_changed(fw.cycle, index, value)
 
-    def _sync_write(self) -> None:
-        if self._sync_on and self._sync_index is not None:
-            self._sync_state ^= 1
-            level = self._sync_state * 255 if self._sync_original == "P" else self._sync_state
-            self._drive(self._sync_index, level)
 
-    def _reset_sync_line(self) -> None:
-        self._sync_state = 0
-        if self._sync_index is not None:
-            self._drive(self._sync_index, 0)
+def message(fw: FirmwareState, index: int, value: int) -> None:
+    """A byte sent on a message channel (serial module, SoftCode, APP_SoftCode)."""
+    fw.world.output_changed(fw.cycle, index, value, message=True)
+
+
+def drive_flex(fw: FirmwareState, index: int, digital: int, analog: int) -> None:
+    """Flex channels (r2+) output only when configured as digital (1) or analog (3) out."""
+    k = fw.hw.outputs[:index].count("F")
+    if k < fw.n_flex and fw.flex_types[k] == 1:
+        drive(fw, index, 1 if digital else 0)
+    elif k < fw.n_flex and fw.flex_types[k] == 3:
+        drive(fw, index, analog)
+
+
+def sync_write(fw: FirmwareState) -> None:
+    """The firmware's sync-line toggle (state changes, trial start and end, or every 100 ms)."""
+    if fw.sync_on and fw.sync_index is not None:
+        fw.sync_state ^= 1
+        level = fw.sync_state * 255 if fw.sync_original == "P" else fw.sync_state
+        drive(fw, fw.sync_index, level)
+
+
+def reset_sync_line(fw: FirmwareState) -> None:
+    fw.sync_state = 0
+    if fw.sync_index is not None:
+        drive(fw, fw.sync_index, 0)

@@ -4,6 +4,8 @@ and the cancel block of `setStateOutputs`).
 Times are in trial cycles (the firmware's CurrentTime). Looping timers re-arm at their end
 after the loop interval; loop mode 1 repeats until cancelled or the trial ends, n > 1 runs n
 times. A one-shot timer always reports its start and end; a looping one only if send_events.
+The rules that switch a timer on or off take `set_channel` (`outputs.set_global_timer_channel`
+bound to the firmware state): the firmware's `setGlobalTimerChannel`, which drives its line.
 """
 
 from __future__ import annotations
@@ -12,16 +14,16 @@ from collections.abc import Callable
 
 from hardware.bpod.emulator.machine import LoadedMachine
 
+SetChannel = Callable[[int, int], None]  # (timer, 1 on / 0 off)
+
 
 class GlobalTimers:
     """The timer arrays of the firmware and the rules that change them."""
 
-    def __init__(self, n_max: int, start_code: int, end_code: int,
-                 set_channel: Callable[[int, int], None]) -> None:
+    def __init__(self, n_max: int, start_code: int, end_code: int) -> None:
         self.n_max = n_max
         self.start_code = start_code  # event code of timer 0's start; end codes follow n_max later
         self.end_code = end_code
-        self._set_channel = set_channel  # (timer, 1 on / 0 off): drives the timer's output channel
         self.n_used = n_max  # the firmware starts with every timer "used" until a machine is loaded
         self.durations = [0] * n_max
         self.delays = [0] * n_max
@@ -54,7 +56,7 @@ class GlobalTimers:
             self.active[i] = False
             self.loop_count[i] = 0
 
-    def trigger(self, i: int, now: int, events: list[int]) -> None:
+    def trigger(self, i: int, now: int, events: list[int], set_channel: SetChannel) -> None:
         """`triggerGlobalTimer`: arm; with no onset delay turn on at once (start event always)."""
         self.triggered[i] = True
         self.start[i] = now
@@ -62,19 +64,19 @@ class GlobalTimers:
             self.start[i] += self.delays[i]
         elif not self.active[i]:
             self.active[i] = True
-            self._set_channel(i, 1)
-            self._fire_onset_triggers(i, now, events)
+            set_channel(i, 1)
+            self._fire_onset_triggers(i, now, events, set_channel)
             events.append(self.start_code + i)
         self.end[i] = self.start[i] + self.durations[i]
         if self.uses_loop_counter[i]:
             self.loop_count[i] = 1
 
-    def trigger_mask(self, mask: int, now: int, events: list[int]) -> None:
+    def trigger_mask(self, mask: int, now: int, events: list[int], set_channel: SetChannel) -> None:
         for i in range(self.n_used):
             if mask >> i & 1:
-                self.trigger(i, now, events)
+                self.trigger(i, now, events, set_channel)
 
-    def cancel_mask(self, mask: int, events: list[int]) -> None:
+    def cancel_mask(self, mask: int, events: list[int], set_channel: SetChannel) -> None:
         """State-entry cancel: a running timer stops and always reports its end; an armed one
         (still in its onset delay) is just disarmed."""
         for i in range(self.n_used):
@@ -82,18 +84,18 @@ class GlobalTimers:
                 if self.active[i]:
                     self.triggered[i] = False
                     self.active[i] = False
-                    self._set_channel(i, 0)
+                    set_channel(i, 0)
                     events.append(self.end_code + i)
                 elif self.triggered[i]:
                     self.triggered[i] = False
 
-    def detect(self, now: int, events: list[int]) -> None:
+    def detect(self, now: int, events: list[int], set_channel: SetChannel) -> None:
         """The cycle's timer block: per timer, its end if active and due, else its start if armed
         and due (start events go before onset-triggered timers' own starts)."""
         for i in range(self.n_used):
             if self.active[i]:
                 if now >= self.end[i]:
-                    self._set_channel(i, 0)
+                    set_channel(i, 0)
                     self.triggered[i] = False
                     self.active[i] = False
                     if self.loop_modes[i] > 0:
@@ -113,8 +115,8 @@ class GlobalTimers:
                 self.active[i] = True
                 if not self.loop_modes[i] or self.send_events[i]:
                     events.append(self.start_code + i)
-                self._fire_onset_triggers(i, now, events)
-                self._set_channel(i, 1)
+                self._fire_onset_triggers(i, now, events, set_channel)
+                set_channel(i, 1)
 
     def next_due(self) -> int | None:
         """Earliest trial cycle at which a timer starts or ends."""
@@ -130,9 +132,9 @@ class GlobalTimers:
                 due = t
         return due
 
-    def _fire_onset_triggers(self, i: int, now: int, events: list[int]) -> None:
+    def _fire_onset_triggers(self, i: int, now: int, events: list[int], set_channel: SetChannel) -> None:
         mask = self.onset_triggers[i]
         if mask:
             for j in range(self.n_used):
                 if j != i and mask >> j & 1:
-                    self.trigger(j, now, events)
+                    self.trigger(j, now, events, set_channel)

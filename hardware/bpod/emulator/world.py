@@ -19,12 +19,9 @@ import itertools
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from hardware.bpod.hardware_description import HardwareDescription, input_channel_names, output_channel_names
-
-if TYPE_CHECKING:
-    from hardware.bpod.emulator.engine import Firmware
 
 OUTPUT_LOG_LENGTH = 200_000
 
@@ -76,7 +73,7 @@ class World:
         self._seq = itertools.count()
         self._output_listeners: list[Callable[[OutputRecord], None]] = []
         self._trial_listeners: list[Callable[[TrialRecord], None]] = []
-        self._engine: Firmware | None = None
+        self._engine_cycle: Callable[[], int] = lambda: 0  # the attached engine's last processed cycle
         # Replaced by the pty server: take its lock and bring the engine up to host time first.
         self.external_access: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext
 
@@ -86,7 +83,7 @@ class World:
     def now_cycle(self) -> int:
         """The last cycle the engine has processed (engine clock)."""
         with self.external_access():
-            return self._engine.cycle if self._engine else 0
+            return self._engine_cycle()
 
     def set_input(self, name: str, level: int, at_cycle: int | None = None) -> int:
         """Set a physical input line to a logical level at a cycle (None = the next cycle).
@@ -135,8 +132,9 @@ class World:
 
     # -- used by the engine -----------------------------------------------------------------
 
-    def attach(self, engine: Firmware) -> None:
-        self._engine = engine
+    def attach(self, engine_cycle: Callable[[], int]) -> None:
+        """Read the engine's clock through `engine_cycle` (the last cycle it processed)."""
+        self._engine_cycle = engine_cycle
 
     def next_input_cycle(self) -> int | None:
         return self._schedule[0][0] if self._schedule else None
@@ -166,7 +164,7 @@ class World:
     # -- helpers ----------------------------------------------------------------------------
 
     def _resolve_cycle(self, at_cycle: int | None) -> int:
-        now = self._engine.cycle if self._engine else 0
+        now = self._engine_cycle()
         if at_cycle is None:
             return now + 1
         if at_cycle <= now:

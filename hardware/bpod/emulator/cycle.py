@@ -1,0 +1,308 @@
+"""One firmware cycle: `loop()` and the 100 us timer interrupt `handler()`, as functions of the
+`FirmwareState`.
+
+Read beside `StateMachine.ino`: `loop` is the firmware's `loop()` (the state-machine body read,
+`startSM`), `handler` is the timer interrupt (one command, one APP byte, one trial cycle, trial
+end), `trial_cycle` is its event-detection block in the firmware's order. State entry and the
+output lines are in `outputs.py` (`setStateOutputs`), the host's commands in `commands.py`,
+global timers in `timers.py`.
+
+Deliberate differences from the firmware (each is noted where it happens): a RunASAP machine
+queued during a trial starts in the very cycle the previous trial ends (the firmware writes its
+start timestamp one cycle later), so start_us of the next trial == end_us of the previous one;
+a queued machine whose transfer completes after the trial ended still starts (the firmware's
+`startFlag == true` typo would leave it waiting forever).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from hardware.bpod.codec import (
+    CodecError,
+    decode_state_machine_body,
+    encode_confirmation,
+    encode_events,
+    encode_trial_end,
+    encode_trial_start_time,
+)
+from hardware.bpod.emulator.commands import command_length, execute
+from hardware.bpod.emulator.machine import LoadedMachine
+from hardware.bpod.emulator.outputs import (
+    reset_outputs,
+    reset_sync_line,
+    set_state_outputs,
+    sync_write,
+    timer_channel_writer,
+)
+from hardware.bpod.emulator.state import NO_EVENT, FirmwareState
+from hardware.bpod.emulator.world import TrialRecord
+
+logger = logging.getLogger(__name__)
+
+MODULE_INFO_TIMEOUT = 100  # cycles the firmware waits for modules to describe themselves
+SYNC_PERIOD = 1000  # sync mode 2 toggles every 1000 cycles
+
+
+# ----------------------------------------------------------------------------------------------
+# loop(): what the firmware does between timer interrupts
+
+
+def loop(fw: FirmwareState) -> None:
+    """`loop()`: read a state machine body once it has all arrived, then `startSM` if asked."""
+    if fw.sma_pending and len(fw.main_in) >= fw.sma_nbytes:
+        body = bytes(fw.main_in[:fw.sma_nbytes])
+        del fw.main_in[:fw.sma_nbytes]
+        fw.sma_pending = False
+        fw.sma_confirmed = True
+        machine = decode_body(fw, body)
+        fw.sma_ok = machine is not None
+        if fw.running:
+            fw.queued = machine
+        else:
+            if machine is not None:
+                load_state_matrix(fw, machine)
+            if fw.run_asap:
+                fw.run_asap = False
+                fw.start_flag = True
+    if fw.start_flag:
+        fw.start_flag = False
+        start_sm(fw)
+
+
+def decode_body(fw: FirmwareState, body: bytes) -> LoadedMachine | None:
+    """A body that does not decode is refused: the machine is not loaded, and the next start
+    reports the transfer as failed (confirmation byte 0)."""
+    try:
+        return LoadedMachine.from_body(decode_state_machine_body(body, fw.hw))
+    except (CodecError, IndexError, ValueError) as exc:
+        logger.error("state machine body of %d bytes refused: %s", len(body), exc)
+        return None
+
+
+def load_state_matrix(fw: FirmwareState, machine: LoadedMachine) -> None:
+    """`loadStateMatrix`: the new machine replaces the old one."""
+    for name, n, limit in (("timers", machine.n_timers, fw.hw.n_global_timers),
+                           ("counters", machine.n_counters, fw.hw.n_global_counters),
+                           ("conditions", machine.n_conditions, fw.hw.n_conditions)):
+        if n > limit:
+            logger.warning("state machine uses %d global %s; the device has %d", n, name, limit)
+    fw.machine = machine
+    fw.timers.load(machine)
+
+
+def start_sm(fw: FirmwareState) -> None:
+    """`startSM`: confirmation byte, then reset the trial; the next handler runs its first loop."""
+    if fw.new_sma_started:
+        fw.main_out += encode_confirmation(fw.sma_confirmed and fw.sma_ok)
+        fw.new_sma_started = False
+    fw.current_state = fw.previous_state = 0
+    fw.soft_x = fw.soft_z = NO_EVENT
+    fw.matrix_finished = False
+    for x in range(fw.hw.n_global_counters):
+        fw.counter_counts[x] = 0
+        fw.counter_handled[x] = False
+    pins = fw.world.pins
+    for i in fw.sampled:
+        level = pins[i] if fw.input_enabled[i] else 1 - fw.logic_high[i]
+        fw.input_state[i] = fw.last_input_state[i] = level
+        fw.input_override[i] = False
+    for i in fw.flex_inputs:
+        fw.input_state[i] = fw.last_input_state[i] = 0
+    for t in range(fw.hw.n_global_timers):
+        fw.input_state[fw.n_inputs + t] = 0
+    fw.state_start_time = 0
+    fw.current_time = 0
+    fw.events = []
+    fw.n_cycles_completed = 0
+    fw.running = True
+    fw.first_loop = True
+
+
+# ----------------------------------------------------------------------------------------------
+# handler(): the 100 us timer interrupt
+
+
+def handler(fw: FirmwareState) -> None:
+    """`handler()`: one command, one APP byte, one trial cycle, then the trial end if due."""
+    if fw.run_flag and fw.sma_confirmed:
+        # The firmware writes `startFlag == true` here (a no-op); the intent is to start.
+        fw.run_flag = False
+        fw.start_flag = True
+    if fw.get_module_info:
+        fw.module_cycles += 1
+        if fw.module_cycles > MODULE_INFO_TIMEOUT:
+            fw.get_module_info = False
+            fw.main_out += bytes(fw.n_modules)  # 0 = no module on that port
+    if fw.main_in and not fw.sma_pending:
+        length = command_length(fw)
+        if length is not None:
+            command = bytes(fw.main_in[:length])
+            del fw.main_in[:length]
+            execute(fw, command)
+    if fw.app_in:
+        byte = fw.app_in.pop(0)
+        fw.soft_z = byte if fw.running else NO_EVENT
+    if fw.running:
+        if fw.first_loop:
+            run_first_loop(fw)
+        else:
+            trial_cycle(fw)
+    if fw.matrix_finished:
+        finish_trial(fw)
+    fw.n_cycles_completed += 1
+
+
+def run_first_loop(fw: FirmwareState) -> None:
+    """The handler's first pass of a trial: start timestamp, sync line, state 0 entered."""
+    fw.first_loop = False
+    fw.trial_counter += 1
+    fw.in_trial = True
+    fw.main_out += encode_trial_start_time(fw.session_us)
+    fw.world.trial_event(TrialRecord("start", fw.cycle, fw.session_us, fw.trial_counter))
+    sync_write(fw)
+    fw.sync_timer = 0
+    set_state_outputs(fw, fw.current_state)
+
+
+def trial_cycle(fw: FirmwareState) -> None:
+    """One running cycle: sample, detect events in the firmware's order, transition."""
+    fw.current_time += 1
+    fw.sync_timer += 1
+    now = fw.current_time
+    m, state, hw = fw.machine, fw.current_state, fw.hw
+    pins, levels, last = fw.world.pins, fw.input_state, fw.last_input_state
+    enabled, override = fw.input_enabled, fw.input_override
+    for i in fw.sampled:
+        if enabled[i] and not override[i]:
+            levels[i] = pins[i]
+    for k, i in enumerate(fw.flex_inputs):
+        if fw.flex_types[k] == 0 and enabled[i] and not override[i]:
+            levels[i] = pins[i]
+    events = fw.events  # starts with whatever state entry raised last cycle
+    # a. conditions, every cycle while true, if the current state handles them
+    for i in range(min(m.n_conditions, hw.n_conditions)):
+        if m.target(m.conditions, state, i) != state and condition_true(fw, m, i):
+            events.append(fw.condition_pos + i)
+    # c. digital edges, channel order, high then low, against the last reported level
+    for i, code, hi in fw.edge_channels:
+        if enabled[i]:
+            level, lo = levels[i], 1 - hi
+            if level == hi and last[i] == lo:
+                last[i] = hi
+                events.append(code)
+            elif level == lo and last[i] == hi:
+                last[i] = lo
+                events.append(code + 1)
+    # d. serial channels: modules (none attached), then the USB and APP soft codes
+    if fw.soft_x != NO_EVENT or fw.soft_z != NO_EVENT:
+        offset = 0
+        for k, letter in enumerate(fw.serial_letters):
+            if letter == "X" and soft_event_ready(fw, fw.soft_x, "X"):
+                events.append((offset + fw.soft_x) & 0xFF)
+                fw.soft_x = NO_EVENT
+            elif letter == "Z" and soft_event_ready(fw, fw.soft_z, "Z"):
+                events.append((offset + fw.soft_z) & 0xFF)
+                fw.soft_z = NO_EVENT
+            offset += fw.allocation[k]
+    # e. global timers: ends, then starts
+    if fw.timers.n_used:
+        fw.timers.detect(now, events, timer_channel_writer(fw))
+    # f. global counters: threshold check first, then count this cycle's events
+    for x in range(min(m.n_counters, hw.n_global_counters)):
+        attached = m.counter_events[x]
+        if attached < 254:
+            if fw.counter_counts[x] == m.counter_thresholds[x] and not fw.counter_handled[x]:
+                events.append(fw.counter_pos + x)
+                fw.counter_handled[x] = True
+            fw.counter_counts[x] += events.count(attached)
+    # g. the state timer
+    if fw.meaningful_tup and now - fw.state_start_time >= m.state_timer(state):
+        events.append(fw.tup_pos)
+    if len(events) > fw.max_events:
+        del events[fw.max_events:]
+    new_state = first_transition(fw, events)
+    if events:
+        fw.main_out += encode_events(events, now)
+    fw.events = []
+    if new_state != state:
+        if new_state == m.n_states:
+            fw.running = False
+            fw.matrix_finished = True
+        else:
+            if fw.sync_mode == 1:
+                sync_write(fw)
+            fw.state_start_time = now
+            if fw.use_back_signal and new_state == 255:
+                fw.current_state, fw.previous_state = fw.previous_state, state
+            else:
+                fw.previous_state, fw.current_state = state, new_state
+            set_state_outputs(fw, fw.current_state)
+    if fw.v23 and fw.sync_mode == 2 and fw.sync_timer == SYNC_PERIOD:
+        sync_write(fw)
+        fw.sync_timer = 0
+
+
+def first_transition(fw: FirmwareState, events: list[int]) -> int:
+    """The first event (in list order) whose target differs from the current state wins."""
+    m, state = fw.machine, fw.current_state
+    for code in events:
+        if code < fw.gt_start_pos:
+            new = m.target(m.inputs, state, code)
+        elif code < fw.gt_end_pos:
+            new = m.target(m.timer_starts, state, code - fw.gt_start_pos)
+        elif code < fw.counter_pos:
+            new = m.target(m.timer_ends, state, code - fw.gt_end_pos)
+        elif code < fw.condition_pos:
+            new = m.target(m.counters, state, code - fw.counter_pos)
+        elif code < fw.tup_pos:
+            new = m.target(m.conditions, state, code - fw.condition_pos)
+        elif code == fw.tup_pos:
+            new = m.tup_target(state)
+        else:
+            new = state
+        if new != state:
+            return new
+    return state
+
+
+def condition_true(fw: FirmwareState, m: LoadedMachine, i: int) -> bool:
+    channel = m.condition_channels[i]
+    return channel < len(fw.input_state) and fw.input_state[channel] == m.condition_values[i]
+
+
+def soft_event_ready(fw: FirmwareState, code: int, letter: str) -> bool:
+    """v23 drops codes at or above the channel's allocation (they stay pending); v22 takes
+    any code below 255, even one that spills into the next channel's event codes."""
+    if code == NO_EVENT or letter not in fw.serial_letters:
+        return False
+    if not fw.v23:
+        return letter == "X"
+    return code < fw.allocation[fw.serial_letters.index(letter)]
+
+
+def finish_trial(fw: FirmwareState) -> None:
+    """Trial end: end record, outputs low, then the queued machine, started in this cycle."""
+    if fw.sync_mode == 0:
+        reset_sync_line(fw)
+    else:
+        sync_write(fw)
+    end_us = fw.session_us
+    reset_outputs(fw)
+    fw.main_out += encode_trial_end(fw.current_time, fw.n_cycles_completed, end_us)
+    fw.matrix_finished = False
+    if fw.in_trial:
+        fw.in_trial = False
+        fw.world.trial_event(TrialRecord("end", fw.cycle, end_us, fw.trial_counter))
+    if fw.queued is not None:
+        load_state_matrix(fw, fw.queued)
+        fw.queued = None
+    if fw.run_asap:
+        fw.run_asap = False
+        if fw.new_sma_started and not fw.sma_confirmed:
+            fw.run_flag = True  # starts when its transfer completes
+        else:
+            # The firmware writes this start timestamp one cycle later; here the next trial
+            # begins in the cycle the previous one ended (zero dead time).
+            start_sm(fw)
+            run_first_loop(fw)
