@@ -13,14 +13,22 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, get_args
-
-if TYPE_CHECKING:
-    from protocols.settings import ContextSettings
+from typing import Literal, Protocol, get_args
 
 Side = Literal["left", "right"]
 Modality = Literal["tactile", "auditory"]
 Contingency = Literal["normal", "reversed"]
+
+
+class ContextEntry(Protocol):
+    """A context as settings declare it (`protocols.settings.ContextSettings`, which imports this module)."""
+
+    @property
+    def modality(self) -> Modality: ...
+
+    @property
+    def contingency(self) -> Contingency: ...
+
 Cue = Literal["pole_posterior", "pole_anterior", "tone_high", "tone_low"]
 
 SIDES: tuple[Side, Side] = ("left", "right")
@@ -89,7 +97,7 @@ class Context:
         return CUE_OUTPUT_ROLE[self.cue_for(side)]
 
     @classmethod
-    def from_settings(cls, name: str, contexts: Mapping[str, ContextSettings]) -> Context:
+    def from_settings(cls, name: str, contexts: Mapping[str, ContextEntry]) -> Context:
         """The context `name` of `settings.contexts`."""
         if name not in contexts:
             raise UnknownContextError(unknown_context_message(name, contexts))
@@ -97,7 +105,7 @@ class Context:
         return cls(name=name, modality=entry.modality, contingency=entry.contingency)
 
 
-def contexts_from_settings(contexts: Mapping[str, ContextSettings]) -> dict[str, Context]:
+def contexts_from_settings(contexts: Mapping[str, ContextEntry]) -> dict[str, Context]:
     """Every context of `settings.contexts`, by name."""
     return {name: Context.from_settings(name, contexts) for name in contexts}
 

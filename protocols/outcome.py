@@ -18,12 +18,16 @@ import math
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import Any, Literal, Protocol, get_args
 
 from protocols.contexts import Side, check_side, other_side
 
-if TYPE_CHECKING:
-    from protocols.settings import WiringSettings
+
+class LickLines(Protocol):
+    """What scoring needs of the wiring (`protocols.settings.WiringSettings`): the event of each lick port.
+    A protocol, so that the settings module, which scores switch criteria here, is not imported back."""
+
+    def lick(self, side: Side) -> str: ...
 
 Outcome = Literal["hit", "error", "no_response", "aborted"]
 OUTCOMES: tuple[str, ...] = get_args(Outcome)
@@ -85,7 +89,7 @@ class ScoredTrial:
         return cls(**fields)
 
 
-def score_trial(result: Mapping[str, Any], *, side: Side, context: str, wiring: WiringSettings,
+def score_trial(result: Mapping[str, Any], *, side: Side, context: str, wiring: LickLines,
                 trial_number: int | None = None) -> ScoredTrial:
     """Score one finished trial from its record (`state_sequence`, `States`, `Events`)."""
     check_side(side)
@@ -119,7 +123,7 @@ def visited_states(result: Mapping[str, Any]) -> set[str]:
     return {name for name in states if _intervals(states, name)}
 
 
-def reaction_time(result: Mapping[str, Any], wiring: WiringSettings) -> float | None:
+def reaction_time(result: Mapping[str, Any], wiring: LickLines) -> float | None:
     """Time from go-cue onset to the lick that answered: the first lick in the answer period (s).
     Licks during the go cue itself are ignored by the task, so they are not the answer."""
     states: Mapping[str, Any] = result.get("States", {})
