@@ -21,6 +21,17 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal, get_args
 
 from protocols.contexts import Side, check_side, other_side
+from protocols.directional_licking import (
+    ANSWER_EPOCH,
+    BOTH_REWARDED_STATE,
+    EARLY_LICK_STATES,
+    FREE_DROP_STATES,
+    GO_CUE_EPOCH,
+    NO_RESPONSE,
+    REWARD,
+    TIMEOUT,
+)
+from protocols.state_machine import input_event
 
 Outcome = Literal["hit", "error", "no_response", "aborted"]
 OUTCOMES: tuple[str, ...] = get_args(Outcome)
@@ -28,16 +39,6 @@ ANSWERED: tuple[str, ...] = ("hit", "error")
 PERF_WINDOW = 100
 """Perf100: the number of recent trials the paper's running performance is computed over."""
 
-# States of protocols/directional_licking.py that decide the score.
-REWARD, REWARD_OTHER_SIDE, TIMEOUT, NO_RESPONSE = "Reward", "RewardOtherSide", "TimeOut", "NoResponse"
-EARLY_LICK_STATES: dict[str, str] = {"EarlyLickSample": "sample", "EarlyLickDelay": "delay"}
-FREE_DROP_STATES: tuple[str, ...] = ("GiveLeftDrop", "GiveRightDrop")
-GO_CUE_STATE, ANSWER_STATE = "ResponseCue", "AnswerPeriod"
-
-
-def input_event(line: str) -> str:
-    """The event an input line raises when it goes high: Port1 -> Port1In, BNC1 -> BNC1High."""
-    return f"{line}In" if line.startswith("Port") else f"{line}High"
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ def score_trial(result: Mapping[str, Any], *, side: Side, context: str, lick_por
     if REWARD in visited:
         outcome: Outcome = "hit"
         licked: Side | None = side
-    elif TIMEOUT in visited or REWARD_OTHER_SIDE in visited:
+    elif TIMEOUT in visited or BOTH_REWARDED_STATE in visited:
         outcome, licked = "error", other_side(side)
     elif NO_RESPONSE in visited:
         outcome, licked = "no_response", None
@@ -129,7 +130,7 @@ def score_trial(result: Mapping[str, Any], *, side: Side, context: str, lick_por
         reaction_time_s=reaction_time(result, lick_ports) if outcome in ANSWERED else None,
         early_lick=bool(epochs), early_lick_epochs=epochs, early_licks=early_licks,
         free_drop=any(state in visited for state in FREE_DROP_STATES),
-        rewarded=REWARD in visited or REWARD_OTHER_SIDE in visited, trial_number=trial_number,
+        rewarded=REWARD in visited or BOTH_REWARDED_STATE in visited, trial_number=trial_number,
     )
 
 
@@ -145,8 +146,8 @@ def reaction_time(result: Mapping[str, Any], lick_ports: LickPorts) -> float | N
     """Time from go-cue onset to the lick that answered: the first lick in the answer period (s).
     Licks during the go cue itself are ignored by the task, so they are not the answer."""
     states: Mapping[str, Any] = result.get("States", {})
-    cues = _intervals(states, GO_CUE_STATE)
-    answers = _intervals(states, ANSWER_STATE)
+    cues = _intervals(states, GO_CUE_EPOCH)
+    answers = _intervals(states, ANSWER_EPOCH)
     if not cues or not answers:
         return None
     go = cues[0][0]

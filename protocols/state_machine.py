@@ -369,6 +369,11 @@ def _counter_problems(counter: GlobalCounter) -> list[str]:
     return problems + _number_problem(where, "threshold", counter.threshold, low=0, high=0xFFFFFFFF)
 
 
+def input_event(line: str) -> str:
+    """The event an input line raises when it goes high: Port1 -> Port1In, BNC1 -> BNC1High."""
+    return f"{line}In" if line.startswith("Port") else f"{line}High"
+
+
 def _condition_problems(condition: Condition) -> list[str]:
     problems = _number_problem("condition", "number", condition.number)
     where = f"condition {condition.number}"

@@ -35,7 +35,7 @@ from hardware.bpod.trial import TrialEvent, TrialResult
 from online.transport import LossyPublisher, TransportError
 from online.wire import TOPIC_STATE, TOPIC_TRIAL
 from protocols.contexts import Context, context_named, contexts_from_settings
-from protocols.directional_licking import DecoderGate, TaskParameters, build_trial
+from protocols.directional_licking import OUTCOME_EPOCH, DecoderGate, TaskParameters, build_trial
 from protocols.outcome import LickPorts, PerformanceTracker, ScoredTrial, score_trial
 from protocols.selection import AutoRewardRules, SelectionRules, TrialSpec, select_trial
 from protocols.state_machine import StateMachine
@@ -54,7 +54,6 @@ from rig.summary import format_status
 
 log = logging.getLogger(__name__)
 
-OUTCOME_STATES = frozenset({"Reward", "TimeOut", "NoResponse"})
 POLL_S = 0.05
 TRIALS_KEPT_IN_MEMORY = 1000  # for the live Perf100 per side and context; every trial is on disk
 EMULATOR_PORT = "emulator"
@@ -354,7 +353,7 @@ class SessionRunner:
         while True:
             self._check_faults(trial)
             try:
-                if client.wait_for_state(OUTCOME_STATES, timeout_s=POLL_S) is not None:
+                if client.wait_for_state(OUTCOME_EPOCH, timeout_s=POLL_S) is not None:
                     return True
             except BpodConnectionError:
                 raise
