@@ -392,7 +392,7 @@ def _run_closed_loop(folder: Path, main_port: str, app_port: str, n_train: int,
             data = result.to_dict()
             trial_starts[n] = result.start_s
             record = {"trial": n, "context": "tactile", "side": side, "outcome": "hit", "licked_side": side,
-                      "States": data["States"], "Events": data["Events"]}
+                      "bpod": data}
             events.send_event(TOPIC_TRIAL, {"kind": "end", "trial": n, "record": record})
             sides[n] = side
             sim_t += result.duration_s + 1.0

@@ -40,7 +40,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,7 @@ from online.wire import (
     WireError,
     frame_aux_triggers,
 )
+from protocols.trial_record import TrialRecord, TrialRecordError
 
 logger = logging.getLogger("online")
 
@@ -304,12 +305,11 @@ class OnlineService:
             elif message.topic == TOPIC_TRIAL:
                 kind = event.data.get("kind")
                 if kind == "end":
-                    record = event.data.get("record")
-                    if not isinstance(record, Mapping):
-                        raise MalformedInput(f"trial end message without a record object: {record!r}")
-                    if "trial" not in record and "trial" in event.data:
-                        record = {**record, "trial": event.data["trial"]}
-                    self._emit(self.pipeline.on_trial_end(record))
+                    try:
+                        record = TrialRecord.from_json(event.data.get("record"))
+                    except TrialRecordError as exc:
+                        raise MalformedInput(f"trial end message: {exc}") from None
+                    self._emit(self.pipeline.on_trial_end(record.to_json()))
                 elif kind == "start":
                     self.pipeline.on_trial_start(event.data)
                 else:
@@ -531,13 +531,11 @@ class ReplaySummary:
 
 
 def read_trial_records(path: str | Path) -> dict[int, dict[str, Any]]:
-    """trial number -> record, from a session's trials.jsonl (lines without a trial number are skipped)."""
+    """trial number -> record, from a session's trials.jsonl; a line that is not a trial record is named."""
     try:
-        lines = read_jsonl(Path(path))
-    except OSError as exc:
+        return {r.trial: r.to_json() for r in map(TrialRecord.from_json, read_jsonl(Path(path)))}
+    except (OSError, ValueError) as exc:  # TrialRecordError, JsonLinesError
         raise UserInputError(f"--trials {path}: {exc}") from exc
-    return {int(r["trial"]): r for r in lines if isinstance(r.get("trial"), int) and not isinstance(
-        r.get("trial"), bool)}
 
 
 def replay(path: str | Path, *, out: str | Path | None = None, rois: str | Path | None = None,

@@ -32,6 +32,7 @@ from types import TracebackType
 from typing import Any
 
 from online.store import write_bytes_atomic
+from protocols.trial_record import TrialRecord, spec_fields
 from rig.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -258,11 +259,11 @@ class SessionStore:
             except DiskFullError:
                 log.debug("journal line dropped: disk full at %s", path)
 
-    def append_trial(self, record: Mapping[str, Any]) -> None:
+    def append_trial(self, record: TrialRecord) -> None:
         """Write a finished trial and make it durable (fsync) before anything else happens."""
         if self._trials is None:
             self._trials = os.open(self.trials_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        fd, line = self._trials, (json.dumps(record, sort_keys=True) + "\n").encode()
+        fd, line = self._trials, (json.dumps(record.to_json(), sort_keys=True) + "\n").encode()
         self.durable_write(self.trials_path, lambda: _append_whole(fd, line, sync=True))
 
     def close(self) -> None:
@@ -320,7 +321,7 @@ def recover_sessions(subject_dir: Path, lock: SubjectLock | None = None) -> list
         for aborted in (_aborted_trials(journal, recorded) if journal.exists() else []):
             store.append_trial(aborted)
             log.warning("%s: the session was killed during trial %s; recorded it as aborted with %d events",
-                        folder, aborted["trial"], len(aborted["events_received"]))
+                        folder, aborted.trial, len(aborted.events_received or ()))
         store.close()
         info["end_reason"] = "killed"
         info["trials"] = len(store.trials())
@@ -330,15 +331,18 @@ def recover_sessions(subject_dir: Path, lock: SubjectLock | None = None) -> list
     return repaired
 
 
-def _aborted_trials(journal: Path, recorded: set[Any]) -> list[dict[str, Any]]:
-    trials: dict[int, dict[str, Any]] = {}
+def _aborted_trials(journal: Path, recorded: set[Any]) -> list[TrialRecord]:
+    headers: dict[int, dict[str, Any]] = {}
+    received: dict[int, dict[str, list[dict[str, Any]]]] = {}
     for line in read_jsonl(journal):
         number, kind = line.pop("trial", None), line.pop("kind", None)
         if number in recorded or number is None:
             continue
         if kind == "trial":
-            trials[number] = {**line, "trial": number, "outcome": "aborted", "aborted": True,
-                              "abort_reason": "process killed", "events_received": [], "states_entered": []}
-        elif number in trials and kind in ("event", "state"):
-            trials[number]["events_received" if kind == "event" else "states_entered"].append(line)
-    return [trials[n] for n in sorted(trials)]
+            headers[number], received[number] = line, {"event": [], "state": []}
+        elif number in headers and kind in ("event", "state"):
+            received[number][kind].append(line)
+    return [TrialRecord(trial=n, **spec_fields(headers[n]), outcome="aborted", aborted=True,
+                        abort_reason="process killed", events_received=tuple(received[n]["event"]),
+                        states_entered=tuple(received[n]["state"]))
+            for n in sorted(headers)]

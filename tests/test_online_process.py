@@ -112,7 +112,7 @@ def test_the_live_module_end_to_end_over_zeromq(tmp_path: Path) -> None:
                 record = {"trial": trial, "context": "tactile", "side": side, "outcome": "hit" if correct
                           else "error", "licked_side": side if correct else ("right" if side == "left" else
                                                                               "left"),
-                          "States": states_of(correct), "Events": {"Tup": [0.01]}}
+                          "bpod": {"States": states_of(correct), "Events": {"Tup": [0.01]}}}
                 events.send_event(TOPIC_TRIAL, {"kind": "end", "trial": trial, "record": record})
         messages = []
         deadline = time.monotonic() + 10

@@ -39,7 +39,9 @@ from online.wire import (
     Message,
     WireError,
 )
+from protocols.directional_licking import GO_CUE_EPOCH
 from protocols.outcome import LickPorts, fraction_correct
+from protocols.trial_record import TrialRecord, TrialRecordError
 from rig.store import TRIALS_FILE, DataError, read_jsonl
 
 log = logging.getLogger(__name__)
@@ -116,30 +118,21 @@ class TrialRow:
     trial_end_s: float | None = None
 
     @classmethod
-    def from_record(cls, record: Mapping[str, Any]) -> TrialRow:
-        """From a published trial record (`trial` event `record`); raises ValueError if it is not one."""
-        try:
-            trial = int(record["trial"])
-            licks = record.get("licks") or {}
-            return cls(
-                trial=trial,
-                context=str(record.get("context", "")),
-                side=record.get("side"),
-                outcome=str(record.get("outcome", "unknown")),
-                early_lick=bool(record.get("early_lick", False)),
-                free_drop=bool(record.get("free_drop", False)),
-                licked_side=record.get("licked_side"),
-                reaction_time_s=_float_or_none(record.get("reaction_time_s")),
-                go_cue_s=_float_or_none(record.get("go_cue_s")),
-                licks_left=tuple(float(t) for t in licks.get("left", ())),
-                licks_right=tuple(float(t) for t in licks.get("right", ())),
-                stage=dict(record.get("stage") or {}),
-                training_events=tuple(record.get("training_events") or ()),
-                trial_start_s=_float_or_none(record.get("trial_start_s")),
-                trial_end_s=_float_or_none(record.get("trial_end_s")),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"not a trial record: {exc}") from exc
+    def from_record(cls, record: TrialRecord, lick_ports: LickPorts) -> TrialRow:
+        """From a trial record (a trials.jsonl line, or the published `trial` event's `record`)."""
+        score = record.score
+        licks = record.licks(lick_ports)
+        return cls(
+            trial=record.trial, context=record.context or "", side=record.side, outcome=record.outcome,
+            early_lick=score.early_lick if score else False, free_drop=record.free_drop,
+            licked_side=score.licked_side if score else None,
+            reaction_time_s=_float_or_none(score.reaction_time_s) if score else None,
+            go_cue_s=_float_or_none(record.entry_s(GO_CUE_EPOCH)),
+            licks_left=tuple(licks["left"]), licks_right=tuple(licks["right"]),
+            stage=dict(record.stage), training_events=tuple(record.training_events),
+            trial_start_s=_float_or_none(record.trial_start_s),
+            trial_end_s=_float_or_none(record.trial_end_s),
+        )
 
     def licks_from_go(self, side: str) -> np.ndarray:
         """Lick times of one side relative to the go cue (empty when the trial had no go cue)."""
@@ -147,26 +140,6 @@ class TrialRow:
             return np.empty(0)
         licks = self.licks_left if side == "left" else self.licks_right
         return np.asarray(licks, dtype=float) - self.go_cue_s
-
-
-def published_from_disk(record: Mapping[str, Any], lick_ports: LickPorts) -> dict[str, Any]:
-    """A trials.jsonl line in the shape of a published record: licks and go cue taken from its Bpod data
-    (the same reduction the session applies before it publishes)."""
-    bpod = record.get("bpod")
-    if not isinstance(bpod, Mapping):
-        return dict(record)
-    events = bpod.get("Events") or {}
-    go = (bpod.get("States") or {}).get("ResponseCue")
-    return {k: v for k, v in record.items() if k != "bpod"} | {
-        "trial_start_s": bpod.get("trial_start_s"),
-        "trial_end_s": bpod.get("trial_end_s"),
-        "state_sequence": bpod.get("state_sequence", []),
-        "go_cue_s": go[-1][0] if go else None,
-        "licks": {
-            "left": events.get(lick_ports.left_event, []),
-            "right": events.get(lick_ports.right_event, []),
-        },
-    }
 
 
 def read_trial_rows(folder: Path, lick_ports: LickPorts) -> list[TrialRow]:
@@ -178,8 +151,8 @@ def read_trial_rows(folder: Path, lick_ports: LickPorts) -> list[TrialRow]:
     try:
         for record in read_jsonl(path):
             try:
-                rows.append(TrialRow.from_record(published_from_disk(record, lick_ports)))
-            except (ValueError, AttributeError) as exc:
+                rows.append(TrialRow.from_record(TrialRecord.from_json(record), lick_ports))
+            except TrialRecordError as exc:
                 log.warning("%s: skipped a line: %s", path, exc)
     except (OSError, DataError) as exc:
         log.warning("cannot catch up from %s: %s", path, exc)
@@ -217,8 +190,8 @@ class BehaviourModel:
     def add_record(self, record: Mapping[str, Any]) -> bool:
         """Add one published trial record; False when that trial is already shown or it is not a trial."""
         try:
-            row = TrialRow.from_record(record)
-        except ValueError as exc:
+            row = TrialRow.from_record(TrialRecord.from_json(record), self.lick_ports)
+        except TrialRecordError as exc:
             log.warning("skipped a trial record: %s", exc)
             return False
         return self.add_rows([row]) > 0
