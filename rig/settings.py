@@ -11,7 +11,6 @@ Mappings of named things (``contexts``) and lists (``task.stages``) are replaced
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import logging
 import re
@@ -32,6 +31,7 @@ from pydantic import (
 )
 
 from hardware.bpod.hardware_description import input_channel_names, output_channel_names, preset
+from online.wire import did_you_mean
 from rig.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -75,11 +75,6 @@ class _ProblemList:
     def raise_if_any(self) -> None:
         if self.items:
             raise _Problems(self.items)
-
-
-def _did_you_mean(word: str, choices: Sequence[str]) -> str | None:
-    matches = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return matches[0] if matches else None
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -308,8 +303,8 @@ class WiringSettings(_Section):
             else:
                 valid, kind = outputs, "an output"
             if line not in valid:
-                hint = _did_you_mean(line, valid)
-                suggestion = f"; did you mean {hint!r}?" if hint else ""
+                hint = did_you_mean(line, valid)
+                suggestion = f"; {hint}" if hint else ""
                 problems.append(
                     (
                         (role,),
@@ -863,8 +858,8 @@ class Settings(_Section):
         def check_context(path: tuple[str | int, ...], name: str) -> None:
             if name in self.contexts:
                 return
-            hint = _did_you_mean(name, names)
-            suggestion = f"did you mean {hint!r}? " if hint else ""
+            hint = did_you_mean(name, names)
+            suggestion = f"{hint} " if hint else ""
             problems.add(path, f"unknown context ({suggestion}contexts: {', '.join(names)})", name)
 
         check_context(("task", "default_context"), self.task.default_context)
@@ -873,8 +868,8 @@ class Settings(_Section):
         check_context(("sim", "subject", "trained_context"), self.sim.subject.trained_context)
         stage_names = [stage.name for stage in self.task.stages]
         if self.sim.subject.stage not in stage_names:
-            hint = _did_you_mean(self.sim.subject.stage, stage_names)
-            suggestion = f"did you mean {hint!r}? " if hint else ""
+            hint = did_you_mean(self.sim.subject.stage, stage_names)
+            suggestion = f"{hint} " if hint else ""
             message = f"unknown stage ({suggestion}stages: {', '.join(stage_names)})"
             problems.add(("sim", "subject", "stage"), message, self.sim.subject.stage)
 
@@ -1062,9 +1057,9 @@ def _describe_error(err: Mapping[str, Any], root: type[BaseModel]) -> list[str]:
         key = str(loc[-1])
         if isinstance(parent, type) and issubclass(parent, BaseModel):
             valid = list(parent.model_fields)
-            hint = _did_you_mean(key, valid)
+            hint = did_you_mean(key, valid)
             message = (
-                f"unknown key (did you mean {hint!r}?)"
+                f"unknown key ({hint})"
                 if hint
                 else f"unknown key (valid keys: {', '.join(valid)})"
             )
