@@ -59,7 +59,14 @@ from online.pipeline import (
 )
 from online.rois import RoiSet, load_suite2p
 from online.store import CodingDirectionFile, SessionOutputs, load_reference, read_jsonl
-from online.transport import LosslessReceiver, LossyPublisher, LossySubscriber, TransportError, security_for
+from online.transport import (
+    LosslessReceiver,
+    LossyPublisher,
+    LossySubscriber,
+    RateLimitedLog,
+    TransportError,
+    security_for,
+)
 from online.wire import (
     TOPIC_FRAME,
     TOPIC_STATE,
@@ -87,22 +94,6 @@ EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 1, 2
 
 class UserInputError(Exception):
     """Bad input from the user (settings, ROI files, paths); one sentence, exit status 2."""
-
-
-class _EverySecond:
-    def __init__(self) -> None:
-        self._last = -math.inf
-        self._held = 0
-
-    def __call__(self, level: int, text: str, *args: Any) -> None:
-        now = time.monotonic()
-        if now - self._last < 1.0:
-            self._held += 1
-            return
-        if self._held:
-            text += f" (+{self._held} similar)"
-        logger.log(level, text, *args)
-        self._last, self._held = now, 0
 
 
 # -- inputs: settings and ROIs -----------------------------------------------------------------------------
@@ -213,7 +204,7 @@ class OnlineService:
         self.pipeline = OnlinePipeline(self.config, rois=rois, reference=reference, session=self.session,
                                        cd_store=store, closed_loop=self.closed_loop)
         self.counters = _Counters()
-        self._log = _EverySecond()
+        self._log = RateLimitedLog(logger)
         self.frames: LosslessReceiver | None = None
         self.events: LossySubscriber | None = None
         self.results: LossyPublisher | None = None
@@ -557,7 +548,7 @@ def replay(path: str | Path, *, out: str | Path | None = None, rois: str | Path 
     pipeline = OnlinePipeline(config, rois=roi_set, reference=reference, session=out_dir.name)
     delivered: set[int] = set()
     decoded = frames = seq = skipped = 0
-    skip_log = _EverySecond()
+    skip_log = RateLimitedLog(logger)
 
     def emit(result: PipelineOutput) -> None:
         nonlocal decoded

@@ -45,7 +45,14 @@ import zmq
 
 from hardware.scanimage.follower import FolderFollower, FollowedPage
 from hardware.scanimage.stream import FrameStreamError, decode_scanimage_frame
-from online.transport import LinkSecurity, LosslessSender, LossyPublisher, SendTimeout, TransportError
+from online.transport import (
+    LinkSecurity,
+    LosslessSender,
+    LossyPublisher,
+    RateLimitedLog,
+    SendTimeout,
+    TransportError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,25 +61,6 @@ DEFAULT_SEND_TIMEOUT_S = 0.5
 STREAM_RCVHWM = 1000
 """Messages the adapter's SUB socket queues from ScanImage (frames, ~0.5 MB each at 512x512)."""
 _FILE_COUNTER = re.compile(r"_(\d+)_(\d+)\.tiff?$", re.IGNORECASE)
-
-
-class _EverySecond:
-    """Log at most once per interval; says how many were held back."""
-
-    def __init__(self, interval_s: float = 1.0) -> None:
-        self.interval_s = interval_s
-        self._last = -math.inf
-        self._held = 0
-
-    def __call__(self, level: int, text: str, *args: Any) -> None:
-        now = time.monotonic()
-        if now - self._last < self.interval_s:
-            self._held += 1
-            return
-        if self._held:
-            text += f" (+{self._held} more like it)"
-        logger.log(level, text, *args)
-        self._last, self._held = now, 0
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -117,7 +105,7 @@ class FramePublisher:
         self.stop = stop or threading.Event()
         self.stats = PublisherStats()
         self._abandoned = False
-        self._warn = _EverySecond()
+        self._warn = RateLimitedLog(logger)
 
     @classmethod
     def open(cls, lossless_endpoint: str | None = None, display_endpoint: str | None = None, *,
@@ -291,7 +279,7 @@ class StreamAdapter:
         self.stats = StreamStats()
         self.stopped_reason: str | None = None
         self._first_frame_number = 0
-        self._malformed_log = _EverySecond()
+        self._malformed_log = RateLimitedLog(logger)
 
     def handle(self, parts: list[Any]) -> int:
         """Decode one stream message and publish its channels; returns frames published (0 if malformed)."""
