@@ -25,13 +25,13 @@ import os
 import re
 import socket
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from online.store import write_bytes_atomic
+from online.store import JsonLinesError, read_jsonl, write_bytes_atomic
 from protocols.trial_record import TrialRecord, spec_fields
 from rig.errors import UserError
 
@@ -161,22 +161,6 @@ def read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a JSON object")
     return data
-
-
-def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """Records of a JSON-lines file; a torn last line (a crash mid-write) is skipped with a warning."""
-    with path.open(encoding="utf-8") as f:
-        lines = f.readlines()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            yield json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines) and not line.endswith("\n"):
-                log.warning("%s: line %d is incomplete (writer killed mid-line); skipped", path, number)
-                continue
-            raise DataError(f"{path}:{number}: not valid JSON") from None
 
 
 class SessionStore:
@@ -316,9 +300,13 @@ def recover_sessions(subject_dir: Path, lock: SubjectLock | None = None) -> list
         if info.get("ended") is not None or info.get("end_reason") is not None:
             continue
         store = SessionStore(folder)
-        recorded = {t.get("trial") for t in store.trials()}
         journal = folder / EVENTS_FILE
-        for aborted in (_aborted_trials(journal, recorded) if journal.exists() else []):
+        try:
+            recorded = {t.get("trial") for t in store.trials()}
+            unfinished = _aborted_trials(journal, recorded) if journal.exists() else []
+        except JsonLinesError as exc:  # damage, not a crash: the user must look at it
+            raise DataError(str(exc)) from None
+        for aborted in unfinished:
             store.append_trial(aborted)
             log.warning("%s: the session was killed during trial %s; recorded it as aborted with %d events",
                         folder, aborted.trial, len(aborted.events_received or ()))

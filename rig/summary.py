@@ -9,9 +9,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from online.store import JsonLinesError, read_jsonl
 from protocols.outcome import PerformanceTracker, ScoredTrial
 from protocols.trial_record import TrialRecord, TrialRecordError
-from rig.store import SESSION_FILE, TRIALS_FILE, DataError, read_json, read_jsonl
+from rig.store import SESSION_FILE, TRIALS_FILE, DataError, read_json
 
 CYCLE_S = 1e-4
 
@@ -38,7 +39,11 @@ def _scored(record: TrialRecord) -> ScoredTrial | None:
 def read_trials(path: Path) -> list[TrialRecord]:
     """A session's trials.jsonl as records; a line that is not a trial record is a DataError naming it."""
     records = []
-    for number, data in enumerate(read_jsonl(path), 1):
+    try:
+        lines = read_jsonl(path)
+    except JsonLinesError as exc:
+        raise DataError(str(exc)) from None
+    for number, data in enumerate(lines, 1):
         try:
             records.append(TrialRecord.from_json(data))
         except TrialRecordError as exc:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from online.messages import DecoderResult, HealthReport, RoiSnapshot, TraceFrame
+from online.store import JsonLinesError, read_jsonl
 from online.wire import (
     TOPIC_DECODER,
     TOPIC_FRAME,
@@ -42,7 +43,7 @@ from online.wire import (
 from protocols.directional_licking import GO_CUE_EPOCH
 from protocols.outcome import LickPorts, fraction_correct
 from protocols.trial_record import TrialRecord, TrialRecordError
-from rig.store import TRIALS_FILE, DataError, read_jsonl
+from rig.store import TRIALS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,7 @@ def read_trial_rows(folder: Path, lick_ports: LickPorts) -> list[TrialRow]:
                 rows.append(TrialRow.from_record(TrialRecord.from_json(record), lick_ports))
             except TrialRecordError as exc:
                 log.warning("%s: skipped a line: %s", path, exc)
-    except (OSError, DataError) as exc:
+    except (OSError, JsonLinesError) as exc:
         log.warning("cannot catch up from %s: %s", path, exc)
     return rows
 
