@@ -41,14 +41,12 @@ from online.wire import (
     WireError,
 )
 from protocols.directional_licking import GO_CUE_EPOCH
-from protocols.outcome import LickPorts, fraction_correct
+from protocols.outcome import PERF_WINDOW, LickPorts, fraction_correct
 from protocols.trial_record import TrialRecord, TrialRecordError
 from rig.store import TRIALS_FILE
 
 log = logging.getLogger(__name__)
 
-PERF_WINDOW = 100
-"""Perf100: fraction correct among the answered trials of the last 100 (of one context, or one side)."""
 TRACE_SECONDS = 30.0
 """How much of every ROI's dF/F the trace panel keeps and shows."""
 LEVELS_EVERY = 5
@@ -266,6 +264,12 @@ class BehaviourModel:
         self._last_trial, self._last_context = 0, None
         for row in self.trials:
             self._extend_performance(row)
+
+    def perf100(self, context: str | None) -> float | None:
+        """The newest Perf100 of `context` in this session: the last point of its curve. The one Perf100
+        the monitor shows (curve and stage line alike); None before an answered trial."""
+        values = self.perf.get(context or "", ([], []))[1]
+        return values[-1] if values else None
 
     def side_performance(self, context: str | None = None) -> dict[str, float | None]:
         """Perf100 per side (left, right) of one context (default: the newest trial's)."""

@@ -776,8 +776,8 @@ def stage_text(model: BehaviourModel) -> str:
             parts.append(f"<b>{label}</b> {html.escape(str(value))}{unit}")
     trials = status.get("trials", last.trial if last else 0)
     parts.append(f"<b>trials</b> {trials}")
-    perf = status.get("perf100")
-    if isinstance(perf, int | float):
+    perf = model.perf100(str(context))
+    if perf is not None:
         parts.append(f"<b>Perf100</b> {perf:.0%}")
     if model.state is not None:
         parts.append(f"<b>state</b> {html.escape(model.state[1])} (trial {model.state[0]})")
