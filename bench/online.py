@@ -18,7 +18,7 @@
    resident just before each run (mincore) is reported, so a "cold" figure is known to be cold. One untimed
    replay of the first file goes first, so no run pays the one-off costs.
 4. Closed loop, end to end: the Bpod emulator at 1x in its own process (firmware 23), the online module as the
-   rig starts it (`rig/online_process.py`, its own process, APP port), frames (512x512, 30 Hz, 500 neurons:
+   rig starts it (`rig/online_child.py`, its own process, APP port), frames (512x512, 30 Hz, 500 neurons:
    the per-frame figure's microscope) sent over the lossless path as the simulated microscope finishes them on
    the Bpod's clock, state entries and trial records on an events PUB, as the session does. Training trials
    (ungated) until the decoder is ready, then decoder-gated trials (DecoderGate APP_SoftCode1, min 0.3 s, max
@@ -75,8 +75,8 @@ from protocols.contexts import contexts_from_settings  # noqa: E402
 from protocols.directional_licking import DecoderGate, TaskParameters, TaskTiming, TaskWiring, build_trial  # noqa: E402
 from protocols.selection import TrialSpec  # noqa: E402
 from protocols.training import stages_from_settings  # noqa: E402
-from rig.online_process import OnlineProcess  # noqa: E402
-from rig.ports import free_network  # noqa: E402
+from rig.free_endpoints import free_network  # noqa: E402
+from rig.online_child import OnlineProcess  # noqa: E402
 from rig.settings import Settings, dump_settings, parse_settings  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

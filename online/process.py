@@ -18,7 +18,7 @@ Live (`run_live`):
 - stops on SIGTERM or SIGINT: pending trials are finalised, files closed, `online_summary.json` written,
   exit status 0. Exit status 2 is a user error (bad settings, an unreadable ROI folder, ROIs of another
   frame size), said in one line on stderr; 1 an internal error.
-- prints `ready` on stdout (flushed) once its sockets are bound and connected: `rig/online_process.py`
+- prints `ready` on stdout (flushed) once its sockets are bound and connected: `rig/online_child.py`
   waits for that line.
 
 Replay (`replay`): ScanImage files (a file, or a folder of per-trial loop-mode files, in file-counter order)

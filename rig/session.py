@@ -46,7 +46,7 @@ from rig.children import ChildWatcher
 from rig.control import ControlRequestError, ControlServer, link_security
 from rig.errors import SessionFault, UserError
 from rig.imaging import ImagingSource, open_imaging
-from rig.online_process import OnlineProcess
+from rig.online_child import OnlineProcess
 from rig.settings import Settings, dump_settings
 from rig.simulated_rig import SimulatedRig
 from rig.store import DiskFullError, SessionStore, SubjectLock, check_subject_id, recover_sessions

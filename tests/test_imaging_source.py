@@ -35,9 +35,9 @@ from hardware.sim.microscope import MicroscopeConfig, measure_frame_cost_s, plan
 from hardware.sim.world_coupling import CYCLE_S
 from online.transport import LosslessReceiver, LossySubscriber
 from online.wire import FrameHeader, Message
+from rig.free_endpoints import free_loopback_endpoint as free_endpoint
+from rig.free_endpoints import free_network_overrides
 from rig.imaging import NoImaging, open_imaging
-from rig.ports import free_loopback_endpoint as free_endpoint
-from rig.ports import free_network_overrides
 from rig.session import RunOptions, SessionRunner
 from rig.settings import Settings, load_settings
 from rig.store import read_jsonl

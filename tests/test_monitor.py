@@ -26,11 +26,11 @@ from online.wire import TOPIC_STATE, TOPIC_TRIAL
 from protocols.outcome import LickPorts
 from protocols.trial_record import TrialRecord
 from rig.control import ControlRequestError, ControlServer
+from rig.free_endpoints import free_network, free_network_overrides
 from rig.monitor import display_available, start_monitor_process, stop_monitor_process
 from rig.monitor.model import BehaviourModel, MonitorModel, TraceBuffer, TrialRow
 from rig.monitor.panels import closed_outlines
 from rig.monitor.window import MonitorWindow
-from rig.ports import free_network, free_network_overrides
 from rig.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]

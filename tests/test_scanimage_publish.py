@@ -20,7 +20,7 @@ from hardware.scanimage.publish import FramePublisher, StreamAdapter
 from hardware.scanimage.stream import encode_scanimage_frame
 from online.transport import LosslessReceiver
 from online.wire import FrameHeader, Message
-from rig.ports import free_loopback_endpoint as free_endpoint
+from rig.free_endpoints import free_loopback_endpoint as free_endpoint
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -26,7 +26,7 @@ from hardware.scanimage.writer import ScanImageWriter
 from protocols.training import SubjectTrainingState
 from protocols.trial_record import TrialRecord
 from rig.control import send_request
-from rig.ports import free_network
+from rig.free_endpoints import free_network
 from rig.store import SessionStore, SubjectBusyError, SubjectLock, read_jsonl, recover_sessions
 from rig.subject import SubjectRecord, save_subject
 
