@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 from bench.report import percentile, print_report  # noqa: E402
 from online.messages import RoiSnapshot, TraceFrame  # noqa: E402
 from online.wire import FrameHeader  # noqa: E402
-from rig.ports import free_network_overrides  # noqa: E402
+from rig.free_endpoints import free_network_overrides  # noqa: E402
 from rig.settings import load_settings  # noqa: E402
 
 FRAME_RATE_HZ = 30.0

@@ -18,7 +18,7 @@
    resident just before each run (mincore) is reported, so a "cold" figure is known to be cold. One untimed
    replay of the first file goes first, so no run pays the one-off costs.
 4. Closed loop, end to end: the Bpod emulator at 1x in its own process (firmware 23), the online module as the
-   rig starts it (`rig/online_process.py`, its own process, APP port), frames (512x512, 30 Hz, 500 neurons:
+   rig starts it (`rig/online_child.py`, its own process, APP port), frames (512x512, 30 Hz, 500 neurons:
    the per-frame figure's microscope) sent over the lossless path as the simulated microscope finishes them on
    the Bpod's clock, state entries and trial records on an events PUB, as the session does. Training trials
    (ungated) until the decoder is ready, then decoder-gated trials (DecoderGate APP_SoftCode1, min 0.3 s, max
@@ -76,8 +76,8 @@ from protocols.contexts import contexts_from_settings  # noqa: E402
 from protocols.directional_licking import DecoderGate, TaskParameters, build_trial  # noqa: E402
 from protocols.selection import TrialSpec  # noqa: E402
 from protocols.settings import TimingSettings  # noqa: E402
-from rig.online_process import OnlineProcess  # noqa: E402
-from rig.ports import free_network  # noqa: E402
+from rig.free_endpoints import free_network  # noqa: E402
+from rig.online_child import OnlineProcess  # noqa: E402
 from rig.settings import Settings, dump_settings, parse_settings  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -395,7 +395,7 @@ def _run_closed_loop(folder: Path, main_port: str, app_port: str, n_train: int,
             data = result.to_dict()
             trial_starts[n] = result.start_s
             record = {"trial": n, "context": "tactile", "side": side, "outcome": "hit", "licked_side": side,
-                      "States": data["States"], "Events": data["Events"]}
+                      "bpod": data}
             events.send_event(TOPIC_TRIAL, {"kind": "end", "trial": n, "record": record})
             sides[n] = side
             sim_t += result.duration_s + 1.0

@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.report import print_report  # noqa: E402
-from rig.ports import free_network_overrides  # noqa: E402
+from rig.free_endpoints import free_network_overrides  # noqa: E402
 from rig.session import RunOptions, SessionRunner  # noqa: E402
 from rig.settings import load_settings  # noqa: E402
 from rig.store import read_jsonl  # noqa: E402

@@ -32,7 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.report import print_report  # noqa: E402
-from rig.ports import free_network_overrides  # noqa: E402
+from rig.free_endpoints import free_network_overrides  # noqa: E402
 from rig.session import RunOptions, SessionResult, SessionRunner  # noqa: E402
 from rig.settings import load_settings  # noqa: E402
 

@@ -57,6 +57,7 @@ import numpy as np
 
 from online.alignment import TrialFrames
 from online.decoding import CodingDirection, RunningProjection
+from protocols.trial_record import EVENTS_KEY, STATES_KEY, record_part
 
 if TYPE_CHECKING:
     from online.transport import LinkSecurity
@@ -515,25 +516,10 @@ def _is_number(value: Any) -> bool:
 
 
 def record_events(record: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """A trial record's `Events` {name: [times]} wherever the record keeps them (`Events`, `events`, or the
-    raw Bpod record under `bpod`); None when it has none."""
-    for holder in (record, record.get("bpod") if isinstance(record.get("bpod"), Mapping) else None):
-        if holder is None:
-            continue
-        for key in ("Events", "events"):
-            value = holder.get(key)
-            if isinstance(value, Mapping):
-                return value
-    return None
+    """A trial record's `Events` {name: [times]} (its `bpod` part, protocols/trial_record.py), or None."""
+    return record_part(record, EVENTS_KEY)
 
 
 def record_states(record: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """A trial record's `States` {name: [[start, end], ...]} (`States`, `states` or under `bpod`), or None."""
-    for holder in (record, record.get("bpod") if isinstance(record.get("bpod"), Mapping) else None):
-        if holder is None:
-            continue
-        for key in ("States", "states"):
-            value = holder.get(key)
-            if isinstance(value, Mapping):
-                return value
-    return None
+    """A trial record's `States` {name: [[start, end], ...]} (its `bpod` part); None if none."""
+    return record_part(record, STATES_KEY)

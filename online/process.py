@@ -18,7 +18,7 @@ Live (`run_live`):
 - stops on SIGTERM or SIGINT: pending trials are finalised, files closed, `online_summary.json` written,
   exit status 0. Exit status 2 is a user error (bad settings, an unreadable ROI folder, ROIs of another
   frame size), said in one line on stderr; 1 an internal error.
-- prints `ready` on stdout (flushed) once its sockets are bound and connected: `rig/online_process.py`
+- prints `ready` on stdout (flushed) once its sockets are bound and connected: `rig/online_child.py`
   waits for that line.
 
 Replay (`replay`): ScanImage files (a file, or a folder of per-trial loop-mode files, in file-counter order)
@@ -40,7 +40,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -56,7 +56,14 @@ from online.outputs import PipelineOutput
 from online.pipeline import OnlinePipeline
 from online.rois import RoiSet, load_suite2p
 from online.store import CodingDirectionFile, SessionOutputs, load_reference, read_jsonl
-from online.transport import LosslessReceiver, LossyPublisher, LossySubscriber, TransportError, security_for
+from online.transport import (
+    LosslessReceiver,
+    LossyPublisher,
+    LossySubscriber,
+    RateLimitedLog,
+    TransportError,
+    security_for,
+)
 from online.wire import (
     TOPIC_FRAME,
     TOPIC_STATE,
@@ -67,6 +74,7 @@ from online.wire import (
     WireError,
     frame_aux_triggers,
 )
+from protocols.trial_record import TrialRecord, TrialRecordError
 
 logger = logging.getLogger("online")
 
@@ -81,20 +89,6 @@ MAX_CONSECUTIVE_ERRORS = 200
 EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 1, 2
 
 
-class _EverySecond:
-    def __init__(self) -> None:
-        self._last = -math.inf
-        self._held = 0
-
-    def __call__(self, level: int, text: str, *args: Any) -> None:
-        now = time.monotonic()
-        if now - self._last < 1.0:
-            self._held += 1
-            return
-        if self._held:
-            text += f" (+{self._held} similar)"
-        logger.log(level, text, *args)
-        self._last, self._held = now, 0
 
 
 # -- inputs: settings and ROIs -----------------------------------------------------------------------------
@@ -212,7 +206,7 @@ class OnlineService:
         self.pipeline = OnlinePipeline(self.config, rois=rois, reference=reference, session=self.session,
                                        cd_store=store, closed_loop=self.closed_loop)
         self.counters = _Counters()
-        self._log = _EverySecond()
+        self._log = RateLimitedLog(logger)
         self.frames: LosslessReceiver | None = None
         self.events: LossySubscriber | None = None
         self.results: LossyPublisher | None = None
@@ -304,12 +298,11 @@ class OnlineService:
             elif message.topic == TOPIC_TRIAL:
                 kind = event.data.get("kind")
                 if kind == "end":
-                    record = event.data.get("record")
-                    if not isinstance(record, Mapping):
-                        raise MalformedInput(f"trial end message without a record object: {record!r}")
-                    if "trial" not in record and "trial" in event.data:
-                        record = {**record, "trial": event.data["trial"]}
-                    self._emit(self.pipeline.on_trial_end(record))
+                    try:
+                        record = TrialRecord.from_json(event.data.get("record"))
+                    except TrialRecordError as exc:
+                        raise MalformedInput(f"trial end message: {exc}") from None
+                    self._emit(self.pipeline.on_trial_end(record.to_json()))
                 elif kind == "start":
                     self.pipeline.on_trial_start(event.data)
                 else:
@@ -531,13 +524,11 @@ class ReplaySummary:
 
 
 def read_trial_records(path: str | Path) -> dict[int, dict[str, Any]]:
-    """trial number -> record, from a session's trials.jsonl (lines without a trial number are skipped)."""
+    """trial number -> record, from a session's trials.jsonl; a line that is not a trial record is named."""
     try:
-        lines = read_jsonl(Path(path))
-    except OSError as exc:
+        return {r.trial: r.to_json() for r in map(TrialRecord.from_json, read_jsonl(Path(path)))}
+    except (OSError, ValueError) as exc:  # TrialRecordError, JsonLinesError
         raise UserInputError(f"--trials {path}: {exc}") from exc
-    return {int(r["trial"]): r for r in lines if isinstance(r.get("trial"), int) and not isinstance(
-        r.get("trial"), bool)}
 
 
 def replay(path: str | Path, *, out: str | Path | None = None, rois: str | Path | None = None,
@@ -559,7 +550,7 @@ def replay(path: str | Path, *, out: str | Path | None = None, rois: str | Path 
     pipeline = OnlinePipeline(config, rois=roi_set, reference=reference, session=out_dir.name)
     delivered: set[int] = set()
     decoded = frames = seq = skipped = 0
-    skip_log = _EverySecond()
+    skip_log = RateLimitedLog(logger)
 
     def emit(result: PipelineOutput) -> None:
         nonlocal decoded

@@ -28,7 +28,6 @@ session is never lost. A file that cannot be read is left untouched (never overw
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -160,15 +159,27 @@ class JsonlWriter:
             self._file.close()
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Every complete line of a .jsonl file (a torn last line, from a crash mid-write, is skipped)."""
-    out = []
+class JsonLinesError(ValueError):
+    """A line in the middle of a JSON-lines file that is not JSON: damage, not a crash mid-write."""
+
+
+def read_jsonl(path: Path) -> list[Any]:
+    """The records of a JSON-lines file (trials.jsonl, decoder.jsonl, an events journal ...), for the rig
+    and the online module alike. A torn last line (a writer killed mid-line, or one still writing) is
+    skipped with a warning; a bad line anywhere else is a JsonLinesError naming the file and line."""
     with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.endswith("\n"):
-                break
-            with contextlib.suppress(json.JSONDecodeError):
-                out.append(json.loads(line))
+        lines = f.readlines()
+    out = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines) and not line.endswith("\n"):
+                logger.warning("%s: line %d is incomplete (writer killed mid-line); skipped", path, number)
+                continue
+            raise JsonLinesError(f"{path}:{number}: not valid JSON") from None
     return out
 
 

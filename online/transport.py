@@ -85,22 +85,25 @@ class SendTimeout(TransportError, TimeoutError):
     """A lossless send that no receiver took within the timeout. Nothing was dropped."""
 
 
-class _RateLimitedLog:
-    """Logs at most once per interval and says how many messages it held back."""
+class RateLimitedLog:
+    """Logs to `logger` at most once per interval and says how many messages it held back: for what can
+    happen on every message or frame (malformed input, gaps, refusals), so a flood is one line a second.
+    Here because every process (frame sources in hardware/ included) may import this module."""
 
-    def __init__(self, interval_s: float = 1.0) -> None:
+    def __init__(self, logger: logging.Logger, interval_s: float = 1.0) -> None:
+        self.logger = logger
         self.interval_s = interval_s
         self._last = -math.inf
         self._held = 0
 
-    def __call__(self, level: int, text: str) -> None:
+    def __call__(self, level: int, text: str, *args: Any) -> None:
         now = time.monotonic()
         if now - self._last < self.interval_s:
             self._held += 1
             return
         if self._held:
             text = f"{text} (+{self._held} similar in the last {now - self._last:.1f} s)"
-        log.log(level, text)
+        self.logger.log(level, text, *args)
         self._last, self._held = now, 0
 
 
@@ -145,8 +148,8 @@ class ReceiverStats:
         self.warn_on_gaps = warn_on_gaps
         self._streams: dict[tuple[str, bytes], _Stream] = {}
         self._latency_ns: deque[int] = deque(maxlen=latency_window)
-        self._malformed_log = _RateLimitedLog()
-        self._gap_log = _RateLimitedLog()
+        self._malformed_log = RateLimitedLog(log)
+        self._gap_log = RateLimitedLog(log)
 
     def record(self, message: Message, received_ns: int | None = None) -> Outcome:
         """Count one decoded message; returns how its sequence number was classified."""
@@ -416,7 +419,7 @@ class _Gatekeeper(ThreadAuthenticator):
         self.servers = 0
         self.peer = "an unknown address"
         self.refusals = 0
-        self.refusal_log = _RateLimitedLog()
+        self.refusal_log = RateLimitedLog(log)
 
     async def handle_zap_message(self, msg: list[bytes]) -> None:
         self.peer = msg[3].decode(errors="replace") if len(msg) > 3 else "an unknown address"

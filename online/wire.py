@@ -24,10 +24,15 @@ string of at most `MAX_SOURCE_CHARS`; a frame's `frame_index`, `trial`, `channel
 0..2**63-1, `timestamp_s` a finite number, `trigger_timestamp_s` one or null, its one buffer a 2-D integer
 or float image of at most `MAX_FRAME_SIDE` pixels a side, and `aux_trigger_s` (optional) a list of at most
 `MAX_AUX_TRIGGERS` finite numbers. Refusals quote the offending value shortened, never whole.
+
+`did_you_mean` lives here too: every package refuses unknown names with the nearest valid one (settings
+keys, contexts, state-machine names, Bpod channels), and this leaf is the one module all of them may
+import (`hardware` imports nothing of the project but this and `online.transport`).
 """
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 import math
@@ -35,7 +40,7 @@ import os
 import reprlib
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -523,3 +528,13 @@ class Sender:
             "plane": int(plane),
         }
         return self.message(TOPIC_FRAME, fields, [pixels])
+
+
+# -- refusals that teach -------------------------------------------------------------------------------
+
+
+def did_you_mean(word: str, choices: Iterable[str], *, cutoff: float = 0.6) -> str:
+    """"did you mean 'X'?" for the valid name closest to `word`, or "" when none is close enough
+    (`cutoff`: difflib's similarity ratio, 0..1)."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=cutoff)
+    return f"did you mean {close[0]!r}?" if close else ""

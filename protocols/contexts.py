@@ -10,10 +10,11 @@ ask whether the same lick is prepared by the same cortical pattern in each conte
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol, get_args
+
+from online.wire import did_you_mean
 
 Side = Literal["left", "right"]
 Modality = Literal["tactile", "auditory"]
@@ -120,6 +121,6 @@ def context_named(name: str, contexts: Mapping[str, Context]) -> Context:
 
 def unknown_context_message(name: str, valid: Iterable[str]) -> str:
     names = list(valid)
-    close = difflib.get_close_matches(str(name), names, n=1, cutoff=0.6)
-    hint = f"did you mean {close[0]!r}? " if close else ""
+    hint = did_you_mean(str(name), names)
+    hint = f"{hint} " if hint else ""
     return f"unknown context {name!r} ({hint}contexts: {', '.join(names) or 'none defined'})"

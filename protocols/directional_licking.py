@@ -17,18 +17,45 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from protocols.contexts import Side, other_side
-from protocols.selection import TrialSpec
 from protocols.settings import TimingSettings, WiringSettings
 from protocols.state_machine import EXIT, StateMachine
+from protocols.trial_spec import TrialSpec
+
+# -- the task's states, named once: the rig, scoring and the displays read them from here ---------------
+TRIG_TRIAL_START = "TrigTrialStart"  # raises the imaging trigger
+SAMPLE_PERIOD = "SamplePeriod"  # the cue (pole or tone)
+EARLY_LICK_SAMPLE = "EarlyLickSample"  # a lick in the sample epoch: the sample restarts
+DELAY_PERIOD = "DelayPeriod"
+EARLY_LICK_DELAY = "EarlyLickDelay"  # a lick in the delay: the delay restarts
+GIVE_LEFT_DROP, GIVE_RIGHT_DROP = "GiveLeftDrop", "GiveRightDrop"  # free drop on the correct side
+RESPONSE_CUE = "ResponseCue"  # the go cue
+ANSWER_PERIOD = "AnswerPeriod"  # window for the first lick
+REWARD = "Reward"
+REWARD_CONSUMPTION = "RewardConsumption"
+TIMEOUT = "TimeOut"  # a lick on the wrong side
+NO_RESPONSE = "NoResponse"
+STOP_LICKING, STOP_LICKING_RETURN = "StopLicking", "StopLickingReturn"
+TRIAL_END = "TrialEnd"
 
 STATES: tuple[str, ...] = (
-    "TrigTrialStart", "SamplePeriod", "EarlyLickSample", "DelayPeriod", "EarlyLickDelay",
-    "GiveLeftDrop", "GiveRightDrop", "ResponseCue", "AnswerPeriod", "Reward", "RewardConsumption",
-    "TimeOut", "NoResponse", "StopLicking", "StopLickingReturn", "TrialEnd",
+    TRIG_TRIAL_START, SAMPLE_PERIOD, EARLY_LICK_SAMPLE, DELAY_PERIOD, EARLY_LICK_DELAY,
+    GIVE_LEFT_DROP, GIVE_RIGHT_DROP, RESPONSE_CUE, ANSWER_PERIOD, REWARD, REWARD_CONSUMPTION,
+    TIMEOUT, NO_RESPONSE, STOP_LICKING, STOP_LICKING_RETURN, TRIAL_END,
 )
 """The spec's states, in the order they are added (the first one runs first)."""
 BOTH_REWARDED_STATE = "RewardOtherSide"  # both_rewarded mode: a lick on the other side is rewarded too
 DECODER_WAIT_STATE = "DelayDecoderWait"  # decoder-gated delay: the delay after its minimum
+
+# -- the task's epochs, as the paper names them: the state each one is ------------------------------------
+SAMPLE_EPOCH = SAMPLE_PERIOD
+DELAY_EPOCH = DELAY_PERIOD
+GO_CUE_EPOCH = RESPONSE_CUE
+ANSWER_EPOCH = ANSWER_PERIOD
+OUTCOME_EPOCH: frozenset[str] = frozenset({REWARD, TIMEOUT, NO_RESPONSE})
+"""The outcome epoch: entering any of these states means the trial's outcome is known."""
+EARLY_LICK_STATES: dict[str, str] = {EARLY_LICK_SAMPLE: "sample", EARLY_LICK_DELAY: "delay"}
+"""Early-lick state -> the epoch it restarts."""
+FREE_DROP_STATES: tuple[str, ...] = (GIVE_LEFT_DROP, GIVE_RIGHT_DROP)
 
 
 @dataclass(frozen=True)
@@ -67,37 +94,37 @@ def build_trial(trial: TrialSpec, params: TaskParameters) -> StateMachine:
         return {w.lick("left"): target, w.lick("right"): target}
 
     cue = w.on(trial.context.cue_output_role(side))  # pole in, or the high / low tone
-    free_drop = {"left": "GiveLeftDrop", "right": "GiveRightDrop"}[side]
-    after_delay = free_drop if trial.free_drop else "ResponseCue"
-    wrong_lick = BOTH_REWARDED_STATE if trial.both_rewarded else "TimeOut"
+    free_drop = {"left": GIVE_LEFT_DROP, "right": GIVE_RIGHT_DROP}[side]
+    after_delay = free_drop if trial.free_drop else RESPONSE_CUE
+    wrong_lick = BOTH_REWARDED_STATE if trial.both_rewarded else TIMEOUT
     gate = params.decoder_gated_delay
 
     sm = StateMachine()
-    sm.add_state("TrigTrialStart", t.trig_trial_start, {"Tup": "SamplePeriod"}, w.on("imaging_trigger"))
-    sample_licks = any_lick("EarlyLickSample") if stage.sample_enforcement else {}
-    sm.add_state("SamplePeriod", t.sample, {**sample_licks, "Tup": "DelayPeriod"}, cue)
-    sm.add_state("EarlyLickSample", t.early_lick_sample, {"Tup": "SamplePeriod"}, cue)  # the cue stays on
+    sm.add_state(TRIG_TRIAL_START, t.trig_trial_start, {"Tup": SAMPLE_PERIOD}, w.on("imaging_trigger"))
+    sample_licks = any_lick(EARLY_LICK_SAMPLE) if stage.sample_enforcement else {}
+    sm.add_state(SAMPLE_PERIOD, t.sample, {**sample_licks, "Tup": DELAY_PERIOD}, cue)
+    sm.add_state(EARLY_LICK_SAMPLE, t.early_lick_sample, {"Tup": SAMPLE_PERIOD}, cue)  # the cue stays on
     if gate is None:
-        sm.add_state("DelayPeriod", stage.delay_s, {**any_lick("EarlyLickDelay"), "Tup": after_delay})
+        sm.add_state(DELAY_PERIOD, stage.delay_s, {**any_lick(EARLY_LICK_DELAY), "Tup": after_delay})
     else:
-        sm.add_state("DelayPeriod", gate.min_s, {**any_lick("EarlyLickDelay"), "Tup": DECODER_WAIT_STATE})
+        sm.add_state(DELAY_PERIOD, gate.min_s, {**any_lick(EARLY_LICK_DELAY), "Tup": DECODER_WAIT_STATE})
         sm.add_state(DECODER_WAIT_STATE, gate.max_s - gate.min_s,
-                     {**any_lick("EarlyLickDelay"), gate.event: after_delay, "Tup": after_delay})
-    sm.add_state("EarlyLickDelay", t.early_lick_delay, {"Tup": "DelayPeriod"})
-    sm.add_state("GiveLeftDrop", params.valve_s("left"), {"Tup": "ResponseCue"}, w.on("left_valve"))
-    sm.add_state("GiveRightDrop", params.valve_s("right"), {"Tup": "ResponseCue"}, w.on("right_valve"))
-    sm.add_state("ResponseCue", t.response_cue, {"Tup": "AnswerPeriod"}, w.on("go_cue"))
-    sm.add_state("AnswerPeriod", t.answer_period,
-                 {w.lick(side): "Reward", w.lick(other_side(side)): wrong_lick, "Tup": "NoResponse"})
-    sm.add_state("Reward", params.valve_s(side), {"Tup": "RewardConsumption"}, w.on(f"{side}_valve"))
+                     {**any_lick(EARLY_LICK_DELAY), gate.event: after_delay, "Tup": after_delay})
+    sm.add_state(EARLY_LICK_DELAY, t.early_lick_delay, {"Tup": DELAY_PERIOD})
+    sm.add_state(GIVE_LEFT_DROP, params.valve_s("left"), {"Tup": RESPONSE_CUE}, w.on("left_valve"))
+    sm.add_state(GIVE_RIGHT_DROP, params.valve_s("right"), {"Tup": RESPONSE_CUE}, w.on("right_valve"))
+    sm.add_state(RESPONSE_CUE, t.response_cue, {"Tup": ANSWER_PERIOD}, w.on("go_cue"))
+    sm.add_state(ANSWER_PERIOD, t.answer_period,
+                 {w.lick(side): REWARD, w.lick(other_side(side)): wrong_lick, "Tup": NO_RESPONSE})
+    sm.add_state(REWARD, params.valve_s(side), {"Tup": REWARD_CONSUMPTION}, w.on(f"{side}_valve"))
     if trial.both_rewarded:
         other = other_side(side)
-        sm.add_state(BOTH_REWARDED_STATE, params.valve_s(other), {"Tup": "RewardConsumption"},
+        sm.add_state(BOTH_REWARDED_STATE, params.valve_s(other), {"Tup": REWARD_CONSUMPTION},
                      w.on(f"{other}_valve"))
-    sm.add_state("RewardConsumption", t.reward_consumption, {"Tup": "StopLicking"})
-    sm.add_state("TimeOut", stage.timeout_s, {"Tup": "StopLicking"})  # silent error timeout
-    sm.add_state("NoResponse", t.no_response, {"Tup": "StopLicking"})
-    sm.add_state("StopLicking", t.stop_licking, {**any_lick("StopLickingReturn"), "Tup": "TrialEnd"})
-    sm.add_state("StopLickingReturn", 0.0, {"Tup": "StopLicking"})  # re-entering restarts StopLicking
-    sm.add_state("TrialEnd", t.trial_end, {"Tup": EXIT})
+    sm.add_state(REWARD_CONSUMPTION, t.reward_consumption, {"Tup": STOP_LICKING})
+    sm.add_state(TIMEOUT, stage.timeout_s, {"Tup": STOP_LICKING})  # silent error timeout
+    sm.add_state(NO_RESPONSE, t.no_response, {"Tup": STOP_LICKING})
+    sm.add_state(STOP_LICKING, t.stop_licking, {**any_lick(STOP_LICKING_RETURN), "Tup": TRIAL_END})
+    sm.add_state(STOP_LICKING_RETURN, 0.0, {"Tup": STOP_LICKING})  # re-entering restarts StopLicking
+    sm.add_state(TRIAL_END, t.trial_end, {"Tup": EXIT})
     return sm.validate()

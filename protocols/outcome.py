@@ -18,16 +18,20 @@ import math
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, Protocol, get_args
+from typing import Any, Literal, get_args
 
 from protocols.contexts import Side, check_side, other_side
-
-
-class LickLines(Protocol):
-    """What scoring needs of the wiring (`protocols.settings.WiringSettings`): the event of each lick port.
-    A protocol, so that the settings module, which scores switch criteria here, is not imported back."""
-
-    def lick(self, side: Side) -> str: ...
+from protocols.directional_licking import (
+    ANSWER_EPOCH,
+    BOTH_REWARDED_STATE,
+    EARLY_LICK_STATES,
+    FREE_DROP_STATES,
+    GO_CUE_EPOCH,
+    NO_RESPONSE,
+    REWARD,
+    TIMEOUT,
+)
+from protocols.settings import WiringSettings
 
 Outcome = Literal["hit", "error", "no_response", "aborted"]
 OUTCOMES: tuple[str, ...] = get_args(Outcome)
@@ -35,11 +39,6 @@ ANSWERED: tuple[str, ...] = ("hit", "error")
 PERF_WINDOW = 100
 """Perf100: the number of recent trials the paper's running performance is computed over."""
 
-# States of protocols/directional_licking.py that decide the score.
-REWARD, REWARD_OTHER_SIDE, TIMEOUT, NO_RESPONSE = "Reward", "RewardOtherSide", "TimeOut", "NoResponse"
-EARLY_LICK_STATES: dict[str, str] = {"EarlyLickSample": "sample", "EarlyLickDelay": "delay"}
-FREE_DROP_STATES: tuple[str, ...] = ("GiveLeftDrop", "GiveRightDrop")
-GO_CUE_STATE, ANSWER_STATE = "ResponseCue", "AnswerPeriod"
 
 
 @dataclass(frozen=True)
@@ -89,7 +88,7 @@ class ScoredTrial:
         return cls(**fields)
 
 
-def score_trial(result: Mapping[str, Any], *, side: Side, context: str, wiring: LickLines,
+def score_trial(result: Mapping[str, Any], *, side: Side, context: str, wiring: WiringSettings,
                 trial_number: int | None = None) -> ScoredTrial:
     """Score one finished trial from its record (`state_sequence`, `States`, `Events`)."""
     check_side(side)
@@ -97,7 +96,7 @@ def score_trial(result: Mapping[str, Any], *, side: Side, context: str, wiring: 
     if REWARD in visited:
         outcome: Outcome = "hit"
         licked: Side | None = side
-    elif TIMEOUT in visited or REWARD_OTHER_SIDE in visited:
+    elif TIMEOUT in visited or BOTH_REWARDED_STATE in visited:
         outcome, licked = "error", other_side(side)
     elif NO_RESPONSE in visited:
         outcome, licked = "no_response", None
@@ -111,7 +110,7 @@ def score_trial(result: Mapping[str, Any], *, side: Side, context: str, wiring: 
         reaction_time_s=reaction_time(result, wiring) if outcome in ANSWERED else None,
         early_lick=bool(epochs), early_lick_epochs=epochs, early_licks=early_licks,
         free_drop=any(state in visited for state in FREE_DROP_STATES),
-        rewarded=REWARD in visited or REWARD_OTHER_SIDE in visited, trial_number=trial_number,
+        rewarded=REWARD in visited or BOTH_REWARDED_STATE in visited, trial_number=trial_number,
     )
 
 
@@ -123,12 +122,12 @@ def visited_states(result: Mapping[str, Any]) -> set[str]:
     return {name for name in states if _intervals(states, name)}
 
 
-def reaction_time(result: Mapping[str, Any], wiring: LickLines) -> float | None:
+def reaction_time(result: Mapping[str, Any], wiring: WiringSettings) -> float | None:
     """Time from go-cue onset to the lick that answered: the first lick in the answer period (s).
     Licks during the go cue itself are ignored by the task, so they are not the answer."""
     states: Mapping[str, Any] = result.get("States", {})
-    cues = _intervals(states, GO_CUE_STATE)
-    answers = _intervals(states, ANSWER_STATE)
+    cues = _intervals(states, GO_CUE_EPOCH)
+    answers = _intervals(states, ANSWER_EPOCH)
     if not cues or not answers:
         return None
     go = cues[0][0]

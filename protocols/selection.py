@@ -22,10 +22,9 @@ Auto-reward: the next trial of a side gives a free drop before the go cue when t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
-from protocols.contexts import SIDES, Context, Cue, Side, check_side, other_side
+from protocols.contexts import SIDES, Context, Side, other_side
 from protocols.outcome import ScoredTrial
 from protocols.settings import (
     SELECTION_MODES,
@@ -34,50 +33,13 @@ from protocols.settings import (
     SelectionSettings,
     TrainingStage,
 )
+from protocols.trial_spec import TrialSpec
 
 
 class RandomSource(Protocol):
     """`random.Random` and `numpy.random.Generator` both qualify."""
 
     def random(self) -> float: ...
-
-
-@dataclass(frozen=True)
-class TrialSpec:
-    """Everything that makes one trial different from the next: what `build_trial` is given."""
-
-    trial_number: int
-    side: Side
-    """The correct side (the trial type)."""
-    context: Context
-    stage: TrainingStage
-    mode: SelectionMode
-    free_drop: bool = False
-
-    def __post_init__(self) -> None:
-        check_side(self.side)
-        if self.mode not in SELECTION_MODES:
-            raise ValueError(f"mode must be one of {', '.join(SELECTION_MODES)}, got {self.mode!r}")
-
-    @property
-    def cue(self) -> Cue:
-        """The sample cue; for the pole, the position the motor must reach before the trial starts."""
-        return self.context.cue_for(self.side)
-
-    @property
-    def both_rewarded(self) -> bool:
-        return self.mode == "both_rewarded"
-
-    def to_dict(self) -> dict[str, Any]:
-        """What the trial record stores about the trial's type and parameters."""
-        stage = self.stage
-        return {
-            "trial_number": self.trial_number, "side": self.side, "cue": self.cue,
-            "context": self.context.name, "modality": self.context.modality,
-            "contingency": self.context.contingency, "mode": self.mode, "free_drop": self.free_drop,
-            "stage": {"name": stage.name, "delay_s": stage.delay_s, "timeout_s": stage.timeout_s,
-                      "selection": stage.selection, "sample_enforcement": stage.sample_enforcement},
-        }
 
 
 def select_trial(history: Sequence[ScoredTrial], *, trial_number: int, context: Context, stage: TrainingStage,

@@ -16,7 +16,6 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pydantic_core import InitErrorDetails
 
 from protocols.contexts import Contingency, Modality, Side
-from protocols.outcome import PERF_WINDOW, count_answered, fraction_correct
 from protocols.state_machine import input_event
 
 SelectionMode = Literal["antibias", "autolearn", "random", "fixed", "both_rewarded"]
@@ -243,13 +242,6 @@ class ContextSwitchSettings(_Section):
         if current in self.sequence:
             return self.sequence[(self.sequence.index(current) + 1) % len(self.sequence)]
         return next((name for name in self.sequence if name != current), current)
-
-    def met(self, trials_in_context: int, context_outcomes: Sequence[str]) -> bool:
-        """The switch criterion on the current context's trials (Perf100 and answered trials)."""
-        recent = list(context_outcomes)[-PERF_WINDOW:]
-        perf = fraction_correct(recent)
-        return (self.enabled and trials_in_context > self.min_trials and perf is not None
-                and perf > self.perf_threshold and count_answered(recent) > self.min_answered_last_100)
 
 
 class TaskSettings(_Section):

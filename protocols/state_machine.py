@@ -11,12 +11,13 @@ reported where the task was written.
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from online.wire import did_you_mean
 
 EXIT = ">exit"
 BACK = ">back"
@@ -384,9 +385,9 @@ def _condition_problems(condition: Condition) -> list[str]:
 
 
 def _suggestion(name: str, candidates: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.5)
+    hint = did_you_mean(name, candidates, cutoff=0.5)
     shown = ", ".join(repr(c) for c in candidates[:8]) + (", ..." if len(candidates) > 8 else "")
-    return (f"; did you mean {close[0]!r}?" if close else "") + f" (valid: {shown})"
+    return (f"; {hint}" if hint else "") + f" (valid: {shown})"
 
 
 def _set_list(configured: Mapping[int, object]) -> str:

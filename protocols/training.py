@@ -21,8 +21,17 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from protocols.contexts import UnknownContextError, unknown_context_message
-from protocols.outcome import OUTCOMES, PERF_WINDOW, Outcome, ScoredTrial, fraction_correct
+from protocols.outcome import OUTCOMES, PERF_WINDOW, Outcome, ScoredTrial, count_answered, fraction_correct
 from protocols.settings import ContextSwitchSettings, TrainingStage
+
+
+def switch_criterion_met(switch: ContextSwitchSettings, trials_in_context: int,
+                         context_outcomes: Sequence[str]) -> bool:
+    """The context-switch criterion on the current context's trials (Perf100 and answered trials)."""
+    recent = list(context_outcomes)[-PERF_WINDOW:]
+    perf = fraction_correct(recent)
+    return (switch.enabled and trials_in_context > switch.min_trials and perf is not None
+            and perf > switch.perf_threshold and count_answered(recent) > switch.min_answered_last_100)
 
 
 class TrainingStateError(ValueError):
@@ -219,7 +228,7 @@ class Training:
             if stage_event.kind == "task_learned":  # context counts start when the full task is learned
                 state.trials_in_context, state.context_outcomes = 0, []
         if (state.task_learned and stage_event is None
-                and self.switch.met(state.trials_in_context, state.context_outcomes)):
+                and switch_criterion_met(self.switch, state.trials_in_context, state.context_outcomes)):
             target = self.switch.next_context(state.context)
             if target != state.context:
                 events.append(self._switch_to(target, "criterion"))

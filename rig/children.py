@@ -4,7 +4,7 @@ microscope's rendering process, or a ScanImage thread) and the monitoring window
 A `ChildWatcher` thread looks at each of them every `interval_s`:
 
 - the online module: `OnlineProcess.check` (a dead one is restarted, up to online.max_restarts, and the
-  gap is recorded; see rig/online_process.py);
+  gap is recorded; see rig/online_child.py);
 - the frame source: its `health()["error"]` (the simulated microscope's process ending, a ScanImage
   thread failing) is logged once and recorded as an event; the session goes on without frames;
 - the monitor (optional): its exit is logged and recorded; it never stops the session.
@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Any
 
 from rig.imaging import ImagingSource
-from rig.online_process import OnlineProcess
+from rig.online_child import OnlineProcess
 
 log = logging.getLogger(__name__)
 

@@ -36,18 +36,18 @@ from hardware.pole_motor import PoleMotor
 from online.transport import LossyPublisher, TransportError
 from online.wire import TOPIC_STATE, TOPIC_TRIAL
 from protocols.contexts import Context, context_named, contexts_from_settings
-from protocols.directional_licking import DecoderGate, TaskParameters, build_trial
+from protocols.directional_licking import OUTCOME_EPOCH, DecoderGate, TaskParameters, build_trial
 from protocols.outcome import PerformanceTracker, ScoredTrial, score_trial
 from protocols.selection import TrialSpec, select_trial
-from protocols.settings import WiringSettings
 from protocols.state_machine import StateMachine
 from protocols.training import SubjectTrainingState, Training
+from protocols.trial_record import BpodRecord, TrialRecord, TrialScore, spec_fields
 from rig import __version__
 from rig.children import ChildWatcher
 from rig.control import ControlRequestError, ControlServer, link_security
 from rig.errors import SessionFault, UserError
 from rig.imaging import ImagingSource, open_imaging
-from rig.online_process import OnlineProcess
+from rig.online_child import OnlineProcess
 from rig.settings import Settings, dump_settings
 from rig.simulated_rig import SimulatedRig
 from rig.store import DiskFullError, SessionStore, SubjectLock, check_subject_id, recover_sessions
@@ -56,7 +56,6 @@ from rig.summary import format_status
 
 log = logging.getLogger(__name__)
 
-OUTCOME_STATES = frozenset({"Reward", "TimeOut", "NoResponse"})
 POLL_S = 0.05
 TRIALS_KEPT_IN_MEMORY = 1000  # for the live Perf100 per side and context; every trial is on disk
 EMULATOR_PORT = "emulator"
@@ -362,7 +361,7 @@ class SessionRunner:
         while True:
             self._check_faults(trial)
             try:
-                if client.wait_for_state(OUTCOME_STATES, timeout_s=POLL_S) is not None:
+                if client.wait_for_state(OUTCOME_EPOCH, timeout_s=POLL_S) is not None:
                     return True
             except BpodConnectionError:
                 raise
@@ -475,30 +474,30 @@ class SessionRunner:
             if self._last_result_end_s is not None:
                 gap_s = result.start_s - self._last_result_end_s
             self._last_result_end_s = result.end_s
-        scored_fields = scored.to_dict() if scored is not None else {}
-        record = {
-            "trial": trial.number, "subject": self.options.subject, **trial.spec.to_dict(),
-            **{k: v for k, v in scored_fields.items() if k not in ("side", "context", "trial_number")},
-            "outcome": outcome, "abort_reason": trial.abort_reason,
-            "stopped": outcome in ("aborted", "not_started") and trial.abort_reason is None,
-            "dead_time_s": round(gap_s, 6) if gap_s is not None else None,
-            "reward_ul": self.settings.task.reward_volume_ul if scored and scored.rewarded else 0.0,
-            "valve_time_s": self.params.valve_s(trial.spec.side),
-            "training_events": trial.training_events, "training": self.training.state.to_dict(),
-            "bpod": result.to_dict() if result is not None else None,
-            "host_time": datetime.now().isoformat(timespec="milliseconds"),
-            "closed_loop": _closed_loop_record(trial.gate, result) if result is not None else None,
-        }
-        if scored is not None and outcome != scored.outcome and scored.outcome != "aborted":
-            record["outcome_before_abort"] = scored.outcome  # training counted it with this outcome
+        record = TrialRecord(
+            trial=trial.number, subject=self.options.subject,
+            **spec_fields(trial.spec.to_dict() | ({"free_drop": scored.free_drop} if scored else {})),
+            score=TrialScore.from_scored(scored) if scored is not None else None,
+            outcome=outcome, abort_reason=trial.abort_reason,
+            stopped=outcome in ("aborted", "not_started") and trial.abort_reason is None,
+            dead_time_s=round(gap_s, 6) if gap_s is not None else None,
+            reward_ul=self.settings.task.reward_volume_ul if scored and scored.rewarded else 0.0,
+            valve_time_s=self.params.valve_s(trial.spec.side),
+            training_events=tuple(trial.training_events), training=self.training.state.to_dict(),
+            bpod=BpodRecord.from_json(result.to_dict(), trial.number) if result is not None else None,
+            host_time=datetime.now().isoformat(timespec="milliseconds"),
+            closed_loop=_closed_loop_record(trial.gate, result) if result is not None else None,
+            # training counted a trial cut short with the outcome it had reached
+            outcome_before_abort=scored.outcome if scored is not None and outcome != scored.outcome
+            and scored.outcome != "aborted" else None,
+        )
         self._store.append_trial(record)
         self._trials_done += 1
         if self._children is not None:
             self._children.report()  # a child's death or return into session.json
         self._save_subject()
-        if result is not None:
-            published = _publishable(record, self.settings.wiring)
-            self._publish(TOPIC_TRIAL, {"kind": "end", "trial": trial.number, "record": published,
+        if result is not None:  # the record as written: one shape on disk and on the wire
+            self._publish(TOPIC_TRIAL, {"kind": "end", "trial": trial.number, "record": record.to_json(),
                                         "status": self.status()})
         self._status(trial, outcome)
 
@@ -678,20 +677,6 @@ def _event_dict(event: Any) -> dict[str, Any]:
 def _describe_event(event: Any) -> str:
     data = _event_dict(event)
     return " ".join(f"{k}={v}" for k, v in data.items())
-
-
-def _publishable(record: dict[str, Any], wiring: WiringSettings) -> dict[str, Any]:
-    """The trial record for displays: without the raw event lists, but with the licks and the go cue
-    (times from trial start) that a lick raster needs."""
-    bpod = record["bpod"]
-    go = bpod["States"].get("ResponseCue")
-    return {k: v for k, v in record.items() if k != "bpod"} | {
-        "trial_start_s": bpod["trial_start_s"], "trial_end_s": bpod["trial_end_s"],
-        "state_sequence": bpod["state_sequence"], "go_cue_s": go[-1][0] if go else None,
-        "licks": {"left": bpod["Events"].get(wiring.lick("left"), []),
-                  "right": bpod["Events"].get(wiring.lick("right"), [])},
-        "States": bpod["States"], "Events": bpod["Events"],
-    }
 
 
 def _closed_loop_record(gate: DecoderGate | None, result: TrialResult) -> dict[str, Any] | None:

@@ -25,13 +25,14 @@ import os
 import re
 import socket
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from online.store import write_bytes_atomic
+from online.store import JsonLinesError, read_jsonl, write_bytes_atomic
+from protocols.trial_record import TrialRecord, spec_fields
 from rig.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -162,22 +163,6 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """Records of a JSON-lines file; a torn last line (a crash mid-write) is skipped with a warning."""
-    with path.open(encoding="utf-8") as f:
-        lines = f.readlines()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            yield json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines) and not line.endswith("\n"):
-                log.warning("%s: line %d is incomplete (writer killed mid-line); skipped", path, number)
-                continue
-            raise DataError(f"{path}:{number}: not valid JSON") from None
-
-
 class SessionStore:
     """One session's folder: append-only trial records, fsynced at each trial end, and the journal."""
 
@@ -258,11 +243,11 @@ class SessionStore:
             except DiskFullError:
                 log.debug("journal line dropped: disk full at %s", path)
 
-    def append_trial(self, record: Mapping[str, Any]) -> None:
+    def append_trial(self, record: TrialRecord) -> None:
         """Write a finished trial and make it durable (fsync) before anything else happens."""
         if self._trials is None:
             self._trials = os.open(self.trials_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        fd, line = self._trials, (json.dumps(record, sort_keys=True) + "\n").encode()
+        fd, line = self._trials, (json.dumps(record.to_json(), sort_keys=True) + "\n").encode()
         self.durable_write(self.trials_path, lambda: _append_whole(fd, line, sync=True))
 
     def close(self) -> None:
@@ -315,12 +300,16 @@ def recover_sessions(subject_dir: Path, lock: SubjectLock | None = None) -> list
         if info.get("ended") is not None or info.get("end_reason") is not None:
             continue
         store = SessionStore(folder)
-        recorded = {t.get("trial") for t in store.trials()}
         journal = folder / EVENTS_FILE
-        for aborted in (_aborted_trials(journal, recorded) if journal.exists() else []):
+        try:
+            recorded = {t.get("trial") for t in store.trials()}
+            unfinished = _aborted_trials(journal, recorded) if journal.exists() else []
+        except JsonLinesError as exc:  # damage, not a crash: the user must look at it
+            raise DataError(str(exc)) from None
+        for aborted in unfinished:
             store.append_trial(aborted)
             log.warning("%s: the session was killed during trial %s; recorded it as aborted with %d events",
-                        folder, aborted["trial"], len(aborted["events_received"]))
+                        folder, aborted.trial, len(aborted.events_received or ()))
         store.close()
         info["end_reason"] = "killed"
         info["trials"] = len(store.trials())
@@ -330,15 +319,18 @@ def recover_sessions(subject_dir: Path, lock: SubjectLock | None = None) -> list
     return repaired
 
 
-def _aborted_trials(journal: Path, recorded: set[Any]) -> list[dict[str, Any]]:
-    trials: dict[int, dict[str, Any]] = {}
+def _aborted_trials(journal: Path, recorded: set[Any]) -> list[TrialRecord]:
+    headers: dict[int, dict[str, Any]] = {}
+    received: dict[int, dict[str, list[dict[str, Any]]]] = {}
     for line in read_jsonl(journal):
         number, kind = line.pop("trial", None), line.pop("kind", None)
         if number in recorded or number is None:
             continue
         if kind == "trial":
-            trials[number] = {**line, "trial": number, "outcome": "aborted", "aborted": True,
-                              "abort_reason": "process killed", "events_received": [], "states_entered": []}
-        elif number in trials and kind in ("event", "state"):
-            trials[number]["events_received" if kind == "event" else "states_entered"].append(line)
-    return [trials[n] for n in sorted(trials)]
+            headers[number], received[number] = line, {"event": [], "state": []}
+        elif number in headers and kind in ("event", "state"):
+            received[number][kind].append(line)
+    return [TrialRecord(trial=n, **spec_fields(headers[n]), outcome="aborted", aborted=True,
+                        abort_reason="process killed", events_received=tuple(received[n]["event"]),
+                        states_entered=tuple(received[n]["state"]))
+            for n in sorted(headers)]

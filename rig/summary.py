@@ -9,8 +9,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from online.store import JsonLinesError, read_jsonl
 from protocols.outcome import PerformanceTracker, ScoredTrial
-from rig.store import SESSION_FILE, TRIALS_FILE, DataError, read_json, read_jsonl
+from protocols.trial_record import TrialRecord, TrialRecordError
+from rig.store import SESSION_FILE, TRIALS_FILE, DataError, read_json
 
 CYCLE_S = 1e-4
 
@@ -26,11 +28,27 @@ def format_status(trial: int, context: str, stage: str, performance: Performance
             f" R {pct(performance.perf100(side='right', context=context))}) | {outcome}")
 
 
-def _scored(record: dict[str, Any]) -> ScoredTrial | None:
-    if record.get("aborted") or record.get("outcome") not in ("hit", "error", "no_response"):
+def _scored(record: TrialRecord) -> ScoredTrial | None:
+    if record.aborted or record.outcome not in ("hit", "error", "no_response") or record.side is None \
+            or record.context is None:
         return None
-    return ScoredTrial(side=record["side"], context=record["context"], outcome=record["outcome"],
-                       trial_number=record.get("trial"))
+    return ScoredTrial(side=record.side, context=record.context, outcome=record.outcome,  # type: ignore[arg-type]
+                       trial_number=record.trial)
+
+
+def read_trials(path: Path) -> list[TrialRecord]:
+    """A session's trials.jsonl as records; a line that is not a trial record is a DataError naming it."""
+    records = []
+    try:
+        lines = read_jsonl(path)
+    except JsonLinesError as exc:
+        raise DataError(str(exc)) from None
+    for number, data in enumerate(lines, 1):
+        try:
+            records.append(TrialRecord.from_json(data))
+        except TrialRecordError as exc:
+            raise DataError(f"{path}: record {number}: {exc}") from None
+    return records
 
 
 def summarize_session(folder: Path) -> dict[str, Any]:
@@ -40,8 +58,8 @@ def summarize_session(folder: Path) -> dict[str, Any]:
     if not (folder / SESSION_FILE).exists():
         raise DataError(f"{folder} is not a session folder (no {SESSION_FILE})")
     info = read_json(folder / SESSION_FILE)
-    records = list(read_jsonl(trials_path)) if trials_path.exists() else []
-    outcomes = Counter(r.get("outcome", "unknown") for r in records)
+    records = read_trials(trials_path) if trials_path.exists() else []
+    outcomes = Counter(r.outcome for r in records)
     tracker = PerformanceTracker()
     contexts: list[str] = []
     switches = []
@@ -51,14 +69,13 @@ def summarize_session(folder: Path) -> dict[str, Any]:
         scored = _scored(record)
         if scored is not None:
             tracker.add(scored)
-        if record.get("context") and record["context"] not in contexts:
-            contexts.append(record["context"])
-        for event in record.get("training_events", []):
+        if record.context and record.context not in contexts:
+            contexts.append(record.context)
+        for event in record.training_events:
             if event.get("kind") == "context_switched":
-                switches.append({"trial": record.get("trial"), "from": event.get("before"),
+                switches.append({"trial": record.trial, "from": event.get("before"),
                                  "to": event.get("after"), "reason": event.get("reason")})
-        bpod = record.get("bpod") or {}
-        start, end = bpod.get("trial_start_s"), bpod.get("trial_end_s")
+        start, end = record.trial_start_s, record.trial_end_s
         if start is not None and previous_end is not None:
             gaps_cycles.append(round((start - previous_end) / CYCLE_S))
         previous_end = end if end is not None else previous_end
@@ -73,8 +90,8 @@ def summarize_session(folder: Path) -> dict[str, Any]:
         "dead_time_cycles": {"max": max(gaps_cycles) if gaps_cycles else None,
                              "mean": sum(gaps_cycles) / len(gaps_cycles) if gaps_cycles else None,
                              "nonzero": sum(1 for g in gaps_cycles if g != 0)},
-        "early_lick_trials": sum(1 for r in records if r.get("early_lick")),
-        "free_drop_trials": sum(1 for r in records if r.get("free_drop")),
+        "early_lick_trials": sum(1 for r in records if r.score is not None and r.score.early_lick),
+        "free_drop_trials": sum(1 for r in records if r.free_drop),
         "online": _online_summary(info.get("online")),
         "child_events": list((info.get("children") or {}).get("events") or []),
     }

@@ -18,7 +18,7 @@ import pytest
 
 from online.store import read_jsonl, read_traces
 from rig.control import send_request
-from rig.ports import free_network_overrides
+from rig.free_endpoints import free_network_overrides
 from rig.settings import load_settings
 from rig.store import read_jsonl as read_trials
 from rig.summary import format_summary, summarize_session

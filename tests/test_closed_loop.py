@@ -101,7 +101,7 @@ def test_a_trial_that_is_not_gated_gets_no_decision() -> None:
     c, log = controller()
     c.on_state(1, "DelayPeriod", 1.0)
     assert frames(c, 1, [1.05, 1.15, 1.25, 1.35, 1.45], RIGHT) == []
-    assert c.on_trial_end(1, {"Events": {}}) is None and log == [] and c.output.sent == []  # type: ignore
+    assert c.on_trial_end(1, {"bpod": {"Events": {}}}) is None and log == [] and c.output.sent == []  # type: ignore
 
 
 def test_one_decision_once_the_gate_is_open_and_the_window_full_and_where_it_landed() -> None:
@@ -128,13 +128,13 @@ def test_low_confidence_and_stale_frames_send_nothing_and_say_why() -> None:
     c.on_state(2, "DelayPeriod", 1.0)
     c.on_state(2, DECODER_WAIT_STATE, 1.6)
     assert frames(c, 2, [1.05, 1.15, 1.25, 1.35], UNSURE) == []
-    info = c.on_trial_end(2, {"Events": {}})
+    info = c.on_trial_end(2, {"bpod": {"Events": {}}})
     assert info is not None and not info["sent"] and "below threshold" in info["reason"]
     c.on_state(3, "DelayPeriod", 1.0)
     c.on_state(3, DECODER_WAIT_STATE, 1.6)
     old = time.time_ns() - 3_000_000_000  # the frames were sent 3 s ago: beyond max_delay_s
     assert frames(c, 3, [1.05, 1.15, 1.25], RIGHT, t_ns=old) == []
-    info = c.on_trial_end(3, {"Events": {}})
+    info = c.on_trial_end(3, {"bpod": {"Events": {}}})
     assert info is not None and "too late" in info["reason"] and c.stale == 2
     assert [entry["kind"] for entry in log] == ["none", "none"] and c.output.sent == []  # type: ignore
 
@@ -157,7 +157,7 @@ def test_a_failed_send_is_logged_once_and_not_retried() -> None:
     c.on_state(5, DECODER_WAIT_STATE, 1.0)
     (decision,) = frames(c, 5, [1.05, 1.15, 1.25], LEFT)
     assert decision.error == "port gone" and decision.code == 2
-    info = c.on_trial_end(5, {"Events": {"APP_SoftCode2": [1.3]}})
+    info = c.on_trial_end(5, {"bpod": {"Events": {"APP_SoftCode2": [1.3]}}})
     assert info is not None and info["sent"] is False
     assert [entry["kind"] for entry in log] == ["failed", "not_landed"] and c.errors == 1
 
@@ -256,8 +256,9 @@ def trained_pipeline(closed_loop: ClosedLoopController) -> OnlinePipeline:
             pipeline.process_frame(h, f.pixels)
             seq += 1
         pipeline.on_trial_end({"trial": trial, "context": "tactile", "side": side, "outcome": "hit",
-                               "States": {"SamplePeriod": [[0.01, delay_on]], "DelayPeriod": [[delay_on, go]],
-                                          "ResponseCue": [[go, go + 0.1]]}})
+                               "bpod": {"States": {"SamplePeriod": [[0.01, delay_on]],
+                                                   "DelayPeriod": [[delay_on, go]],
+                                                   "ResponseCue": [[go, go + 0.1]]}}})
         t += 3.0
     pipeline.flush()
     assert pipeline.decoders["tactile"].ready("delay")
@@ -342,7 +343,7 @@ def run_live_trial(server: EmulatorServer, client: BpodClient, pipeline: OnlineP
         client.on_state = None
     data = result.to_dict()
     record = {"trial": number, "context": context, "side": side, "outcome": "no_response",
-              "States": data["States"], "Events": data["Events"]}
+              "bpod": data}
     decoding = pipeline.on_trial_end(record).trials + pipeline.flush().trials
     assert [d.result.trial for d in decoding] == [number]
     closed = decoding[0].result.closed_loop

@@ -15,7 +15,7 @@ import zmq
 
 from rig.control import MAX_REQUEST_BYTES, MAX_REQUEST_DEPTH, ControlServer, send_request
 from rig.errors import UserError
-from rig.ports import free_loopback_endpoint, free_network_overrides
+from rig.free_endpoints import free_loopback_endpoint, free_network_overrides
 from rig.settings import load_settings
 from rig.store import read_jsonl
 from tests.test_session import SessionThread

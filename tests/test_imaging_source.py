@@ -30,9 +30,9 @@ from hardware.sim.scope_plan import DEFAULT_CPU_BUDGET, cached_frame_cost
 from hardware.sim.world_coupling import CYCLE_S
 from online.transport import LosslessReceiver, LossySubscriber
 from online.wire import FrameHeader, Message
+from rig.free_endpoints import free_loopback_endpoint as free_endpoint
+from rig.free_endpoints import free_network_overrides
 from rig.imaging import NoImaging, open_imaging
-from rig.ports import free_loopback_endpoint as free_endpoint
-from rig.ports import free_network_overrides
 from rig.session import RunOptions, SessionRunner
 from rig.settings import Settings, load_settings
 from rig.simulated_rig import simulated_microscope_config

@@ -24,12 +24,13 @@ from online.messages import DecoderResult, HealthReport, RoiSnapshot, TraceFrame
 from online.transport import LossyPublisher
 from online.wire import TOPIC_STATE, TOPIC_TRIAL
 from protocols.settings import WiringSettings
+from protocols.trial_record import TrialRecord
 from rig.control import ControlRequestError, ControlServer
+from rig.free_endpoints import free_network, free_network_overrides
 from rig.monitor import display_available, start_monitor_process, stop_monitor_process
-from rig.monitor.model import BehaviourModel, MonitorModel, TraceBuffer, TrialRow, published_from_disk
+from rig.monitor.model import BehaviourModel, MonitorModel, TraceBuffer, TrialRow
 from rig.monitor.panels import closed_outlines
 from rig.monitor.window import MonitorWindow
-from rig.ports import free_network, free_network_overrides
 from rig.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,9 +54,10 @@ def window(qtbot: Any, settings: Settings) -> MonitorWindow:
 # ---------------------------------------------------------------------------------------------- records
 
 
-def published_trial(
+def _trial_fields(
     n: int, context: str = "tactile", outcome: str = "hit", side: str = "left", early_lick: bool = False
 ) -> dict[str, Any]:
+    """What the behaviour panels show of a trial: its fields, the go cue and the licks from trial start."""
     licked = side if outcome == "hit" else ("right" if side == "left" else "left")
     licks = [2.9, 3.05, 3.2] if outcome != "no_response" else []
     return {
@@ -79,8 +81,8 @@ def published_trial(
 
 
 def disk_trial(n: int, wiring: WiringSettings, **kwargs: Any) -> dict[str, Any]:
-    """The same trial as trials.jsonl holds it: raw Bpod events and states instead of licks and go cue."""
-    record = published_trial(n, **kwargs)
+    """The trial as trials.jsonl holds it: raw Bpod events and states, from which licks and go cue come."""
+    record = _trial_fields(n, **kwargs)
     licks = record.pop("licks")
     go = record.pop("go_cue_s")
     start, end = record.pop("trial_start_s"), record.pop("trial_end_s")
@@ -96,6 +98,11 @@ def disk_trial(n: int, wiring: WiringSettings, **kwargs: Any) -> dict[str, Any]:
         "state_sequence": record.pop("state_sequence"),
     }
     return record
+
+
+def published_trial(n: int, **kwargs: Any) -> dict[str, Any]:
+    """The trial as the session publishes it: the same record trials.jsonl holds (default lick ports)."""
+    return disk_trial(n, WiringSettings(left_lick="Port1", right_lick="Port2"), **kwargs)
 
 
 def status(trials: int, context: str = "tactile", session: str | None = None,
@@ -173,8 +180,8 @@ def test_a_new_session_starts_the_behaviour_panels_over() -> None:
 def test_disk_record_reduces_like_the_published_one(settings: Settings) -> None:
     ports = settings.wiring
     published = published_trial(4, outcome="error", side="right")
-    reduced = published_from_disk(disk_trial(4, ports, outcome="error", side="right"), ports)
-    assert TrialRow.from_record(reduced) == TrialRow.from_record(published)
+    disk = TrialRecord.from_json(disk_trial(4, ports, outcome="error", side="right"))
+    assert TrialRow.from_record(disk, ports) == TrialRow.from_record(TrialRecord.from_json(published), ports)
 
 
 def test_trace_buffer_ring_and_window() -> None:

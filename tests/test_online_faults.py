@@ -33,8 +33,8 @@ from online.wire import (
     decode_message,
     frame_aux_triggers,
 )
-from rig.online_process import OnlineProcess
-from rig.ports import free_loopback_endpoint
+from rig.free_endpoints import free_loopback_endpoint
+from rig.online_child import OnlineProcess
 from tests.test_online_process import PERIOD_S, RATE, SIZE, make_settings
 
 REFERENCE_FRAMES = 10  # make_settings: the module builds its reference from 10 frames

@@ -105,7 +105,7 @@ def test_the_pipeline_keeps_a_bounded_number_of_trials_through_thousands_of_tria
         pipeline.on_state({"trial": trial, "state": "DelayPeriod", "time_s": 1.31})
         pipeline.on_trial_start({"trial": trial, "context": f"ctx{trial % 3}"})
         pipeline.on_trial_end({"trial": trial, "context": f"ctx{trial % 3}", "side": side,
-                               "licked_side": side, "outcome": "hit", "States": states})
+                               "licked_side": side, "outcome": "hit", "bpod": {"States": states}})
     pipeline.flush()
     assert pipeline.stats.trials_finalised == 1200
     assert len(pipeline.trials) <= pipeline.config.trials_kept  # the one trial that was never ended

@@ -113,7 +113,8 @@ def run_trials(run: Run, context: str, n_trials: int, rng: np.random.Generator,
             handle(run.pipeline.process_frame(header(frame, run.seq), frame.pixels))
             run.seq += 1
         record = {"trial": run.trial, "context": context, "side": side, "licked_side": lick,
-                  "outcome": "hit" if lick == side else "error", "States": trial_states(lick == side)}
+                  "outcome": "hit" if lick == side else "error",
+                  "bpod": {"States": trial_states(lick == side)}}
         handle(run.pipeline.on_trial_end(record))
         run.t += PERIOD_S
     handle(run.pipeline.flush())
@@ -365,7 +366,7 @@ def test_malformed_events_and_frames_are_refused_with_a_reason() -> None:
         (pipeline.on_state, {"trial": 1, "state": "DelayPeriod", "time_s": float("nan")}, "finite"),
         (pipeline.on_trial_end, {"trial": 1, "side": "left"}, "context"),
         (pipeline.on_trial_end, {"trial": 1, "context": "tactile", "side": "up"}, "side"),
-        (pipeline.on_trial_end, {"trial": 1, "context": "t", "States": {"A": 3}}, "States"),
+        (pipeline.on_trial_end, {"trial": 1, "context": "t", "bpod": {"States": {"A": 3}}}, "States"),
         (pipeline.on_trial_start, {"trial": 1}, "context"),
         (pipeline.on_trial_end, ["not", "a", "record"], "object"),
     ]

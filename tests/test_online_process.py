@@ -30,8 +30,8 @@ from online.wire import (
     TOPIC_TRIAL,
     Message,
 )
-from rig.online_process import OnlineProcess, OnlineProcessError
-from rig.ports import free_network
+from rig.free_endpoints import free_network
+from rig.online_child import OnlineProcess, OnlineProcessError
 from rig.settings import Settings, dump_settings, parse_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,7 +112,7 @@ def test_the_live_module_end_to_end_over_zeromq(tmp_path: Path) -> None:
                 record = {"trial": trial, "context": "tactile", "side": side, "outcome": "hit" if correct
                           else "error", "licked_side": side if correct else ("right" if side == "left" else
                                                                               "left"),
-                          "States": states_of(correct), "Events": {"Tup": [0.01]}}
+                          "bpod": {"States": states_of(correct), "Events": {"Tup": [0.01]}}}
                 events.send_event(TOPIC_TRIAL, {"kind": "end", "trial": trial, "record": record})
         messages = []
         deadline = time.monotonic() + 10
@@ -182,7 +182,7 @@ def test_the_module_dies_with_its_parent_even_after_kill_9(tmp_path: Path) -> No
     script = textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {str(REPO)!r})
-        from rig.online_process import OnlineProcess
+        from rig.online_child import OnlineProcess
         from rig.settings import load_settings
         settings = load_settings({str(settings_path)!r})
         online = OnlineProcess(settings, {str(tmp_path / 'session')!r}, None,

@@ -20,7 +20,7 @@ from hardware.frames.publisher import FramePublisher
 from hardware.scanimage.publish import StreamAdapter
 from online.transport import LosslessReceiver
 from online.wire import FrameHeader, Message
-from rig.ports import free_loopback_endpoint as free_endpoint
+from rig.free_endpoints import free_loopback_endpoint as free_endpoint
 from tests.scanimage_frames import encode_scanimage_frame
 
 REPO = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ import zmq
 
 from rig.control import send_request
 from rig.errors import UserError
-from rig.ports import free_network, free_network_overrides
+from rig.free_endpoints import free_network, free_network_overrides
 from rig.session import RunOptions, SessionResult, SessionRunner
 from rig.settings import Settings, load_settings
 from rig.store import read_jsonl

@@ -24,8 +24,9 @@ import yaml
 
 from hardware.scanimage.writer import ScanImageWriter
 from protocols.training import SubjectTrainingState
+from protocols.trial_record import TrialRecord
 from rig.control import send_request
-from rig.ports import free_network
+from rig.free_endpoints import free_network
 from rig.store import SessionStore, SubjectBusyError, SubjectLock, read_jsonl, recover_sessions
 from rig.subject import SubjectRecord, save_subject
 
@@ -383,7 +384,7 @@ def test_a_recovered_session_json_carries_the_trial_count(tmp_path: Path) -> Non
     store = SessionStore.create(tmp_path, "k", STARTED, "", {"subject": "k", "trials": 0, **UNFINISHED})
     for n in (1, 2, 3):
         store.journal(n, "trial", side="left")
-        store.append_trial({"trial": n, "outcome": "hit"})
+        store.append_trial(TrialRecord(trial=n, outcome="hit"))
     store.journal(4, "trial", side="right")
     store.journal(4, "state", name="TrigTrialStart", time_s=0.0)
     store.close()

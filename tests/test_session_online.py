@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from rig.control import send_request
-from rig.ports import free_network_overrides
+from rig.free_endpoints import free_network_overrides
 from rig.session import RunOptions, SessionRunner
 from rig.settings import load_settings
 from rig.store import read_jsonl

@@ -8,7 +8,6 @@ dictionary look-ups and list appends; the slow parts (difflib, name summaries) r
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -25,6 +24,7 @@ from hardware.bpod.hardware_description import (
     output_channel_names,
     valid_names,
 )
+from online.wire import did_you_mean
 
 EXIT_STATE_NAME = "exit"
 BACK_STATE = 255
@@ -427,8 +427,8 @@ def _set_list(configured: Mapping[int, Any]) -> str:
 
 def _hint(name: str, choices: Sequence[str]) -> str:
     """'; did you mean X? (valid: A1..A4, B1..B2, ...)', with the groups most like `name` first."""
-    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
-    suggestion = f"; did you mean {close[0]!r}?" if close else ""
+    hint = did_you_mean(name, choices, cutoff=0.5)
+    suggestion = f"; {hint}" if hint else ""
     return f"{suggestion} (valid: {summarise_names(choices, like=name)})"
 
 

@@ -27,8 +27,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from hardware.frames.throttle import EverySecond
-from online.transport import LinkSecurity, LosslessSender, SendTimeout, TransportError
+from online.transport import LinkSecurity, LosslessSender, RateLimitedLog, SendTimeout, TransportError
 from online.wire import Part, Sender, default_source
 
 logger = logging.getLogger(__name__)
@@ -59,7 +58,7 @@ class WaitingLosslessPath:
         self.undelivered = 0
         self.waited_s = 0.0
         self._abandoned = False
-        self._warn = EverySecond(logger)
+        self._warn = RateLimitedLog(logger)
 
     def deliver(self, pixels: np.ndarray, fields: dict[str, Any]) -> bool:
         """Send one frame; False if it could not be sent (stopping while nobody takes frames)."""

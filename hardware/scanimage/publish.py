@@ -37,10 +37,9 @@ from typing import Any
 import zmq
 
 from hardware.frames.publisher import FramePublisher
-from hardware.frames.throttle import EverySecond
 from hardware.scanimage.follower import FolderFollower, FollowedPage
 from hardware.scanimage.stream import FrameStreamError, decode_scanimage_frame
-from online.transport import TransportError
+from online.transport import RateLimitedLog, TransportError
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +133,7 @@ class StreamAdapter:
         self.stats = StreamStats()
         self.stopped_reason: str | None = None
         self._first_frame_number = 0
-        self._malformed_log = EverySecond(logger)
+        self._malformed_log = RateLimitedLog(logger)
 
     def handle(self, parts: list[Any]) -> int:
         """Decode one stream message and publish its channels; returns frames published (0 if malformed)."""

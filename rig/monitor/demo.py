@@ -14,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from rig.ports import free_network_overrides
+from rig.free_endpoints import free_network_overrides
 from rig.settings import load_settings
 
 log = logging.getLogger(__name__)

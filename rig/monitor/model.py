@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from online.messages import DecoderResult, HealthReport, RoiSnapshot, TraceFrame
+from online.store import JsonLinesError, read_jsonl
 from online.wire import (
     TOPIC_DECODER,
     TOPIC_FRAME,
@@ -39,14 +40,14 @@ from online.wire import (
     Message,
     WireError,
 )
-from protocols.outcome import fraction_correct
+from protocols.directional_licking import GO_CUE_EPOCH
+from protocols.outcome import PERF_WINDOW, fraction_correct
 from protocols.settings import WiringSettings
-from rig.store import TRIALS_FILE, DataError, read_jsonl
+from protocols.trial_record import TrialRecord, TrialRecordError
+from rig.store import TRIALS_FILE
 
 log = logging.getLogger(__name__)
 
-PERF_WINDOW = 100
-"""Perf100: fraction correct among the answered trials of the last 100 (of one context, or one side)."""
 TRACE_SECONDS = 30.0
 """How much of every ROI's dF/F the trace panel keeps and shows."""
 LEVELS_EVERY = 5
@@ -117,30 +118,21 @@ class TrialRow:
     trial_end_s: float | None = None
 
     @classmethod
-    def from_record(cls, record: Mapping[str, Any]) -> TrialRow:
-        """From a published trial record (`trial` event `record`); raises ValueError if it is not one."""
-        try:
-            trial = int(record["trial"])
-            licks = record.get("licks") or {}
-            return cls(
-                trial=trial,
-                context=str(record.get("context", "")),
-                side=record.get("side"),
-                outcome=str(record.get("outcome", "unknown")),
-                early_lick=bool(record.get("early_lick", False)),
-                free_drop=bool(record.get("free_drop", False)),
-                licked_side=record.get("licked_side"),
-                reaction_time_s=_float_or_none(record.get("reaction_time_s")),
-                go_cue_s=_float_or_none(record.get("go_cue_s")),
-                licks_left=tuple(float(t) for t in licks.get("left", ())),
-                licks_right=tuple(float(t) for t in licks.get("right", ())),
-                stage=dict(record.get("stage") or {}),
-                training_events=tuple(record.get("training_events") or ()),
-                trial_start_s=_float_or_none(record.get("trial_start_s")),
-                trial_end_s=_float_or_none(record.get("trial_end_s")),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"not a trial record: {exc}") from exc
+    def from_record(cls, record: TrialRecord, wiring: WiringSettings) -> TrialRow:
+        """From a trial record (a trials.jsonl line, or the published `trial` event's `record`)."""
+        score = record.score
+        licks = record.licks(wiring)
+        return cls(
+            trial=record.trial, context=record.context or "", side=record.side, outcome=record.outcome,
+            early_lick=score.early_lick if score else False, free_drop=record.free_drop,
+            licked_side=score.licked_side if score else None,
+            reaction_time_s=_float_or_none(score.reaction_time_s) if score else None,
+            go_cue_s=_float_or_none(record.entry_s(GO_CUE_EPOCH)),
+            licks_left=tuple(licks["left"]), licks_right=tuple(licks["right"]),
+            stage=dict(record.stage), training_events=tuple(record.training_events),
+            trial_start_s=_float_or_none(record.trial_start_s),
+            trial_end_s=_float_or_none(record.trial_end_s),
+        )
 
     def licks_from_go(self, side: str) -> np.ndarray:
         """Lick times of one side relative to the go cue (empty when the trial had no go cue)."""
@@ -148,26 +140,6 @@ class TrialRow:
             return np.empty(0)
         licks = self.licks_left if side == "left" else self.licks_right
         return np.asarray(licks, dtype=float) - self.go_cue_s
-
-
-def published_from_disk(record: Mapping[str, Any], wiring: WiringSettings) -> dict[str, Any]:
-    """A trials.jsonl line in the shape of a published record: licks and go cue taken from its Bpod data
-    (the same reduction the session applies before it publishes)."""
-    bpod = record.get("bpod")
-    if not isinstance(bpod, Mapping):
-        return dict(record)
-    events = bpod.get("Events") or {}
-    go = (bpod.get("States") or {}).get("ResponseCue")
-    return {k: v for k, v in record.items() if k != "bpod"} | {
-        "trial_start_s": bpod.get("trial_start_s"),
-        "trial_end_s": bpod.get("trial_end_s"),
-        "state_sequence": bpod.get("state_sequence", []),
-        "go_cue_s": go[-1][0] if go else None,
-        "licks": {
-            "left": events.get(wiring.lick("left"), []),
-            "right": events.get(wiring.lick("right"), []),
-        },
-    }
 
 
 def read_trial_rows(folder: Path, wiring: WiringSettings) -> list[TrialRow]:
@@ -179,10 +151,10 @@ def read_trial_rows(folder: Path, wiring: WiringSettings) -> list[TrialRow]:
     try:
         for record in read_jsonl(path):
             try:
-                rows.append(TrialRow.from_record(published_from_disk(record, wiring)))
-            except (ValueError, AttributeError) as exc:
+                rows.append(TrialRow.from_record(TrialRecord.from_json(record), wiring))
+            except TrialRecordError as exc:
                 log.warning("%s: skipped a line: %s", path, exc)
-    except (OSError, DataError) as exc:
+    except (OSError, JsonLinesError) as exc:
         log.warning("cannot catch up from %s: %s", path, exc)
     return rows
 
@@ -218,8 +190,8 @@ class BehaviourModel:
     def add_record(self, record: Mapping[str, Any]) -> bool:
         """Add one published trial record; False when that trial is already shown or it is not a trial."""
         try:
-            row = TrialRow.from_record(record)
-        except ValueError as exc:
+            row = TrialRow.from_record(TrialRecord.from_json(record), self.wiring)
+        except TrialRecordError as exc:
             log.warning("skipped a trial record: %s", exc)
             return False
         return self.add_rows([row]) > 0
@@ -293,6 +265,12 @@ class BehaviourModel:
         self._last_trial, self._last_context = 0, None
         for row in self.trials:
             self._extend_performance(row)
+
+    def perf100(self, context: str | None) -> float | None:
+        """The newest Perf100 of `context` in this session: the last point of its curve. The one Perf100
+        the monitor shows (curve and stage line alike); None before an answered trial."""
+        values = self.perf.get(context or "", ([], []))[1]
+        return values[-1] if values else None
 
     def side_performance(self, context: str | None = None) -> dict[str, float | None]:
         """Perf100 per side (left, right) of one context (default: the newest trial's)."""

@@ -1,7 +1,7 @@
 """The monitor's main window: panels, controls, the display timer and the control-socket worker.
 
 The window never waits on the session: a 25 Hz QTimer drains the lossy subscriptions without blocking
-(feeds.py) and redraws only what changed (panels.py); control requests, status polls and reading
+(feeds.py) and redraws only what changed (panels/); control requests, status polls and reading
 trials.jsonl run on a small thread pool and come back as Qt signals. Closing or crashing the window leaves
 the session running; a new window catches up from the session's trials.jsonl, then continues live.
 """

@@ -7,7 +7,6 @@ once raise ``_Problems`` so that each gets its own line at its own key path.
 
 from __future__ import annotations
 
-import difflib
 import re
 import types
 from collections.abc import Mapping, Sequence
@@ -17,6 +16,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, RootModel, ValidationError
 
+from online.wire import did_you_mean
 from rig.errors import UserError
 
 _NO_VALUE: Any = object()
@@ -56,9 +56,6 @@ class _ProblemList:
             raise _Problems(self.items)
 
 
-def _did_you_mean(word: str, choices: Sequence[str]) -> str | None:
-    matches = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return matches[0] if matches else None
 
 
 class SettingsError(UserError):
@@ -204,9 +201,9 @@ def _describe_error(err: Mapping[str, Any], root: type[BaseModel]) -> list[str]:
         key = str(loc[-1])
         if isinstance(parent, type) and issubclass(parent, BaseModel):
             valid = list(parent.model_fields)
-            hint = _did_you_mean(key, valid)
+            hint = did_you_mean(key, valid)
             message = (
-                f"unknown key (did you mean {hint!r}?)"
+                f"unknown key ({hint})"
                 if hint
                 else f"unknown key (valid keys: {', '.join(valid)})"
             )

@@ -34,9 +34,10 @@ from hardware.settings import (
 )
 from online.settings import OnlineSettings
 from online.transport import is_local_endpoint, parse_endpoint
+from online.wire import did_you_mean
 from protocols.contexts import Side
 from protocols.settings import ContextSettings, TaskSettings, WiringSettings, default_contexts
-from rig.settings.problems import _NO_VALUE, Problem, _did_you_mean, _ProblemList, _Problems, _unwrap
+from rig.settings.problems import _NO_VALUE, Problem, _ProblemList, _Problems, _unwrap
 
 # --------------------------------------------------------------------------------------------------------
 # Base
@@ -212,8 +213,8 @@ def wiring_problems(wiring: WiringSettings, model: str) -> list[Problem]:
         kind = WiringSettings.kind(role)
         valid, what = lines[kind]
         if line not in valid:
-            hint = _did_you_mean(line, valid)
-            suggestion = f"; did you mean {hint!r}?" if hint else ""
+            hint = did_you_mean(line, valid)
+            suggestion = f"; {hint}" if hint else ""
             message = f"not {what} of a Bpod {model} ({summarise_lines(valid)}){suggestion}"
             problems.append(((role,), line, message))
             continue
@@ -268,8 +269,8 @@ class Settings(_Section):
         def check_context(path: tuple[str | int, ...], name: str) -> None:
             if name in self.contexts:
                 return
-            hint = _did_you_mean(name, names)
-            suggestion = f"did you mean {hint!r}? " if hint else ""
+            hint = did_you_mean(name, names)
+            suggestion = f"{hint} " if hint else ""
             problems.add(path, f"unknown context ({suggestion}contexts: {', '.join(names)})", name)
 
         check_context(("task", "default_context"), self.task.default_context)
@@ -278,8 +279,8 @@ class Settings(_Section):
         check_context(("sim", "subject", "trained_context"), self.sim.subject.trained_context)
         stage_names = [stage.name for stage in self.task.stages]
         if self.sim.subject.stage not in stage_names:
-            hint = _did_you_mean(self.sim.subject.stage, stage_names)
-            suggestion = f"did you mean {hint!r}? " if hint else ""
+            hint = did_you_mean(self.sim.subject.stage, stage_names)
+            suggestion = f"{hint} " if hint else ""
             message = f"unknown stage ({suggestion}stages: {', '.join(stage_names)})"
             problems.add(("sim", "subject", "stage"), message, self.sim.subject.stage)
 
