@@ -78,7 +78,7 @@ from protocols.selection import TrialSpec  # noqa: E402
 from protocols.settings import TimingSettings  # noqa: E402
 from rig.free_endpoints import free_network  # noqa: E402
 from rig.online_child import OnlineProcess  # noqa: E402
-from rig.settings import Settings, dump_settings, parse_settings  # noqa: E402
+from rig.settings import Settings, parse_settings  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULTS = Settings()
@@ -334,8 +334,6 @@ def _run_closed_loop(folder: Path, main_port: str, app_port: str, n_train: int,
                                    "max_delay_s": 0.5}}})
     session = folder / "data" / "bench-mouse" / "session"
     session.mkdir(parents=True)
-    settings_path = session / "settings.yaml"
-    settings_path.write_text(dump_settings(settings))
     sim = SimMicroscope(config)
     rng = np.random.default_rng(3)
     trial_starts: dict[int, float] = {}
@@ -343,8 +341,7 @@ def _run_closed_loop(folder: Path, main_port: str, app_port: str, n_train: int,
     pending: queue.Queue[tuple[int, str, Any, int]] = queue.Queue()
     seen: dict[int, list[tuple[float, int]]] = {}  # trial -> (Bpod time in trial, host receipt ns)
     with LossyPublisher(settings.network.events_pub, hwm=10_000, source="rig") as events, \
-            OnlineProcess(settings, session, session.parent, app_port=app_port,
-                          settings_path=settings_path), \
+            OnlineProcess(settings, session, session.parent, app_port=app_port), \
             LosslessSender(settings.network.frames, source="bench-scope") as frames, \
             BpodClient(main_port) as client:
         # Callbacks are tagged with the trial they report on: the last ones of a trial may come after

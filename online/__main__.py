@@ -1,9 +1,14 @@
 """`python -m online`: the live online module, or `python -m online replay` over recorded ScanImage files.
 
-    python -m online [--settings FILE] [--session DIR] [--subject-dir DIR] [--rois SUITE2P_PLANE_DIR]
-                     [--app-port PATH] [--alignment trigger|aux] [--exit-with-parent] [--log-level LEVEL]
+    python -m online --settings ONLINE_SETTINGS_JSON [--session DIR] [--subject-dir DIR]
+                     [--rois SUITE2P_PLANE_DIR] [--app-port PATH] [--alignment trigger|aux]
+                     [--exit-with-parent] [--log-level LEVEL]
     python -m online replay PATH [--rois SUITE2P_PLANE_DIR] [--out DIR] [--trials TRIALS_JSONL]
-                     [--settings FILE] [--alignment trigger|aux]
+                     [--settings ONLINE_SETTINGS_JSON] [--alignment trigger|aux]
+
+The settings are the online-settings JSON the rig writes from a validated settings.yaml
+(online/settings.py: `OnlineProcessSettings`): `rig run` starts this module with one, and `rig online` /
+`rig replay` are the commands for people, taking settings.yaml.
 
 Thread limits first. OMP_NUM_THREADS=1 and OPENBLAS_NUM_THREADS=1 (and MKL's) are set here, before anything
 imports numpy, because OpenBLAS and OpenMP read them once, when the library loads. The online module does
@@ -31,8 +36,9 @@ def _live_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m online",
                                      description="The online imaging module (live). "
                                                  "`python -m online replay --help` for replay.")
-    parser.add_argument("--settings", type=Path, default=None,
-                        help="settings.yaml (default: the repository's)")
+    parser.add_argument("--settings", type=Path, required=True,
+                        help="the online-settings JSON the rig wrote (`rig online --settings settings.yaml` "
+                             "starts this module from a settings.yaml)")
     parser.add_argument("--session", type=Path, default=None,
                         help="session folder for the online outputs (default: a new folder "
                              "<data.root>/online/<date_time>)")
@@ -58,8 +64,11 @@ def _replay_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rois", default=None, help="suite2p plane folder, or rois.npz")
     parser.add_argument("--out", default=None, help="output folder (default: <folder>/online_replay)")
     parser.add_argument("--trials", default=None, help="the session's trials.jsonl: decode trials too")
-    parser.add_argument("--settings", default=None, help="settings.yaml for the online parameters")
+    parser.add_argument("--settings", default=None,
+                        help="the online-settings JSON the rig wrote (`rig replay` takes a settings.yaml)")
     parser.add_argument("--alignment", choices=("trigger", "aux"), default="trigger")
+    parser.add_argument("--exit-with-parent", action="store_true",
+                        help="exit when the parent process dies (prctl PR_SET_PDEATHSIG)")
     parser.add_argument("--log-level", default="WARNING")
     return parser
 
@@ -72,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         args = _replay_parser().parse_args(argv[1:])
         logging.basicConfig(level=args.log_level.upper(),
                             format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        if args.exit_with_parent:
+            process.die_with_parent()
         return process.main_replay(args.path, args.out, args.rois, args.trials, args.settings, args.alignment)
     args = _live_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,

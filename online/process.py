@@ -16,7 +16,7 @@ Live (`run_live`):
 - a malformed frame or event is counted (`HealthReport.malformed`, `online_summary.json`), logged at most
   once per second and skipped; it never stops the process;
 - stops on SIGTERM or SIGINT: pending trials are finalised, files closed, `online_summary.json` written,
-  exit status 0. Exit status 2 is a user error (bad settings, an unreadable ROI folder, ROIs of another
+  exit status 0. Exit status 2 is a user error (bad online settings, an unreadable ROI folder, ROIs of another
   frame size), said in one line on stderr; 1 an internal error.
 - prints `ready` on stdout (flushed) once its sockets are bound and connected: `rig/online_child.py`
   waits for that line.
@@ -55,6 +55,7 @@ from online.messages import HealthReport
 from online.outputs import PipelineOutput
 from online.pipeline import OnlinePipeline
 from online.rois import RoiSet, load_suite2p
+from online.settings import OnlineProcessSettings, read_process_settings
 from online.store import CodingDirectionFile, SessionOutputs, load_reference, read_jsonl
 from online.transport import (
     LosslessReceiver,
@@ -94,18 +95,6 @@ EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 1, 2
 # -- inputs: settings and ROIs -----------------------------------------------------------------------------
 
 
-def load_settings(path: str | Path | None) -> Any:
-    """The rig's settings (rig/settings.py validates them). The one import of `rig` in `online`, at the
-    process edge: validation and defaults live there, the processing modules take plain values."""
-    from rig.errors import UserError
-    from rig.settings import load_settings as _load
-
-    try:
-        return _load(path)
-    except UserError as exc:
-        raise UserInputError(str(exc)) from exc
-
-
 def load_roi_source(path: str | Path) -> tuple[RoiSet, np.ndarray | None]:
     """ROIs (and the reference they were drawn on, when known) from: a suite2p plane folder (stat.npy,
     iscell.npy, ops.npy: meanImg is the reference), a folder holding our rois.npz (+ reference.npy), or a
@@ -125,10 +114,9 @@ def load_roi_source(path: str | Path) -> tuple[RoiSet, np.ndarray | None]:
                          "folder with rois.npz, or a rois.npz file")
 
 
-def pipeline_config(settings: Any, alignment: str) -> PipelineConfig:
-    """The pipeline's configuration from the rig's settings: the online section and the per-plane rate."""
-    imaging = settings.imaging
-    return PipelineConfig(settings.online, frame_rate_hz=imaging.frame_rate_hz / imaging.planes,
+def pipeline_config(settings: OnlineProcessSettings, alignment: str) -> PipelineConfig:
+    """The pipeline's configuration: the online section and the per-plane rate."""
+    return PipelineConfig(settings.online, frame_rate_hz=settings.frame_rate_hz,
                           alignment=alignment)  # type: ignore[arg-type]
 
 
@@ -137,9 +125,10 @@ def pipeline_config(settings: Any, alignment: str) -> PipelineConfig:
 
 @dataclass
 class LiveOptions:
+    settings_path: Path
+    """The online-settings JSON the rig wrote (online/settings.py: `OnlineProcessSettings`)."""
     session_dir: Path | None = None
-    """None: a new folder <settings.data.root>/online/<YYYY-MM-DD_HHMMSS>."""
-    settings_path: Path | None = None
+    """None: a new folder <data_root>/online/<YYYY-MM-DD_HHMMSS>."""
     subject_dir: Path | None = None
     rois: Path | None = None
     app_port: str | None = None
@@ -160,7 +149,7 @@ class _Counters:
                                                                "health": 0})
 
 
-def build_closed_loop(settings: Any, app_port: str | None, outputs: SessionOutputs | None,
+def build_closed_loop(settings: OnlineProcessSettings, app_port: str | None, outputs: SessionOutputs | None,
                       delay_window_s: float) -> ClosedLoopController:
     """The controller with its output: the APP port (mode app_port, when a port is given) or the rig's control
     socket (mode soft_code). Without an output it still follows trials and logs why it sent nothing."""
@@ -184,10 +173,10 @@ def build_closed_loop(settings: Any, app_port: str | None, outputs: SessionOutpu
 class OnlineService:
     """The live module: `open()` binds and connects, `run(stop)` serves until `stop` is set, `close()`."""
 
-    def __init__(self, settings: Any, options: LiveOptions) -> None:
+    def __init__(self, settings: OnlineProcessSettings, options: LiveOptions) -> None:
         if options.session_dir is None:
             stamp = time.strftime("%Y-%m-%d_%H%M%S")
-            options = replace(options, session_dir=Path(settings.data.root) / "online" / stamp)
+            options = replace(options, session_dir=Path(settings.data_root) / "online" / stamp)
         assert options.session_dir is not None
         self.settings = settings
         self.options = options
@@ -406,7 +395,7 @@ class OnlineService:
         self.outputs.close()
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Ask the kernel for SIGTERM when the parent dies (even by kill -9). Linux only (prctl)."""
     import ctypes
     import os
@@ -437,11 +426,11 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 def run_live(options: LiveOptions, exit_with_parent: bool = False) -> int:
     """`python -m online`: serve until SIGTERM/SIGINT. Returns the exit status."""
     if exit_with_parent:
-        _die_with_parent()
+        die_with_parent()
     stop = threading.Event()
     with _stop_on_signals(stop):
         try:
-            settings = load_settings(options.settings_path)
+            settings = read_process_settings(options.settings_path)
             service = OnlineService(settings, options)
             service.open()
         except (UserInputError, PipelineError) as exc:
@@ -699,7 +688,7 @@ def main_replay(argv_path: str, out: str | None, rois: str | None, trials: str |
     try:
         config = None
         if settings_path is not None:
-            config = pipeline_config(load_settings(settings_path), alignment)
+            config = pipeline_config(read_process_settings(Path(settings_path)), alignment)
         elif alignment != "trigger":
             config = PipelineConfig(alignment=alignment)  # type: ignore[arg-type]
         summary = replay(argv_path, out=out, rois=rois, trials=trials, config=config)

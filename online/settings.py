@@ -1,15 +1,26 @@
 """The `online` section of settings.yaml: the online module's settings models, declared here, once.
 
-The rig composes this section into its settings (rig/settings.py) and validates the whole file; the
+The rig composes this section into its settings (rig/settings/) and validates the whole file; the
 online module builds its configuration from these models (`PipelineConfig`, `DecoderConfig`), so a key
 means the same thing in the file, in the rig and in the pipeline.
+
+The online process itself is started with `OnlineProcessSettings`: the online section and the few values of
+other sections it needs (per-plane frame rate, data root, endpoints and keys), which the rig writes as JSON
+from its validated settings (`rig run`, `rig online`, `rig replay`) and which are checked again here. So the
+online module reads no settings.yaml and imports nothing of the rig.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from online.errors import UserInputError
+
+MAX_PROCESS_SETTINGS_BYTES = 1 << 20
+"""An online-settings file larger than this is not one the rig wrote: refused unread."""
 
 CdMethod = Literal["classic", "lda", "lda_eigenvector"]
 """How a coding direction is computed (online/decoding.py): classic, the mean difference; lda, the
@@ -80,7 +91,7 @@ class OnlineSettings(_Section):
     enabled: bool = True
     """Process frames online this session: frames go on the lossless path (network.frames)."""
     start_with_rig: bool = True
-    """`rig run` starts the online module on this machine; false when it runs elsewhere (`python -m
+    """`rig run` starts the online module on this machine; false when it runs elsewhere (`rig
     online` on an analysis PC, bound at network.frames)."""
     max_restarts: int = Field(3, ge=0, le=100)
     """Times `rig run` restarts an online module that died during the session (0: never)."""
@@ -94,3 +105,54 @@ class OnlineSettings(_Section):
     """Preparatory decoding."""
     closed_loop: ClosedLoopSettings = Field(default_factory=ClosedLoopSettings)
     """Closed-loop output."""
+
+
+class OnlineLinkSettings(_Section):
+    """The endpoints and keys of the rig's `network` section the online module uses (validated there)."""
+
+    events_pub: str
+    """The rig's trial events (the module SUBscribes)."""
+    control: str
+    """The rig's control socket (closed loop in soft_code mode)."""
+    frames: str
+    """Lossless frame path (the module binds)."""
+    online_results: str
+    """Traces and decoder results (the module binds a PUB)."""
+    bind_loopback_only: bool = True
+    keys: Path | None = None
+    authorized_keys: Path | None = None
+
+
+class OnlineProcessSettings(_Section):
+    """What the online process is started with (see the module docstring)."""
+
+    version: Literal[1] = 1
+    online: OnlineSettings = Field(default_factory=OnlineSettings)
+    frame_rate_hz: float = Field(gt=0, le=10_000)
+    """Frames per second of one plane (imaging.frame_rate_hz / imaging.planes)."""
+    data_root: Path
+    """Where a session folder is made when none is given (<data_root>/online/<date_time>)."""
+    network: OnlineLinkSettings
+
+
+def read_process_settings(path: Path) -> OnlineProcessSettings:
+    """The online-settings JSON at `path`; a missing, oversized or invalid file is one sentence naming it."""
+    path = Path(path)
+    if path.suffix.lower() in (".yaml", ".yml"):
+        raise UserInputError(f"online settings {path}: a settings.yaml, not the online settings the rig "
+                             "writes from it; use `rig online --settings FILE` (`rig replay ... --settings "
+                             "FILE` for replay)")
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_PROCESS_SETTINGS_BYTES + 1)
+    except OSError as exc:
+        raise UserInputError(f"online settings {path}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_PROCESS_SETTINGS_BYTES:
+        raise UserInputError(f"online settings {path}: larger than {MAX_PROCESS_SETTINGS_BYTES} bytes; not a "
+                             "file the rig wrote (rig online / rig replay write it from settings.yaml)")
+    try:
+        return OnlineProcessSettings.model_validate_json(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(file)'}: {e['msg']}"
+                             for e in exc.errors()[:5])
+        raise UserInputError(f"online settings {path}: {problems}") from None

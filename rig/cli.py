@@ -112,6 +112,32 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     return run_monitor(load_settings(args.settings), screenshot=args.screenshot, seconds=args.seconds)
 
 
+def _cmd_online(args: argparse.Namespace) -> int:
+    """The online module on its own (an analysis PC), from a settings.yaml: `python -m online` in the
+    foreground, given the online settings written from it."""
+    from rig.online_child import run_online_module
+    from rig.settings import load_settings
+
+    options = ["--exit-with-parent", "--alignment", args.alignment, "--log-level", args.log_level]
+    for flag, value in (("--session", args.session), ("--subject-dir", args.subject_dir),
+                        ("--rois", args.rois), ("--app-port", args.app_port)):
+        if value is not None:
+            options += [flag, str(value)]
+    return run_online_module(load_settings(args.settings), [], options)
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    """`python -m online replay` with the online settings of a settings.yaml."""
+    from rig.online_child import run_online_module
+    from rig.settings import load_settings
+
+    options = ["--exit-with-parent", "--alignment", args.alignment]
+    for flag, value in (("--rois", args.rois), ("--out", args.out), ("--trials", args.trials)):
+        if value is not None:
+            options += [flag, str(value)]
+    return run_online_module(load_settings(args.settings), ["replay", str(args.path)], options)
+
+
 def _cmd_summary(args: argparse.Namespace) -> int:
     """Print what a session did, from its folder."""
     import json
@@ -256,6 +282,40 @@ def build_parser() -> argparse.ArgumentParser:
     monitor.add_argument("--speed", metavar="X", type=_positive_float, default=None,
                          help="--demo only: simulated clock speed, times real time (default 20)")
     monitor.set_defaults(func=_cmd_monitor)
+
+    online = sub.add_parser(
+        "online", help="run the online module on its own (e.g. on an analysis PC)",
+        description="The online imaging module in the foreground, with the settings of a settings.yaml "
+                    "(`rig run` starts it itself when online.start_with_rig). Ctrl-C stops it cleanly.")
+    online.add_argument("--settings", metavar="FILE", type=Path, default=None,
+                        help="settings file (default: settings.yaml)")
+    online.add_argument("--session", metavar="DIR", type=Path, default=None,
+                        help="folder for the online outputs (default: <data.root>/online/<date_time>)")
+    online.add_argument("--subject-dir", metavar="DIR", type=Path, default=None,
+                        help="<data_root>/<subject>: where the subject's coding directions are kept")
+    online.add_argument("--rois", metavar="DIR", type=Path, default=None,
+                        help="suite2p plane folder, or a folder/file with rois.npz (default: detect)")
+    online.add_argument("--app-port", metavar="PATH", default=None,
+                        help="the Bpod's APP serial port (firmware 23), for the closed loop")
+    online.add_argument("--alignment", choices=("trigger", "aux"), default="trigger",
+                        help="trigger: loop mode (a file per trial); aux: continuous, aux-trigger edges")
+    online.set_defaults(func=_cmd_online)
+
+    replay = sub.add_parser(
+        "replay", help="run the online pipeline over recorded ScanImage files",
+        description="The online pipeline over a ScanImage file or a folder of per-trial files, as fast as it "
+                    "can, with the online settings of a settings.yaml.")
+    replay.add_argument("path", metavar="PATH", type=Path, help="a ScanImage .tif file or a folder of them")
+    replay.add_argument("--settings", metavar="FILE", type=Path, default=None,
+                        help="settings file (default: settings.yaml)")
+    replay.add_argument("--rois", metavar="DIR", type=Path, default=None,
+                        help="suite2p plane folder, or rois.npz")
+    replay.add_argument("--out", metavar="DIR", type=Path, default=None,
+                        help="output folder (default: <folder>/online_replay)")
+    replay.add_argument("--trials", metavar="TRIALS_JSONL", type=Path, default=None,
+                        help="the session's trials.jsonl: decode trials too")
+    replay.add_argument("--alignment", choices=("trigger", "aux"), default="trigger")
+    replay.set_defaults(func=_cmd_replay)
 
     summary = sub.add_parser("summary", help="summarise a finished (or running) session from its folder")
     summary.add_argument("session", metavar="SESSION_DIR", type=Path, help="the session's folder")

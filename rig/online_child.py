@@ -5,9 +5,11 @@ dies, stopped with it.
         ...  # run trials; online.running, online.pid; online.check(trial) from a watcher, often
     online.exit_status  # 0 after a clean stop
 
-`start()` runs `python -m online --settings S --session DIR --subject-dir DIR [--app-port P] [--rois R]
---exit-with-parent` and waits until the child prints `ready` (its sockets are bound and connected), or
-raises `OnlineProcessError` with the tail of its log if it exits or stays silent for `ready_timeout_s`.
+`start()` writes the online settings (`online_process_settings`: the online section and what the module
+needs of the others, as JSON in `<session>/online-settings.json`) and runs `python -m online --settings
+<that file> --session DIR --subject-dir DIR [--app-port P] [--rois R] --exit-with-parent`, then waits until
+the child prints `ready` (its sockets are bound and connected), or raises `OnlineProcessError` with the tail
+of its log if it exits or stays silent for `ready_timeout_s`.
 The child's stderr (its log) goes to `<session>/online.log`.
 
 Watching (`check(trial)`, called every fraction of a second by `rig.children.ChildWatcher`): a child that
@@ -50,15 +52,17 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from online.settings import OnlineLinkSettings, OnlineProcessSettings
 from online.store import ROIS_FILE, index_length, read_index
 from rig.errors import UserError
-from rig.settings import Settings, dump_settings
+from rig.settings import Settings
 
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent
 LOG_FILE = "online.log"
 READY_LINE = "ready"
+ONLINE_SETTINGS_FILE = "online-settings.json"
 
 
 class OnlineProcessError(UserError):
@@ -67,6 +71,44 @@ class OnlineProcessError(UserError):
 
 def _now() -> str:
     return datetime.now().isoformat(timespec="milliseconds")
+
+
+def online_process_settings(settings: Settings) -> OnlineProcessSettings:
+    """What the online module is started with, from the rig's validated settings (online/settings.py)."""
+    net = settings.network
+    link = OnlineLinkSettings(events_pub=net.events_pub, control=net.control, frames=net.frames,
+                              online_results=net.online_results, bind_loopback_only=net.bind_loopback_only,
+                              keys=net.keys, authorized_keys=net.authorized_keys)
+    return OnlineProcessSettings(online=settings.online,
+                                 frame_rate_hz=settings.imaging.frame_rate_hz / settings.imaging.planes,
+                                 data_root=Path(settings.data.root), network=link)
+
+
+def write_online_settings(settings: Settings, path: Path) -> Path:
+    """`online_process_settings` as the JSON file `python -m online --settings` reads."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(online_process_settings(settings).model_dump_json(indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def run_online_module(settings: Settings, command: list[str], options: list[str]) -> int:
+    """`python -m online COMMAND --settings <online settings of `settings`> OPTIONS` in the foreground;
+    returns its exit status. Ctrl-C reaches the child itself (it finishes its files before it exits), and
+    SIGTERM is passed on to it."""
+    with tempfile.TemporaryDirectory(prefix="rig-online-") as folder:
+        path = write_online_settings(settings, Path(folder) / ONLINE_SETTINGS_FILE)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+        proc = subprocess.Popen([sys.executable, "-m", "online", *command, "--settings", str(path), *options],
+                                env=env)
+        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        previous_term = signal.signal(signal.SIGTERM, lambda *_: proc.terminate())
+        try:
+            return proc.wait()
+        finally:
+            signal.signal(signal.SIGINT, previous_int)
+            signal.signal(signal.SIGTERM, previous_term)
 
 
 @dataclass
@@ -97,7 +139,7 @@ class OnlineProcess:
     """Starts, watches and stops `python -m online` for one session (see the module docstring)."""
 
     def __init__(self, settings: Settings, session_folder: str | Path, subject_dir: str | Path | None,
-                 app_port: str | None = None, settings_path: str | Path | None = None, *,
+                 app_port: str | None = None, *,
                  rois: str | Path | None = None, ready_timeout_s: float = 60.0,
                  stop_timeout_s: float = 10.0, log_level: str = "INFO", python: str = sys.executable,
                  extra_args: tuple[str, ...] = (), max_restarts: int | None = None) -> None:
@@ -105,7 +147,6 @@ class OnlineProcess:
         self.session_folder = Path(session_folder).resolve()
         self.subject_dir = Path(subject_dir).resolve() if subject_dir is not None else None
         self.app_port = app_port
-        self.settings_path = Path(settings_path).resolve() if settings_path is not None else None
         self.rois = Path(rois).resolve() if rois is not None else None
         self.ready_timeout_s = ready_timeout_s
         self.stop_timeout_s = stop_timeout_s
@@ -120,7 +161,6 @@ class OnlineProcess:
         self.pids: list[int] = []
         self._proc: subprocess.Popen[str] | None = None
         self._log_file: IO[str] | None = None
-        self._temp_settings: Path | None = None
         self._settings_used: Path | None = None
         self._ready = threading.Event()
         self._stdout_thread: threading.Thread | None = None
@@ -151,13 +191,9 @@ class OnlineProcess:
         return cmd + list(self.extra_args)
 
     def _settings_file(self) -> Path:
-        if self.settings_path is not None:
-            return self.settings_path
-        fd, name = tempfile.mkstemp(prefix=".online-settings.", suffix=".yaml", dir=self.session_folder)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(dump_settings(self.settings))
-        self._temp_settings = Path(name)
-        return self._temp_settings
+        path = self.session_folder / ONLINE_SETTINGS_FILE
+        write_online_settings(self.settings, path)
+        return path
 
     def _spawn(self, rois: Path | None = None) -> subprocess.Popen[str]:
         """Start a child without waiting for it (its `ready` line sets `_ready`)."""
@@ -340,9 +376,6 @@ class OnlineProcess:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
-        if self._temp_settings is not None:
-            self._temp_settings.unlink(missing_ok=True)
-            self._temp_settings = None
 
     def _cleanup(self, status: int | None) -> None:
         self.exit_status = status

@@ -233,7 +233,7 @@ class SessionRunner:
             if self.settings.online.enabled and self.settings.online.start_with_rig:
                 self._online = stack.enter_context(OnlineProcess(
                     self.settings, self._store.folder, self.data_root / self.options.subject,
-                    app_port=self._app_port(), settings_path=self._store.folder / "settings.yaml"))
+                    app_port=self._app_port()))
             self._imaging = stack.enter_context(open_imaging(self.settings, self._store.folder, self._sim))
             self._store.write_session_info(self._session_info(started))  # with the imaging source's plan
             self._children = stack.enter_context(ChildWatcher(  # stops after the children (finally below)

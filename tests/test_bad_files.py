@@ -29,7 +29,8 @@ from online.config import PipelineConfig
 from online.process import EXIT_OK, EXIT_USER, main_replay, replay
 from online.rois import RoiSet
 from online.store import read_traces
-from rig.settings import dump_settings, parse_settings
+from rig.online_child import ONLINE_SETTINGS_FILE, write_online_settings
+from rig.settings import parse_settings
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -63,9 +64,7 @@ def frames(sim: SimMicroscope) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def settings_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("settings") / "settings.yaml"
-    path.write_text(dump_settings(SETTINGS))
-    return path
+    return write_online_settings(SETTINGS, tmp_path_factory.mktemp("settings") / ONLINE_SETTINGS_FILE)
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +137,8 @@ def info(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict | No
 
 def replay_cli(path: Path, rois: Path | None, out: Path, capsys: pytest.CaptureFixture[str],
                settings: Path | None = None) -> tuple[int, dict, list[str]]:
-    """`python -m online replay PATH --rois ROIS --out OUT [--settings S]` in this process: status, its JSON
-    line, stderr lines."""
+    """`python -m online replay PATH --rois ROIS --out OUT [--settings ONLINE_SETTINGS]` in this process:
+    status, its JSON line, stderr lines."""
     status = main_replay(str(path), str(out), None if rois is None else str(rois), None,
                          None if settings is None else str(settings), "trigger")
     stdout, err = capsys.readouterr()
@@ -468,8 +467,8 @@ def test_the_real_scanimage38_file_cut_short_replays_its_readable_frames(
     squares = [{"ypix": np.repeat(np.arange(y, y + 6), 6), "xpix": np.tile(np.arange(x, x + 6), 6)}
                for y in (10, 30, 50) for x in (10, 30, 50) if y + 6 <= 64 and x + 6 <= 64]
     RoiSet.from_masks((64, 64), squares).save(rois)
-    settings = tmp_path / "settings.yaml"
-    settings.write_text(dump_settings(parse_settings({"online": {"registration": {"reference_frames": 10}}})))
+    settings = write_online_settings(parse_settings({"online": {"registration": {"reference_frames": 10}}}),
+                                     tmp_path / ONLINE_SETTINGS_FILE)
     status, figures, err = replay_cli(path, rois, tmp_path / "out", capsys, settings)
     assert status == EXIT_USER and figures["frames"] == 20
     assert_one_sentence(err, str(path), "stopped at frame 20")

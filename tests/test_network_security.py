@@ -190,8 +190,8 @@ def test_rig_online_module_and_clients_over_curve_and_an_intruder_refused(
     intruder_settings = _settings_file(intruder_dir, [rig_pub, analysis_pub, intruder_pub], net)
 
     online, online_out, online_err = procs.start(
-        net.analysis, "online", "-m", "online", "--settings", analysis_settings,
-        "--session", tmp_path / "online-session", "--log-level", "INFO")
+        net.analysis, "online", "-m", "rig", "online", "--settings", analysis_settings,
+        "--session", tmp_path / "online-session")
     _wait_for("the online module says ready", lambda: "ready" in online_out.read_text(), online)
     rig, _, rig_err = procs.start(net.rig, "rig", "-m", "rig", "run", "--settings", rig_settings, "--no-gui",
                                   "--speed", "10", "--data", tmp_path / "data", "--subject", "netmouse")

@@ -156,12 +156,12 @@ class Module:
     """The online module started as the rig starts it, with a frame sender and a results subscriber."""
 
     def __init__(self, tmp_path: Path) -> None:
-        self.settings, settings_path = make_settings(tmp_path)
+        self.settings, _ = make_settings(tmp_path)
         self.session = tmp_path / "session"
         self.sim = SimMicroscope(MicroscopeConfig(height=SIZE, width=SIZE, n_neurons=12, frame_rate_hz=RATE,
                                                   seed=3, frames_per_acquisition=int(PERIOD_S * RATE)))
         net = self.settings.network
-        self.online = OnlineProcess(self.settings, self.session, None, settings_path=settings_path)
+        self.online = OnlineProcess(self.settings, self.session, None)
         self.frames = LosslessSender(net.frames, source="scope", timeout_s=10)
         self.results = LossySubscriber(net.online_results, topics=(TOPIC_HEALTH,), hwm=10_000,
                                        kernel_buffer_bytes=None)

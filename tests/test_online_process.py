@@ -68,14 +68,14 @@ def receive_all(sub: LossySubscriber, until: float) -> list[Message]:
 
 
 def test_the_live_module_end_to_end_over_zeromq(tmp_path: Path) -> None:
-    settings, settings_path = make_settings(tmp_path)
+    settings, _ = make_settings(tmp_path)
     subject = tmp_path / "data" / "sim-mouse"
     session = subject / "2025-01-06_100000"
     net = settings.network
     sim = SimMicroscope(MicroscopeConfig(height=SIZE, width=SIZE, n_neurons=12, frame_rate_hz=RATE, seed=3,
                                          frames_per_acquisition=int(PERIOD_S * RATE)))
     with LossyPublisher(net.events_pub, hwm=10_000, source="rig") as events, \
-            OnlineProcess(settings, session, subject, settings_path=settings_path) as online, \
+            OnlineProcess(settings, session, subject) as online, \
             LosslessSender(net.frames, source="scope") as frames, \
             LossySubscriber(net.online_results, hwm=100_000, kernel_buffer_bytes=None) as results:
         assert online.running and (session / "online.log").exists()
@@ -158,8 +158,8 @@ def test_the_live_module_end_to_end_over_zeromq(tmp_path: Path) -> None:
 
 
 def test_a_module_that_cannot_start_is_reported_with_its_log(tmp_path: Path) -> None:
-    settings, settings_path = make_settings(tmp_path)
-    process = OnlineProcess(settings, tmp_path / "session", None, settings_path=settings_path,
+    settings, _ = make_settings(tmp_path)
+    process = OnlineProcess(settings, tmp_path / "session", None,
                             rois=tmp_path / "no-such-suite2p-folder")
     with pytest.raises(OnlineProcessError, match="(?s)exited with status 2.*expected a suite2p plane folder"):
         process.start()
@@ -185,8 +185,7 @@ def test_the_module_dies_with_its_parent_even_after_kill_9(tmp_path: Path) -> No
         from rig.online_child import OnlineProcess
         from rig.settings import load_settings
         settings = load_settings({str(settings_path)!r})
-        online = OnlineProcess(settings, {str(tmp_path / 'session')!r}, None,
-                               settings_path={str(settings_path)!r})
+        online = OnlineProcess(settings, {str(tmp_path / 'session')!r}, None)
         online.start()
         print(online.pid, flush=True)
         time.sleep(60)

@@ -117,7 +117,7 @@ def test_the_replay_command_on_a_suite2p_folder(recording: tuple[Path, SimMicros
                                "online": {"decoder": {"min_trials_per_side": 3}}})
     (tmp_path / "settings.yaml").write_text(dump_settings(settings))
     out = tmp_path / "replayed"
-    command = [sys.executable, "-m", "online", "replay", str(folder / "imaging"), "--rois", str(plane),
+    command = [sys.executable, "-m", "rig", "replay", str(folder / "imaging"), "--rois", str(plane),
                "--out", str(out), "--trials", str(folder / "trials.jsonl"), "--settings",
                str(tmp_path / "settings.yaml")]
     proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)

@@ -81,7 +81,8 @@ def test_the_trial_stage_decodes_each_trial_held_out_then_trains_on_it() -> None
         stage.set_context(trial, "tactile")
         for k in range(37):  # 0-3.6 s: past the response window (go cue + 1.5 s)
             stage.add_frame(trial, k * 0.1, activity(side, rng))
-        record = {"trial": trial, "context": "tactile", "side": side, "outcome": "hit", "States": STATES}
+        record = {"trial": trial, "context": "tactile", "side": side, "outcome": "hit",
+                  "bpod": {"States": STATES}}
         outcomes += stage.end(trial, "tactile", record, now=0.0)
     assert [o.trial for o in outcomes] == list(range(1, 9))  # each finalised as its frames were in
     assert outcomes[0].epochs is not None and outcomes[0].epochs.go_s == pytest.approx(2.01)  # the record's
