@@ -19,6 +19,7 @@ import pytest
 from hardware.sim.microscope import MicroscopeConfig, SimMicroscope
 from online.messages import DecoderResult, HealthReport, RoiSnapshot, TraceFrame
 from online.rois import RoiSet
+from online.settings import MAX_PROCESS_SETTINGS_BYTES, read_process_settings
 from online.store import read_jsonl, read_traces
 from online.transport import LosslessSender, LossyPublisher, LossySubscriber
 from online.wire import (
@@ -31,7 +32,7 @@ from online.wire import (
     Message,
 )
 from rig.free_endpoints import free_network
-from rig.online_child import OnlineProcess, OnlineProcessError
+from rig.online_child import ONLINE_SETTINGS_FILE, OnlineProcess, OnlineProcessError, write_online_settings
 from rig.settings import Settings, dump_settings, parse_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -206,3 +207,26 @@ def test_the_module_dies_with_its_parent_even_after_kill_9(tmp_path: Path) -> No
             parent.kill()
     summary = tmp_path / "session" / "online_summary.json"
     assert summary.exists()  # PDEATHSIG is SIGTERM: the module still stopped cleanly
+
+
+def test_the_online_settings_file_is_checked_and_a_bad_one_is_one_sentence(tmp_path: Path) -> None:
+    """The module reads the online settings the rig writes; a settings.yaml, a missing, oversized or invalid
+    file each end in one line naming the file, exit status 2, before any socket is bound."""
+    settings, yaml_path = make_settings(tmp_path)
+    good = write_online_settings(settings, tmp_path / ONLINE_SETTINGS_FILE)
+    read = read_process_settings(good)
+    assert read.online == settings.online and read.network.frames == settings.network.frames
+    assert read.frame_rate_hz == settings.imaging.frame_rate_hz / settings.imaging.planes
+    wrong_type = tmp_path / "wrong-type.json"
+    wrong_type.write_text(good.read_text().replace(f'"frame_rate_hz": {RATE}', '"frame_rate_hz": true'))
+    huge = tmp_path / "huge.json"
+    huge.write_bytes(b" " * (MAX_PROCESS_SETTINGS_BYTES + 1))
+    cases = {yaml_path: "rig online --settings", tmp_path / "absent.json": "No such file",
+             wrong_type: "frame_rate_hz", huge: "larger than"}
+    for path, words in cases.items():
+        proc = subprocess.run([sys.executable, "-m", "online", "--settings", str(path), "--session",
+                               str(tmp_path / "s")], cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        line = proc.stderr.strip().splitlines()[-1]
+        assert str(path) in line and words in line, line
+    assert not (tmp_path / "s").exists()
