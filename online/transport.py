@@ -241,17 +241,23 @@ _ENDPOINT = re.compile(r"(?P<scheme>tcp|ipc|inproc)://(?P<address>.+)")
 _TCP_ADDRESS = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^:\[\]]+):(?P<port>\d{1,5})")
 
 
-def parse_endpoint(endpoint: str) -> tuple[str, str | None, int | None]:
+def parse_endpoint(endpoint: str, *, bind: bool = False) -> tuple[str, str | None, int | None]:
     """(scheme, host, port) of an endpoint that names one address: tcp://HOST:PORT with a port from 1 to
-    65535 (an IPv6 host in brackets), ipc://PATH or inproc://NAME; host and port are None off tcp.
+    65535 (an IPv6 host in brackets), ipc://PATH or inproc://NAME; host and port are None off tcp. For a
+    bind, port 0 or * (any free port) is allowed too and gives port None.
 
-    The one reading of an endpoint as written in settings, for every package; a ValueError says what the
+    The one reading of an endpoint, for every package and every socket; a ValueError says what the
     endpoint must look like."""
     m = _ENDPOINT.fullmatch(endpoint)
     if m is None:
         raise ValueError("must look like tcp://HOST:PORT, ipc://PATH or inproc://NAME")
     if m["scheme"] != "tcp":
         return m["scheme"], None, None
+    host, _, port = m["address"].rpartition(":")
+    if bind and port in ("*", "0") and host:
+        tcp = _TCP_ADDRESS.fullmatch(f"{host}:1")
+        if tcp is not None:
+            return "tcp", tcp["host"].strip("[]"), None
     tcp = _TCP_ADDRESS.fullmatch(m["address"])
     if tcp is None or not 1 <= int(tcp["port"]) <= 65535:
         raise ValueError("must look like tcp://HOST:PORT with a port from 1 to 65535")
@@ -260,22 +266,20 @@ def parse_endpoint(endpoint: str) -> tuple[str, str | None, int | None]:
 
 def _check_endpoint(endpoint: str, bind: bool, allow_remote: bool) -> str:
     """Validate an endpoint; for a bind, refuse non-loopback TCP unless allowed and map port 0."""
-    scheme, sep, rest = endpoint.partition("://")
-    if not sep or scheme not in ("tcp", "ipc", "inproc") or not rest:
-        raise TransportError(f"endpoint {endpoint!r}: expected tcp://host:port, ipc://path or inproc://name")
-    if scheme != "tcp":
+    try:
+        scheme, host, port = parse_endpoint(endpoint, bind=bind)
+    except ValueError as exc:
+        raise TransportError(f"endpoint {endpoint!r}: expected tcp://host:port, ipc://path or inproc://name "
+                             f"({exc})") from None
+    if scheme != "tcp" or not bind:
         return endpoint
-    host, _, port = rest.rpartition(":")
-    if not host or not (port.isdigit() or (bind and port == "*")):
-        raise TransportError(f"endpoint {endpoint!r}: expected tcp://host:port")
-    if not bind:
-        return endpoint
+    assert host is not None
     if not (allow_remote or _is_loopback_host(host)):
         raise TransportError(
             f"refusing to bind {endpoint}: not a loopback address. Binding other interfaces must be "
             "explicit (allow_remote=True; see network.bind_loopback_only in settings.yaml)"
         )
-    return f"tcp://{host}:*" if port == "0" else endpoint
+    return f"{endpoint.rpartition(':')[0]}:*" if port is None else endpoint
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -299,15 +303,19 @@ def _is_loopback_host(host: str) -> bool:
 
 def is_local_endpoint(endpoint: str) -> bool:
     """Whether an endpoint stays on this machine (ipc, inproc, or tcp on a loopback host): such sockets
-    stay plain; every other one must use CURVE."""
-    scheme, _, rest = endpoint.partition("://")
-    if scheme in ("ipc", "inproc"):
-        return True
-    return _is_loopback_host(rest.rpartition(":")[0])
+    stay plain; every other one must use CURVE. An endpoint that is no endpoint is not local."""
+    try:
+        scheme, host, _ = parse_endpoint(endpoint, bind=True)
+    except ValueError:
+        return False
+    return scheme != "tcp" or _is_loopback_host(host or "")
 
 
 def _endpoint_host(endpoint: str) -> str:
-    return endpoint.partition("://")[2].rpartition(":")[0].strip("[]")
+    try:
+        return parse_endpoint(endpoint, bind=True)[1] or ""
+    except ValueError:
+        return ""
 
 
 def _read_key_file(path: Path, *, secret: bool) -> tuple[bytes, bytes | None]:
