@@ -47,6 +47,20 @@ class EpochStates:
     response: tuple[str, ...] = ("Reward", "TimeOut", "RewardOtherSide")
     """States entered by the answering lick; the first entry of any of them is the response time."""
 
+    @classmethod
+    def from_message(cls, data: object) -> EpochStates:
+        """The names a trial-start message gives (`epochs`: sample, delay, go as state names, response as a
+        list of them); a ValueError says what is wrong."""
+        if not isinstance(data, Mapping) or set(data) != {"sample", "delay", "go", "response"}:
+            raise ValueError("epochs must be an object with sample, delay, go and response")
+        names = [data["sample"], data["delay"], data["go"]]
+        response = data["response"]
+        if not isinstance(response, list) or not response:
+            raise ValueError("epochs.response must be a list of state names")
+        if not all(isinstance(n, str) and 0 < len(n) <= 64 for n in [*names, *response]):
+            raise ValueError("epoch states must be names of 1 to 64 characters")
+        return cls(sample=names[0], delay=names[1], go=names[2], response=tuple(response))
+
 
 DEFAULT_EPOCH_STATES = EpochStates()
 

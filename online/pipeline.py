@@ -21,9 +21,11 @@ Per event:
 
 - `on_state({"trial", "state", "time_s"})`: live epoch onsets (the rig's `state` topic); they place the
   windows until the trial's record arrives and drive the closed loop.
-- `on_trial_start({"trial", "context", ...})` (optional `trial` message of kind "start"): the context of a
-  running trial, which the closed loop needs before the trial's record. Without it the running trial is
-  assumed to be in the context of the last finished trial (contexts switch only at trial boundaries).
+- `on_trial_start({"trial", "context", "epochs", ...})` (optional `trial` message of kind "start"): the
+  context of a running trial, which the closed loop needs before the trial's record, and the task's states
+  of its epochs (`epochs`: sample, delay, go, response; the task module says them). Without it the running
+  trial is assumed to be in the context of the last finished trial (contexts switch only at trial
+  boundaries) and the epochs keep their names.
 - `on_trial_end(record)`: the trial's record (`trial`, `context`, `side`, `outcome`, `licked_side`, and
   `States` when present: they replace the live epochs; else `go_cue_s` completes them).
 """
@@ -38,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from online.alignment import AlignedTrials, ContinuousAligner
+from online.alignment import AlignedTrials, ContinuousAligner, EpochStates
 from online.closed_loop import ClosedLoopController, record_states
 from online.config import PipelineConfig
 from online.decoding import CodingDirectionStore, ContextDecoder, DecoderConfig
@@ -286,6 +288,12 @@ class OnlinePipeline:
         context = data.get("context")
         if not isinstance(context, str) or not context:
             raise MalformedInput(f"trial start needs a context name, got {context!r}")
+        if "epochs" in data:  # the task's own names for its epochs (protocols' epoch_states())
+            try:
+                names = EpochStates.from_message(data["epochs"])
+            except ValueError as exc:
+                raise MalformedInput(f"trial {trial}: {exc}") from None
+            self.trial_stage.use_epoch_states(names)
         self.stats.trial_starts += 1
         self.trial_stage.set_context(trial, context)
 

@@ -161,6 +161,14 @@ class TrialStage:
             self.trials.enter_state(trial, state, time_s)
         return True
 
+    def use_epoch_states(self, names: EpochStates) -> None:
+        """The state names of the epochs, from now on (the trial-start message says them)."""
+        if names != self.epoch_states:
+            logger.info("epochs from the trial start: %s", names)
+            self.epoch_states = names
+            if self.trials is not None:
+                self.trials.names = names
+
     def set_context(self, trial: int, context: str) -> None:
         """A trial's start message: its context, before the record exists."""
         self._contexts[trial] = context

@@ -56,6 +56,15 @@ OUTCOME_EPOCH: frozenset[str] = frozenset({REWARD, TIMEOUT, NO_RESPONSE})
 EARLY_LICK_STATES: dict[str, str] = {EARLY_LICK_SAMPLE: "sample", EARLY_LICK_DELAY: "delay"}
 """Early-lick state -> the epoch it restarts."""
 FREE_DROP_STATES: tuple[str, ...] = (GIVE_LEFT_DROP, GIVE_RIGHT_DROP)
+ANSWER_LICK_STATES: tuple[str, ...] = (REWARD, TIMEOUT, BOTH_REWARDED_STATE)
+"""States the answering lick enters: the first entry of any of them is the response time."""
+
+
+def epoch_states() -> dict[str, str | list[str]]:
+    """The state of each epoch, as the trial-start message tells the online module (which imports no task
+    code): sample, delay, go cue, and the states of the answering lick."""
+    return {"sample": SAMPLE_EPOCH, "delay": DELAY_EPOCH, "go": GO_CUE_EPOCH,
+            "response": list(ANSWER_LICK_STATES)}
 
 
 @dataclass(frozen=True)

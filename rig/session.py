@@ -36,7 +36,13 @@ from hardware.pole_motor import PoleMotor
 from online.transport import LossyPublisher, TransportError
 from online.wire import TOPIC_STATE, TOPIC_TRIAL
 from protocols.contexts import Context, context_named, contexts_from_settings
-from protocols.directional_licking import OUTCOME_EPOCH, DecoderGate, TaskParameters, build_trial
+from protocols.directional_licking import (
+    OUTCOME_EPOCH,
+    DecoderGate,
+    TaskParameters,
+    build_trial,
+    epoch_states,
+)
 from protocols.outcome import PerformanceTracker, ScoredTrial, score_trial
 from protocols.selection import TrialSpec, select_trial
 from protocols.state_machine import StateMachine
@@ -351,7 +357,7 @@ class SessionRunner:
         self._store.journal(trial.number, "trial", **trial.spec.to_dict())
         self._publish(TOPIC_TRIAL, {  # the online module files the trial's frames under its context
             "kind": "start", "trial": trial.number, "context": trial.spec.context.name,
-            "side": trial.spec.side, "gated": trial.gate is not None})
+            "side": trial.spec.side, "gated": trial.gate is not None, "epochs": epoch_states()})
         self._client.start_trial(trial.machine)
 
     def _await_outcome(self, trial: PreparedTrial) -> bool:

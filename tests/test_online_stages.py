@@ -8,16 +8,20 @@ import time
 import numpy as np
 import pytest
 
+from online.alignment import EpochStates
 from online.config import PipelineConfig
 from online.decoding import DecoderConfig
+from online.errors import MalformedInput
 from online.frame_stage import FrameStage
 from online.outputs import PipelineOutput, trial_decoding
+from online.pipeline import OnlinePipeline
 from online.registration import RegistrationParams, Shift
 from online.rois import RoiSet
 from online.settings import DecoderSettings, OnlineSettings, RegistrationSettings
 from online.startup import Startup
-from online.trial_stage import Prospective, TrialOutcome, TrialStage
+from online.trial_stage import Prospective, TrialOutcome, TrialStage, record_epochs
 from online.wire import FrameHeader
+from protocols.directional_licking import epoch_states
 
 SIZE = 64
 STATES = {"TrigTrialStart": [[0.0, 0.01]], "SamplePeriod": [[0.01, 1.01]], "DelayPeriod": [[1.01, 2.01]],
@@ -112,3 +116,20 @@ def test_the_outputs_shape_a_trial_into_its_result_and_decoder_line() -> None:
     (trace,) = out.traces
     assert trace.frame_index == 7 and trace.shift_dx == -2.0 and trace.dff.dtype == np.float32
     assert out.headers[0].frame_index == 7
+
+
+def test_the_epochs_are_the_ones_the_trial_start_names() -> None:
+    """A task whose go cue is another state: the pipeline takes the names from the trial-start message (as
+    the rig sends the task module's epoch_states()), so the record's go cue is found under that name."""
+    renamed = {("GoTone" if name == "ResponseCue" else name): times for name, times in STATES.items()}
+    epochs = {"sample": "SamplePeriod", "delay": "DelayPeriod", "go": "GoTone", "response": ["Reward"]}
+    pipeline = OnlinePipeline(PipelineConfig(OnlineSettings(), frame_rate_hz=10.0), rois=blobs()[1])
+    pipeline.on_trial_start({"trial": 1, "context": "tactile", "epochs": epochs})
+    named = EpochStates("SamplePeriod", "DelayPeriod", "GoTone", ("Reward",))
+    assert pipeline.trial_stage.epoch_states == named
+    assert record_epochs({"bpod": {"States": renamed}}, pipeline.trial_stage.epoch_states).go_s == 2.01
+    assert record_epochs({"bpod": {"States": renamed}}, EpochStates()).go_s is None  # the default misses it
+    assert EpochStates.from_message(epoch_states()) == EpochStates()  # the task's names are the defaults
+    for bad in ({**epochs, "go": 3}, {**epochs, "response": "Reward"}, {"go": "GoTone"}, ["SamplePeriod"]):
+        with pytest.raises(MalformedInput, match="epoch"):
+            pipeline.on_trial_start({"trial": 2, "context": "tactile", "epochs": bad})
