@@ -70,7 +70,8 @@ class SimulatedRig:
                       if settings.imaging.source == "simulated" else None)
         self.mouse = SimulatedMouse(
             self.server.world, MouseParameters.from_settings(settings.sim.mouse),
-            MouseLines.from_wiring(settings.wiring), self.motor, rng_seed=settings.sim.seed, mapping=mapping,
+            MouseLines.from_roles(settings.wiring.model_dump()), self.motor, rng_seed=settings.sim.seed,
+            mapping=mapping,
             on_plan=self.scope.on_plan if self.scope else None,
             on_lick=self.scope.on_lick if self.scope else None,
         )

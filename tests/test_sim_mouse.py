@@ -38,7 +38,7 @@ SETTINGS = load_settings()
 TASK = task_parameters(SETTINGS)
 CONTEXTS = contexts_from_settings(SETTINGS.contexts)
 STAGES = {stage.name: stage for stage in SETTINGS.task.stages}
-LINES = MouseLines.from_wiring(SETTINGS.wiring)
+LINES = MouseLines.from_roles(SETTINGS.wiring.model_dump())
 PARAMS = MouseParameters.from_settings(SETTINGS.sim.mouse)
 FAST = 100.0  # emulator speed: a 5 s trial in 50 ms
 
@@ -94,7 +94,9 @@ def test_parameters_come_from_the_settings_and_are_checked() -> None:
     assert (PARAMS.early_lick_prob, PARAMS.side_bias, PARAMS.learning_rate, PARAMS.lapse) == (
         0.1, 0, 0.02, 0.05)
     assert MouseParameters.from_settings(SETTINGS.sim.mouse, lapse=0.0).lapse == 0.0
-    assert MouseLines() == LINES  # the defaults are settings.yaml's wiring
+    assert LINES.left_lick == SETTINGS.wiring.left_lick and LINES.go_cue == SETTINGS.wiring.go_cue
+    with pytest.raises(ValueError, match="no line for go_cue"):  # the mouse's roles are the wiring's
+        MouseLines.from_roles({k: v for k, v in SETTINGS.wiring.model_dump().items() if k != "go_cue"})
     with pytest.raises(ValueError, match="lapse must be in \\[0, 1\\].*side_bias"):
         MouseParameters(lapse=2.0, side_bias=3.0)
 

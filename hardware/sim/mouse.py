@@ -126,21 +126,25 @@ class MouseParameters:
 
 @dataclass(frozen=True)
 class MouseLines:
-    """The Bpod lines the mouse touches, by role (`settings.wiring`; defaults = settings.yaml)."""
+    """The Bpod lines the mouse touches, by role: the roles and lines of `settings.wiring`, which declares
+    them (protocols/settings.py); the mouse only names the roles it uses."""
 
-    left_lick: str = "Port1"
-    right_lick: str = "Port2"
-    left_valve: str = "Valve1"
-    right_valve: str = "Valve2"
-    pole: str = "BNC2"
-    sample_tone_high: str = "PWM3"
-    sample_tone_low: str = "PWM2"
-    go_cue: str = "PWM4"
+    left_lick: str
+    right_lick: str
+    left_valve: str
+    right_valve: str
+    pole: str
+    sample_tone_high: str
+    sample_tone_low: str
+    go_cue: str
 
     @classmethod
-    def from_wiring(cls, wiring: Any) -> MouseLines:
-        """From the rig's `settings.wiring` (read by attribute: hardware does not import protocols)."""
-        return cls(**{role: getattr(wiring, role) for role in cls.__dataclass_fields__})
+    def from_roles(cls, roles: Mapping[str, str]) -> MouseLines:
+        """From role -> line (`settings.wiring.model_dump()`; hardware does not import protocols)."""
+        missing = [role for role in cls.__dataclass_fields__ if role not in roles]
+        if missing:
+            raise ValueError(f"the wiring has no line for {', '.join(missing)}")
+        return cls(**{role: roles[role] for role in cls.__dataclass_fields__})
 
 
 def naive_mapping() -> dict[str, float]:
