@@ -44,15 +44,20 @@ def trials_of(result: SessionResult) -> list[dict[str, Any]]:
 
 
 def test_session_writes_every_trial_and_the_next_session_resumes(settings: Settings, tmp_path: Path) -> None:
-    # 20x leaves the runner ~50 ms of host time to queue the next trial even after a no-response,
-    # so zero dead time holds on a loaded machine too
+    # The runner queues each trial while the one before runs, so trials follow without dead time; at 20x it
+    # has ~50 ms of host time for that. How often a starved host misses it is bench/session.py's figure
+    # (dead time between trials); here the verdict must not depend on the host: trials follow on the Bpod
+    # clock, each gap is recorded as it was, and queueing happened (a trial started at its predecessor's end).
     first = run(settings, tmp_path, subject="m1", trials=25, speed=20.0)
     records = trials_of(first)
     assert [r["trial"] for r in records] == list(range(1, 26))
     assert first.end_reason == "trial limit"
+    queued = 0
     for previous, record in zip(records, records[1:], strict=False):
-        assert record["bpod"]["trial_start_s"] == previous["bpod"]["trial_end_s"]  # queued: zero dead time
-        assert record["dead_time_s"] == 0
+        gap = record["bpod"]["trial_start_s"] - previous["bpod"]["trial_end_s"]
+        assert gap >= 0 and record["dead_time_s"] == pytest.approx(gap, abs=1e-6)
+        queued += gap == 0
+    assert queued > 0, "no trial was queued before its predecessor ended"
     assert {r["outcome"] for r in records} <= {"hit", "error", "no_response"}
     assert all(r["context"] == "tactile" and r["stage"]["name"] == "full" for r in records)
     hits = [r for r in records if r["outcome"] == "hit"]
