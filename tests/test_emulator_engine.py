@@ -18,7 +18,7 @@ from hardware.bpod.codec import (
     encode_state_machine,
     encode_trial_end,
 )
-from hardware.bpod.emulator import Firmware, World
+from hardware.bpod.emulator import Firmware, OutputRecord, TrialRecord, World
 from hardware.bpod.hardware_description import EventTable, encode_hardware_description, preset
 
 
@@ -494,6 +494,26 @@ def test_world_names_are_checked() -> None:
         world.output_level("Valve9")
     with pytest.raises(ValueError, match="already been processed"):
         world.set_input("Port1", 1, at_cycle=0)
+
+
+def test_a_long_session_leaves_a_bounded_log_of_outputs_and_trials_in_the_world() -> None:
+    """The world's logs are for inspection: thousands of trials (a long `rig run`, with the emulator in the
+    rig process) leave only the most recent few hundred in memory, the newest last."""
+    world = World(preset("r2", 23))
+    lines = [world.output_names.index(name) for name in ("BNC1", "BNC2", "PWM4", "Valve1")]
+    cycle = 0
+    for trial in range(1, 3001):
+        world.trial_event(TrialRecord("start", cycle, cycle * 100, trial))
+        for level in (1, 0):
+            for index in lines:
+                cycle += 10
+                world.output_changed(cycle, index, level)
+        world.trial_event(TrialRecord("end", cycle, cycle * 100, trial))
+    assert len(world.outputs) <= 5000  # of the 24,000 changes
+    assert len(world.trials) <= 1000  # of the 6,000 records
+    assert world.outputs[-1] == OutputRecord(cycle, "Valve1", 0)
+    assert [(r.kind, r.trial) for r in list(world.trials)[-2:]] == [("start", 3000), ("end", 3000)]
+    assert [r.cycle for r in world.iter_outputs("BNC1")][-2:] == [cycle - 70, cycle - 30]
 
 
 def test_a_six_second_trial_costs_well_under_a_millisecond() -> None:

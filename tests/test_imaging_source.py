@@ -24,7 +24,7 @@ from hardware.frames.lossless import QueuedLosslessPath
 from hardware.scanimage.reader import ScanImageFile
 from hardware.scanimage.writer import ScanImageWriter
 from hardware.sim import scope as sim_scope
-from hardware.sim.microscope import MicroscopeConfig, measure_frame_cost_s, plan_for_speed
+from hardware.sim.microscope import MicroscopeConfig, SimMicroscope, measure_frame_cost_s, plan_for_speed
 from hardware.sim.scope import MicroscopeStartError, SimScope
 from hardware.sim.scope_plan import DEFAULT_CPU_BUDGET, cached_frame_cost
 from hardware.sim.world_coupling import CYCLE_S
@@ -103,6 +103,18 @@ def drive_trial(world: World, scope: SimScope, trial: int, start: int, length: i
     scope.on_lick(start + 6_000, "right")
     world.output_changed(start + 4_100, out["PWM4"], 0)
     world.trial_event(TrialRecord("end", start + length, 0, trial))
+
+
+def test_the_sessions_microscope_keeps_no_ground_truth_of_the_frames_it_rendered() -> None:
+    """The rig's simulated microscope renders for hours: thousands of frames leave no per-frame ground
+    truth behind in its process (each frame still carries its own)."""
+    config = simulated_microscope_config(load_settings())
+    sim = SimMicroscope(config, height=32, width=32, n_neurons=20, frame_rate_hz=30.0)
+    for trial in range(1, 21):
+        sim.start_trial(10.0 * trial, "tactile", "left", epochs={"sample": 0.01, "delay": 1.31, "go": 2.61})
+    frames = sim.frames_until(210.0)
+    assert len(frames) > 5000 and frames[-1].truth.dff.shape == (20,)
+    assert len(sim.truth) == 0
 
 
 def test_trial_context_and_mouse_plans_reach_the_microscope_as_queued_events() -> None:

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from hardware.bpod.client import BpodClient
-from hardware.bpod.emulator import EmulatorServer
+from hardware.bpod.emulator import EmulatorServer, TrialRecord, World
+from hardware.bpod.hardware_description import preset
 from hardware.sim.mouse import (
     CUES,
     MIN_REACTION_TIME_S,
@@ -155,6 +156,36 @@ def test_pole_motor_records_moves() -> None:
     assert (motor.position, motor.moves, motor.total_move_time_s) == ("posterior", 1, 1.2)
     with pytest.raises(ValueError, match="anterior, posterior"):
         motor.move_to("lateral")  # type: ignore[arg-type]
+
+
+def test_a_long_session_leaves_a_bounded_history_in_the_mouse() -> None:
+    """The mouse lives in the rig process: thousands of trials (each with its licks) leave only the most
+    recent few hundred in memory. Driven through a world without an engine (outputs as the task makes
+    them, licks scheduled and taken off the schedule), so 3000 trials take a moment."""
+    world = World(preset("r2", 23))
+    mouse = SimulatedMouse(world, PARAMS, LINES, SimulatedPoleMotor(), rng_seed=3,
+                           mapping=mapping_of(CONTEXTS["tactile"]))
+    index = {name: world.output_names.index(name) for name in (LINES.pole, LINES.go_cue, LINES.left_valve,
+                                                                 LINES.right_valve)}
+    valve = {"left": LINES.left_valve, "right": LINES.right_valve}
+    start = 0
+    for trial in range(1, 3001):
+        world.trial_event(TrialRecord("start", start, start * 100, trial))
+        world.output_changed(start + 100, index[LINES.pole], 1)
+        world.output_changed(start + 13_100, index[LINES.pole], 0)
+        world.output_changed(start + 26_100, index[LINES.go_cue], 255)
+        world.output_changed(start + 27_100, index[LINES.go_cue], 0)
+        side = mouse.planned_side
+        if side is not None:  # rewarded: the mouse drinks
+            world.output_changed(start + 30_000, index[valve[side]], 1)
+            world.output_changed(start + 30_500, index[valve[side]], 0)
+        world.trial_event(TrialRecord("end", start + 60_000, (start + 60_000) * 100, trial))
+        world.apply_inputs(start + 60_000)
+        start += 60_001
+    assert mouse.counters.trials == 3000 and mouse.counters.licks > 3000
+    assert len(mouse.history) <= 500
+    assert [t.trial for t in mouse.history][-3:] == [2998, 2999, 3000]
+    assert sum(len(t.licks) for t in mouse.history) < mouse.counters.licks / 5
 
 
 # -- on the emulator -----------------------------------------------------------------------------------

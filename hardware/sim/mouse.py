@@ -49,8 +49,9 @@ EARLY_LICK_WINDOW = (0.1, 0.85)
 DRINKING_JITTER = (0.7, 1.3)
 """Drinking lasts `drinking_s` times a factor from this range: sometimes into StopLicking, mostly not."""
 LICK_INTERVAL_JITTER = (0.85, 1.15)
-HISTORY_LENGTH = 100_000
-"""Trials and licks kept for inspection (a long session stays bounded in memory)."""
+HISTORY_LENGTH = 200
+"""Trials kept for inspection (`history`, each with its licks): the mouse runs inside the rig process, so a
+session of thousands of trials keeps only the most recent."""
 
 
 @dataclass(frozen=True)
@@ -298,7 +299,6 @@ class SimulatedMouse:
         self.on_lick = on_lick
         self.counters = MouseCounters()
         self.history: deque[MouseTrial] = deque(maxlen=HISTORY_LENGTH)
-        self.licks: deque[Lick] = deque(maxlen=HISTORY_LENGTH)
         self._rng = np.random.default_rng(rng_seed)
         self._cycles_per_s = 1e6 / world.hw.cycle_us
         self._lick_line: dict[Side, str] = {"left": lines.left_lick, "right": lines.right_lick}
@@ -505,7 +505,6 @@ class SimulatedMouse:
         self._last_onset = at
         lick = Lick(at, side, kind, duration)
         trial.licks.append(lick)
-        self.licks.append(lick)
         self.counters.licks += 1
         if self.on_lick is not None:
             self.on_lick(at, side)

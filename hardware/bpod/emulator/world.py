@@ -23,7 +23,11 @@ from typing import Literal
 
 from hardware.bpod.hardware_description import HardwareDescription, input_channel_names, output_channel_names
 
-OUTPUT_LOG_LENGTH = 200_000
+OUTPUT_LOG_LENGTH = 2048
+"""Output changes kept for inspection (`outputs`, `iter_outputs`): the task makes ~7 per trial, so this is
+the last ~300 trials; a session of thousands of trials must not keep every one in the rig process."""
+TRIAL_LOG_LENGTH = 512
+"""Trial start and end records kept for inspection (`trials`): the last 256 trials."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,7 @@ class World:
         # own initial value on r0.7+).
         self.pins = [1 - h for h in self.logic_high]
         self.outputs: deque[OutputRecord] = deque(maxlen=OUTPUT_LOG_LENGTH)
-        self.trials: list[TrialRecord] = []
+        self.trials: deque[TrialRecord] = deque(maxlen=TRIAL_LOG_LENGTH)
         self._levels = [0] * len(self.output_names)
         self._schedule: list[tuple[int, int, int, int]] = []  # (cycle, seq, input index, raw level)
         self._seq = itertools.count()
