@@ -183,15 +183,15 @@ class TrialStage:
         """A frame's dF/F joins its trial; False for a trial already finalised (counted) or a time that is
         not finite."""
         assert self.trials is not None
+        if not math.isfinite(time_s):
+            return False
+        if trial > self.latest_trial:  # also for a trial already finalised: frames running late (behind
+            self.latest_trial = trial  # their records by more than the timeout) still move the session on
+            self._drop_old_trials()
         if trial in self._finalised:
             self.stats.frames_after_trial_end += 1
             return False
-        if not math.isfinite(time_s):
-            return False
         self.trials.trial(trial).add(time_s, dff)  # = add_frame(AlignedFrame(...)), without the object
-        if trial > self.latest_trial:
-            self.latest_trial = trial
-            self._drop_old_trials()
         return True
 
     def frames_of(self, trial: int) -> TrialFrames | None:

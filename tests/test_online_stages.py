@@ -133,3 +133,24 @@ def test_the_epochs_are_the_ones_the_trial_start_names() -> None:
     for bad in ({**epochs, "go": 3}, {**epochs, "response": "Reward"}, {"go": "GoTone"}, ["SamplePeriod"]):
         with pytest.raises(MalformedInput, match="epoch"):
             pipeline.on_trial_start({"trial": 2, "context": "tactile", "epochs": bad})
+
+
+def test_frames_running_later_than_their_records_still_move_the_trials_on() -> None:
+    """Frames more than the timeout behind their records (a slow start, a renderer behind): each trial is
+    finalised without its frames, and its late frames are counted and skipped; they must still move the
+    latest trial on, so old trials are dropped and, past trial 1000, states and frames are not refused."""
+    stage = TrialStage("s")
+    stage.start(2, DecoderConfig(DecoderSettings(min_trials_per_side=2), bin_s=0.1), "rois-test")
+    lag = 3  # frames arrive three trials behind the records
+    for trial in range(1, 1501):
+        stage.enter_state(trial, "SamplePeriod", 0.1)  # a live state makes the trial's frame store
+        record = {"trial": trial, "context": "tactile", "side": "left", "outcome": "hit",
+                  "bpod": {"States": STATES}}
+        stage.end(trial, "tactile", record, now=float(trial))
+        stage.poll(now=trial + 10.0, timeout_s=5.0)  # its frames did not come in time
+        if trial > lag:
+            assert not stage.add_frame(trial - lag, 0.5, np.zeros(2))  # late: counted, not kept
+    assert stage.stats.trials_timed_out == 1500 and stage.stats.frames_after_trial_end == 1500 - lag
+    assert stage.latest_trial == 1500 - lag
+    assert stage.trials is not None and len(stage.trials) <= stage.trials_kept + lag + 1  # old ones dropped
+    assert stage.far_trial(1501) is None
