@@ -176,6 +176,41 @@ def summarise_lines(names: Sequence[str]) -> str:
 # sim
 
 
+# --------------------------------------------------------------------------------------------------------
+# sound (the HiFi module; not yet part of the composed settings file)
+
+class ToneSettings(_Section):
+    """One pure tone the task plays."""
+
+    frequency_hz: float = Field(gt=20, le=40_000)
+    """Tone frequency in Hz."""
+    duration_s: float = Field(gt=0, le=30)
+    """Waveform length in seconds (the state that plays it may end it earlier only by a stop)."""
+
+
+class SoundSettings(_Section):
+    """The sound module: its Bpod channel, its own USB port and the waveforms loaded at session start."""
+
+    module: str = "HiFi1"
+    """The module's Bpod channel name (a HiFi on the first port with a HiFi is HiFi1)."""
+    usb_port: str | None = None
+    """The HiFi module's own USB serial port (waveforms are loaded over it); null with the emulator."""
+    sampling_rate_hz: Literal[44100, 48000, 96000, 192000] = 192000
+    """Playback sampling rate."""
+    amplitude: float = Field(default=0.5, gt=0, le=1)
+    """Peak amplitude as a fraction of full scale."""
+    ramp_s: float = Field(default=0.005, ge=0, le=0.1)
+    """Onset and offset ramp (raised cosine) of every tone, in seconds."""
+    attenuation_db: float = Field(default=0.0, ge=-103, le=0)
+    """Digital attenuation of the module (0 = full scale)."""
+    tone_high: ToneSettings = ToneSettings(frequency_hz=10_000, duration_s=1.3)
+    """High sample tone (auditory contexts)."""
+    tone_low: ToneSettings = ToneSettings(frequency_hz=2_000, duration_s=1.3)
+    """Low sample tone (auditory contexts)."""
+    go_cue: ToneSettings = ToneSettings(frequency_hz=3_700, duration_s=0.1)
+    """Go cue (ResponseCue)."""
+
+
 class NormalDistribution(_Section):
     """Mean and standard deviation of a normally distributed quantity (same unit as the field name)."""
 

@@ -339,6 +339,11 @@ def _state_problems(state: State) -> list[str]:
         elif action in TIMER_ACTIONS or action == COUNTER_ACTION:
             kind = "counter" if action == COUNTER_ACTION else "timer"
             problems += _number_problem(where, f"{action} {kind} number (numbers start at 1)", value)
+        elif isinstance(value, list):  # a serial message to a module (`HiFi1: [ord("P"), 0]`)
+            if not value:
+                problems.append(f"{where}: the message to {action} needs at least one byte")
+            for b in value:
+                problems += _number_problem(where, f"a byte of the message to {action}", b, low=0, high=255)
         else:
             problems += _number_problem(where, f"the value of {action}", value, low=0)
     return problems

@@ -9,7 +9,6 @@ Every reply the host waits for has a timeout: a silent or unplugged device is on
 from __future__ import annotations
 
 import logging
-import struct
 import threading
 import time
 from collections import deque
@@ -34,6 +33,12 @@ from hardware.bpod.hardware_description import (
     input_channel_names,
     output_channel_names,
     read_hardware_description,
+)
+from hardware.bpod.module_info import (
+    ModuleInfo,
+    ModuleRecordError,
+    allocate_module_events,
+    read_module_records,
 )
 from hardware.bpod.trial import TrialEvent, TrialRecorder, TrialResult
 
@@ -66,7 +71,7 @@ class BpodClient:
         self.baudrate = baudrate
         self.hardware: HardwareDescription | None = None
         self.events: EventTable | None = None
-        self.modules: list[dict[str, Any] | None] = []
+        self.modules: list[ModuleInfo | None] = []
         self.on_event: Callable[[TrialEvent], None] | None = None
         self.on_state: Callable[[str, float], None] | None = None
         self.soft_code_handler: Callable[[int], None] | None = None
@@ -125,8 +130,8 @@ class BpodClient:
             enable = bytes(0 if c in "UXZ" else 1 for c in hw.inputs)
             self._expect_ok(b"E" + enable, "enable inputs")
             self.modules = self._query_modules(hw)
-            allocation = hw.default_allocation()
-            self.events = EventTable(hw, allocation)
+            allocation = allocate_module_events(hw.max_serial_events, hw.serial_channels, self.modules)
+            self.events = EventTable(hw, allocation, tuple(self.modules))
             self._expect_ok(b"%" + bytes(allocation), "event allocation")
             self._expect_ok(b"*", "session clock reset")
         except BaseException:
@@ -232,33 +237,24 @@ class BpodClient:
         if reply != b"\x01":
             raise BpodConnectionError(f"the Bpod on {self.port} refused '{what}' (reply {reply.hex()})")
 
-    def _query_modules(self, hw: HardwareDescription) -> list[dict[str, Any] | None]:
+    def _query_modules(self, hw: HardwareDescription) -> list[ModuleInfo | None]:
         """`M`: one record per UART port; None where no module is attached."""
         self._write(b"M")
-        modules: list[dict[str, Any] | None] = []
-        for _ in range(hw.serial_channels.count("U")):
-            if self._read_exact(1, "module list")[0] == 0:
-                modules.append(None)
-                continue
-            (firmware,) = struct.unpack("<I", self._read_exact(4, "module firmware"))
-            name = self._read_exact(self._read_exact(1, "module name")[0], "module name").decode(
-                errors="replace"
-            )
-            record: dict[str, Any] = {"name": name, "firmware": firmware}
-            while self._read_exact(1, "module record")[0] == 1:
-                tag = chr(self._read_exact(1, "module record")[0])
-                if tag == "E":
-                    count = self._read_exact(1, "module event names")[0]
-                    record["event_names"] = [
-                        self._read_exact(self._read_exact(1, "event name")[0], "event name").decode(
-                            errors="replace"
-                        )
-                        for _ in range(count)
-                    ]
-                else:
-                    record[tag] = self._read_exact(1, "module record")[0]
-            modules.append(record)
-        return modules
+        try:
+            return read_module_records(lambda n: self._read_exact(n, "module list"), hw.inputs.count("U"))
+        except ModuleRecordError as exc:
+            raise BpodConnectionError(f"the Bpod on {self.port} sent a bad module list: {exc}") from exc
+
+    def write_to_module(self, channel: str, data: bytes) -> None:
+        """Send bytes to a UART module now (`T`), e.g. `write_to_module("HiFi1", b"*")`."""
+        assert self.hardware is not None
+        names = [n for n, c in zip(output_channel_names(self.hardware, self.modules), self.hardware.outputs,
+                                   strict=True) if c == "U"]
+        if channel not in names:
+            raise BpodError(f"unknown module channel {channel!r}; valid: {', '.join(names)}")
+        if not 1 <= len(data) <= 255:
+            raise BpodError(f"a module write carries 1 to 255 bytes, got {len(data)}")
+        self._write(b"T" + bytes([names.index(channel) + 1, len(data)]) + data)
 
     def verify_app_port(self, app_port: str) -> bool:
         """Firmware 23: True if `app_port` is this device's APP port (`{` -> 222 there)."""

@@ -24,6 +24,7 @@ from hardware.bpod.hardware_description import (
     output_channel_names,
     valid_names,
 )
+from hardware.bpod.module_info import ModuleInfo
 from online.wire import did_you_mean
 
 EXIT_STATE_NAME = "exit"
@@ -90,6 +91,7 @@ class _Device:
     output_choices: tuple[str, ...]  # physical and virtual output names, for messages
     channel_choices: tuple[str, ...]  # physical output names, for messages
     inputs: dict[str, int]  # input channel name -> input index
+    module_port: dict[int, int]  # output index of a UART port -> its 0-based port number
 
 
 def _output_max(letter: str, wide: bool) -> int:
@@ -105,8 +107,8 @@ def _output_max(letter: str, wide: bool) -> int:
 
 
 @lru_cache(maxsize=16)
-def _device(hw: HardwareDescription) -> _Device:
-    names = output_channel_names(hw)
+def _device(hw: HardwareDescription, modules: tuple[ModuleInfo | None, ...] = ()) -> _Device:
+    names = output_channel_names(hw, modules)
     wide = hw.machine_type >= 4
     # messages list serial (module) outputs last: they are rarely the name that was meant
     serial = [n for n, c in zip(names, hw.outputs, strict=True) if c == "U"]
@@ -116,7 +118,8 @@ def _device(hw: HardwareDescription) -> _Device:
         output_max=tuple(_output_max(c, wide) for c in hw.outputs),
         output_choices=(*others, *VIRTUAL_OUTPUTS, *serial),
         channel_choices=(*others, *serial),
-        inputs={n: i for i, n in enumerate(input_channel_names(hw))},
+        inputs={n: i for i, n in enumerate(input_channel_names(hw, modules))},
+        module_port={i: k for k, i in enumerate(i for i, c in enumerate(hw.outputs) if c == "U")},
     )
 
 
@@ -128,7 +131,8 @@ def compile_state_machine(description: Mapping[str, Any] | Any, hw: HardwareDesc
     if events.hw is not hw and events.hw != hw:
         raise StateMachineCompileError("the event table was built for another hardware description")
     _check_keys("state machine", data, _TOP_KEYS)
-    device = _device(hw)
+    device = _device(hw, events.modules)
+    messages = _SerialMessages(hw)
 
     states = _list(data, "states", "state machine")
     if not states:
@@ -211,7 +215,13 @@ def compile_state_machine(description: Mapping[str, Any] | Any, hw: HardwareDesc
                 if index is None:
                     raise StateMachineCompileError(
                         f"{where}: unknown output {action!r}{_hint(str(action), device.output_choices)}")
-                value = _integer(value, 0, device.output_max[index], where, action)
+                port = device.module_port.get(index)
+                if port is not None and isinstance(value, (list, tuple, bytes)):
+                    value = messages.index(port, value, where, action)
+                else:
+                    value = _integer(value, 0, device.output_max[index], where, action)
+                    if port is not None:
+                        messages.plain(port, value, where, action)
                 if value:
                     outputs.append((index, value))
         outputs.sort()
@@ -224,8 +234,63 @@ def compile_state_machine(description: Mapping[str, Any] | Any, hw: HardwareDesc
                                        f"{limit}{reason}")
 
     _fill_timers(body, timers, hw, device)
+    body.serial_message_ops = messages.library()
     _fill_counters_and_conditions(body, counters, conditions, timers, hw, events, device)
     return CompiledStateMachine(body=body, state_names=tuple(names), uses_back=uses_back)
+
+
+class _SerialMessages:
+    """The serial message library a machine needs, as MATLAB's implicit messages build it: each distinct
+    byte string sent to a module (`HiFi1: [80, 0]`) gets the next message index from 1. Firmware 23 loads
+    it with the machine (the `L` ops of the trailer; the first resets every port to message i = byte i),
+    so a machine that sends single bytes to a module still carries an empty `L` op: the library a
+    previous machine loaded must not change what its bytes mean."""
+
+    def __init__(self, hw: HardwareDescription) -> None:
+        self.hw = hw
+        self.by_port: dict[int, dict[bytes, int]] = {}
+        self.plain_values: dict[int, dict[int, str]] = {}
+
+    def index(self, port: int, value: object, where: str, action: str) -> int:
+        data = list(value) if isinstance(value, (list, tuple, bytes)) else []
+        if not data or not all(isinstance(b, int) and not isinstance(b, bool) and 0 <= b <= 255
+                                for b in data):
+            raise StateMachineCompileError(
+                f"{where}: {action} must be a byte (a message index) or a list of 1 to "
+                f"{self.hw.serial_message_max_bytes} bytes (0 to 255), got {value!r}")
+        if len(data) > self.hw.serial_message_max_bytes:
+            raise StateMachineCompileError(
+                f"{where}: {action} = {data} is {len(data)} bytes; this device sends serial messages of at "
+                f"most {self.hw.serial_message_max_bytes} bytes")
+        if self.hw.firmware_major < 23:
+            raise StateMachineCompileError(
+                f"{where}: {action} = {data} needs a serial message library, which firmware 22 cannot load "
+                "with the state machine; use firmware 23, or send one byte")
+        library = self.by_port.setdefault(port, {})
+        message = bytes(data)
+        if message not in library:
+            library[message] = len(library) + 1
+        return library[message]
+
+    def plain(self, port: int, value: int, where: str, action: str) -> None:
+        if value:
+            self.plain_values.setdefault(port, {}).setdefault(value, where)
+        self.by_port.setdefault(port, {})
+
+    def library(self) -> list[tuple[int, list[tuple[int, bytes]]]]:
+        if self.hw.firmware_major < 23:
+            return []
+        ops = []
+        for port, library in sorted(self.by_port.items()):
+            for value, where in self.plain_values.get(port, {}).items():
+                if value <= len(library):
+                    raise StateMachineCompileError(
+                        f"{where}: the single byte {value} to module port {port + 1} would send serial "
+                        f"message {value}, which this machine defines as "
+                        f"{list(next(m for m, i in library.items() if i == value))}; send it as a list "
+                        f"([{value}]) instead")
+            ops.append((port, [(i, m) for m, i in library.items()]))
+        return ops
 
 
 def _fill_timers(body: StateMachineBody, timers: Mapping[int, Mapping[str, Any]], hw: HardwareDescription,

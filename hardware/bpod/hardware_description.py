@@ -11,6 +11,8 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from hardware.bpod.module_info import ModuleInfo, module_event_names, module_names
+
 SERIAL_LETTERS = "UXZ"
 TRIAL_END_CODE = 255
 VIRTUAL_OUTPUTS = ("GlobalTimerTrig", "GlobalTimerCancel", "GlobalCounterReset")
@@ -211,20 +213,34 @@ _OUTPUT_CHANNEL_PREFIX = {"U": "Serial", "F": "Flex", "B": "BNC", "W": "Wire", "
 _EDGE_NAMES = {"F": ("High", "Low"), "B": ("High", "Low"), "W": ("High", "Low"), "P": ("In", "Out")}
 
 
-def input_channel_names(hw: HardwareDescription) -> list[str]:
-    """Names of input channels by input index (`Port1`, `BNC2`, `Serial1`, `USB`, `APP`)."""
+def _port_names(hw: HardwareDescription, modules: Sequence[ModuleInfo | None]) -> list[str]:
+    n_ports = hw.inputs.count("U")
+    return module_names([*modules[:n_ports], *[None] * (n_ports - len(modules))])
+
+
+def input_channel_names(hw: HardwareDescription, modules: Sequence[ModuleInfo | None] = ()) -> list[str]:
+    """Names of input channels by input index (`Port1`, `BNC2`, `Serial1` or a module's `HiFi1`, `USB`,
+    `APP`)."""
+    ports = iter(_port_names(hw, modules))
     names = []
     for letter, number in zip(hw.inputs, _numbered_all(hw.inputs), strict=True):
         prefix = _INPUT_CHANNEL_PREFIX.get(letter, f"Input{letter}")
-        names.append(prefix if letter in "XZ" else f"{prefix}{number}")
+        if letter == "U":
+            names.append(next(ports))
+        else:
+            names.append(prefix if letter in "XZ" else f"{prefix}{number}")
     return names
 
 
-def output_channel_names(hw: HardwareDescription) -> list[str]:
-    """Names of physical outputs by output index (`Valve1`, `BNC1`, `PWM1`, `SoftCode`, `APP_SoftCode`)."""
+def output_channel_names(hw: HardwareDescription, modules: Sequence[ModuleInfo | None] = ()) -> list[str]:
+    """Names of physical outputs by output index (`Valve1`, `BNC1`, `PWM1`, `SoftCode`, `APP_SoftCode`,
+    `Serial1` or a module's `HiFi1`)."""
+    ports = iter(_port_names(hw, modules))
     names = []
     for letter, number in zip(hw.outputs, _numbered_all(hw.outputs), strict=True):
-        if letter == "X":
+        if letter == "U":
+            names.append(next(ports))
+        elif letter == "X":
             names.append("SoftCode")
         elif letter == "Z":
             names.append("APP_SoftCode")
@@ -240,10 +256,12 @@ def _numbered_all(letters: str) -> list[int]:
 
 @dataclass(frozen=True)
 class EventTable:
-    """Event code <-> name for one hardware description and one serial-event allocation."""
+    """Event code <-> name for one hardware description, one serial-event allocation and the modules
+    found on its UART ports (their events are named after them: `HiFi1_1`)."""
 
     hw: HardwareDescription
     allocation: tuple[int, ...]
+    modules: tuple[ModuleInfo | None, ...] = ()
     names: tuple[str, ...] = field(init=False)
     serial_offsets: tuple[int, ...] = field(init=False)
 
@@ -261,12 +279,14 @@ class EventTable:
             )
         names: list[str] = []
         offsets: list[int] = []
+        ports = _port_names(self.hw, self.modules)
         module = 0
         for letter, count in zip(channels, self.allocation, strict=True):
             offsets.append(len(names))
             if letter == "U":
+                info = self.modules[module] if module < len(self.modules) else None
+                names += module_event_names(ports[module], info, count)
                 module += 1
-                names += [f"Serial{module}_{j}" for j in range(1, count + 1)]
             elif letter == "X":
                 names += [f"SoftCode{j}" for j in range(1, count + 1)]
             else:

@@ -17,9 +17,16 @@ from hardware.bpod.codec import (
     encode_firmware_version,
     encode_soft_code,
 )
-from hardware.bpod.emulator.outputs import drive, reset_outputs
+from hardware.bpod.emulator.outputs import (
+    drive,
+    load_serial_messages,
+    reset_outputs,
+    reset_serial_messages,
+    send_serial_message,
+)
 from hardware.bpod.emulator.state import NO_EVENT, FirmwareState
 from hardware.bpod.hardware_description import HardwareDescription, encode_hardware_description
+from hardware.bpod.module_info import MODULE_PROBE
 
 logger = logging.getLogger(__name__)
 
@@ -90,9 +97,12 @@ def cmd_handshake(fw: FirmwareState, _: bytes) -> None:
     fw.connected = True
     _reply(fw, ord("5"))
     fw.clock_zero = fw.cycle
+    reset_serial_messages(fw)
+    disable_module_relays(fw)
 
 
 def cmd_disconnect(fw: FirmwareState, _: bytes) -> None:
+    disable_module_relays(fw)
     fw.connected = False
     _reply(fw, ord("1"))
 
@@ -122,7 +132,7 @@ def cmd_reset_clock(fw: FirmwareState, _: bytes) -> None:
 
 
 def cmd_ack_byte(fw: FirmwareState, _: bytes) -> None:
-    _reply(fw, 1)  # `:` status LED, `>` message-library reset, `L` message library: nothing to do
+    _reply(fw, 1)  # `:` status LED and FlexIO settings: nothing to do
 
 
 def cmd_pause(fw: FirmwareState, payload: bytes) -> None:
@@ -138,8 +148,55 @@ def cmd_hardware(fw: FirmwareState, _: bytes) -> None:
 
 
 def cmd_modules(fw: FirmwareState, _: bytes) -> None:
+    """`M`: flush what modules sent, probe each with byte 255 (twice on firmware 23: the second says
+    the state machine takes hardware-version records); the answers are relayed 100 cycles later."""
+    probe = bytes([MODULE_PROBE] * (2 if fw.v23 else 1))
+    for k, port in enumerate(fw.world.module_ports):
+        port.clear()
+        fw.world.module_write(k, probe, fw.now)
     fw.module_cycles = 0
     fw.get_module_info = True
+
+
+def cmd_module_bytes(fw: FirmwareState, payload: bytes) -> None:
+    """`T`: bytes from the host to a module (port numbered from 1)."""
+    port = (payload[0] - 1) & 0xFF
+    if port < fw.n_modules:
+        fw.world.module_write(port, payload[2:2 + payload[1]], fw.now)
+
+
+def cmd_module_message(fw: FirmwareState, payload: bytes) -> None:
+    """`U`: a message of the library to a module (port numbered from 1)."""
+    send_serial_message(fw, (payload[0] - 1) & 0xFF, payload[1])
+
+
+def cmd_load_messages(fw: FirmwareState, payload: bytes) -> None:
+    """`L`: port (from 0), count, then (index, length, bytes) per message."""
+    messages, pos = [], 2
+    for _ in range(payload[1]):
+        index, length = payload[pos], payload[pos + 1]
+        messages.append((index, payload[pos + 2:pos + 2 + length]))
+        pos += 2 + length
+    load_serial_messages(fw, payload[0], messages)
+    _reply(fw, 1)
+
+
+def cmd_reset_messages(fw: FirmwareState, _: bytes) -> None:
+    reset_serial_messages(fw)
+    _reply(fw, 1)
+
+
+def cmd_module_relay(fw: FirmwareState, payload: bytes) -> None:
+    """`J`: relay one port's bytes to the host while idle (all others off, buffers cleared)."""
+    disable_module_relays(fw)
+    for port in fw.world.module_ports:
+        port.clear()
+    if payload[0] < fw.n_modules:
+        fw.relay_mode[payload[0]] = bool(payload[1])
+
+
+def disable_module_relays(fw: FirmwareState) -> None:
+    fw.relay_mode = [False] * fw.n_modules
 
 
 def cmd_allocation(fw: FirmwareState, payload: bytes) -> None:
@@ -153,7 +210,7 @@ def cmd_enable(fw: FirmwareState, payload: bytes) -> None:
 
 
 def cmd_nothing(fw: FirmwareState, _: bytes) -> None:
-    """`J`, `T`, `U`, `}` (and `Q`/`q` off r2+): payload consumed, nothing attached to act on."""
+    """`}` (and `Q`/`q` off r2+): payload consumed, nothing attached to act on."""
 
 
 def cmd_sync(fw: FirmwareState, payload: bytes) -> None:
@@ -275,15 +332,15 @@ _COMMANDS = {
     "M": cmd_modules,
     "%": cmd_allocation,
     "E": cmd_enable,
-    "J": cmd_nothing,
+    "J": cmd_module_relay,
     "K": cmd_sync,
     "O": cmd_override,
     "I": cmd_read_input,
     "S": cmd_echo_soft_code,
-    "T": cmd_nothing,
-    "U": cmd_nothing,
-    "L": cmd_ack_byte,
-    ">": cmd_ack_byte,
+    "T": cmd_module_bytes,
+    "U": cmd_module_message,
+    "L": cmd_load_messages,
+    ">": cmd_reset_messages,
     "V": cmd_virtual_input,
     "~": cmd_soft_code,
     "C": cmd_state_machine,

@@ -29,7 +29,9 @@ from hardware.bpod.codec import (
 from hardware.bpod.emulator.commands import command_length, execute
 from hardware.bpod.emulator.machine import LoadedMachine
 from hardware.bpod.emulator.outputs import (
+    load_serial_messages,
     reset_outputs,
+    reset_serial_messages,
     reset_sync_line,
     set_state_outputs,
     sync_write,
@@ -37,6 +39,12 @@ from hardware.bpod.emulator.outputs import (
 )
 from hardware.bpod.emulator.state import NO_EVENT, FirmwareState
 from hardware.bpod.emulator.world import TrialRecord
+from hardware.bpod.module_info import (
+    MODULE_ACK,
+    ModuleRecordError,
+    encode_module_records,
+    read_module_description,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +57,12 @@ SYNC_PERIOD = 1000  # sync mode 2 toggles every 1000 cycles
 
 
 def loop(fw: FirmwareState) -> None:
-    """`loop()`: read a state machine body once it has all arrived, then `startSM` if asked."""
+    """`loop()`: relay module bytes while idle, read a state machine body once it has all arrived, then
+    `startSM` if asked."""
+    if not fw.running and any(fw.relay_mode):
+        for k, port in enumerate(fw.world.module_ports):
+            if fw.relay_mode[k]:
+                fw.main_out += port.read_all(fw.cycle)
     if fw.sma_pending and len(fw.main_in) >= fw.sma_nbytes:
         body = bytes(fw.main_in[:fw.sma_nbytes])
         del fw.main_in[:fw.sma_nbytes]
@@ -89,6 +102,10 @@ def load_state_matrix(fw: FirmwareState, machine: LoadedMachine) -> None:
             logger.warning("state machine uses %d global %s; the device has %d", n, name, limit)
     fw.machine = machine
     fw.timers.load(machine)
+    for i, (port, messages) in enumerate(machine.serial_message_ops):
+        if i == 0:
+            reset_serial_messages(fw)  # the first `L` op of a trailer resets the library
+        load_serial_messages(fw, port, messages)
 
 
 def start_sm(fw: FirmwareState) -> None:
@@ -111,6 +128,8 @@ def start_sm(fw: FirmwareState) -> None:
         fw.input_state[i] = fw.last_input_state[i] = 0
     for t in range(fw.hw.n_global_timers):
         fw.input_state[fw.n_inputs + t] = 0
+    for port in fw.world.module_ports:  # clearSerialBuffers
+        port.clear()
     fw.state_start_time = 0
     fw.current_time = 0
     fw.events = []
@@ -133,7 +152,8 @@ def handler(fw: FirmwareState) -> None:
         fw.module_cycles += 1
         if fw.module_cycles > MODULE_INFO_TIMEOUT:
             fw.get_module_info = False
-            fw.main_out += bytes(fw.n_modules)  # 0 = no module on that port
+            for port in fw.world.module_ports:
+                fw.main_out += relay_module_info(port.read_all(fw.cycle))
     if fw.main_in and not fw.sma_pending:
         length = command_length(fw)
         if length is not None:
@@ -194,11 +214,18 @@ def trial_cycle(fw: FirmwareState) -> None:
             elif level == lo and last[i] == hi:
                 last[i] = lo
                 events.append(code + 1)
-    # d. serial channels: modules (none attached), then the USB and APP soft codes
-    if fw.soft_x != NO_EVENT or fw.soft_z != NO_EVENT:
+    # d. serial channels: one byte per module port (1..allocation; byte 0 gives offset-1, as in the
+    # firmware), then the USB and APP soft codes
+    ports = fw.world.module_ports
+    module_bytes = hw.machine_type > 1 and any(p.available(fw.cycle) for p in ports)
+    if module_bytes or fw.soft_x != NO_EVENT or fw.soft_z != NO_EVENT:
         offset = 0
         for k, letter in enumerate(fw.serial_letters):
-            if letter == "X" and soft_event_ready(fw, fw.soft_x, "X"):
+            if letter == "U":
+                byte = ports[k].read(fw.cycle) if module_bytes else None
+                if byte is not None and byte <= fw.allocation[k]:
+                    events.append((offset + byte - 1) & 0xFF)
+            elif letter == "X" and soft_event_ready(fw, fw.soft_x, "X"):
                 events.append((offset + fw.soft_x) & 0xFF)
                 fw.soft_x = NO_EVENT
             elif letter == "Z" and soft_event_ready(fw, fw.soft_z, "Z"):
@@ -241,6 +268,26 @@ def trial_cycle(fw: FirmwareState) -> None:
     if fw.v23 and fw.sync_mode == 2 and fw.sync_timer == SYNC_PERIOD:
         sync_write(fw)
         fw.sync_timer = 0
+
+
+def relay_module_info(received: bytes) -> bytes:
+    """`relayModuleInfo`: a port's `M` record from what its module answered (0 if it did not)."""
+    if len(received) < 5 or received[0] != MODULE_ACK:
+        return b"\x00"
+    pos = 1
+
+    def read_exact(n: int) -> bytes:
+        nonlocal pos
+        if pos + n > len(received):
+            raise ModuleRecordError("module description truncated")
+        pos += n
+        return received[pos - n:pos]
+
+    try:
+        return encode_module_records([read_module_description(read_exact)])
+    except ModuleRecordError as exc:
+        logger.warning("module answered the probe with %d bytes that do not parse: %s", len(received), exc)
+        return b"\x00"
 
 
 def first_transition(fw: FirmwareState, events: list[int]) -> int:

@@ -118,6 +118,10 @@ class Firmware:
         candidates: list[int] = []
         if fw.get_module_info:
             candidates.append(fw.cycle + max(MODULE_INFO_TIMEOUT + 1 - fw.module_cycles, 1))
+        if fw.running or any(fw.relay_mode):
+            module_byte = self.world.next_module_cycle()
+            if module_byte is not None:
+                candidates.append(max(module_byte, now))
         if fw.running:
             ct = fw.current_time
             if fw.meaningful_tup:

@@ -49,6 +49,7 @@ class LoadedMachine:
     counter_thresholds: list[int] = field(default_factory=list)
     condition_channels: list[int] = field(default_factory=list)
     condition_values: list[int] = field(default_factory=list)
+    serial_message_ops: list[tuple[int, list[tuple[int, bytes]]]] = field(default_factory=list)  # v23 `L` ops
 
     @classmethod
     def from_body(cls, body: StateMachineBody) -> LoadedMachine:
@@ -68,6 +69,7 @@ class LoadedMachine:
             timer_loop_intervals=list(body.timer_loop_intervals), counter_events=list(body.counter_events),
             counter_thresholds=list(body.counter_thresholds),
             condition_channels=list(body.condition_channels), condition_values=list(body.condition_values),
+            serial_message_ops=list(body.serial_message_ops),
         )
 
     def has(self, state: int) -> bool:

@@ -35,7 +35,8 @@ def set_state_outputs(fw: FirmwareState, state: int) -> None:
         value = row.get(i, 0)
         if letter == "U":
             if value > 0:
-                message(fw, i, value)  # serial message `value` to that module (none attached)
+                send_serial_message(fw, fw.module_of_output[i], value)
+                message(fw, i, value)
         elif letter == "X":
             if value > 0:
                 fw.main_out += encode_soft_code(value & 0xFF)
@@ -69,6 +70,7 @@ def set_global_timer_channel(fw: FirmwareState, t: int, op: int) -> None:
         letter = fw.output_hw[channel]
         if letter == "U":
             if value < 254:
+                send_serial_message(fw, fw.module_of_output[channel], value)
                 message(fw, channel, value)
         elif letter == "X":
             fw.main_out += encode_soft_code(value & 0xFF)
@@ -102,6 +104,26 @@ def reset_outputs(fw: FirmwareState) -> None:
         fw.counter_counts[x] = 0
         fw.counter_handled[x] = False
     fw.meaningful_tup = False
+
+
+def send_serial_message(fw: FirmwareState, port: int, index: int) -> None:
+    """Message `index` of the serial message library to UART port `port` (0-based): the bytes loaded
+    with `L`, or the single byte `index`."""
+    if port < len(fw.serial_messages):
+        data = fw.serial_messages[port].get(index, bytes([index & 0xFF]))
+        fw.world.module_write(port, data, fw.now)
+
+
+def load_serial_messages(fw: FirmwareState, port: int, messages: list[tuple[int, bytes]]) -> None:
+    """`L` for one port; entries for a port the board does not have are dropped."""
+    if port < len(fw.serial_messages):
+        fw.serial_messages[port].update(messages)
+
+
+def reset_serial_messages(fw: FirmwareState) -> None:
+    """`resetSerialMessages`: message i is the single byte i again on every port."""
+    for library in fw.serial_messages:
+        library.clear()
 
 
 def drive(fw: FirmwareState, index: int, value: int) -> None:

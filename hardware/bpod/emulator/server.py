@@ -16,20 +16,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import logging
 import os
-import pty
 import select
-import struct
-import termios
 import threading
 import time
-import tty
 from collections.abc import Iterator
 from types import TracebackType
 
 from hardware.bpod.emulator.engine import DISCOVERY_BYTE, Firmware
+from hardware.bpod.emulator.pty_pair import PtyPair
 from hardware.bpod.emulator.world import World
 from hardware.bpod.hardware_description import preset
 
@@ -37,44 +33,6 @@ logger = logging.getLogger(__name__)
 
 MAX_SLEEP_S = 0.005
 DISCOVERY_INTERVAL_S = 0.1
-MAX_PENDING_BYTES = 1 << 20
-
-
-class _Pty:
-    """One pty pair; the slave stays open here so the master never sees EIO."""
-
-    def __init__(self) -> None:
-        self.master, self.slave = pty.openpty()
-        tty.setraw(self.slave)
-        os.set_blocking(self.master, False)
-        self.path = os.ttyname(self.slave)
-        self.pending = bytearray()
-
-    def unread(self) -> int:
-        """Bytes written to the client that nobody has read yet."""
-        buf = fcntl.ioctl(self.slave, termios.FIONREAD, b"\0\0\0\0")
-        return struct.unpack("i", buf)[0]
-
-    def flush(self) -> None:
-        while self.pending:
-            try:
-                n = os.write(self.master, self.pending)
-            except BlockingIOError:
-                return
-            del self.pending[:n]
-
-    def queue(self, data: bytes) -> None:
-        if not data:
-            return
-        self.pending += data
-        if len(self.pending) > MAX_PENDING_BYTES:
-            logger.warning("%s: nobody reads; dropping %d bytes", self.path, len(self.pending))
-            self.pending.clear()
-
-    def close(self) -> None:
-        for fd in (self.master, self.slave):
-            with contextlib.suppress(OSError):
-                os.close(fd)
 
 
 class EmulatorServer:
@@ -91,8 +49,8 @@ class EmulatorServer:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._main: _Pty | None = None
-        self._app: _Pty | None = None
+        self._main: PtyPair | None = None
+        self._app: PtyPair | None = None
         self._wake_r = self._wake_w = -1
         self._t0 = 0.0
         self._cycle0 = 0
@@ -115,9 +73,9 @@ class EmulatorServer:
     def start(self) -> EmulatorServer:
         if self._thread is not None:
             raise RuntimeError("the emulator is already started")
-        self._main = _Pty()
+        self._main = PtyPair()
         if self.hw.has_app_port:
-            self._app = _Pty()
+            self._app = PtyPair()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)

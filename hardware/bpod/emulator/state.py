@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hardware.bpod.emulator.machine import LoadedMachine
+from hardware.bpod.emulator.modules import BpodTime
 from hardware.bpod.emulator.timers import GlobalTimers
 from hardware.bpod.emulator.world import World
 from hardware.bpod.hardware_description import HardwareDescription
@@ -67,6 +68,9 @@ class FirmwareState:
     sync_timer: int = 0
     get_module_info: bool = False
     module_cycles: int = 0
+    module_of_output: dict[int, int] = field(default_factory=dict)  # output index -> 0-based UART port
+    serial_messages: list[dict[int, bytes]] = field(default_factory=list)  # per port; absent i = byte i
+    relay_mode: list[bool] = field(default_factory=list)  # `J`: idle module bytes go to the host
     # State machine transfer
     machine: LoadedMachine = field(default_factory=LoadedMachine)
     queued: LoadedMachine | None = None  # smaReady2Load
@@ -130,10 +134,18 @@ class FirmwareState:
             output_hw=list(hw.outputs),
             output_override=[0] * n_out,
             flex_types=[4] * hw.inputs.count("F"),
+            module_of_output={i: k for k, i in enumerate(i for i, c in enumerate(hw.outputs) if c == "U")},
+            serial_messages=[{} for _ in range(hw.inputs.count("U"))],
+            relay_mode=[False] * hw.inputs.count("U"),
             counter_counts=[0] * hw.n_global_counters,
             counter_handled=[False] * hw.n_global_counters,
             timers=GlobalTimers(hw.n_global_timers, gt_start_pos, gt_end_pos),
         )
+
+    @property
+    def now(self) -> BpodTime:
+        """This cycle on both clocks, as modules are told it."""
+        return BpodTime(self.cycle, self.session_us)
 
     @property
     def session_us(self) -> int:

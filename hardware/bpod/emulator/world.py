@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
+from hardware.bpod.emulator.modules import BpodTime, ModuleLink, ModulePort, UartModule
 from hardware.bpod.hardware_description import HardwareDescription, input_channel_names, output_channel_names
 
 OUTPUT_LOG_LENGTH = 2048
@@ -78,6 +79,7 @@ class World:
         self._output_listeners: list[Callable[[OutputRecord], None]] = []
         self._trial_listeners: list[Callable[[TrialRecord], None]] = []
         self._engine_cycle: Callable[[], int] = lambda: 0  # the attached engine's last processed cycle
+        self.module_ports = [ModulePort(k) for k in range(1, hw.inputs.count("U") + 1)]
         # Replaced by the pty server: take its lock and bring the engine up to host time first.
         self.external_access: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext
 
@@ -122,6 +124,20 @@ class World:
         with self.external_access():
             return self._levels[index]
 
+    def attach_module(self, port: int, module: UartModule) -> ModuleLink:
+        """Plug a module emulator into UART port `port` (1-based); it sees what the state machine
+        writes there and answers through the returned link."""
+        if not 1 <= port <= len(self.module_ports):
+            raise ValueError(
+                f"module port {port} does not exist; this board has ports 1..{len(self.module_ports)}")
+        slot = self.module_ports[port - 1]
+        if slot.module is not None:
+            raise ValueError(f"module port {port} already has a module")
+        slot.module = module
+        link = ModuleLink(slot, self._engine_cycle, lambda: self.external_access())
+        module.plugged_in(link)
+        return link
+
     def add_output_listener(self, fn: Callable[[OutputRecord], None]) -> None:
         self._output_listeners.append(fn)
 
@@ -159,6 +175,17 @@ class World:
         self.outputs.append(record)
         for fn in list(self._output_listeners):
             fn(record)
+
+    def module_write(self, port: int, data: bytes, at: BpodTime) -> None:
+        """Bytes the state machine writes to UART port `port` (0-based); on an empty port nobody hears."""
+        module = self.module_ports[port].module
+        if module is not None and data:
+            module.receive(data, at)
+
+    def next_module_cycle(self) -> int | None:
+        """The first cycle at which a module byte waits to be read."""
+        cycles = [c for p in self.module_ports if (c := p.next_cycle()) is not None]
+        return min(cycles, default=None)
 
     def trial_event(self, record: TrialRecord) -> None:
         self.trials.append(record)
