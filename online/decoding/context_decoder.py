@@ -91,23 +91,21 @@ def trial_features(trial: TrialFrames, config: DecoderConfig) -> dict[str, Epoch
 
 
 class _Ring:
-    """The most recent `capacity` rows of equal shape, oldest first in `array`; storage grows by doubling up
-    to `capacity`, then the oldest row is overwritten (a trial's features stay bounded however long the
-    session runs)."""
+    """The most recent `capacity` rows of equal shape, oldest first in `array`; once full, the oldest row is
+    overwritten. Its storage is claimed whole when the ring is made (and written, so the pages are
+    resident): a context's decoder costs its bounded memory from its first trial on, instead of growing by
+    steps through a long session (and never needs a copy to grow)."""
 
     def __init__(self, shape: tuple[int, ...], capacity: int) -> None:
         self.capacity = capacity
-        self._data = np.empty((min(8, capacity), *shape))
+        self._data = np.empty((capacity, *shape))
+        self._data.fill(0.0)
         self._start = 0
         self.n = 0
 
     def append(self, row: np.ndarray) -> np.ndarray | None:
         """Add a row; returns the row it replaced (a copy) once the ring is full, else None."""
         if self.n < self.capacity:
-            if self.n == len(self._data):
-                grown = np.empty((min(2 * self.n, self.capacity), *self._data.shape[1:]))
-                grown[: self.n] = self._data[: self.n]
-                self._data = grown
             self._data[self.n] = row
             self.n += 1
             return None
