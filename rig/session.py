@@ -204,6 +204,8 @@ class SessionRunner:
                      "speed": self.speed if self.simulated else 1.0,
                      "firmware": hw.firmware_major if hw else None,
                      "machine_type": hw.machine_type if hw else None},
+            "pole_motor": {"port": self.settings.pole_motor.port,
+                           "simulated": self.settings.pole_motor.port == EMULATOR_PORT},
             "start_context": self.training.context, "start_stage": self.training.stage.name,
             "limits": {"trials": self.options.trials, "minutes": self.options.minutes},
             "imaging": self._imaging.health() if self._imaging is not None else None,

@@ -278,6 +278,8 @@ def test_a_session_records_the_pole_moves_through_the_emulated_stage(settings: S
         assert moved["travel_s"] > 0
     assert {r["outcome"] for r in records} <= {"hit", "error", "no_response"}
     assert any(r["outcome"] == "hit" for r in records)  # the mouse felt the pole where the stage put it
+    info = json.loads((result.folder / "session.json").read_text())
+    assert info["pole_motor"] == {"port": "emulator", "simulated": True}
 
 
 class JammingDevice(Device):
