@@ -1,5 +1,5 @@
 """The settings sections of the devices: the Bpod (model, firmware, valve calibration), the lines a Bpod
-model has, and the simulated mouse, microscope and subject.
+model has, the pole motor (a Zaber stage), and the simulated mouse, microscope and subject.
 
 The models are the devices' own records; `rig.settings` composes them into the whole settings file (checks
 across sections, such as the wiring against the Bpod model, and the wording of problems live there). Each
@@ -170,6 +170,58 @@ def summarise_lines(names: Sequence[str]) -> str:
         assert m is not None
         groups.setdefault(m.group(1), []).append(int(m.group(2)))
     return ", ".join(f"{k}{min(v)}-{max(v)}" if len(v) > 1 else f"{k}{v[0]}" for k, v in groups.items())
+
+
+# --------------------------------------------------------------------------------------------------------
+# pole motor
+
+
+class PoleMotorSettings(_Section):
+    """The Zaber linear stage (ASCII protocol) that moves the pole anterior-posterior between trials.
+
+    Positions are in the stage's microsteps. Before every pole trial the stage goes to `midpoint` and then
+    to the trial's position, so the motor's sound and travel time never tell which position comes."""
+
+    port: str | None = Field("emulator", min_length=1)
+    """Serial device (/dev/ttyUSB0, COM4), 'emulator' for the built-in emulated stage (with the simulated
+    rig), or null for a rig without a pole motor."""
+    baudrate: Literal[9600, 19200, 38400, 57600, 115200] = 115200
+    """Serial rate of the ASCII protocol (115200 unless the stage was set otherwise)."""
+    device: int = Field(1, ge=1, le=99)
+    """Address of the controller on the port."""
+    axis: int = Field(1, ge=1, le=9)
+    """The anterior-posterior axis of that controller."""
+    anterior: int = Field(20_000, ge=0)
+    """Stage position of the anterior pole (microsteps)."""
+    posterior: int = Field(100_000, ge=0)
+    """Stage position of the posterior pole (microsteps)."""
+    midpoint: int | None = Field(None, ge=0)
+    """Where every move passes first (microsteps); null: halfway between anterior and posterior."""
+    max_speed: float = Field(200_000, gt=0, le=5_000_000)
+    """Top speed of a move (microsteps/s), sent as the stage's maxspeed."""
+    accel: float = Field(2_000_000, gt=0, le=100_000_000)
+    """Acceleration and deceleration (microsteps/s^2), sent as the stage's accel."""
+    move_timeout_s: float = Field(2.0, gt=0, le=120)
+    """Each move (to the midpoint, to the target) not finished this long after the stage acknowledged it
+    ends the session before the trial (s, on the stage's clock)."""
+    home_timeout_s: float = Field(60.0, gt=0, le=600)
+    """Homing at startup (when the stage has no reference position) must finish within this long."""
+    timeout_s: float = Field(1.0, gt=0, le=60)
+    """Serial read timeout (s); a stage silent for longer is reported as not responding."""
+
+    @model_validator(mode="after")
+    def _check_positions(self) -> PoleMotorSettings:
+        if self.anterior == self.posterior:
+            raise ValueError(f"anterior and posterior are the same position ({self.anterior})")
+        low, high = sorted((self.anterior, self.posterior))
+        if self.midpoint is not None and not low < self.midpoint < high:
+            raise ValueError(f"midpoint {self.midpoint} must lie strictly between anterior and posterior "
+                             f"({low}-{high}), so that both moves pass through it")
+        return self
+
+    @property
+    def midpoint_position(self) -> int:
+        return self.midpoint if self.midpoint is not None else (self.anterior + self.posterior) // 2
 
 
 # --------------------------------------------------------------------------------------------------------

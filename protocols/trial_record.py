@@ -207,9 +207,10 @@ class TrialScore:
 
 # -- the record ---------------------------------------------------------------------------------------------
 
-_OPTIONAL = ("outcome_before_abort", "aborted", "events_received", "states_entered")
-"""Keys written only when set: the outcome training counted for a trial cut short, and what a killed
-session's journal held of its unfinished trial (recovery, rig/store.py)."""
+_OPTIONAL = ("pole", "outcome_before_abort", "aborted", "events_received", "states_entered")
+"""Keys written only when set: the pole motor's move before a pole trial, the outcome training counted for
+a trial cut short, and what a killed session's journal held of its unfinished trial (recovery,
+rig/store.py)."""
 
 
 @dataclass(frozen=True)
@@ -241,6 +242,9 @@ class TrialRecord:
     bpod: BpodRecord | None = None
     host_time: str | None = None
     closed_loop: Mapping[str, Any] | None = None
+    pole: Mapping[str, Any] | None = None
+    """The pole motor's move before the trial (`PoleMove.to_record()` of hardware/pole_motor.py): target,
+    target_position, the positions reached (midpoint, then target) and travel_s on the stage's clock."""
     outcome_before_abort: str | None = None
     aborted: bool | None = None
     events_received: tuple[Mapping[str, Any], ...] | None = None
@@ -324,6 +328,7 @@ class TrialRecord:
             training=_mapping(data, "training"),
             bpod=BpodRecord.from_json(bpod, trial) if bpod is not None else None,
             host_time=_text(data, "host_time"), closed_loop=_mapping(data, "closed_loop"),
+            pole=_mapping(data, "pole"),
             outcome_before_abort=_text(data, "outcome_before_abort"), aborted=_flag(data, "aborted", None),
             events_received=_objects(data, "events_received"),
             states_entered=_objects(data, "states_entered"),

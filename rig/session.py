@@ -6,6 +6,11 @@ soon as the current trial's outcome is known, so trials follow with zero dead ti
 fsynced when it ends; the subject's state is then saved so the next session continues from here.
 Control requests (switch context, pause, resume, stop) take effect at trial boundaries, never mid-trial.
 
+Before a pole trial the pole motor goes to the midpoint and then to the trial's position (see
+hardware/zaber/pole.py), in the previous trial's inter-trial interval; the trial is sent only once the
+stage is idle there, and the move is in the trial's record. A stage that fails ends the session like the
+Bpod lost: the running trial is finished and recorded, the one that waited for the pole as not started.
+
 The session holds its subject's lock from before recovery to the end. A fault (the Bpod lost, the imaging
 source silent, the disk full) ends it at once: the trials in flight are recorded (the running one as
 aborted with what the Bpod sent of it, a queued one as not started), session.json gets the fault as its
@@ -32,7 +37,9 @@ import numpy as np
 
 from hardware.bpod.client import BpodClient, BpodConnectionError, BpodError
 from hardware.bpod.trial import TrialEvent, TrialResult
-from hardware.pole_motor import PoleMotor
+from hardware.pole_motor import PoleMotor, PoleMotorError
+from hardware.zaber.pole import POLL_S as POLE_POLL_S
+from hardware.zaber.pole import ZaberPoleMotor
 from online.transport import LossyPublisher, TransportError
 from online.wire import TOPIC_STATE, TOPIC_TRIAL
 from protocols.contexts import Context, context_named, contexts_from_settings
@@ -92,6 +99,8 @@ class PreparedTrial:
     provisional: ScoredTrial | None = None
     gate: DecoderGate | None = None
     not_started: bool = False  # queued when the session ended: stopped as it began, or never sent
+    sent: bool = False  # handed to the Bpod
+    pole: dict[str, Any] | None = None  # the pole motor's move before the trial
     abort_reason: str | None = None  # the fault that cut the trial short
 
 
@@ -123,6 +132,9 @@ class SessionRunner:
         self.speed = options.speed if options.speed is not None else settings.bpod.emulator_speed
         if options.speed is not None and not self.simulated:
             raise UserError("--speed applies to the emulator only; bpod.port is a real device")
+        if settings.pole_motor.port == EMULATOR_PORT and not self.simulated:
+            raise UserError("pole_motor.port 'emulator' runs with the simulated rig only (bpod.port: "
+                            "emulator); set the stage's serial port, or null for no pole motor")
         if options.context is not None and options.context not in self.contexts:
             valid = ", ".join(self.contexts)
             raise UserError(f"--context {options.context!r}: unknown context (contexts: {valid})")
@@ -192,6 +204,8 @@ class SessionRunner:
                      "speed": self.speed if self.simulated else 1.0,
                      "firmware": hw.firmware_major if hw else None,
                      "machine_type": hw.machine_type if hw else None},
+            "pole_motor": {"port": self.settings.pole_motor.port,
+                           "simulated": self.settings.pole_motor.port == EMULATOR_PORT},
             "start_context": self.training.context, "start_stage": self.training.stage.name,
             "limits": {"trials": self.options.trials, "minutes": self.options.minutes},
             "imaging": self._imaging.health() if self._imaging is not None else None,
@@ -217,10 +231,10 @@ class SessionRunner:
                 rig = SimulatedRig(self.settings, self.speed, self.record.simulated_mouse)
                 self._sim = stack.enter_context(rig)
                 port = self._sim.port
-                self._pole_motor = self._sim.motor
             client = BpodClient(port, timeout_s=self.settings.bpod.timeout_s)
             client.connect()
             stack.callback(client.close)
+            self._pole_motor = self._open_pole_motor(stack)
             self._client = client
             client.on_event = self._on_event
             client.on_state = self._on_state
@@ -299,6 +313,9 @@ class SessionRunner:
             self._record_lost([current, queued])
         except DiskFullError as exc:  # even the reserve did not hold the record: nothing more can be written
             self._fault = SessionFault("disk full", str(exc))
+        except PoleMotorError as exc:
+            self._fault = SessionFault("pole motor failed", str(exc))
+            self._record_pole_fault([current, queued])
         if self._fault is not None:
             assert self._store is not None
             saved = f"{self._trials_done} trials saved in {self._store.folder}"
@@ -322,6 +339,40 @@ class SessionRunner:
                 result = client.partial_trial() if client.trials_started == trial.number else None
                 trial.not_started = result is None
             self._finish(trial, result)
+
+    def _record_pole_fault(self, trials: list[PreparedTrial | None]) -> None:
+        """The pole could not be put in place: the trial already on the Bpod runs to its end and is recorded
+        as usual; the one that waited for the pole is recorded as not started."""
+        assert self._fault is not None
+        log.error("%s: ending the session (the trial waiting for the pole is not started)", self._fault)
+        self._end_reason = self._fault.reason
+        self._stop.set()
+        for trial in trials:
+            if trial is None or trial.number <= self._trials_done:
+                continue
+            if trial.sent:
+                self._finish(trial, self._await_end(trial))
+            else:
+                trial.not_started, trial.abort_reason = True, self._fault.reason
+                self._finish(trial, None)
+
+    def _open_pole_motor(self, stack: ExitStack) -> PoleMotor | None:
+        """The pole stage of settings.pole_motor, connected, homed if it had no reference, closed with the
+        session; a stage that cannot be opened is one clear error before the session begins."""
+        pole = self.settings.pole_motor
+        if pole.port is None:
+            return None
+        if pole.port == EMULATOR_PORT:
+            assert self._sim is not None and self._sim.stage is not None
+            port, clock, poll_s = self._sim.stage.port, self._sim.stage.now_s, POLE_POLL_S / self.speed
+        else:
+            port, clock, poll_s = pole.port, time.monotonic, POLE_POLL_S
+        try:
+            motor = ZaberPoleMotor.open(port, pole, clock, poll_s)
+        except PoleMotorError as exc:
+            raise UserError(str(exc)) from None
+        stack.callback(motor.close)
+        return motor
 
     def _continue_after_idle(self, trial: PreparedTrial, result: TrialResult) -> bool:
         """Nothing was queued (paused, stopping, at a limit, or the trial ended before its outcome was
@@ -351,7 +402,9 @@ class SessionRunner:
     def _start(self, trial: PreparedTrial) -> None:
         assert self._client is not None and self._store is not None
         if self._pole_motor is not None and trial.spec.cue.startswith("pole_"):
-            self._pole_motor.move_to(trial.spec.cue.removeprefix("pole_"))  # during the previous trial's end
+            # in the previous trial's inter-trial interval; the trial is sent once the stage is idle
+            move = self._pole_motor.move_to(trial.spec.cue.removeprefix("pole_"))  # type: ignore[arg-type]
+            trial.pole = move.to_record()
         if self._sim is not None:
             self._sim.set_trial_context(trial.number, trial.spec.context.name)  # for the simulated microscope
         self._store.journal(trial.number, "trial", **trial.spec.to_dict())
@@ -359,6 +412,7 @@ class SessionRunner:
             "kind": "start", "trial": trial.number, "context": trial.spec.context.name,
             "side": trial.spec.side, "gated": trial.gate is not None, "epochs": epoch_states()})
         self._client.start_trial(trial.machine)
+        trial.sent = True
 
     def _await_outcome(self, trial: PreparedTrial) -> bool:
         """Wait until the trial's outcome is known (True) or it ended without one being seen (False)."""
@@ -493,6 +547,7 @@ class SessionRunner:
             bpod=BpodRecord.from_json(result.to_dict(), trial.number) if result is not None else None,
             host_time=datetime.now().isoformat(timespec="milliseconds"),
             closed_loop=_closed_loop_record(trial.gate, result) if result is not None else None,
+            pole=trial.pole,
             # training counted a trial cut short with the outcome it had reached
             outcome_before_abort=scored.outcome if scored is not None and outcome != scored.outcome
             and scored.outcome != "aborted" else None,

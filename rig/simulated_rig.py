@@ -1,6 +1,7 @@
-"""The embedded simulated rig: the Bpod emulator on a pty, a simulated mouse licking in its world,
-a simulated pole motor and (imaging.source: simulated) the simulated microscope coupled to that world.
-The session talks to it exactly as to a real Bpod, through the port."""
+"""The embedded simulated rig: the Bpod emulator on a pty, a simulated mouse licking in its world, the
+emulated Zaber stage of the pole (pole_motor.port: emulator) on its own pty, and (imaging.source:
+simulated) the simulated microscope coupled to that world. The session talks to it exactly as to a real
+Bpod and a real stage, through the ports; the mouse feels the pole where the stage's carriage is."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from typing import Any
 from hardware.bpod.emulator import EmulatorServer, World
 from hardware.sim.microscope import MicroscopeConfig
 from hardware.sim.mouse import MouseLines, MouseParameters, SimulatedMouse, trained_mapping
-from hardware.sim.pole_motor import SimulatedPoleMotor
+from hardware.sim.pole_motor import StagePoleSensor
 from hardware.sim.scope import SimScope
 from hardware.sim.scope_plan import DEFAULT_CPU_BUDGET
+from hardware.zaber.emulator import Device, ZaberEmulatorServer
+from hardware.zaber.pole import PolePositions
 from protocols.contexts import Context
 from rig.settings import Settings
 
@@ -61,7 +64,13 @@ class SimulatedRig:
         self.settings = settings
         self.speed = speed
         self.server = EmulatorServer(firmware=settings.bpod.firmware, model=settings.bpod.model, speed=speed)
-        self.motor = SimulatedPoleMotor()
+        pole = settings.pole_motor
+        self.stage = (ZaberEmulatorServer(Device(pole.device, axes=pole.axis), speed=speed)
+                      if pole.port == "emulator" else None)
+        sensor = None
+        if self.stage is not None:
+            stage, axis = self.stage, self.stage.device.axis(pole.axis)
+            sensor = StagePoleSensor(lambda: axis.position(stage.now_s()), PolePositions.from_settings(pole))
         if mouse_state and "mapping" in mouse_state:
             mapping = dict(mouse_state["mapping"])
         else:
@@ -73,7 +82,7 @@ class SimulatedRig:
                       if settings.imaging.source == "simulated" else None)
         self.mouse = SimulatedMouse(
             self.server.world, MouseParameters.from_settings(settings.sim.mouse),
-            MouseLines.from_roles(settings.wiring.model_dump()), self.motor, rng_seed=settings.sim.seed,
+            MouseLines.from_roles(settings.wiring.model_dump()), sensor, rng_seed=settings.sim.seed,
             mapping=mapping,
             on_plan=self.scope.on_plan if self.scope else None,
             on_lick=self.scope.on_lick if self.scope else None,
@@ -99,12 +108,17 @@ class SimulatedRig:
 
     def __enter__(self) -> SimulatedRig:
         self.server.start()
-        log.info("simulated rig: Bpod emulator (firmware %d) on %s at %gx real time, simulated mouse",
-                 self.settings.bpod.firmware, self.server.port, self.speed)
+        if self.stage is not None:
+            self.stage.start()
+        log.info("simulated rig: Bpod emulator (firmware %d) on %s at %gx real time, simulated mouse%s",
+                 self.settings.bpod.firmware, self.server.port, self.speed,
+                 f", Zaber stage on {self.stage.port}" if self.stage is not None else "")
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.mouse.close()
         if self.scope is not None:
             self.scope.close()
+        if self.stage is not None:
+            self.stage.stop()
         self.server.stop()

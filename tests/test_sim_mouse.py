@@ -151,8 +151,8 @@ def test_side_bias_and_lapses() -> None:
 
 def test_pole_motor_records_moves() -> None:
     motor = SimulatedPoleMotor("anterior", move_time_s=1.2)
-    assert motor.move_to("anterior") == 0.0
-    assert motor.move_to("posterior") == 1.2
+    assert motor.move_to("anterior").travel_s == 0.0
+    assert motor.move_to("posterior").travel_s == 1.2
     assert (motor.position, motor.moves, motor.total_move_time_s) == ("posterior", 1, 1.2)
     with pytest.raises(ValueError, match="anterior, posterior"):
         motor.move_to("lateral")  # type: ignore[arg-type]

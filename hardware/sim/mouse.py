@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 
+from hardware.pole_motor import PoleSensor
 from hardware.settings import MouseSimSettings
-from hardware.sim.pole_motor import SimulatedPoleMotor
 
 if TYPE_CHECKING:
     from hardware.bpod.emulator.world import OutputRecord, TrialRecord, World
@@ -286,7 +286,7 @@ class SimulatedMouse:
     """
 
     def __init__(self, world: World, params: MouseParameters, lines: MouseLines,
-                 motor: SimulatedPoleMotor | None = None, rng_seed: int | None = None, *,
+                 motor: PoleSensor | None = None, rng_seed: int | None = None, *,
                  mapping: Mapping[str, float] | None = None,
                  on_plan: Callable[[str | None, Side | None], None] | None = None,
                  on_lick: Callable[[int, Side], None] | None = None) -> None:
@@ -385,7 +385,8 @@ class SimulatedMouse:
 
     def _sensed_cue(self, line: str) -> str | None:
         if line == self.lines.pole:
-            return f"pole_{self.motor.position}" if self.motor is not None else None
+            felt = self.motor.position if self.motor is not None else None
+            return f"pole_{felt}" if felt is not None else None
         return "tone_high" if line == self.lines.sample_tone_high else "tone_low"
 
     def _plan(self, trial: MouseTrial) -> None:

@@ -1,16 +1,19 @@
-"""The motorised stage that moves the pole between trials, simulated (a `hardware.pole_motor.PoleMotor`).
+"""What the simulated mouse feels of the pole: an instantaneous stand-in motor, or the emulated Zaber stage.
 
 The pole's anterior/posterior position is not a Bpod output: the runner moves the motor during the
 inter-trial interval, and the Bpod only raises the pole (BNC) during the sample. The simulated mouse
-reads `position` when it feels the pole, so in simulation the motor is the only place the tactile cue
-lives. The move time is recorded, not simulated: the emulator's inter-trial interval does not wait for it.
+reads a `PoleSensor`'s `position` when it feels the pole, so in simulation the motor is the only place the
+tactile cue lives. The simulated rig gives it `StagePoleSensor`, the emulated stage's carriage read at the
+present; `SimulatedPoleMotor` (moves counted, not timed) serves tests that need no pty.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
-from hardware.pole_motor import POLE_POSITIONS, PolePosition
+from hardware.pole_motor import PoleMove, PolePosition, check_position
+from hardware.zaber.pole import PolePositions
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +28,7 @@ class SimulatedPoleMotor:
                  move_time_s: float = DEFAULT_MOVE_TIME_S) -> None:
         if move_time_s < 0:
             raise ValueError(f"move_time_s must be >= 0, got {move_time_s}")
-        self._position: PolePosition = _check_position(position)
+        self._position: PolePosition = check_position(position)
         self.move_time_s = move_time_s
         self.moves = 0
         """Moves that changed the position."""
@@ -36,19 +39,26 @@ class SimulatedPoleMotor:
     def position(self) -> PolePosition:
         return self._position
 
-    def move_to(self, position: PolePosition) -> float:
-        """Put the pole at `position`; returns the time the real stage would take (0 if already there)."""
-        target = _check_position(position)
+    def move_to(self, position: PolePosition) -> PoleMove:
+        """Put the pole at `position`; travel_s is what the real stage would take (0 if already there)."""
+        target = check_position(position)
         if target == self._position:
-            return 0.0
+            return PoleMove(target, 0.0)
         self._position = target
         self.moves += 1
         self.total_move_time_s += self.move_time_s
         log.debug("pole motor -> %s (move %d)", target, self.moves)
-        return self.move_time_s
+        return PoleMove(target, self.move_time_s)
 
 
-def _check_position(position: object) -> PolePosition:
-    if position not in POLE_POSITIONS:
-        raise ValueError(f"pole position must be one of {', '.join(POLE_POSITIONS)}, got {position!r}")
-    return position  # type: ignore[return-value]
+class StagePoleSensor:
+    """The pole as the emulated stage's carriage has it: `carriage()` reads the axis position now (on the
+    stage's clock), named when it is within `positions.tolerance` of anterior or posterior."""
+
+    def __init__(self, carriage: Callable[[], float], positions: PolePositions) -> None:
+        self.carriage = carriage
+        self.positions = positions
+
+    @property
+    def position(self) -> PolePosition | None:
+        return self.positions.named(self.carriage())

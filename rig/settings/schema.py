@@ -27,6 +27,7 @@ from pydantic import (
 from hardware.settings import (
     FIRMWARE_BY_MODEL,
     BpodSettings,
+    PoleMotorSettings,
     SimSettings,
     ValveCalibrationError,
     bpod_line_names,
@@ -240,6 +241,8 @@ class Settings(_Section):
     """The Bpod state machine."""
     wiring: WiringSettings = Field(default_factory=WiringSettings)
     """Role -> Bpod line."""
+    pole_motor: PoleMotorSettings = Field(default_factory=PoleMotorSettings)
+    """The stage that moves the pole between trials (Zaber ASCII)."""
     task: TaskSettings = Field(default_factory=TaskSettings)
     """The directional-licking task and its training."""
     contexts: dict[str, ContextSettings] = Field(default_factory=default_contexts, min_length=1)
