@@ -396,7 +396,7 @@ def test_virtual_input_only_while_running() -> None:
     assert [n for _, n in rig.names(messages)] == [["Port2In"], ["BNC1High"]]
 
 
-def test_queued_machine_starts_in_the_cycle_the_previous_trial_ends() -> None:
+def test_queued_machine_starts_one_cycle_after_the_previous_trial_ends() -> None:
     rig = Rig()
     body = machine(1)
     body.tup_targets = [1]
@@ -410,14 +410,16 @@ def test_queued_machine_starts_in_the_cycle_the_previous_trial_ends() -> None:
     starts = [m for m in messages if isinstance(m, TrialStarted)]
     assert len(ends) == 2 and len(starts) == 1
     assert starts[0].confirmed is True
-    assert starts[0].start_us == ends[0].end_us  # zero dead time
-    assert ends[1].end_us - starts[0].start_us == 300 * 100 == ends[1].n_cycles * 100
+    # startSM runs in the ending cycle, the next interrupt writes the start timestamp: 1 cycle, no host time.
+    assert starts[0].start_us == ends[0].end_us + 100
+    assert ends[1].end_us - starts[0].start_us == 300 * 100
+    assert ends[1].n_cycles == 301  # the firmware's count includes the ending cycle of the trial before
     trials = rig.world.trials
     assert [t.kind for t in trials] == ["start", "end", "start", "end"]
-    assert trials[1].cycle == trials[2].cycle
-    # BNC1 went low at the end of trial 1 and high again at the start of trial 2, in one cycle.
+    assert trials[2].cycle == trials[1].cycle + 1
+    # BNC1 went low at the end of trial 1 and high again at the start of trial 2, one cycle later.
     bnc = [(r.cycle - first, r.value) for r in rig.world.iter_outputs("BNC1")]
-    assert bnc == [(0, 1), (300, 0), (300, 1), (600, 0)]
+    assert bnc == [(0, 1), (300, 0), (301, 1), (601, 0)]
 
 
 def test_stop_command_mid_trial_and_pause() -> None:

@@ -99,8 +99,8 @@ def test_bpod_core_runs_queued_trials_and_app_port_soft_code_on_firmware_23(tmp_
     assert states0 == ["WaitApp", "Reward"]
     reward_end = [r["t"] for r in by_trial[0] if r["Type"] == "TrialEnd"][0]
     assert reward_end == pytest.approx(app_events[0]["t"] + 0.1, abs=1e-9)
-    # Queued with RunASAP: trial 1 starts on the very microsecond trial 0 ended.
-    assert result["trial_start_us"][1] == result["trial_end_us"][0]
+    # Queued with RunASAP: trial 1 starts one cycle (100 us, the hardware's own gap) after trial 0 ended.
+    assert result["trial_start_us"][1] == result["trial_end_us"][0] + 100
     assert [r["Event"] for r in by_trial[1] if r["Type"] == "InputEvent"] == ["Tup"]
     assert [r["t"] for r in by_trial[1] if r["Event"] == "Tup"] == [5.0]
     assert len(trials) == 2

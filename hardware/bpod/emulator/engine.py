@@ -38,10 +38,13 @@ DISCOVERY_BYTE = 0xDE
 class Firmware:
     """One emulated state machine: the firmware's variables and the clock that runs its loop."""
 
-    def __init__(self, hw: HardwareDescription, world: World | None = None) -> None:
+    def __init__(self, hw: HardwareDescription, world: World | None = None, *,
+                 faithful_quirks: bool = False) -> None:
+        """`faithful_quirks` reproduces firmware bugs a client must survive (`cycle.py`)."""
         self.hw = hw
         self.world = world if world is not None else World(hw)
         self.state = FirmwareState.power_on(hw, self.world, payload_sizes(hw))
+        self.state.faithful_quirks = faithful_quirks
         self.world.attach(lambda: self.state.cycle)
         self.busy = False  # True while advancing (listeners run inside)
 

@@ -80,11 +80,12 @@ class _Pty:
 class EmulatorServer:
     """A Bpod state machine on a pty (plus the APP port on firmware 23)."""
 
-    def __init__(self, firmware: int = 23, model: str = "r2", speed: float = 1.0) -> None:
+    def __init__(self, firmware: int = 23, model: str = "r2", speed: float = 1.0, *,
+                 faithful_quirks: bool = False) -> None:
         if speed <= 0:
             raise ValueError(f"speed must be positive, got {speed}")
         self.hw = preset(model, firmware)
-        self.firmware = Firmware(self.hw)
+        self.firmware = Firmware(self.hw, faithful_quirks=faithful_quirks)
         self.world: World = self.firmware.world
         self.speed = speed
         self._cycles_per_s = 1e6 / self.hw.cycle_us * speed
