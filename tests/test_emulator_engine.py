@@ -25,9 +25,10 @@ from hardware.bpod.hardware_description import EventTable, encode_hardware_descr
 class Rig:
     """A connected engine plus the host's view of its stream."""
 
-    def __init__(self, model: str = "r2", firmware: int = 23, ports: bool = True) -> None:
+    def __init__(self, model: str = "r2", firmware: int = 23, ports: bool = True,
+                 faithful_quirks: bool = False) -> None:
         self.hw = preset(model, firmware)
-        self.fw = Firmware(self.hw)
+        self.fw = Firmware(self.hw, faithful_quirks=faithful_quirks)
         self.world: World = self.fw.world
         self.events = EventTable.default(self.hw)
         self.parser = TrialStreamParser()
@@ -420,6 +421,32 @@ def test_queued_machine_starts_one_cycle_after_the_previous_trial_ends() -> None
     # BNC1 went low at the end of trial 1 and high again at the start of trial 2, one cycle later.
     bnc = [(r.cycle - first, r.value) for r in rig.world.iter_outputs("BNC1")]
     assert bnc == [(0, 1), (300, 0), (301, 1), (601, 0)]
+
+
+@pytest.mark.parametrize("faithful_quirks", [False, True])
+def test_a_machine_whose_header_arrives_in_the_last_cycle_waits_for_run_with_faithful_quirks(
+        faithful_quirks: bool) -> None:
+    rig = Rig(faithful_quirks=faithful_quirks)
+    body = machine(1)
+    body.tup_targets = [1]
+    body.state_timers = [300]
+    first, _ = rig.start(body)
+    following = machine(2)
+    following.tup_targets = [1, 2]
+    rig.parser.state_machine_sent()
+    # The header is parsed in the trial's last cycle (first + 300), so its body is read after the end.
+    rig.fw.receive_main(encode_state_machine(following, rig.hw, run_asap=True), at_cycle=first + 299)
+    messages = rig.run(400)
+    starts = [m for m in messages if isinstance(m, TrialStarted)]
+    assert [m for m in messages if isinstance(m, TrialEnded)][0].end_us == (first + 300 - 1) * 100
+    assert rig.fw.machine.n_states == 2  # loaded either way
+    if not faithful_quirks:
+        assert len(starts) == 1 and starts[0].confirmed is True
+        return
+    # firmware 23's `startFlag == true` typo: loaded, never started, until the host sends `R`
+    assert starts == [] and not rig.fw.state.running
+    messages = rig.parser.feed(rig.command(b"R", cycles=2))
+    assert isinstance(messages[0], TrialStarted) and messages[0].confirmed is True
 
 
 def test_stop_command_mid_trial_and_pause() -> None:

@@ -18,6 +18,8 @@ interrupt); the 100 ms stall after `6` is not modelled.
 
 from __future__ import annotations
 
+from collections import deque
+
 from hardware.bpod.emulator.commands import command_length, payload_sizes
 from hardware.bpod.emulator.cycle import (
     MODULE_INFO_TIMEOUT,
@@ -45,6 +47,7 @@ class Firmware:
         self.world = world if world is not None else World(hw)
         self.state = FirmwareState.power_on(hw, self.world, payload_sizes(hw))
         self.state.faithful_quirks = faithful_quirks
+        self._inbox: deque[tuple[int, bytearray, bytes]] = deque()  # (arrival cycle, port buffer, bytes)
         self.world.attach(lambda: self.state.cycle)
         self.busy = False  # True while advancing (listeners run inside)
 
@@ -71,17 +74,29 @@ class Firmware:
 
     @property
     def main_input_pending(self) -> bool:
-        """Host bytes not yet consumed by a command."""
-        return bool(self.state.main_in)
+        """Host bytes not yet consumed by a command (or not yet delivered)."""
+        return bool(self.state.main_in) or any(buf is self.state.main_in for _, buf, _ in self._inbox)
 
-    def receive_main(self, data: bytes) -> None:
-        """Bytes from the host on the main port; the firmware sees them from the next cycle."""
-        self.state.main_in += data
+    def receive_main(self, data: bytes, at_cycle: int | None = None) -> None:
+        """Bytes from the host on the main port. They arrive at the end of `at_cycle` (default: the
+        present), so the firmware sees them from the cycle after; bytes keep their order."""
+        self._deliver(self.state.main_in, data, at_cycle)
 
-    def receive_app(self, data: bytes) -> None:
-        """Bytes on the APP port (v23); dropped on boards without one."""
+    def receive_app(self, data: bytes, at_cycle: int | None = None) -> None:
+        """Bytes on the APP port (v23), as `receive_main`; dropped on boards without one."""
         if self.hw.has_app_port:
-            self.state.app_in += data
+            self._deliver(self.state.app_in, data, at_cycle)
+
+    def _deliver(self, buffer: bytearray, data: bytes, at_cycle: int | None) -> None:
+        """Into the port's buffer now, or into the inbox until `at_cycle` has passed (a USB link
+        delivers at frame boundaries); never ahead of bytes still in the inbox."""
+        at = self.state.cycle if at_cycle is None else at_cycle
+        if self._inbox:
+            at = max(at, self._inbox[-1][0])
+        if at <= self.state.cycle:
+            buffer += data
+        else:
+            self._inbox.append((at, buffer, data))
 
     def take_main_output(self) -> bytes:
         out = bytes(self.state.main_out)
@@ -118,7 +133,7 @@ class Firmware:
         if self._work_pending():
             return now
         best = self.world.next_input_cycle()
-        candidates: list[int] = []
+        candidates: list[int] = [self._inbox[0][0] + 1] if self._inbox else []
         if fw.get_module_info:
             candidates.append(fw.cycle + max(MODULE_INFO_TIMEOUT + 1 - fw.module_cycles, 1))
         if fw.running:
@@ -154,6 +169,10 @@ class Firmware:
         fw.cycle = cycle
 
     def _run_cycle(self) -> None:
+        inbox = self._inbox
+        while inbox and inbox[0][0] < self.state.cycle:
+            _, buffer, data = inbox.popleft()
+            buffer += data
         self.world.apply_inputs(self.state.cycle)
         loop(self.state)
         handler(self.state)
