@@ -496,6 +496,25 @@ def test_malformed_body_is_refused_without_crashing(caplog: pytest.LogCaptureFix
     assert rig.command(b"X")[:3] == b"\x01\x01\xff"
 
 
+def test_a_body_the_firmware_loads_is_loaded_though_the_codec_would_refuse_it() -> None:
+    # loadStateMatrix never checks the length and has no case for unknown trailer ops: a body padded
+    # after its end, with an op it does not know before the final flag, loads and is confirmed.
+    rig = Rig()
+    body = machine(2)
+    body.tup_targets = [1, 2]
+    body.state_timers = [10, 10]
+    plain = encode_state_machine(body, rig.hw, run_asap=True)[5:]
+    assert plain[-1] == 0  # the trailer's final flag
+    padded = plain[:-1] + b"\x01Q\x00" + b"\x00\x00\x07"  # flag 1, unknown op 'Q', flag 0, then padding
+    rig.parser.state_machine_sent()
+    rig.fw.receive_main(b"C\x01\x01" + struct.pack("<H", len(padded)) + padded)
+    messages = rig.run(40)
+    assert rig.fw.machine.n_states == 2
+    starts = [m for m in messages if isinstance(m, TrialStarted)]
+    assert len(starts) == 1 and starts[0].confirmed is True
+    assert [m.cycle for m in messages if isinstance(m, TrialEnded)] == [20]
+
+
 def test_listener_scheduled_inputs_are_deterministic() -> None:
     rig = Rig()
     body = machine(3)

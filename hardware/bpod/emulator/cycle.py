@@ -74,10 +74,11 @@ def loop(fw: FirmwareState) -> None:
 
 
 def decode_body(fw: FirmwareState, body: bytes) -> LoadedMachine | None:
-    """A body that does not decode is refused: the machine is not loaded, and the next start
-    reports the transfer as failed (confirmation byte 0)."""
+    """`loadStateMatrix`: the body as the firmware reads it (no length check, unknown trailer ops
+    skipped). One too short for its own counts is refused: the machine is not loaded, and the next
+    start reports the transfer as failed (confirmation byte 0)."""
     try:
-        return LoadedMachine.from_body(decode_state_machine_body(body, fw.hw))
+        return LoadedMachine.from_body(decode_state_machine_body(body, fw.hw, strict=False))
     except (CodecError, IndexError, ValueError) as exc:
         logger.error("state machine body of %d bytes refused: %s", len(body), exc)
         return None
