@@ -108,6 +108,22 @@ def test_app_port_handshake(server: EmulatorServer) -> None:
         assert app.read(1) == bytes([222])
 
 
+def test_r2plus_analog_port_handshake() -> None:
+    # bpod-core and the MATLAB client find the Bpod 2+'s third port by `}` -> 223 on it (none on the r2).
+    with EmulatorServer(firmware=23, model="r2plus") as emulator:
+        assert emulator.analog_port is not None and emulator.app_port is not None
+        with connect(emulator) as port, serial.Serial(emulator.analog_port, timeout=1) as analog, \
+                serial.Serial(emulator.app_port, timeout=0.2) as app:
+            analog.reset_input_buffer()
+            port.write(b"}")
+            assert analog.read(1) == bytes([223])
+            assert app.read(1) == b""
+            port.write(b"F")
+            assert port.read(4) == b"\x17\x00\x04\x00"
+    with EmulatorServer(firmware=23, model="r2") as emulator:
+        assert emulator.analog_port is None
+
+
 def test_trial_with_a_world_scheduled_lick(server: EmulatorServer) -> None:
     events = EventTable.default(server.hw)
     parser = TrialStreamParser()

@@ -1,8 +1,9 @@
 """Serve an emulated Bpod on ptys: `python -m hardware.bpod.emulator --firmware 23`.
 
-Prints `main: <path>` (and `app: <path>` on firmware 23) on stdout, then serves until SIGINT or
-SIGTERM. With --exit-with-parent the kernel sends SIGTERM when the parent dies, even after a
-`kill -9` of the parent, so a crashed rig never leaves an orphan emulator behind.
+Prints `main: <path>` (and `app: <path>` on firmware 23, `analog: <path>` on the r2+) on stdout,
+then serves until SIGINT or SIGTERM. With --exit-with-parent the kernel sends SIGTERM when the
+parent dies, even after a `kill -9` of the parent, so a crashed rig never leaves an orphan
+emulator behind.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"main: {server.port}", flush=True)
         if server.app_port:
             print(f"app: {server.app_port}", flush=True)
+        if server.analog_port:
+            print(f"analog: {server.analog_port}", flush=True)
         while not stop.wait(0.5):
             pass
     return 0

@@ -24,6 +24,7 @@ from hardware.bpod.hardware_description import HardwareDescription, encode_hardw
 logger = logging.getLogger(__name__)
 
 APP_HANDSHAKE_BYTE = 222
+ANALOG_HANDSHAKE_BYTE = 223
 
 
 def payload_sizes(hw: HardwareDescription) -> dict[int, int]:
@@ -114,6 +115,11 @@ def cmd_app_handshake(fw: FirmwareState, _: bytes) -> None:
         fw.app_out.append(APP_HANDSHAKE_BYTE)
 
 
+def cmd_analog_handshake(fw: FirmwareState, _: bytes) -> None:
+    if fw.hw.has_analog_port:
+        fw.analog_out.append(ANALOG_HANDSHAKE_BYTE)
+
+
 def cmd_reset_clock(fw: FirmwareState, _: bytes) -> None:
     fw.clock_zero = fw.cycle
     if fw.v23:
@@ -153,7 +159,7 @@ def cmd_enable(fw: FirmwareState, payload: bytes) -> None:
 
 
 def cmd_nothing(fw: FirmwareState, _: bytes) -> None:
-    """`J`, `T`, `U`, `}` (and `Q`/`q` off r2+): payload consumed, nothing attached to act on."""
+    """`J`, `T`, `U` (and `Q`/`q` off r2+): payload consumed, nothing attached to act on."""
 
 
 def cmd_sync(fw: FirmwareState, payload: bytes) -> None:
@@ -266,7 +272,7 @@ _COMMANDS = {
     "f": cmd_minor,
     "v": cmd_pcb,
     "{": cmd_app_handshake,
-    "}": cmd_nothing,  # 223 on the analog port (r2+): not emulated
+    "}": cmd_analog_handshake,
     "*": cmd_reset_clock,
     ":": cmd_ack_byte,
     "$": cmd_pause,

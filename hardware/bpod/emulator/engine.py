@@ -1,10 +1,10 @@
 """The Bpod state machine firmware (v22 / v23), cycle by cycle, on a virtual clock.
 
 No I/O, no threads, no host clock: bytes go in with `receive_main`/`receive_app`, time moves
-with `advance_to(cycle)`, bytes come out with `take_main_output`/`take_app_output`. The engine
-clock counts 100 us cycles since the engine was built and never resets; the session clock the
-host sees (`6` and `*` reset it) is derived from it, so every timestamp is an exact multiple of
-the cycle period.
+with `advance_to(cycle)`, bytes come out with `take_main_output`/`take_app_output` (and
+`take_analog_output` on the r2+). The engine clock counts 100 us cycles since the engine was
+built and never resets; the session clock the host sees (`6` and `*` reset it) is derived from
+it, so every timestamp is an exact multiple of the cycle period.
 
 `Firmware` owns the firmware's variables (`state.FirmwareState`) and runs each cycle as the
 firmware does (`cycle.loop`, then `cycle.handler`). Idle cycles are skipped:
@@ -106,6 +106,12 @@ class Firmware:
     def take_app_output(self) -> bytes:
         out = bytes(self.state.app_out)
         self.state.app_out.clear()
+        return out
+
+    def take_analog_output(self) -> bytes:
+        """r2+: what the firmware wrote on its FlexIO analog port (the `}` handshake byte)."""
+        out = bytes(self.state.analog_out)
+        self.state.analog_out.clear()
         return out
 
     def advance_to(self, cycle: int) -> None:

@@ -78,7 +78,8 @@ class _Pty:
 
 
 class EmulatorServer:
-    """A Bpod state machine on a pty (plus the APP port on firmware 23)."""
+    """A Bpod state machine on a pty (plus the APP port on firmware 23, and the FlexIO analog port
+    on the r2+)."""
 
     def __init__(self, firmware: int = 23, model: str = "r2", speed: float = 1.0, *,
                  faithful_quirks: bool = False) -> None:
@@ -94,6 +95,7 @@ class EmulatorServer:
         self._thread: threading.Thread | None = None
         self._main: _Pty | None = None
         self._app: _Pty | None = None
+        self._analog: _Pty | None = None
         self._wake_r = self._wake_w = -1
         self._t0 = 0.0
         self._cycle0 = 0
@@ -113,12 +115,22 @@ class EmulatorServer:
     def app_port(self) -> str | None:
         return self._app.path if self._app is not None else None
 
+    @property
+    def analog_port(self) -> str | None:
+        """r2+: the FlexIO analog port (it answers `}` with 223)."""
+        return self._analog.path if self._analog is not None else None
+
+    def _ports(self) -> list[_Pty]:
+        return [p for p in (self._main, self._app, self._analog) if p is not None]
+
     def start(self) -> EmulatorServer:
         if self._thread is not None:
             raise RuntimeError("the emulator is already started")
         self._main = _Pty()
         if self.hw.has_app_port:
             self._app = _Pty()
+        if self.hw.has_analog_port:
+            self._analog = _Pty()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -142,10 +154,9 @@ class EmulatorServer:
             logger.error("emulator thread did not stop")
         self._thread = None
         self.world.external_access = contextlib.nullcontext
-        for p in (self._main, self._app):
-            if p is not None:
-                p.close()
-        self._main = self._app = None
+        for p in self._ports():
+            p.close()
+        self._main = self._app = self._analog = None
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -176,7 +187,9 @@ class EmulatorServer:
         readers = {self._main.master: self.firmware.receive_main}
         if self._app is not None:
             readers[self._app.master] = self.firmware.receive_app
-        ports = [p for p in (self._main, self._app) if p is not None]
+        if self._analog is not None:
+            readers[self._analog.master] = lambda data: None  # the firmware never reads it
+        ports = self._ports()
         try:
             while not self._stop.is_set():
                 with self._lock:  # world calls from other threads append to the same buffers
@@ -223,6 +236,8 @@ class EmulatorServer:
         self._main.queue(fw.take_main_output())
         if self._app is not None:
             self._app.queue(fw.take_app_output())
+        if self._analog is not None:
+            self._analog.queue(fw.take_analog_output())
 
     def _discovery(self) -> float:
         """Write 0xDE while unconnected, every 100 ms; returns the time until the next one."""

@@ -45,6 +45,7 @@ class FirmwareState:
     app_in: bytearray = field(default_factory=bytearray)
     main_out: bytearray = field(default_factory=bytearray)
     app_out: bytearray = field(default_factory=bytearray)
+    analog_out: bytearray = field(default_factory=bytearray)  # r2+: the FlexIO port (PC2)
     # Connection and configuration
     cycle: int = 0  # last processed engine cycle
     connected: bool = False
