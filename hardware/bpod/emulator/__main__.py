@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--speed", type=float, default=1.0, help="virtual seconds per host second")
     parser.add_argument("--faithful-quirks", action="store_true",
                         help="reproduce firmware bugs a client must survive (a queued machine not started)")
+    parser.add_argument("--usb-frames", action="store_true",
+                        help="deliver bytes at USB frame boundaries (1 ms on r1/r2, 125 us on r2.5/r2+)")
     parser.add_argument("--exit-with-parent", action="store_true", help="exit when the parent process dies")
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     with EmulatorServer(firmware=args.firmware, model=args.model, speed=args.speed,
-                        faithful_quirks=args.faithful_quirks) as server:
+                        faithful_quirks=args.faithful_quirks, usb_frames=args.usb_frames) as server:
         print(f"main: {server.port}", flush=True)
         if server.app_port:
             print(f"app: {server.app_port}", flush=True)
