@@ -235,6 +235,8 @@ class TrialRecord:
     abort_reason: str | None = None
     stopped: bool | None = None
     dead_time_s: float | None = None
+    """Host-induced dead time before this trial: its start less the previous trial's end on the Bpod clock,
+    less the one cycle the device takes to start a queued trial (None for a session's first trial)."""
     reward_ul: float | None = None
     valve_time_s: float | None = None
     training_events: tuple[Mapping[str, Any], ...] = ()

@@ -2,7 +2,8 @@
 
 Per trial: the training state gives the stage and context, trial selection the side and any free
 drop, the task builds the state machine, the Bpod runs it. The next trial is queued (RunASAP) as
-soon as the current trial's outcome is known, so trials follow with zero dead time; its record is
+soon as the current trial's outcome is known, so the host adds no dead time (the Bpod starts a queued
+trial one cycle after the previous one ends, its own fixed gap); its record is
 fsynced when it ends; the subject's state is then saved so the next session continues from here.
 Control requests (switch context, pause, resume, stop) take effect at trial boundaries, never mid-trial.
 
@@ -527,12 +528,15 @@ class SessionRunner:
         outcome = "aborted" if scored is None or trial.abort_reason is not None else scored.outcome
         if trial.not_started and outcome == "aborted":
             outcome = "not_started"
-        gap_s = None
+        dead_time_s = None
         if result is not None:
             if self._first_start_s is None:
                 self._first_start_s = result.start_s
             if self._last_result_end_s is not None:
-                gap_s = result.start_s - self._last_result_end_s
+                # Host-induced dead time: the gap on the Bpod clock less the one cycle the device itself
+                # takes to start a queued trial, so 0 means "queued in time" on every board; the gap is
+                # in the record's bpod times. (+ 0.0: no -0.0 from float rounding.)
+                dead_time_s = round(result.start_s - self._last_result_end_s - result.cycle_s, 6) + 0.0
             self._last_result_end_s = result.end_s
         record = TrialRecord(
             trial=trial.number, subject=self.options.subject,
@@ -540,7 +544,7 @@ class SessionRunner:
             score=TrialScore.from_scored(scored) if scored is not None else None,
             outcome=outcome, abort_reason=trial.abort_reason,
             stopped=outcome in ("aborted", "not_started") and trial.abort_reason is None,
-            dead_time_s=round(gap_s, 6) if gap_s is not None else None,
+            dead_time_s=dead_time_s,
             reward_ul=self.settings.task.reward_volume_ul if scored and scored.rewarded else 0.0,
             valve_time_s=self.params.valve_s(trial.spec.side),
             training_events=tuple(trial.training_events), training=self.training.state.to_dict(),

@@ -25,9 +25,10 @@ from hardware.bpod.hardware_description import EventTable, encode_hardware_descr
 class Rig:
     """A connected engine plus the host's view of its stream."""
 
-    def __init__(self, model: str = "r2", firmware: int = 23, ports: bool = True) -> None:
+    def __init__(self, model: str = "r2", firmware: int = 23, ports: bool = True,
+                 faithful_quirks: bool = False) -> None:
         self.hw = preset(model, firmware)
-        self.fw = Firmware(self.hw)
+        self.fw = Firmware(self.hw, faithful_quirks=faithful_quirks)
         self.world: World = self.fw.world
         self.events = EventTable.default(self.hw)
         self.parser = TrialStreamParser()
@@ -396,7 +397,7 @@ def test_virtual_input_only_while_running() -> None:
     assert [n for _, n in rig.names(messages)] == [["Port2In"], ["BNC1High"]]
 
 
-def test_queued_machine_starts_in_the_cycle_the_previous_trial_ends() -> None:
+def test_queued_machine_starts_one_cycle_after_the_previous_trial_ends() -> None:
     rig = Rig()
     body = machine(1)
     body.tup_targets = [1]
@@ -410,14 +411,42 @@ def test_queued_machine_starts_in_the_cycle_the_previous_trial_ends() -> None:
     starts = [m for m in messages if isinstance(m, TrialStarted)]
     assert len(ends) == 2 and len(starts) == 1
     assert starts[0].confirmed is True
-    assert starts[0].start_us == ends[0].end_us  # zero dead time
-    assert ends[1].end_us - starts[0].start_us == 300 * 100 == ends[1].n_cycles * 100
+    # startSM runs in the ending cycle, the next interrupt writes the start timestamp: 1 cycle, no host time.
+    assert starts[0].start_us == ends[0].end_us + 100
+    assert ends[1].end_us - starts[0].start_us == 300 * 100
+    assert ends[1].n_cycles == 301  # the firmware's count includes the ending cycle of the trial before
     trials = rig.world.trials
     assert [t.kind for t in trials] == ["start", "end", "start", "end"]
-    assert trials[1].cycle == trials[2].cycle
-    # BNC1 went low at the end of trial 1 and high again at the start of trial 2, in one cycle.
+    assert trials[2].cycle == trials[1].cycle + 1
+    # BNC1 went low at the end of trial 1 and high again at the start of trial 2, one cycle later.
     bnc = [(r.cycle - first, r.value) for r in rig.world.iter_outputs("BNC1")]
-    assert bnc == [(0, 1), (300, 0), (300, 1), (600, 0)]
+    assert bnc == [(0, 1), (300, 0), (301, 1), (601, 0)]
+
+
+@pytest.mark.parametrize("faithful_quirks", [False, True])
+def test_a_machine_whose_header_arrives_in_the_last_cycle_waits_for_run_with_faithful_quirks(
+        faithful_quirks: bool) -> None:
+    rig = Rig(faithful_quirks=faithful_quirks)
+    body = machine(1)
+    body.tup_targets = [1]
+    body.state_timers = [300]
+    first, _ = rig.start(body)
+    following = machine(2)
+    following.tup_targets = [1, 2]
+    rig.parser.state_machine_sent()
+    # The header is parsed in the trial's last cycle (first + 300), so its body is read after the end.
+    rig.fw.receive_main(encode_state_machine(following, rig.hw, run_asap=True), at_cycle=first + 299)
+    messages = rig.run(400)
+    starts = [m for m in messages if isinstance(m, TrialStarted)]
+    assert [m for m in messages if isinstance(m, TrialEnded)][0].end_us == (first + 300 - 1) * 100
+    assert rig.fw.machine.n_states == 2  # loaded either way
+    if not faithful_quirks:
+        assert len(starts) == 1 and starts[0].confirmed is True
+        return
+    # firmware 23's `startFlag == true` typo: loaded, never started, until the host sends `R`
+    assert starts == [] and not rig.fw.state.running
+    messages = rig.parser.feed(rig.command(b"R", cycles=2))
+    assert isinstance(messages[0], TrialStarted) and messages[0].confirmed is True
 
 
 def test_stop_command_mid_trial_and_pause() -> None:
@@ -465,6 +494,25 @@ def test_malformed_body_is_refused_without_crashing(caplog: pytest.LogCaptureFix
     out = rig.command(b"R", cycles=2)
     assert out[0] == 0  # the next start reports the transfer as failed
     assert rig.command(b"X")[:3] == b"\x01\x01\xff"
+
+
+def test_a_body_the_firmware_loads_is_loaded_though_the_codec_would_refuse_it() -> None:
+    # loadStateMatrix never checks the length and has no case for unknown trailer ops: a body padded
+    # after its end, with an op it does not know before the final flag, loads and is confirmed.
+    rig = Rig()
+    body = machine(2)
+    body.tup_targets = [1, 2]
+    body.state_timers = [10, 10]
+    plain = encode_state_machine(body, rig.hw, run_asap=True)[5:]
+    assert plain[-1] == 0  # the trailer's final flag
+    padded = plain[:-1] + b"\x01Q\x00" + b"\x00\x00\x07"  # flag 1, unknown op 'Q', flag 0, then padding
+    rig.parser.state_machine_sent()
+    rig.fw.receive_main(b"C\x01\x01" + struct.pack("<H", len(padded)) + padded)
+    messages = rig.run(40)
+    assert rig.fw.machine.n_states == 2
+    starts = [m for m in messages if isinstance(m, TrialStarted)]
+    assert len(starts) == 1 and starts[0].confirmed is True
+    assert [m.cycle for m in messages if isinstance(m, TrialEnded)] == [20]
 
 
 def test_listener_scheduled_inputs_are_deterministic() -> None:

@@ -108,6 +108,22 @@ def test_app_port_handshake(server: EmulatorServer) -> None:
         assert app.read(1) == bytes([222])
 
 
+def test_r2plus_analog_port_handshake() -> None:
+    # bpod-core and the MATLAB client find the Bpod 2+'s third port by `}` -> 223 on it (none on the r2).
+    with EmulatorServer(firmware=23, model="r2plus") as emulator:
+        assert emulator.analog_port is not None and emulator.app_port is not None
+        with connect(emulator) as port, serial.Serial(emulator.analog_port, timeout=1) as analog, \
+                serial.Serial(emulator.app_port, timeout=0.2) as app:
+            analog.reset_input_buffer()
+            port.write(b"}")
+            assert analog.read(1) == bytes([223])
+            assert app.read(1) == b""
+            port.write(b"F")
+            assert port.read(4) == b"\x17\x00\x04\x00"
+    with EmulatorServer(firmware=23, model="r2") as emulator:
+        assert emulator.analog_port is None
+
+
 def test_trial_with_a_world_scheduled_lick(server: EmulatorServer) -> None:
     events = EventTable.default(server.hw)
     parser = TrialStreamParser()
@@ -148,6 +164,32 @@ def test_world_input_latency_at_real_time(server: EmulatorServer) -> None:
     print(f"world input -> bytes on the pty: median {sorted(latencies)[2] * 1e3:.3f} ms")
     assert data[:3] == bytes([1, 1, EventTable.default(server.hw).code("Port2In")])
     assert sorted(latencies)[2] < 0.002
+
+
+@pytest.mark.parametrize(("model", "frame_us"), [("r2", 1000), ("r2plus", 125)])
+def test_usb_model_delivers_bytes_at_frame_boundaries(model: str, frame_us: int) -> None:
+    frame_cycles = frame_us / 100
+    with EmulatorServer(firmware=23, model=model, usb_frames=True) as emulator, connect(emulator) as port:
+        assert emulator.usb_frame_us == frame_us
+        parser = TrialStreamParser()
+        parser.state_machine_sent()
+        port.write(encode_state_machine(lick_machine(emulator), emulator.hw, run_asap=True))
+        parser.feed(port.read(9))
+        for offset in (203, 207):  # licks inside a frame: their event waits for the frame's end
+            cycle = emulator.world.pulse_input("Port2", 5, at_cycle=emulator.world.now_cycle + offset)
+            frame_end = emulator.host_time((cycle // frame_cycles + 1) * frame_cycles)
+            assert port.read(7)[:2] == b"\x01\x01"
+            assert time.perf_counter() >= frame_end
+            port.read(7)
+        round_trips = []
+        for _ in range(5):  # `S`: one frame out, then its reply one frame back at the earliest
+            sent = time.perf_counter()
+            port.write(b"S\x07")
+            assert port.read(2) == b"\x02\x07"
+            round_trips.append(time.perf_counter() - sent)
+        port.write(b"X")
+        read_trial(port, parser)
+    assert min(round_trips) >= frame_us * 1e-6
 
 
 def test_speed_factor_runs_a_one_second_trial_in_fifty_milliseconds() -> None:

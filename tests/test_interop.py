@@ -64,13 +64,16 @@ def test_pybpod_api_runs_trials_on_firmware_22(tmp_path: Path) -> None:
     assert bnc1 == [1, 0] * 3
 
 
-def test_bpod_core_runs_queued_trials_and_app_port_soft_code_on_firmware_23(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("model", "machine_type"), [("r2", 3), ("r2plus", 4)])
+def test_bpod_core_runs_queued_trials_and_app_port_soft_code_on_firmware_23(
+        tmp_path: Path, model: str, machine_type: int) -> None:
     env = {"XDG_CONFIG_HOME": str(tmp_path / "config"), "HOME": str(tmp_path / "home"),
            "XDG_RUNTIME_DIR": str(tmp_path / "run")}
     for key in ("config", "home", "run"):
         (tmp_path / key).mkdir()
-    with EmulatorServer(firmware=23, speed=10) as emulator:
+    with EmulatorServer(firmware=23, model=model, speed=10) as emulator:
         assert emulator.app_port is not None
+        assert (emulator.analog_port is not None) == (model == "r2plus")
         first_trial = threading.Event()
         emulator.world.add_trial_listener(lambda r: first_trial.set() if r.kind == "start" else None)
         app = serial.Serial(emulator.app_port)
@@ -84,13 +87,13 @@ def test_bpod_core_runs_queued_trials_and_app_port_soft_code_on_firmware_23(tmp_
         writer.start()
         try:
             result = _run_client("bpod_core_client", emulator.port, emulator.app_port,
-                                 str(tmp_path / "bpod_core.json"), env=env)
+                                 emulator.analog_port or "", str(tmp_path / "bpod_core.json"), env=env)
         finally:
             first_trial.set()
             writer.join(5)
             app.close()
         trials = [t for t in emulator.world.trials if t.kind == "start"]
-    assert result["version"][:2] == [[23, 10], 3]
+    assert result["version"][:2] == [[23, 10], machine_type]
     rows = result["rows"]
     by_trial = [[r for r in rows if r["Trial"] == n] for n in (0, 1)]
     app_events = [r for r in by_trial[0] if r["Event"] == "SoftCodeApp3"]
@@ -99,8 +102,8 @@ def test_bpod_core_runs_queued_trials_and_app_port_soft_code_on_firmware_23(tmp_
     assert states0 == ["WaitApp", "Reward"]
     reward_end = [r["t"] for r in by_trial[0] if r["Type"] == "TrialEnd"][0]
     assert reward_end == pytest.approx(app_events[0]["t"] + 0.1, abs=1e-9)
-    # Queued with RunASAP: trial 1 starts on the very microsecond trial 0 ended.
-    assert result["trial_start_us"][1] == result["trial_end_us"][0]
+    # Queued with RunASAP: trial 1 starts one cycle (100 us, the hardware's own gap) after trial 0 ended.
+    assert result["trial_start_us"][1] == result["trial_end_us"][0] + 100
     assert [r["Event"] for r in by_trial[1] if r["Type"] == "InputEvent"] == ["Tup"]
     assert [r["t"] for r in by_trial[1] if r["Event"] == "Tup"] == [5.0]
     assert len(trials) == 2
@@ -176,17 +179,20 @@ def pybpod_client(port: str, result_path: str) -> None:
     Path(result_path).write_text(json.dumps({"trials": trials, "soft_codes": soft_codes}))
 
 
-def bpod_core_client(main_port: str, app_port: str, result_path: str) -> None:
-    """Two trials queued back to back (RunASAP); the first waits for APP soft code 3."""
+def bpod_core_client(main_port: str, app_port: str, analog_port: str, result_path: str) -> None:
+    """Two trials queued back to back (RunASAP); the first waits for APP soft code 3. With an analog
+    port, the device is a Bpod 2+ (triple-serial Teensy), whose FlexIO port bpod-core opens too."""
     import bpod_core.com
     from serial.tools.list_ports_common import ListPortInfo
 
     def comports() -> list[ListPortInfo]:
-        """The two ptys, described as the dual-serial Teensy of a Bpod r2 on firmware 23."""
+        """The ptys, described as the dual-serial Teensy of a Bpod r2 (triple-serial: r2+) on firmware 23."""
         ports = []
-        for device in (main_port, app_port):
+        devices = [d for d in (main_port, app_port, analog_port) if d]
+        for device in devices:
             info = ListPortInfo(device, skip_link_detection=True)
-            info.vid, info.pid, info.serial_number = 0x16C0, 0x048B, "EMULATOR0001"
+            info.vid, info.serial_number = 0x16C0, "EMULATOR0001"
+            info.pid = 0x048C if analog_port else 0x048B
             ports.append(info)
         return ports
 

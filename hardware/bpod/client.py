@@ -48,6 +48,10 @@ DISCOVERY_BYTE = 0xDE
 APP_PORT_REPLY = 222
 DEFAULT_BAUDRATE = 1_312_500
 READ_POLL_S = 0.05
+# A queued trial's start arrives a cycle plus the USB link after the previous trial ends. Firmware 23 never
+# starts one whose transfer was still being read when that trial ended (its `startFlag == true` typo): it
+# is loaded and waits for `R`. This long after the end, with nothing received, the client sends `R`.
+START_WAIT_S = 0.01
 
 
 class BpodError(RuntimeError):
@@ -89,6 +93,10 @@ class BpodClient:
         self._error: BpodError | None = None
         self._reader: threading.Thread | None = None
         self._stop_reader = threading.Event()
+        self._received = 0  # chunks the reader has received: has anything come since the trial end?
+        self._last_sent_s = 0.0  # monotonic time of the last state machine written
+        self._start_watch: threading.Timer | None = None
+        self.run_fallbacks = 0  # `R` sent because a queued trial's start did not come
 
     # ------------------------------------------------------------------ connection
 
@@ -163,6 +171,8 @@ class BpodClient:
         except BpodError as exc:
             log.warning("while closing: %s", exc)
         self._stop_reader.set()
+        if self._start_watch is not None:
+            self._start_watch.cancel()
         if self._reader is not None:
             self._serial.cancel_read()
             self._reader.join(timeout=2)
@@ -292,6 +302,7 @@ class BpodClient:
             self._pending.append(compiled)
             self._parser.state_machine_sent()
         self._write(payload)
+        self._last_sent_s = time.monotonic()
         return compiled
 
     def run_trial(
@@ -422,6 +433,7 @@ class BpodClient:
                 return
             if not data:
                 continue
+            self._received += 1
             try:
                 messages = self._parser.feed(data)
             except CodecError as exc:
@@ -429,6 +441,31 @@ class BpodClient:
                 return
             for message in messages:
                 self._dispatch(message)
+
+    def _watch_start(self, delay_s: float, received: int) -> None:
+        """After a trial ends with the next one queued: `R` if its start has not come in time."""
+        self._start_watch = threading.Timer(delay_s, self._start_if_stalled, args=(received,))
+        self._start_watch.daemon = True
+        self._start_watch.start()
+
+    def _start_if_stalled(self, received: int) -> None:
+        """Send `R` if nothing came since the trial end, START_WAIT_S after it and after the last state
+        machine was written (a device that was idle when that one arrived starts it on its own)."""
+        with self._cond:
+            if self._recorder is not None or not self._pending or self._error is not None:
+                return
+            if self._received != received or (self._serial is not None and self._serial.in_waiting):
+                return  # bytes are on their way: the start came
+            early_s = self._last_sent_s + START_WAIT_S - time.monotonic()
+            if early_s > 0:
+                self._watch_start(early_s, received)
+                return
+            self.run_fallbacks += 1
+        log.warning("the Bpod did not start the queued trial %d on its own; sent R", self._trials_started + 1)
+        try:
+            self._write(b"R")
+        except BpodError as exc:
+            log.warning("could not send R: %s", exc)
 
     def _fail(self, error: BpodError) -> None:
         log.error("%s", error)
@@ -478,6 +515,8 @@ class BpodClient:
                     self._trials_finished += 1
                     self._entered_by_finished = {self._trials_finished: self._entered}
                     self._recorder = None
+                    if self._pending:
+                        self._watch_start(START_WAIT_S, self._received)
             self._cond.notify_all()
         for fn, args in callbacks:
             try:

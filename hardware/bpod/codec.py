@@ -283,12 +283,18 @@ def _read_pairs(r: _Reader, wide: bool = False) -> Pairs:
     return list(zip(flat[0::2], flat[1::2], strict=True))
 
 
-def decode_state_machine_body(data: bytes, hw: HardwareDescription) -> StateMachineBody:
-    """Parse a `C` body; every byte must be used, as the firmware's parser would."""
+def decode_state_machine_body(
+    data: bytes, hw: HardwareDescription, *, strict: bool = True
+) -> StateMachineBody:
+    """Parse a `C` body. Strict (the codec's own check): every byte used, nothing the encoder would not
+    write. With strict=False, what the firmware's `loadStateMatrix` loads: it never checks the length
+    (bytes after the body are ignored), skips trailer ops it does not know, takes a machine of no states
+    and writes counter resets of states the machine does not have into rows it never reads. Only a body
+    too short for its own counts is refused (the firmware would read stale bytes of its buffer)."""
     wide = hw.machine_type >= 4
     r = _Reader(data)
     n_states, n_gt, n_gc, n_cond = r.u8s(4)
-    if n_states == 0:
+    if n_states == 0 and strict:
         raise CodecError("state machine has no states")
     body = StateMachineBody(
         n_states=n_states, n_global_timers=n_gt, n_global_counters=n_gc, n_conditions=n_cond
@@ -318,9 +324,10 @@ def decode_state_machine_body(data: bytes, hw: HardwareDescription) -> StateMach
     if hw.firmware_major >= 23:
         body.counter_resets = [0] * n_states
         for state, counter in _read_pairs(r):
-            if state >= n_states:
+            if state < n_states:
+                body.counter_resets[state] = counter
+            elif strict:
                 raise CodecError(f"counter reset names state {state}, the machine has {n_states}")
-            body.counter_resets[state] = counter
     else:
         body.counter_resets = r.u8s(n_states)
     if wide:
@@ -341,14 +348,16 @@ def decode_state_machine_body(data: bytes, hw: HardwareDescription) -> StateMach
         while r.u8():
             op = r.u8()
             if op != ord("L"):
-                raise CodecError(f"unknown additional op {op!r} in the state machine trailer")
+                if strict:
+                    raise CodecError(f"unknown additional op {op!r} in the state machine trailer")
+                continue  # the firmware's switch has no case for it: on to the next flag
             module, n_messages = r.u8(), r.u8()
             messages = []
             for _ in range(n_messages):
                 idx, length = r.u8(), r.u8()
                 messages.append((idx, r.take(length)))
             body.serial_message_ops.append((module, messages))
-    if r.pos != len(data):
+    if strict and r.pos != len(data):
         raise CodecError(f"{len(data) - r.pos} bytes left over after the state machine body")
     return body
 

@@ -63,6 +63,11 @@ class HardwareDescription:
     def has_app_port(self) -> bool:
         return "Z" in self.inputs
 
+    @property
+    def has_analog_port(self) -> bool:
+        """The Bpod 2+ streams FlexIO analog samples on a third USB serial port."""
+        return self.machine_type == 4 and self.firmware_major >= 23
+
     def default_allocation(self) -> tuple[int, ...]:
         """Events per serial channel as every client allocates them: an equal share."""
         n = len(self.serial_channels)

@@ -31,6 +31,7 @@ from hardware.bpod.module_info import MODULE_PROBE
 logger = logging.getLogger(__name__)
 
 APP_HANDSHAKE_BYTE = 222
+ANALOG_HANDSHAKE_BYTE = 223
 
 
 def payload_sizes(hw: HardwareDescription) -> dict[int, int]:
@@ -124,6 +125,11 @@ def cmd_app_handshake(fw: FirmwareState, _: bytes) -> None:
         fw.app_out.append(APP_HANDSHAKE_BYTE)
 
 
+def cmd_analog_handshake(fw: FirmwareState, _: bytes) -> None:
+    if fw.hw.has_analog_port:
+        fw.analog_out.append(ANALOG_HANDSHAKE_BYTE)
+
+
 def cmd_reset_clock(fw: FirmwareState, _: bytes) -> None:
     fw.clock_zero = fw.cycle
     if fw.v23:
@@ -207,10 +213,6 @@ def cmd_allocation(fw: FirmwareState, payload: bytes) -> None:
 def cmd_enable(fw: FirmwareState, payload: bytes) -> None:
     fw.input_enabled = list(payload)
     _reply(fw, 1)
-
-
-def cmd_nothing(fw: FirmwareState, _: bytes) -> None:
-    """`}` (and `Q`/`q` off r2+): payload consumed, nothing attached to act on."""
 
 
 def cmd_sync(fw: FirmwareState, payload: bytes) -> None:
@@ -323,7 +325,7 @@ _COMMANDS = {
     "f": cmd_minor,
     "v": cmd_pcb,
     "{": cmd_app_handshake,
-    "}": cmd_nothing,  # 223 on the analog port (r2+): not emulated
+    "}": cmd_analog_handshake,
     "*": cmd_reset_clock,
     ":": cmd_ack_byte,
     "$": cmd_pause,

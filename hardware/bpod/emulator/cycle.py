@@ -7,11 +7,14 @@ end), `trial_cycle` is its event-detection block in the firmware's order. State 
 output lines are in `outputs.py` (`setStateOutputs`), the host's commands in `commands.py`,
 global timers in `timers.py`.
 
-Deliberate differences from the firmware (each is noted where it happens): a RunASAP machine
-queued during a trial starts in the very cycle the previous trial ends (the firmware writes its
-start timestamp one cycle later), so start_us of the next trial == end_us of the previous one;
-a queued machine whose transfer completes after the trial ended still starts (the firmware's
-`startFlag == true` typo would leave it waiting forever).
+A RunASAP machine queued during a trial starts as on the device: `startSM` runs in the cycle the
+previous trial ends and the next interrupt (its first loop) writes the start timestamp, so
+start_us of the next trial is end_us of the previous one plus one cycle, and that trial's
+nCyclesCompleted counts the ending cycle too (one more than its exit cycle).
+
+Deliberate difference from the firmware unless `faithful_quirks` is set: a queued machine whose
+transfer completes after the trial ended still starts. The firmware's `startFlag == true` typo
+(a comparison where an assignment was meant) leaves it loaded but waiting for `R`.
 """
 
 from __future__ import annotations
@@ -84,10 +87,11 @@ def loop(fw: FirmwareState) -> None:
 
 
 def decode_body(fw: FirmwareState, body: bytes) -> LoadedMachine | None:
-    """A body that does not decode is refused: the machine is not loaded, and the next start
-    reports the transfer as failed (confirmation byte 0)."""
+    """`loadStateMatrix`: the body as the firmware reads it (no length check, unknown trailer ops
+    skipped). One too short for its own counts is refused: the machine is not loaded, and the next
+    start reports the transfer as failed (confirmation byte 0)."""
     try:
-        return LoadedMachine.from_body(decode_state_machine_body(body, fw.hw))
+        return LoadedMachine.from_body(decode_state_machine_body(body, fw.hw, strict=False))
     except (CodecError, IndexError, ValueError) as exc:
         logger.error("state machine body of %d bytes refused: %s", len(body), exc)
         return None
@@ -145,9 +149,9 @@ def start_sm(fw: FirmwareState) -> None:
 def handler(fw: FirmwareState) -> None:
     """`handler()`: one command, one APP byte, one trial cycle, then the trial end if due."""
     if fw.run_flag and fw.sma_confirmed:
-        # The firmware writes `startFlag == true` here (a no-op); the intent is to start.
         fw.run_flag = False
-        fw.start_flag = True
+        # The firmware writes `startFlag == true` here, a no-op: the machine waits for `R`.
+        fw.start_flag = not fw.faithful_quirks
     if fw.get_module_info:
         fw.module_cycles += 1
         if fw.module_cycles > MODULE_INFO_TIMEOUT:
@@ -329,7 +333,8 @@ def soft_event_ready(fw: FirmwareState, code: int, letter: str) -> bool:
 
 
 def finish_trial(fw: FirmwareState) -> None:
-    """Trial end: end record, outputs low, then the queued machine, started in this cycle."""
+    """Trial end: end record, outputs low, then the queued machine: `startSM` now, so its first
+    loop (the start timestamp) is the next cycle."""
     if fw.sync_mode == 0:
         reset_sync_line(fw)
     else:
@@ -349,7 +354,4 @@ def finish_trial(fw: FirmwareState) -> None:
         if fw.new_sma_started and not fw.sma_confirmed:
             fw.run_flag = True  # starts when its transfer completes
         else:
-            # The firmware writes this start timestamp one cycle later; here the next trial
-            # begins in the cycle the previous one ended (zero dead time).
             start_sm(fw)
-            run_first_loop(fw)

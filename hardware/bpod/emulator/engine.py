@@ -1,10 +1,10 @@
 """The Bpod state machine firmware (v22 / v23), cycle by cycle, on a virtual clock.
 
 No I/O, no threads, no host clock: bytes go in with `receive_main`/`receive_app`, time moves
-with `advance_to(cycle)`, bytes come out with `take_main_output`/`take_app_output`. The engine
-clock counts 100 us cycles since the engine was built and never resets; the session clock the
-host sees (`6` and `*` reset it) is derived from it, so every timestamp is an exact multiple of
-the cycle period.
+with `advance_to(cycle)`, bytes come out with `take_main_output`/`take_app_output` (and
+`take_analog_output` on the r2+). The engine clock counts 100 us cycles since the engine was
+built and never resets; the session clock the host sees (`6` and `*` reset it) is derived from
+it, so every timestamp is an exact multiple of the cycle period.
 
 `Firmware` owns the firmware's variables (`state.FirmwareState`) and runs each cycle as the
 firmware does (`cycle.loop`, then `cycle.handler`). Idle cycles are skipped:
@@ -17,6 +17,8 @@ interrupt); the 100 ms stall after `6` is not modelled.
 """
 
 from __future__ import annotations
+
+from collections import deque
 
 from hardware.bpod.emulator.commands import command_length, payload_sizes
 from hardware.bpod.emulator.cycle import (
@@ -38,10 +40,14 @@ DISCOVERY_BYTE = 0xDE
 class Firmware:
     """One emulated state machine: the firmware's variables and the clock that runs its loop."""
 
-    def __init__(self, hw: HardwareDescription, world: World | None = None) -> None:
+    def __init__(self, hw: HardwareDescription, world: World | None = None, *,
+                 faithful_quirks: bool = False) -> None:
+        """`faithful_quirks` reproduces firmware bugs a client must survive (`cycle.py`)."""
         self.hw = hw
         self.world = world if world is not None else World(hw)
         self.state = FirmwareState.power_on(hw, self.world, payload_sizes(hw))
+        self.state.faithful_quirks = faithful_quirks
+        self._inbox: deque[tuple[int, bytearray, bytes]] = deque()  # (arrival cycle, port buffer, bytes)
         self.world.attach(lambda: self.state.cycle)
         self.busy = False  # True while advancing (listeners run inside)
 
@@ -68,17 +74,29 @@ class Firmware:
 
     @property
     def main_input_pending(self) -> bool:
-        """Host bytes not yet consumed by a command."""
-        return bool(self.state.main_in)
+        """Host bytes not yet consumed by a command (or not yet delivered)."""
+        return bool(self.state.main_in) or any(buf is self.state.main_in for _, buf, _ in self._inbox)
 
-    def receive_main(self, data: bytes) -> None:
-        """Bytes from the host on the main port; the firmware sees them from the next cycle."""
-        self.state.main_in += data
+    def receive_main(self, data: bytes, at_cycle: int | None = None) -> None:
+        """Bytes from the host on the main port. They arrive at the end of `at_cycle` (default: the
+        present), so the firmware sees them from the cycle after; bytes keep their order."""
+        self._deliver(self.state.main_in, data, at_cycle)
 
-    def receive_app(self, data: bytes) -> None:
-        """Bytes on the APP port (v23); dropped on boards without one."""
+    def receive_app(self, data: bytes, at_cycle: int | None = None) -> None:
+        """Bytes on the APP port (v23), as `receive_main`; dropped on boards without one."""
         if self.hw.has_app_port:
-            self.state.app_in += data
+            self._deliver(self.state.app_in, data, at_cycle)
+
+    def _deliver(self, buffer: bytearray, data: bytes, at_cycle: int | None) -> None:
+        """Into the port's buffer now, or into the inbox until `at_cycle` has passed (a USB link
+        delivers at frame boundaries); never ahead of bytes still in the inbox."""
+        at = self.state.cycle if at_cycle is None else at_cycle
+        if self._inbox:
+            at = max(at, self._inbox[-1][0])
+        if at <= self.state.cycle:
+            buffer += data
+        else:
+            self._inbox.append((at, buffer, data))
 
     def take_main_output(self) -> bytes:
         out = bytes(self.state.main_out)
@@ -88,6 +106,12 @@ class Firmware:
     def take_app_output(self) -> bytes:
         out = bytes(self.state.app_out)
         self.state.app_out.clear()
+        return out
+
+    def take_analog_output(self) -> bytes:
+        """r2+: what the firmware wrote on its FlexIO analog port (the `}` handshake byte)."""
+        out = bytes(self.state.analog_out)
+        self.state.analog_out.clear()
         return out
 
     def advance_to(self, cycle: int) -> None:
@@ -115,7 +139,7 @@ class Firmware:
         if self._work_pending():
             return now
         best = self.world.next_input_cycle()
-        candidates: list[int] = []
+        candidates: list[int] = [self._inbox[0][0] + 1] if self._inbox else []
         if fw.get_module_info:
             candidates.append(fw.cycle + max(MODULE_INFO_TIMEOUT + 1 - fw.module_cycles, 1))
         if fw.running or any(fw.relay_mode):
@@ -155,6 +179,10 @@ class Firmware:
         fw.cycle = cycle
 
     def _run_cycle(self) -> None:
+        inbox = self._inbox
+        while inbox and inbox[0][0] < self.state.cycle:
+            _, buffer, data = inbox.popleft()
+            buffer += data
         self.world.apply_inputs(self.state.cycle)
         loop(self.state)
         handler(self.state)

@@ -6,6 +6,11 @@ with the current virtual cycle, advances the engine and writes what it produced.
 clock is `cycle = host seconds since start * 10 000 * speed`; timestamps the host sees come
 from it, never from the host clock, so they are exact at any speed.
 
+With `usb_frames` the link is modelled too: bytes in either direction are delivered at USB frame
+boundaries of the virtual clock (1 ms full-speed frames on the r2 and r1, 125 us micro-frames on
+the Teensy 4.1 of the r2.5 and r2+), so latencies measured on the emulator include what a real
+link adds. Off by default: bytes then move as soon as the thread serves them.
+
 Other threads reach the engine through `World` calls, which take the server's lock and first
 bring the engine up to the present, then wake the thread so a newly scheduled input is served
 on time. While no client is connected the main port carries the discovery byte 0xDE every
@@ -17,10 +22,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import os
 import select
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from types import TracebackType
 
@@ -33,16 +40,21 @@ logger = logging.getLogger(__name__)
 
 MAX_SLEEP_S = 0.005
 DISCOVERY_INTERVAL_S = 0.1
+USB_FRAME_US = {"r1": 1000, "r2": 1000, "r2.5": 125, "r2plus": 125}  # full speed vs high speed
 
 
 class EmulatorServer:
-    """A Bpod state machine on a pty (plus the APP port on firmware 23)."""
+    """A Bpod state machine on a pty (plus the APP port on firmware 23, and the FlexIO analog port
+    on the r2+)."""
 
-    def __init__(self, firmware: int = 23, model: str = "r2", speed: float = 1.0) -> None:
+    def __init__(self, firmware: int = 23, model: str = "r2", speed: float = 1.0, *,
+                 faithful_quirks: bool = False, usb_frames: bool = False) -> None:
         if speed <= 0:
             raise ValueError(f"speed must be positive, got {speed}")
         self.hw = preset(model, firmware)
-        self.firmware = Firmware(self.hw)
+        self.usb_frame_us: int | None = USB_FRAME_US[model] if usb_frames else None
+        self._held: deque[tuple[float, PtyPair, bytes]] = deque()  # (host release time, port, bytes)
+        self.firmware = Firmware(self.hw, faithful_quirks=faithful_quirks)
         self.world: World = self.firmware.world
         self.speed = speed
         self._cycles_per_s = 1e6 / self.hw.cycle_us * speed
@@ -51,6 +63,7 @@ class EmulatorServer:
         self._thread: threading.Thread | None = None
         self._main: PtyPair | None = None
         self._app: PtyPair | None = None
+        self._analog: PtyPair | None = None
         self._wake_r = self._wake_w = -1
         self._t0 = 0.0
         self._cycle0 = 0
@@ -70,12 +83,22 @@ class EmulatorServer:
     def app_port(self) -> str | None:
         return self._app.path if self._app is not None else None
 
+    @property
+    def analog_port(self) -> str | None:
+        """r2+: the FlexIO analog port (it answers `}` with 223)."""
+        return self._analog.path if self._analog is not None else None
+
+    def _ports(self) -> list[PtyPair]:
+        return [p for p in (self._main, self._app, self._analog) if p is not None]
+
     def start(self) -> EmulatorServer:
         if self._thread is not None:
             raise RuntimeError("the emulator is already started")
         self._main = PtyPair()
         if self.hw.has_app_port:
             self._app = PtyPair()
+        if self.hw.has_analog_port:
+            self._analog = PtyPair()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -99,10 +122,9 @@ class EmulatorServer:
             logger.error("emulator thread did not stop")
         self._thread = None
         self.world.external_access = contextlib.nullcontext
-        for p in (self._main, self._app):
-            if p is not None:
-                p.close()
-        self._main = self._app = None
+        for p in self._ports():
+            p.close()
+        self._main = self._app = self._analog = None
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -133,13 +155,15 @@ class EmulatorServer:
         readers = {self._main.master: self.firmware.receive_main}
         if self._app is not None:
             readers[self._app.master] = self.firmware.receive_app
-        ports = [p for p in (self._main, self._app) if p is not None]
+        if self._analog is not None:
+            readers[self._analog.master] = lambda data, at: None  # the firmware never reads it
+        ports = self._ports()
         try:
             while not self._stop.is_set():
                 with self._lock:  # world calls from other threads append to the same buffers
                     self._catch_up()
                     wakeup = self.firmware.next_wakeup_cycle()
-                    timeout = self._discovery()
+                    timeout = min(self._discovery(), self._release_held())
                     for p in ports:
                         p.flush()
                     writers = [p.master for p in ports if p.pending]
@@ -155,7 +179,7 @@ class EmulatorServer:
                         if data:
                             with self._lock:
                                 self._catch_up()
-                                readers[fd](data)
+                                readers[fd](data, self._arrival_cycle())
         except Exception:
             logger.exception("Bpod emulator thread failed")
             raise
@@ -171,15 +195,55 @@ class EmulatorServer:
             raise
 
     def _catch_up(self) -> None:
-        """Advance the engine to the present and queue what it wrote (lock held)."""
+        """Advance the engine to the present and queue what it wrote (lock held); with the USB
+        model, frame by frame, each frame's bytes held until that frame ends."""
         fw = self.firmware
         target = self.virtual_cycle()
-        if target > fw.cycle:
-            fw.advance_to(target)
-        assert self._main is not None
-        self._main.queue(fw.take_main_output())
-        if self._app is not None:
-            self._app.queue(fw.take_app_output())
+        self._take_output(fw.cycle)  # written by world calls at the current cycle
+        while fw.cycle < target:
+            wakeup = fw.next_wakeup_cycle()
+            if self.usb_frame_us is None or wakeup is None or wakeup > target:
+                fw.advance_to(target)
+            else:
+                last_of_frame = -(-(self._frame_of(wakeup) + 1) * self.usb_frame_us // self.hw.cycle_us) - 1
+                fw.advance_to(min(target, last_of_frame))
+            self._take_output(fw.cycle)
+
+    def _frame_of(self, cycle: float) -> int:
+        assert self.usb_frame_us is not None
+        return int(cycle * self.hw.cycle_us // self.usb_frame_us)
+
+    def _take_output(self, cycle: int) -> None:
+        """Queue what the firmware wrote by `cycle`: now, or at the end of that cycle's USB frame."""
+        fw = self.firmware
+        release = None
+        if self.usb_frame_us is not None:
+            release = self.host_time((self._frame_of(cycle) + 1) * self.usb_frame_us / self.hw.cycle_us)
+        for port, data in ((self._main, fw.take_main_output()), (self._app, fw.take_app_output()),
+                           (self._analog, fw.take_analog_output())):
+            if port is None or not data:
+                continue
+            if release is None:
+                port.queue(data)
+            else:
+                self._held.append((release, port, data))
+
+    def _release_held(self) -> float:
+        """Queue the held bytes whose frame has ended; returns the time until the next one does."""
+        now = time.perf_counter()
+        while self._held and self._held[0][0] <= now:
+            _, port, data = self._held.popleft()
+            port.queue(data)
+        return self._held[0][0] - now if self._held else MAX_SLEEP_S
+
+    def _arrival_cycle(self) -> int | None:
+        """With the USB model: the cycle at whose end bytes the host writes now reach the firmware
+        (the end of the next frame's start: the firmware sees them from the first cycle after it)."""
+        if self.usb_frame_us is None:
+            return None
+        now = (time.perf_counter() - self._t0) * self._cycles_per_s + self._cycle0
+        boundary = (self._frame_of(now) + 1) * self.usb_frame_us / self.hw.cycle_us
+        return max(math.ceil(boundary - 1e-9) - 1, self.firmware.cycle)
 
     def _discovery(self) -> float:
         """Write 0xDE while unconnected, every 100 ms; returns the time until the next one."""

@@ -40,11 +40,13 @@ class FirmwareState:
     condition_pos: int
     tup_pos: int
     payload_sizes: dict[int, int]  # op code -> fixed payload bytes (`commands.payload_sizes`)
+    faithful_quirks: bool = False  # reproduce firmware bugs the emulator otherwise smooths over
     # The serial buffers (host side of USB and the APP port)
     main_in: bytearray = field(default_factory=bytearray)
     app_in: bytearray = field(default_factory=bytearray)
     main_out: bytearray = field(default_factory=bytearray)
     app_out: bytearray = field(default_factory=bytearray)
+    analog_out: bytearray = field(default_factory=bytearray)  # r2+: the FlexIO port (PC2)
     # Connection and configuration
     cycle: int = 0  # last processed engine cycle
     connected: bool = False
