@@ -99,6 +99,9 @@ class TimingSettings(_Section):
 
     trig_trial_start: float = Field(0.01, gt=0, le=60)
     """TrigTrialStart: imaging-trigger pulse at trial start (s)."""
+    pre_sample: float = Field(1.56, ge=0, le=60)
+    """PreSamplePeriod: baseline between the trigger pulse and the cue (s); the sample starts
+    trig_trial_start + pre_sample after the trigger (1.57 s in the paper's aligned data)."""
     sample: float = Field(1.3, gt=0, le=60)
     """SamplePeriod: cue presented (s)."""
     early_lick_sample: float = Field(0.05, gt=0, le=60)
@@ -115,6 +118,9 @@ class TimingSettings(_Section):
     """NoResponse: state entered when no lick came in the answer period (s)."""
     stop_licking: float = Field(1.0, gt=0, le=60)
     """StopLicking: the mouse must not lick for this long before the trial ends; a lick restarts it (s)."""
+    inter_trial_interval: float = Field(1.0, ge=0, le=60)
+    """InterTrialInterval: the trial's last epoch, after StopLicking; licks are ignored and the pole motor
+    moves to the next trial's position (s)."""
     trial_end: float = Field(0.01, gt=0, le=60)
     """TrialEnd (s)."""
 
