@@ -175,9 +175,9 @@ def test_hit(rig: Rig, side: Side) -> None:
     lick = ANSWER_ON + RT
     r = run(rig, trial, [(side, lick)])
     expected = [("TrigTrialStart", TRIG), ("PreSamplePeriod", PRE), ("SamplePeriod", SAMPLE),
-                ("DelayPeriod", DELAY), ("ResponseCue", CUE), ("AnswerPeriod", RT), ("Reward", VALVE_CYCLES[side]),
-                ("RewardConsumption", CONSUME), ("StopLicking", STOP), ("InterTrialInterval", ITI),
-                ("TrialEnd", END)]
+                ("DelayPeriod", DELAY), ("ResponseCue", CUE), ("AnswerPeriod", RT),
+                ("Reward", VALVE_CYCLES[side]), ("RewardConsumption", CONSUME), ("StopLicking", STOP),
+                ("InterTrialInterval", ITI), ("TrialEnd", END)]
     assert durations(r) == expected
     assert r.sequence == [s for s in STATES if s in r.sequence]  # visited in the order build_trial adds them
     assert r.result.exit_cycle == sum(n for _, n in expected)
@@ -214,7 +214,8 @@ def test_no_lick_is_no_response_after_the_whole_answer_period(rig: Rig) -> None:
     stop_on = ANSWER_ON + ANSWER + NO_RESPONSE
     iti_on = stop_on + STOP
     assert r.visits == [
-        ("TrigTrialStart", 0, TRIG), ("PreSamplePeriod", TRIG, SAMPLE_ON), ("SamplePeriod", SAMPLE_ON, DELAY_ON),
+        ("TrigTrialStart", 0, TRIG), ("PreSamplePeriod", TRIG, SAMPLE_ON),
+        ("SamplePeriod", SAMPLE_ON, DELAY_ON),
         ("DelayPeriod", DELAY_ON, GO_ON), ("ResponseCue", GO_ON, ANSWER_ON),
         ("AnswerPeriod", ANSWER_ON, ANSWER_ON + ANSWER),
         ("NoResponse", ANSWER_ON + ANSWER, stop_on), ("StopLicking", stop_on, iti_on),
@@ -280,8 +281,8 @@ def test_early_lick_in_the_sample_restarts_the_sample(rig: Rig) -> None:
         ("SamplePeriod", restart, delay_on), ("DelayPeriod", delay_on, delay_on + DELAY),
         ("ResponseCue", delay_on + DELAY, answer_on),
     ]
-    assert r.sequence[7:] == ["AnswerPeriod", "Reward", "RewardConsumption", "StopLicking", "InterTrialInterval",
-                              "TrialEnd"]
+    assert r.sequence[7:] == ["AnswerPeriod", "Reward", "RewardConsumption", "StopLicking",
+                              "InterTrialInterval", "TrialEnd"]
     # The cue stays on through EarlyLickSample: the pole is in from the first sample onset to the delay.
     assert r.line(W.pole) == [(SAMPLE_ON, 1), (delay_on, 0)]
     scored = r.score(trial)
@@ -311,7 +312,8 @@ def test_early_lick_in_the_delay_restarts_the_delay(rig: Rig, stage: TrainingSta
     go_on = restart + DELAY
     r = run(rig, trial, [("left", early)])
     assert r.visits[:7] == [
-        ("TrigTrialStart", 0, TRIG), ("PreSamplePeriod", TRIG, SAMPLE_ON), ("SamplePeriod", SAMPLE_ON, DELAY_ON),
+        ("TrigTrialStart", 0, TRIG), ("PreSamplePeriod", TRIG, SAMPLE_ON),
+        ("SamplePeriod", SAMPLE_ON, DELAY_ON),
         ("DelayPeriod", DELAY_ON, early), ("EarlyLickDelay", early, restart),
         ("DelayPeriod", restart, go_on), ("ResponseCue", go_on, go_on + CUE),
     ]

@@ -34,9 +34,9 @@ CONTEXTS = contexts_from_settings(SETTINGS.contexts)
 STAGES = {stage.name: stage for stage in SETTINGS.task.stages}
 PARAMS = task_parameters(SETTINGS)
 SPEC_STATES = (
-    "TrigTrialStart", "PreSamplePeriod", "SamplePeriod", "EarlyLickSample", "DelayPeriod", "EarlyLickDelay", "GiveLeftDrop",
-    "GiveRightDrop", "ResponseCue", "AnswerPeriod", "Reward", "RewardConsumption", "TimeOut", "NoResponse",
-    "StopLicking", "StopLickingReturn", "InterTrialInterval", "TrialEnd",
+    "TrigTrialStart", "PreSamplePeriod", "SamplePeriod", "EarlyLickSample", "DelayPeriod", "EarlyLickDelay",
+    "GiveLeftDrop", "GiveRightDrop", "ResponseCue", "AnswerPeriod", "Reward", "RewardConsumption", "TimeOut",
+    "NoResponse", "StopLicking", "StopLickingReturn", "InterTrialInterval", "TrialEnd",
 )
 
 
@@ -111,7 +111,8 @@ def test_the_main_path_in_the_words_of_the_spec() -> None:
     s = states(build_trial(make_trial("right"), PARAMS))
     tup = {name: state.transitions["Tup"] for name, state in s.items()}
     assert tup == {
-        "TrigTrialStart": "PreSamplePeriod", "PreSamplePeriod": "SamplePeriod", "SamplePeriod": "DelayPeriod", "EarlyLickSample": "SamplePeriod",
+        "TrigTrialStart": "PreSamplePeriod", "PreSamplePeriod": "SamplePeriod", "SamplePeriod": "DelayPeriod",
+        "EarlyLickSample": "SamplePeriod",
         "DelayPeriod": "ResponseCue", "EarlyLickDelay": "DelayPeriod", "GiveLeftDrop": "ResponseCue",
         "GiveRightDrop": "ResponseCue", "ResponseCue": "AnswerPeriod", "AnswerPeriod": "NoResponse",
         "Reward": "RewardConsumption", "RewardConsumption": "StopLicking", "TimeOut": "StopLicking",
@@ -176,8 +177,8 @@ def test_rewiring_is_a_settings_change() -> None:
 def custom_settings(**task: Any) -> Settings:
     timing = {"trig_trial_start": 0.02, "pre_sample": 0.9, "sample": 1.1, "early_lick_sample": 0.07,
               "early_lick_delay": 0.08, "response_cue": 0.15, "answer_period": 3.5,
-              "reward_consumption": 0.9, "no_response": 0.03, "stop_licking": 1.7, "inter_trial_interval": 1.3,
-              "trial_end": 0.04}
+              "reward_consumption": 0.9, "no_response": 0.03, "stop_licking": 1.7,
+              "inter_trial_interval": 1.3, "trial_end": 0.04}
     return parse_settings({"task": {"timing": timing, **task}})
 
 
