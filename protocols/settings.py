@@ -20,6 +20,7 @@ from protocols.state_machine import input_event
 
 SelectionMode = Literal["antibias", "autolearn", "random", "fixed", "both_rewarded"]
 SELECTION_MODES: tuple[str, ...] = get_args(SelectionMode)
+FreeDropRule = Literal["last_trials", "side_trials"]
 MIN_CORRECT_WINDOW_FLOOR = 5
 """The firmware looks at no fewer than 5 trials of a side for its min_correct rule (spec)."""
 RoleKind = Literal["input", "valve", "output"]
@@ -154,10 +155,19 @@ class AutoRewardSettings(_Section):
 
     enabled: bool = True
     """Give free drops at all."""
+    rule: FreeDropRule = "last_trials"
+    """last_trials (the home-cage firmware's autoReward): the last `after_errors` trials were all of one side
+    and all unrewarded, and more than `min_trials_since_last` trials have passed since the rule last fired
+    (whether or not the next trial was of that side); side_trials: that side's last `after_errors` trials
+    (trials of the other side in between skipped) were unrewarded, and more than `min_trials_since_last`
+    trials have passed since the last free drop given."""
     after_errors: int = Field(3, ge=1, le=100)
-    """Consecutive errors on one side that trigger a free drop on that side's next trial."""
+    """Unrewarded trials (errors or no answer) that trigger a free drop on that side's next trial."""
     min_trials_since_last: int = Field(3, ge=0, le=1000)
-    """At least this many trials since the last free drop."""
+    """More than this many trials between two free drops (see `rule` for where the count starts)."""
+    after_task_learned: bool = False
+    """Free drops also once the task is learned (the context-switching stage); the firmware gives none
+    there, so a new contingency is learned without help."""
 
 
 class AdvanceCriterion(_Section):
