@@ -21,6 +21,7 @@ from protocols.state_machine import input_event
 SelectionMode = Literal["antibias", "autolearn", "random", "fixed", "both_rewarded"]
 SELECTION_MODES: tuple[str, ...] = get_args(SelectionMode)
 FreeDropRule = Literal["last_trials", "side_trials"]
+StageMeasure = Literal["rewarded", "answered"]
 MIN_CORRECT_WINDOW_FLOOR = 5
 """The firmware looks at no fewer than 5 trials of a side for its min_correct rule (spec)."""
 RoleKind = Literal["input", "valve", "output"]
@@ -176,9 +177,16 @@ class AdvanceCriterion(_Section):
     min_trials: int = Field(ge=0, le=100_000)
     """Trials done in the stage (more than this many)."""
     perf_threshold: float = Field(ge=0, le=1)
-    """Fraction correct among answered trials in the window (0-1)."""
+    """Performance (0-1) the window must be above."""
     window: int = Field(ge=1, le=1000)
     """Number of most recent trials the performance is computed over."""
+    counts: StageMeasure = "rewarded"
+    """rewarded: rewarded trials among all trials of the window, no answer counting as a failure (the
+    home-cage firmware's stage performance); answered: fraction correct among answered trials (Perf100's
+    measure, which the firmware uses to leave the last stage)."""
+    spans_stages: bool = True
+    """The window holds the subject's last trials whatever their stage, as the firmware's history is not
+    reset at a stage change; false: it starts empty when this stage is entered."""
 
     def met(self, trials_in_stage: int, performance: float | None) -> bool:
         """More than `min_trials` trials in the stage, and performance above `perf_threshold`."""
@@ -213,10 +221,12 @@ class TrainingStage(_Section):
 
 
 def _default_stages() -> list[TrainingStage]:
-    """The home-cage progression: sample stage, antibias, delay ramp 0.3 -> 1.3 s, full task."""
+    """The home-cage progression: sample stage, antibias, delay ramp 0.3 -> 1.3 s, full task. As in the
+    firmware, the stages count rewarded trials of the last 30, and the full task is left at Perf100."""
 
     def stage(
-        name: str, delay: float, timeout: float, mode: str, enforce: bool, crit: tuple
+        name: str, delay: float, timeout: float, mode: str, enforce: bool, crit: tuple,
+        counts: StageMeasure = "rewarded",
     ) -> TrainingStage:
         return TrainingStage.model_validate(
             {
@@ -225,17 +235,18 @@ def _default_stages() -> list[TrainingStage]:
                 "timeout_s": timeout,
                 "selection": mode,
                 "sample_enforcement": enforce,
-                "advance": dict(zip(("min_trials", "perf_threshold", "window"), crit, strict=True)),
+                "advance": dict(zip(("min_trials", "perf_threshold", "window"), crit, strict=True))
+                | {"counts": counts},
             }
         )
 
     stages = [
         stage("sample", 0.3, 1.0, "autolearn", False, (200, 0.0, 100)),
-        stage("sample-antibias", 0.3, 3.0, "antibias", False, (100, 0.75, 100)),
+        stage("sample-antibias", 0.3, 3.0, "antibias", False, (100, 0.75, 30)),
     ]
     for delay in (0.3, 0.5, 0.8, 1.0, 1.3):
         stages.append(stage(f"delay-{delay:.1f}", delay, 3.0, "antibias", False, (100, 0.70, 30)))
-    stages.append(stage("full", 1.3, 4.0, "antibias", True, (500, 0.70, 100)))
+    stages.append(stage("full", 1.3, 4.0, "antibias", True, (500, 0.70, 100), counts="answered"))
     return stages
 
 
