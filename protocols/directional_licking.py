@@ -24,8 +24,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from protocols.contexts import Side, other_side
-from protocols.settings import TimingSettings, WiringSettings
+from protocols.settings import TimingSettings, TrialBitcodeSettings, WiringSettings
 from protocols.state_machine import EXIT, StateMachine
+from protocols.trial_bitcode import BITCODE_START, add_bitcode_states
 from protocols.trial_spec import TrialSpec
 
 # -- the task's states, named once: the rig, scoring and the displays read them from here ---------------
@@ -99,6 +100,15 @@ class TaskParameters:
     left_valve_s: float  # valve open time that gives one reward on the left (s)
     right_valve_s: float
     decoder_gated_delay: DecoderGate | None = None
+    bitcode: TrialBitcodeSettings | None = None
+    """The trial-number bitcode on `wiring.trial_bitcode`, or None (not sent)."""
+
+    def __post_init__(self) -> None:
+        if self.bitcode is not None and self.wiring.trial_bitcode is None:
+            raise ValueError("a trial bitcode needs wiring.trial_bitcode (the line to send it on)")
+        if self.bitcode is not None and self.bitcode.duration_s >= self.timing.pre_sample:
+            raise ValueError(f"the trial bitcode ({self.bitcode.duration_s:g} s) must be shorter than the "
+                             f"pre-sample baseline it is sent in ({self.timing.pre_sample:g} s)")
 
     def valve_s(self, side: Side) -> float:
         return self.left_valve_s if side == "left" else self.right_valve_s
@@ -118,8 +128,13 @@ def build_trial(trial: TrialSpec, params: TaskParameters) -> StateMachine:
     gate = params.decoder_gated_delay
 
     sm = StateMachine()
-    sm.add_state(TRIG_TRIAL_START, t.trig_trial_start, {"Tup": PRE_SAMPLE_PERIOD}, w.on("imaging_trigger"))
-    sm.add_state(PRE_SAMPLE_PERIOD, t.pre_sample, {"Tup": SAMPLE_PERIOD})  # licks here are ignored
+    code = params.bitcode
+    after_trigger = PRE_SAMPLE_PERIOD if code is None else BITCODE_START
+    sm.add_state(TRIG_TRIAL_START, t.trig_trial_start, {"Tup": after_trigger}, w.on("imaging_trigger"))
+    if code is not None:  # the trial number, taken out of the baseline
+        add_bitcode_states(sm, trial.trial_number, code, w.on("trial_bitcode"), then=PRE_SAMPLE_PERIOD)
+    baseline = t.pre_sample - (code.duration_s if code is not None else 0.0)
+    sm.add_state(PRE_SAMPLE_PERIOD, baseline, {"Tup": SAMPLE_PERIOD})  # licks here are ignored
     sample_licks = any_lick(EARLY_LICK_SAMPLE) if stage.sample_enforcement else {}
     sm.add_state(SAMPLE_PERIOD, t.sample, {**sample_licks, "Tup": DELAY_PERIOD}, cue)
     sm.add_state(EARLY_LICK_SAMPLE, t.early_lick_sample, {"Tup": SAMPLE_PERIOD}, cue)  # the cue stays on

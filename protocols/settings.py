@@ -73,6 +73,8 @@ class WiringSettings(_Section):
     """Output: go-cue tone (~3.7 kHz) in ResponseCue."""
     imaging_trigger: str = "BNC1"
     """Output: TTL at trial start that triggers the microscope (one acquisition per trial)."""
+    trial_bitcode: str | None = None
+    """Output: the trial number as a bitcode after the trigger (`task.trial_bitcode`); None: not sent."""
 
     INPUT_ROLES: ClassVar[tuple[str, ...]] = ("left_lick", "right_lick")
     VALVE_ROLES: ClassVar[tuple[str, ...]] = ("left_valve", "right_valve")
@@ -125,6 +127,25 @@ class TimingSettings(_Section):
     moves to the next trial's position (s)."""
     trial_end: float = Field(0.01, gt=0, le=60)
     """TrialEnd (s)."""
+
+
+class TrialBitcodeSettings(_Section):
+    """The trial number sent at trial start on `wiring.trial_bitcode` (when it is set): a start pulse,
+    then `bits` bits, least significant first, each a low gap and a slot that is high for a 1. It is sent
+    inside the pre-sample baseline, which must be longer than it."""
+
+    bits: int = Field(16, ge=1, le=32)
+    """Number of bits (trial numbers up to 2**bits - 1)."""
+    start_s: float = Field(0.005, gt=0, le=1)
+    """Start pulse (s)."""
+    gap_s: float = Field(0.002, gt=0, le=1)
+    """Low gap before each bit (s)."""
+    bit_s: float = Field(0.002, gt=0, le=1)
+    """Bit slot, high for a 1 (s)."""
+
+    @property
+    def duration_s(self) -> float:
+        return self.start_s + self.bits * (self.gap_s + self.bit_s)
 
 
 class SelectionSettings(_Section):
@@ -280,6 +301,8 @@ class TaskSettings(_Section):
     """Water per reward in microlitres; the valve time comes from bpod.valve_calibration."""
     timing: TimingSettings = Field(default_factory=TimingSettings)
     """State durations (s)."""
+    trial_bitcode: TrialBitcodeSettings = Field(default_factory=TrialBitcodeSettings)
+    """Shape of the trial-number bitcode (sent only when wiring.trial_bitcode is set)."""
     selection: SelectionSettings = Field(default_factory=SelectionSettings)
     """Trial-side selection."""
     auto_reward: AutoRewardSettings = Field(default_factory=AutoRewardSettings)

@@ -104,8 +104,9 @@ class SessionResult:
 
 def task_parameters(settings: Settings) -> TaskParameters:
     """What stays the same from trial to trial, from the settings: timing, wiring, calibrated valve times."""
+    bitcode = settings.task.trial_bitcode if settings.wiring.trial_bitcode is not None else None
     return TaskParameters(settings.task.timing, settings.wiring, settings.reward_valve_time_s("left"),
-                          settings.reward_valve_time_s("right"))
+                          settings.reward_valve_time_s("right"), bitcode=bitcode)
 
 
 class SessionRunner:

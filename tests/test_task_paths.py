@@ -33,6 +33,7 @@ from protocols.directional_licking import (
 from protocols.outcome import ScoredTrial, score_trial
 from protocols.selection import TrialSpec
 from protocols.settings import TrainingStage
+from protocols.trial_bitcode import decode_trial_bitcode
 from rig.session import task_parameters
 from rig.settings import load_settings
 
@@ -263,6 +264,25 @@ def test_pre_sample_baseline_and_inter_trial_interval_on_the_bpod_clock(
     assert iti_off - iti_on == pytest.approx(timing.inter_trial_interval, abs=1e-4)
     assert seconds["StopLicking"][1] == iti_on and seconds["TrialEnd"][0] == iti_off
     assert r.result.exit_cycle == cycles(iti_off) + END  # the interval is the trial's time, not dead time
+
+
+def test_trial_number_bitcode_is_read_back_from_the_line(rig: Rig) -> None:
+    wiring = W.model_copy(update={"trial_bitcode": "BNC2", "pole": "PWM1"})  # the pole on a free line
+    code = SETTINGS.task.trial_bitcode
+    params = dataclasses.replace(PARAMS, wiring=wiring, bitcode=code)
+    number = 0b1011_0000_0101_1001  # high and low bits, runs of ones and zeros
+    r = run(rig, dataclasses.replace(make_trial("left"), trial_number=number), params=params)
+    changes = [(cycle * 1e-4, value) for cycle, value in r.line("BNC2")]
+    assert decode_trial_bitcode(changes, code) == number
+    assert changes[0] == pytest.approx((T.trig_trial_start, 1))  # the start pulse follows the trigger pulse
+    assert len([v for _, v in changes if v]) == 1 + bin(number).count("1")  # one rising edge per 1
+    seconds = {v.name: (v.start_s, v.end_s) for v in r.result.states}
+    assert seconds["SamplePeriod"][0] == pytest.approx(T.trig_trial_start + T.pre_sample, abs=1e-4)
+    assert r.line(W.imaging_trigger) == [(0, 1), (TRIG, 0)]
+    # without the line wired, no bitcode: the default trial goes straight into the baseline
+    assert "TrialBitcodeStart" not in run(rig, make_trial("left")).sequence
+    with pytest.raises(ValueError, match="does not fit in a 16-bit"):
+        build_trial(dataclasses.replace(make_trial("left"), trial_number=2**16), params)
 
 
 # -- early licks -------------------------------------------------------------------------------------------
