@@ -192,6 +192,21 @@ class AutoRewardSettings(_Section):
     there, so a new contingency is learned without help."""
 
 
+class LickportBiasSettings(_Section):
+    """Lickport bias correction (home-cage firmware), applied only when a lickport motor is configured."""
+
+    every_trials: int = Field(50, ge=1, le=10_000)
+    """More than this many trials since the last move before the gap is looked at."""
+    window: int = Field(50, ge=1, le=1000)
+    """Recent trials the per-side performance is computed over."""
+    max_gap: float = Field(0.3, ge=0, le=1)
+    """A left/right performance gap above this moves the lickport a step toward the weaker side."""
+    step_mm: float = Field(0.25, gt=0, le=5)
+    """One step of the lickport motor (mm)."""
+    max_steps: int = Field(4, ge=0, le=100)
+    """At most this many steps from the starting position on either side."""
+
+
 class AdvanceCriterion(_Section):
     """When a training stage is passed: enough trials, and performance above threshold over a window."""
 
@@ -311,6 +326,8 @@ class TaskSettings(_Section):
     """Training stages in order; a new subject starts at the first."""
     context_switch: ContextSwitchSettings = Field(default_factory=ContextSwitchSettings)
     """Automatic context switching."""
+    lickport_bias: LickportBiasSettings = Field(default_factory=LickportBiasSettings)
+    """Lickport bias correction, when a lickport motor is configured."""
 
     @model_validator(mode="after")
     def _check_stages(self) -> TaskSettings:
