@@ -1,7 +1,14 @@
 """The delayed-response directional-licking task: one trial as a Bpod state machine.
 
-    TrigTrialStart -> SamplePeriod -> DelayPeriod -> [GiveLeftDrop | GiveRightDrop] -> ResponseCue
-    -> AnswerPeriod -> Reward -> RewardConsumption | TimeOut | NoResponse -> StopLicking -> TrialEnd
+    TrigTrialStart -> PreSamplePeriod -> SamplePeriod -> DelayPeriod -> [GiveLeftDrop | GiveRightDrop]
+    -> ResponseCue -> AnswerPeriod -> Reward -> RewardConsumption | TimeOut | NoResponse -> StopLicking
+    -> InterTrialInterval -> TrialEnd
+
+PreSamplePeriod is the baseline between the imaging trigger and the cue (sample onset 1.57 s after the
+trigger by default, as in the paper's aligned data). The inter-trial interval is the trial's last epoch, so
+that the first state of every trial is still the trigger (trial start = trigger: the clock bridge) and the
+dead time between Bpod trials stays the session's latency figure; the pole motor moves to the next trial's
+position while it runs (the session moves it as soon as the next trial is queued, at this trial's outcome).
 
 A lick in the sample epoch (once the stage enforces it) or in the delay goes to EarlyLickSample /
 EarlyLickDelay, which restart that epoch; a lick in StopLicking goes through StopLickingReturn back to
@@ -17,12 +24,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from protocols.contexts import Side, other_side
-from protocols.settings import TimingSettings, WiringSettings
+from protocols.settings import TimingSettings, TrialBitcodeSettings, WiringSettings
 from protocols.state_machine import EXIT, StateMachine
+from protocols.trial_bitcode import BITCODE_START, add_bitcode_states
 from protocols.trial_spec import TrialSpec
 
 # -- the task's states, named once: the rig, scoring and the displays read them from here ---------------
 TRIG_TRIAL_START = "TrigTrialStart"  # raises the imaging trigger
+PRE_SAMPLE_PERIOD = "PreSamplePeriod"  # baseline before the cue
 SAMPLE_PERIOD = "SamplePeriod"  # the cue (pole or tone)
 EARLY_LICK_SAMPLE = "EarlyLickSample"  # a lick in the sample epoch: the sample restarts
 DELAY_PERIOD = "DelayPeriod"
@@ -35,12 +44,13 @@ REWARD_CONSUMPTION = "RewardConsumption"
 TIMEOUT = "TimeOut"  # a lick on the wrong side
 NO_RESPONSE = "NoResponse"
 STOP_LICKING, STOP_LICKING_RETURN = "StopLicking", "StopLickingReturn"
+INTER_TRIAL_INTERVAL = "InterTrialInterval"  # the pole moves to the next trial's position
 TRIAL_END = "TrialEnd"
 
 STATES: tuple[str, ...] = (
-    TRIG_TRIAL_START, SAMPLE_PERIOD, EARLY_LICK_SAMPLE, DELAY_PERIOD, EARLY_LICK_DELAY,
+    TRIG_TRIAL_START, PRE_SAMPLE_PERIOD, SAMPLE_PERIOD, EARLY_LICK_SAMPLE, DELAY_PERIOD, EARLY_LICK_DELAY,
     GIVE_LEFT_DROP, GIVE_RIGHT_DROP, RESPONSE_CUE, ANSWER_PERIOD, REWARD, REWARD_CONSUMPTION,
-    TIMEOUT, NO_RESPONSE, STOP_LICKING, STOP_LICKING_RETURN, TRIAL_END,
+    TIMEOUT, NO_RESPONSE, STOP_LICKING, STOP_LICKING_RETURN, INTER_TRIAL_INTERVAL, TRIAL_END,
 )
 """The spec's states, in the order they are added (the first one runs first)."""
 BOTH_REWARDED_STATE = "RewardOtherSide"  # both_rewarded mode: a lick on the other side is rewarded too
@@ -90,6 +100,15 @@ class TaskParameters:
     left_valve_s: float  # valve open time that gives one reward on the left (s)
     right_valve_s: float
     decoder_gated_delay: DecoderGate | None = None
+    bitcode: TrialBitcodeSettings | None = None
+    """The trial-number bitcode on `wiring.trial_bitcode`, or None (not sent)."""
+
+    def __post_init__(self) -> None:
+        if self.bitcode is not None and self.wiring.trial_bitcode is None:
+            raise ValueError("a trial bitcode needs wiring.trial_bitcode (the line to send it on)")
+        if self.bitcode is not None and self.bitcode.duration_s >= self.timing.pre_sample:
+            raise ValueError(f"the trial bitcode ({self.bitcode.duration_s:g} s) must be shorter than the "
+                             f"pre-sample baseline it is sent in ({self.timing.pre_sample:g} s)")
 
     def valve_s(self, side: Side) -> float:
         return self.left_valve_s if side == "left" else self.right_valve_s
@@ -109,7 +128,13 @@ def build_trial(trial: TrialSpec, params: TaskParameters) -> StateMachine:
     gate = params.decoder_gated_delay
 
     sm = StateMachine()
-    sm.add_state(TRIG_TRIAL_START, t.trig_trial_start, {"Tup": SAMPLE_PERIOD}, w.on("imaging_trigger"))
+    code = params.bitcode
+    after_trigger = PRE_SAMPLE_PERIOD if code is None else BITCODE_START
+    sm.add_state(TRIG_TRIAL_START, t.trig_trial_start, {"Tup": after_trigger}, w.on("imaging_trigger"))
+    if code is not None:  # the trial number, taken out of the baseline
+        add_bitcode_states(sm, trial.trial_number, code, w.on("trial_bitcode"), then=PRE_SAMPLE_PERIOD)
+    baseline = t.pre_sample - (code.duration_s if code is not None else 0.0)
+    sm.add_state(PRE_SAMPLE_PERIOD, baseline, {"Tup": SAMPLE_PERIOD})  # licks here are ignored
     sample_licks = any_lick(EARLY_LICK_SAMPLE) if stage.sample_enforcement else {}
     sm.add_state(SAMPLE_PERIOD, t.sample, {**sample_licks, "Tup": DELAY_PERIOD}, cue)
     sm.add_state(EARLY_LICK_SAMPLE, t.early_lick_sample, {"Tup": SAMPLE_PERIOD}, cue)  # the cue stays on
@@ -133,7 +158,8 @@ def build_trial(trial: TrialSpec, params: TaskParameters) -> StateMachine:
     sm.add_state(REWARD_CONSUMPTION, t.reward_consumption, {"Tup": STOP_LICKING})
     sm.add_state(TIMEOUT, stage.timeout_s, {"Tup": STOP_LICKING})  # silent error timeout
     sm.add_state(NO_RESPONSE, t.no_response, {"Tup": STOP_LICKING})
-    sm.add_state(STOP_LICKING, t.stop_licking, {**any_lick(STOP_LICKING_RETURN), "Tup": TRIAL_END})
+    sm.add_state(STOP_LICKING, t.stop_licking, {**any_lick(STOP_LICKING_RETURN), "Tup": INTER_TRIAL_INTERVAL})
     sm.add_state(STOP_LICKING_RETURN, 0.0, {"Tup": STOP_LICKING})  # re-entering restarts StopLicking
+    sm.add_state(INTER_TRIAL_INTERVAL, t.inter_trial_interval, {"Tup": TRIAL_END})  # licks ignored
     sm.add_state(TRIAL_END, t.trial_end, {"Tup": EXIT})
     return sm.validate()

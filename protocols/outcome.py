@@ -159,6 +159,13 @@ def fraction_correct(outcomes: Iterable[str]) -> float | None:
     return hits / (hits + errors) if hits + errors else None
 
 
+def fraction_rewarded(outcomes: Iterable[str]) -> float | None:
+    """Hits among all trials, a trial without an answer counting as a failure (the firmware's stage
+    performance); None for no trials."""
+    done = [outcome for outcome in outcomes if outcome != "aborted"]
+    return sum(outcome == "hit" for outcome in done) / len(done) if done else None
+
+
 def count_answered(outcomes: Iterable[str]) -> int:
     return sum(outcome in ANSWERED for outcome in outcomes)
 

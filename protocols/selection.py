@@ -14,9 +14,14 @@ The modes, as in the lab's home-cage firmware (spec, "Trial selection and help")
   not reset the count, as in the firmware), then switch.
 - random (p = 1/2), fixed (`fixed_side`), both_rewarded (random side for the cue, either lick rewarded).
 
-Auto-reward: the next trial of a side gives a free drop before the go cue when that side's last
-`after_errors` trials were all unrewarded (error or no answer, as the firmware counts) and more than
-`min_trials_since_last` trials have passed since the last free drop.
+Auto-reward (`AutoRewardSettings.rule`): by default as the firmware's autoReward, which runs after every
+trial: when the last `after_errors` trials were all of one side and all unrewarded (error or no answer) and
+more than `min_trials_since_last` trials have passed since it last fired, it fires for that side, and the
+next trial gives a free drop before the go cue if it is of that side. The firmware's counter is replayed
+over the last `FREE_DROP_REPLAY` trials, so the answer is the same whether the history was just run or read
+back from subject.json. `side_trials` is the rule this code had first: that side's own last trials, spaced
+from the last drop given. Once the task is learned (the context-switching stage), there are no free drops
+unless `after_task_learned`, as in the firmware.
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ from protocols.settings import (
 )
 from protocols.trial_spec import TrialSpec
 
+FREE_DROP_REPLAY = 100
+"""Trials over which the firmware's free-drop counter is replayed (fewer than the subject keeps)."""
+
 
 class RandomSource(Protocol):
     """`random.Random` and `numpy.random.Generator` both qualify."""
@@ -44,11 +52,13 @@ class RandomSource(Protocol):
 
 def select_trial(history: Sequence[ScoredTrial], *, trial_number: int, context: Context, stage: TrainingStage,
                  rules: SelectionSettings, auto_reward: AutoRewardSettings, rng: RandomSource,
-                 mode: SelectionMode | None = None) -> TrialSpec:
-    """The next trial: side by the stage's selection mode (or `mode`), and a free drop if one is due."""
+                 mode: SelectionMode | None = None, task_learned: bool = False) -> TrialSpec:
+    """The next trial: side by the stage's selection mode (or `mode`), and a free drop if one is due
+    (never in both_rewarded mode, and once the task is learned only if the settings ask for it)."""
     mode = mode or stage.selection
     side = choose_side(history, mode, rules, rng)
-    free_drop = mode != "both_rewarded" and free_drop_due(history, side, auto_reward)
+    helped = not task_learned or auto_reward.after_task_learned
+    free_drop = mode != "both_rewarded" and helped and free_drop_due(history, side, auto_reward)
     return TrialSpec(trial_number=trial_number, side=side, context=context, stage=stage, mode=mode,
                      free_drop=free_drop)
 
@@ -109,10 +119,34 @@ def sides_short_of_hits(history: Sequence[ScoredTrial], rules: SelectionSettings
 
 
 def free_drop_due(history: Sequence[ScoredTrial], side: Side, rules: AutoRewardSettings) -> bool:
-    """A free drop on a `side` trial: that side's last `after_errors` trials all unrewarded, and more
-    than `min_trials_since_last` trials since the last free drop."""
+    """Whether a `side` trial after `history` starts with a free drop, by `rules.rule`."""
     if not rules.enabled:
         return False
+    if rules.rule == "last_trials":
+        return free_drop_side(history, rules) == side
+    return _side_trials_unrewarded(history, side, rules)
+
+
+def free_drop_side(history: Sequence[ScoredTrial], rules: AutoRewardSettings) -> Side | None:
+    """The side the firmware's autoReward fired for after the last trial, if it did: the last
+    `after_errors` trials all of that side and unrewarded, more than `min_trials_since_last` trials after
+    it last fired (its counter replayed from zero over the last `FREE_DROP_REPLAY` trials)."""
+    recent = history[-FREE_DROP_REPLAY:]
+    n, since, fired = rules.after_errors, 0, None
+    for end in range(1, len(recent) + 1):
+        since += 1
+        fired = None
+        last = recent[max(0, end - n):end]
+        sides = {trial.side for trial in last}
+        if since > rules.min_trials_since_last and len(last) == n and len(sides) == 1 and not any(
+                trial.outcome == "hit" for trial in last):
+            fired, since = sides.pop(), 0
+    return fired
+
+
+def _side_trials_unrewarded(history: Sequence[ScoredTrial], side: Side, rules: AutoRewardSettings) -> bool:
+    """That side's last `after_errors` trials all unrewarded, and more than `min_trials_since_last` trials
+    since the last free drop."""
     spacing = rules.min_trials_since_last  # as the firmware counts: with 3, the 4th trial after a drop
     if spacing and any(trial.free_drop for trial in history[-spacing:]):
         return False

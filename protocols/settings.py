@@ -20,6 +20,8 @@ from protocols.state_machine import input_event
 
 SelectionMode = Literal["antibias", "autolearn", "random", "fixed", "both_rewarded"]
 SELECTION_MODES: tuple[str, ...] = get_args(SelectionMode)
+FreeDropRule = Literal["last_trials", "side_trials"]
+StageMeasure = Literal["rewarded", "answered"]
 MIN_CORRECT_WINDOW_FLOOR = 5
 """The firmware looks at no fewer than 5 trials of a side for its min_correct rule (spec)."""
 RoleKind = Literal["input", "valve", "output"]
@@ -71,6 +73,8 @@ class WiringSettings(_Section):
     """Output: go-cue tone (~3.7 kHz) in ResponseCue."""
     imaging_trigger: str = "BNC1"
     """Output: TTL at trial start that triggers the microscope (one acquisition per trial)."""
+    trial_bitcode: str | None = None
+    """Output: the trial number as a bitcode after the trigger (`task.trial_bitcode`); None: not sent."""
 
     INPUT_ROLES: ClassVar[tuple[str, ...]] = ("left_lick", "right_lick")
     VALVE_ROLES: ClassVar[tuple[str, ...]] = ("left_valve", "right_valve")
@@ -99,6 +103,9 @@ class TimingSettings(_Section):
 
     trig_trial_start: float = Field(0.01, gt=0, le=60)
     """TrigTrialStart: imaging-trigger pulse at trial start (s)."""
+    pre_sample: float = Field(1.56, ge=0, le=60)
+    """PreSamplePeriod: baseline between the trigger pulse and the cue (s); the sample starts
+    trig_trial_start + pre_sample after the trigger (1.57 s in the paper's aligned data)."""
     sample: float = Field(1.3, gt=0, le=60)
     """SamplePeriod: cue presented (s)."""
     early_lick_sample: float = Field(0.05, gt=0, le=60)
@@ -115,8 +122,30 @@ class TimingSettings(_Section):
     """NoResponse: state entered when no lick came in the answer period (s)."""
     stop_licking: float = Field(1.0, gt=0, le=60)
     """StopLicking: the mouse must not lick for this long before the trial ends; a lick restarts it (s)."""
+    inter_trial_interval: float = Field(1.0, ge=0, le=60)
+    """InterTrialInterval: the trial's last epoch, after StopLicking; licks are ignored and the pole motor
+    moves to the next trial's position (s)."""
     trial_end: float = Field(0.01, gt=0, le=60)
     """TrialEnd (s)."""
+
+
+class TrialBitcodeSettings(_Section):
+    """The trial number sent at trial start on `wiring.trial_bitcode` (when it is set): a start pulse,
+    then `bits` bits, least significant first, each a low gap and a slot that is high for a 1. It is sent
+    inside the pre-sample baseline, which must be longer than it."""
+
+    bits: int = Field(16, ge=1, le=32)
+    """Number of bits (trial numbers up to 2**bits - 1)."""
+    start_s: float = Field(0.005, gt=0, le=1)
+    """Start pulse (s)."""
+    gap_s: float = Field(0.002, gt=0, le=1)
+    """Low gap before each bit (s)."""
+    bit_s: float = Field(0.002, gt=0, le=1)
+    """Bit slot, high for a 1 (s)."""
+
+    @property
+    def duration_s(self) -> float:
+        return self.start_s + self.bits * (self.gap_s + self.bit_s)
 
 
 class SelectionSettings(_Section):
@@ -148,10 +177,34 @@ class AutoRewardSettings(_Section):
 
     enabled: bool = True
     """Give free drops at all."""
+    rule: FreeDropRule = "last_trials"
+    """last_trials (the home-cage firmware's autoReward): the last `after_errors` trials were all of one side
+    and all unrewarded, and more than `min_trials_since_last` trials have passed since the rule last fired
+    (whether or not the next trial was of that side); side_trials: that side's last `after_errors` trials
+    (trials of the other side in between skipped) were unrewarded, and more than `min_trials_since_last`
+    trials have passed since the last free drop given."""
     after_errors: int = Field(3, ge=1, le=100)
-    """Consecutive errors on one side that trigger a free drop on that side's next trial."""
+    """Unrewarded trials (errors or no answer) that trigger a free drop on that side's next trial."""
     min_trials_since_last: int = Field(3, ge=0, le=1000)
-    """At least this many trials since the last free drop."""
+    """More than this many trials between two free drops (see `rule` for where the count starts)."""
+    after_task_learned: bool = False
+    """Free drops also once the task is learned (the context-switching stage); the firmware gives none
+    there, so a new contingency is learned without help."""
+
+
+class LickportBiasSettings(_Section):
+    """Lickport bias correction (home-cage firmware), applied only when a lickport motor is configured."""
+
+    every_trials: int = Field(50, ge=1, le=10_000)
+    """More than this many trials since the last move before the gap is looked at."""
+    window: int = Field(50, ge=1, le=1000)
+    """Recent trials the per-side performance is computed over."""
+    max_gap: float = Field(0.3, ge=0, le=1)
+    """A left/right performance gap above this moves the lickport a step toward the weaker side."""
+    step_mm: float = Field(0.25, gt=0, le=5)
+    """One step of the lickport motor (mm)."""
+    max_steps: int = Field(4, ge=0, le=100)
+    """At most this many steps from the starting position on either side."""
 
 
 class AdvanceCriterion(_Section):
@@ -160,9 +213,16 @@ class AdvanceCriterion(_Section):
     min_trials: int = Field(ge=0, le=100_000)
     """Trials done in the stage (more than this many)."""
     perf_threshold: float = Field(ge=0, le=1)
-    """Fraction correct among answered trials in the window (0-1)."""
+    """Performance (0-1) the window must be above."""
     window: int = Field(ge=1, le=1000)
     """Number of most recent trials the performance is computed over."""
+    counts: StageMeasure = "rewarded"
+    """rewarded: rewarded trials among all trials of the window, no answer counting as a failure (the
+    home-cage firmware's stage performance); answered: fraction correct among answered trials (Perf100's
+    measure, which the firmware uses to leave the last stage)."""
+    spans_stages: bool = True
+    """The window holds the subject's last trials whatever their stage, as the firmware's history is not
+    reset at a stage change; false: it starts empty when this stage is entered."""
 
     def met(self, trials_in_stage: int, performance: float | None) -> bool:
         """More than `min_trials` trials in the stage, and performance above `perf_threshold`."""
@@ -197,10 +257,12 @@ class TrainingStage(_Section):
 
 
 def _default_stages() -> list[TrainingStage]:
-    """The home-cage progression: sample stage, antibias, delay ramp 0.3 -> 1.3 s, full task."""
+    """The home-cage progression: sample stage, antibias, delay ramp 0.3 -> 1.3 s, full task. As in the
+    firmware, the stages count rewarded trials of the last 30, and the full task is left at Perf100."""
 
     def stage(
-        name: str, delay: float, timeout: float, mode: str, enforce: bool, crit: tuple
+        name: str, delay: float, timeout: float, mode: str, enforce: bool, crit: tuple,
+        counts: StageMeasure = "rewarded",
     ) -> TrainingStage:
         return TrainingStage.model_validate(
             {
@@ -209,17 +271,18 @@ def _default_stages() -> list[TrainingStage]:
                 "timeout_s": timeout,
                 "selection": mode,
                 "sample_enforcement": enforce,
-                "advance": dict(zip(("min_trials", "perf_threshold", "window"), crit, strict=True)),
+                "advance": dict(zip(("min_trials", "perf_threshold", "window"), crit, strict=True))
+                | {"counts": counts},
             }
         )
 
     stages = [
         stage("sample", 0.3, 1.0, "autolearn", False, (200, 0.0, 100)),
-        stage("sample-antibias", 0.3, 3.0, "antibias", False, (100, 0.75, 100)),
+        stage("sample-antibias", 0.3, 3.0, "antibias", False, (100, 0.75, 30)),
     ]
     for delay in (0.3, 0.5, 0.8, 1.0, 1.3):
         stages.append(stage(f"delay-{delay:.1f}", delay, 3.0, "antibias", False, (100, 0.70, 30)))
-    stages.append(stage("full", 1.3, 4.0, "antibias", True, (500, 0.70, 100)))
+    stages.append(stage("full", 1.3, 4.0, "antibias", True, (500, 0.70, 100), counts="answered"))
     return stages
 
 
@@ -253,6 +316,8 @@ class TaskSettings(_Section):
     """Water per reward in microlitres; the valve time comes from bpod.valve_calibration."""
     timing: TimingSettings = Field(default_factory=TimingSettings)
     """State durations (s)."""
+    trial_bitcode: TrialBitcodeSettings = Field(default_factory=TrialBitcodeSettings)
+    """Shape of the trial-number bitcode (sent only when wiring.trial_bitcode is set)."""
     selection: SelectionSettings = Field(default_factory=SelectionSettings)
     """Trial-side selection."""
     auto_reward: AutoRewardSettings = Field(default_factory=AutoRewardSettings)
@@ -261,6 +326,8 @@ class TaskSettings(_Section):
     """Training stages in order; a new subject starts at the first."""
     context_switch: ContextSwitchSettings = Field(default_factory=ContextSwitchSettings)
     """Automatic context switching."""
+    lickport_bias: LickportBiasSettings = Field(default_factory=LickportBiasSettings)
+    """Lickport bias correction, when a lickport motor is configured."""
 
     @model_validator(mode="after")
     def _check_stages(self) -> TaskSettings:

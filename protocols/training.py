@@ -2,7 +2,9 @@
 
 The home-cage progression (spec, "Training stages"): sample stage -> antibias -> delay ramp
 0.3 -> 0.5 -> 0.8 -> 1.0 -> 1.3 s -> full task. A stage is passed after *more than* `min_trials` trials
-in it with performance *above* `perf_threshold` over its last `window` trials. Passing the last stage
+in it with performance *above* `perf_threshold` over the last `window` trials: by default, as in the
+firmware, rewarded trials among them (no answer is a failure), over the subject's last trials whatever
+their stage (`AdvanceCriterion.counts`, `spans_stages`). Passing the last stage
 marks the task as learned; from then on the context switches, uncued, each time the subject has done
 more than `context_switch.min_trials` trials in the context since it was learned or entered, Perf100 is
 above threshold and more than `min_answered_last_100` of the last 100 trials were answered (the lab
@@ -21,7 +23,15 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from protocols.contexts import UnknownContextError, unknown_context_message
-from protocols.outcome import OUTCOMES, PERF_WINDOW, Outcome, ScoredTrial, count_answered, fraction_correct
+from protocols.outcome import (
+    OUTCOMES,
+    PERF_WINDOW,
+    Outcome,
+    ScoredTrial,
+    count_answered,
+    fraction_correct,
+    fraction_rewarded,
+)
 from protocols.settings import ContextSwitchSettings, TrainingStage
 
 
@@ -54,7 +64,8 @@ class SubjectTrainingState:
     counts: dict[str, int] = field(default_factory=lambda: {outcome: 0 for outcome in OUTCOMES})
     """Outcomes over the subject's whole training."""
     stage_outcomes: list[str] = field(default_factory=list)
-    """Most recent outcomes in the current stage (as many as its window), for its criterion."""
+    """Most recent outcomes for the stage criterion (as many as the longest window); kept across a stage
+    change unless the stage entered starts its window empty (`spans_stages: false`)."""
     context_outcomes: list[str] = field(default_factory=list)
     """Most recent outcomes in the current context (up to 100), for Perf100 and the switch criterion."""
     pending_context: str | None = None
@@ -120,6 +131,7 @@ class StageProgress:
             raise ValueError("training needs at least one stage")
         self.stages = tuple(stages)
         self.state = state
+        self.kept = max(stage.advance.window for stage in self.stages)
         names = [stage.name for stage in self.stages]
         if state.stage not in names:
             raise TrainingStateError(f"the subject's stage {state.stage!r} is not in the settings' stages "
@@ -139,8 +151,10 @@ class StageProgress:
 
     @property
     def performance(self) -> float | None:
-        """Fraction correct among answered trials over the stage's window."""
-        return fraction_correct(self.state.stage_outcomes[-self.stage.advance.window:])
+        """The stage's performance over its window: rewarded among all, or correct among answered."""
+        advance = self.stage.advance
+        window = self.state.stage_outcomes[-advance.window:]
+        return fraction_rewarded(window) if advance.counts == "rewarded" else fraction_correct(window)
 
     def criterion_met(self) -> bool:
         return self.stage.advance.met(self.state.trials_in_stage, self.performance)
@@ -149,7 +163,7 @@ class StageProgress:
         """Count one trial in the stage; step to the next stage (or mark the task learned) at criterion."""
         state = self.state
         state.trials_in_stage += 1
-        state.stage_outcomes = [*state.stage_outcomes, outcome][-self.stage.advance.window:]
+        state.stage_outcomes = [*state.stage_outcomes, outcome][-self.kept:]
         if not self.criterion_met():
             return None
         if self.is_last:
@@ -158,8 +172,10 @@ class StageProgress:
             state.task_learned = True
             return TrainingEvent("task_learned", state.stage, state.stage, "criterion", state.total_trials)
         before = state.stage
-        state.stage = self.stages[self.index + 1].name
-        state.trials_in_stage, state.stage_outcomes = 0, []
+        entered = self.stages[self.index + 1]
+        state.stage, state.trials_in_stage = entered.name, 0
+        if not entered.advance.spans_stages:
+            state.stage_outcomes = []
         return TrainingEvent("stage_advanced", before, state.stage, "criterion", state.total_trials)
 
 

@@ -114,8 +114,9 @@ class SessionResult:
 
 def task_parameters(settings: Settings) -> TaskParameters:
     """What stays the same from trial to trial, from the settings: timing, wiring, calibrated valve times."""
+    bitcode = settings.task.trial_bitcode if settings.wiring.trial_bitcode is not None else None
     return TaskParameters(settings.task.timing, settings.wiring, settings.reward_valve_time_s("left"),
-                          settings.reward_valve_time_s("right"))
+                          settings.reward_valve_time_s("right"), bitcode=bitcode)
 
 
 class SessionRunner:
@@ -388,10 +389,11 @@ class SessionRunner:
         number = self._trials_done + 1 + (1 if self._client and self._client.trial_running else 0)
         with self._lock:
             stage, context_name, events = self.training.next_trial()
+            learned = self.training.state.task_learned
         context = context_named(context_name, self.contexts)
         spec = select_trial(self.record.history, trial_number=number, context=context, stage=stage,
                             rules=self.settings.task.selection, auto_reward=self.settings.task.auto_reward,
-                            rng=self._rng)
+                            rng=self._rng, task_learned=learned)
         gate = self._decoder_gate(stage.delay_s)
         params = dataclasses.replace(self.params, decoder_gated_delay=gate) if gate else self.params
         machine = build_trial(spec, params)

@@ -25,7 +25,8 @@ from rig.settings import Settings
 
 SETTINGS = Settings()
 RULES = SETTINGS.task.selection
-AUTO = SETTINGS.task.auto_reward
+AUTO = SETTINGS.task.auto_reward  # the firmware's rule: the last trials, all of one side
+SIDE_TRIALS = AUTO.model_copy(update={"rule": "side_trials"})  # each side's own last trials
 NO_MIN_CORRECT = SelectionSettings(history=30, max_same=3, min_correct=0, max_incorrect=3, autolearn_streak=3,
                                 fixed_side="left")
 CONTEXT = contexts_from_settings(SETTINGS.contexts)["tactile"]
@@ -193,50 +194,86 @@ def test_random_fixed_and_both_rewarded() -> None:
 # -- auto-reward -----------------------------------------------------------------------------------
 
 
-def test_free_drop_after_consecutive_errors_on_one_side() -> None:
-    assert not free_drop_due(history("LE LE"), "left", AUTO)
-    assert free_drop_due(history("LE LE LE"), "left", AUTO)
-    assert not free_drop_due(history("LE LE LE"), "right", AUTO)
+def test_free_drop_when_the_last_trials_are_one_side_and_unrewarded() -> None:
+    # the firmware's autoReward: the last 3 trials, whatever their side, must all be of that side
+    assert free_drop_due(history("RH RH LE LE LE"), "left", AUTO)
+    assert not free_drop_due(history("RH RH LE LE LE"), "right", AUTO)
+    assert not free_drop_due(history("LE RH LE RH RH LE"), "left", AUTO)  # a right trial in between breaks it
+    assert not free_drop_due(history("RH RH LE LH LE"), "left", AUTO)  # so does a hit
+    assert free_drop_due(history("RH RH LE Ln LE"), "left", AUTO)  # no answer is unrewarded too
+    disabled = AUTO.model_copy(update={"enabled": False})
+    assert not free_drop_due(history("RH RH LE LE LE"), "left", disabled)
+
+
+def test_free_drops_are_spaced_from_when_the_rule_fired() -> None:
+    # the firmware's counter: more than N trials since it fired, whether or not the drop was given; with
+    # N = 5 it fired after trial 8 (for left), trial 9 was a right trial without a drop
+    spaced = AUTO.model_copy(update={"min_trials_since_last": 5})
+    assert not free_drop_due(history("RH RH RH RH RH LE LE LE RH LE LE LE"), "left", spaced)
+    assert not free_drop_due(history("RH RH RH RH RH LE LE LE RH LE LE LE LE"), "left", spaced)
+    assert free_drop_due(history("RH RH RH RH RH LE LE LE RH LE LE LE LE LE"), "left", spaced)
+    # a new subject's counter starts at zero: not before the 4th trial
+    assert not free_drop_due(history("LE LE LE"), "left", AUTO)
+    assert free_drop_due(history("LE LE LE"), "left", AUTO.model_copy(update={"min_trials_since_last": 0}))
+
+
+def test_no_free_drops_once_the_task_is_learned_unless_asked_for() -> None:
+    trials = history("RH RH LE LE LE")  # left lacks its hit: min_correct keeps presenting it
+
+    def pick(auto: AutoRewardSettings, learned: bool) -> TrialSpec:
+        return select_trial(trials, trial_number=6, context=CONTEXT, stage=STAGES["full"], rules=RULES,
+                            auto_reward=auto, rng=random.Random(0), task_learned=learned)
+
+    assert (pick(AUTO, learned=False).side, pick(AUTO, learned=False).free_drop) == ("left", True)
+    assert not pick(AUTO, learned=True).free_drop  # the context-switching stage, as in the firmware
+    assert pick(AUTO.model_copy(update={"after_task_learned": True}), learned=True).free_drop
+
+
+def test_side_trials_rule_counts_errors_on_that_side_only() -> None:
+    assert not free_drop_due(history("LE LE"), "left", SIDE_TRIALS)
+    assert free_drop_due(history("LE LE LE"), "left", SIDE_TRIALS)
+    assert not free_drop_due(history("LE LE LE"), "right", SIDE_TRIALS)
     # consecutive among that side's trials: right trials in between do not break the run
-    assert free_drop_due(history("LE RH LE RH RH LE"), "left", AUTO)
+    assert free_drop_due(history("LE RH LE RH RH LE"), "left", SIDE_TRIALS)
     # a hit on that side does
-    assert not free_drop_due(history("LE LE LH LE LE"), "left", AUTO)
+    assert not free_drop_due(history("LE LE LH LE LE"), "left", SIDE_TRIALS)
     # no answer is not a hit either (lab firmware counts every unrewarded trial)
-    assert free_drop_due(history("LE Ln LE"), "left", AUTO)
-    disabled = AutoRewardSettings(enabled=False, after_errors=3, min_trials_since_last=3)
+    assert free_drop_due(history("LE Ln LE"), "left", SIDE_TRIALS)
+    disabled = SIDE_TRIALS.model_copy(update={"enabled": False})
     assert not free_drop_due(history("LE LE LE"), "left", disabled)
 
 
-def test_free_drops_are_spaced() -> None:
-    # more than 3 trials since the drop, the drop trial counted (as the firmware's counter does):
-    # trials 1-3 after a drop get none, the 4th can have one again
-    assert not free_drop_due(history("LE LE LEd"), "left", AUTO)
-    assert not free_drop_due(history("LE LE LEd LE LE"), "left", AUTO)
-    assert free_drop_due(history("LE LE LEd LE LE LE"), "left", AUTO)
-    unspaced = AutoRewardSettings(enabled=True, after_errors=3, min_trials_since_last=0)
+def test_side_trials_rule_spaces_drops_from_the_last_drop() -> None:
+    # more than 3 trials since the drop, the drop trial counted: trials 1-3 after a drop get none, the 4th
+    # can have one again
+    assert not free_drop_due(history("LE LE LEd"), "left", SIDE_TRIALS)
+    assert not free_drop_due(history("LE LE LEd LE LE"), "left", SIDE_TRIALS)
+    assert free_drop_due(history("LE LE LEd LE LE LE"), "left", SIDE_TRIALS)
+    unspaced = SIDE_TRIALS.model_copy(update={"min_trials_since_last": 0})
     assert free_drop_due(history("LE LE LEd"), "left", unspaced)
 
 
-def test_free_drop_waits_for_the_next_trial_of_that_side() -> None:
+def test_side_trials_free_drop_waits_for_the_next_trial_of_that_side() -> None:
     trials = history("LE LE LE")
     rng = random.Random(0)
     picks = [select_trial(trials, trial_number=4, context=CONTEXT, stage=STAGES["full"], rules=NO_MIN_CORRECT,
-                          auto_reward=AUTO, rng=rng) for _ in range(40)]
+                          auto_reward=SIDE_TRIALS, rng=rng) for _ in range(40)]
     assert {p.side for p in picks} == {"right"}  # MaxSame switches to the right first
     assert not any(p.free_drop for p in picks)
     trials += history("RH")
     picks = [select_trial(trials, trial_number=5, context=CONTEXT, stage=STAGES["full"], rules=NO_MIN_CORRECT,
-                          auto_reward=AUTO, rng=rng) for _ in range(40)]
+                          auto_reward=SIDE_TRIALS, rng=rng) for _ in range(40)]
     assert all(p.free_drop == (p.side == "left") for p in picks)
     assert any(p.free_drop for p in picks)
 
 
-def test_simulated_session_gives_spaced_free_drops_to_the_weak_side() -> None:
+@pytest.mark.parametrize("auto", [AUTO, SIDE_TRIALS], ids=["last_trials", "side_trials"])
+def test_simulated_session_gives_spaced_free_drops_to_the_weak_side(auto: AutoRewardSettings) -> None:
     rng, mouse = np.random.default_rng(5), np.random.default_rng(6)
     trials: list[ScoredTrial] = []
     for n in range(3000):
         spec = select_trial(trials, trial_number=n + 1, context=CONTEXT, stage=STAGES["full"], rules=RULES,
-                            auto_reward=AUTO, rng=rng)
+                            auto_reward=auto, rng=rng)
         licked = "right" if mouse.random() < 0.9 else "left"
         outcome = "hit" if licked == spec.side else "error"
         trials.append(scored(spec.side, outcome, free_drop=spec.free_drop))

@@ -285,6 +285,19 @@ def test_wiring_line_used_twice(tmp_path: Path) -> None:
     assert line == "wiring.go_cue = 'PWM3': already used by wiring.sample_tone_high"
 
 
+def test_trial_bitcode_is_off_unless_wired_and_fits_in_the_baseline(tmp_path: Path) -> None:
+    assert load_settings().wiring.trial_bitcode is None
+    (line,) = problems_for(tmp_path, "wiring: {trial_bitcode: BNC2}\n")
+    assert line == "wiring.trial_bitcode = 'BNC2': already used by wiring.pole"
+    wired = load_settings(write(tmp_path, "wiring: {trial_bitcode: BNC2, pole: PWM1}\n"))
+    assert wired.wiring.trial_bitcode == "BNC2"
+    (line,) = problems_for(tmp_path, "wiring: {trial_bitcode: BNC2, pole: PWM1}\n"
+                                     "task: {timing: {pre_sample: 0.05}}\n")
+    assert line.startswith("task.trial_bitcode: takes 0.069 s: it must be shorter than task.timing.pre_sa")
+    unwired = load_settings(write(tmp_path, "task: {timing: {pre_sample: 0.05}}\n"))
+    assert unwired.task.timing.pre_sample == 0.05
+
+
 def test_closed_loop_app_port_needs_firmware_23(tmp_path: Path) -> None:
     (line,) = problems_for(tmp_path, "bpod: {firmware: 22}\nonline: {closed_loop: {enabled: true}}\n")
     assert line.startswith("online.closed_loop.mode = 'app_port': needs bpod.firmware 23")

@@ -33,6 +33,7 @@ from protocols.directional_licking import (
 from protocols.outcome import ScoredTrial, score_trial
 from protocols.selection import TrialSpec
 from protocols.settings import TrainingStage
+from protocols.trial_bitcode import decode_trial_bitcode
 from rig.session import task_parameters
 from rig.settings import load_settings
 
@@ -57,6 +58,7 @@ def cycles(seconds: float) -> int:
 
 # Expected durations in cycles, from the settings and the full stage.
 TRIG = cycles(T.trig_trial_start)
+PRE = cycles(T.pre_sample)
 SAMPLE = cycles(T.sample)
 EARLY_SAMPLE = cycles(T.early_lick_sample)
 DELAY = cycles(FULL.delay_s)
@@ -67,11 +69,12 @@ CONSUME = cycles(T.reward_consumption)
 TIMEOUT = cycles(FULL.timeout_s)
 NO_RESPONSE = cycles(T.no_response)
 STOP = cycles(T.stop_licking)
+ITI = cycles(T.inter_trial_interval)
 END = cycles(T.trial_end)
 VALVE_CYCLES: dict[Side, int] = {"left": cycles(PARAMS.left_valve_s), "right": cycles(PARAMS.right_valve_s)}
 
 # Onsets (trial-relative cycles) of a trial without early licks or free drop.
-SAMPLE_ON = TRIG
+SAMPLE_ON = TRIG + PRE  # the baseline: sample onset after the trigger
 DELAY_ON = SAMPLE_ON + SAMPLE
 GO_ON = DELAY_ON + DELAY
 ANSWER_ON = GO_ON + CUE
@@ -172,9 +175,10 @@ def test_hit(rig: Rig, side: Side) -> None:
     trial = make_trial(side)
     lick = ANSWER_ON + RT
     r = run(rig, trial, [(side, lick)])
-    expected = [("TrigTrialStart", TRIG), ("SamplePeriod", SAMPLE), ("DelayPeriod", DELAY),
-                ("ResponseCue", CUE), ("AnswerPeriod", RT), ("Reward", VALVE_CYCLES[side]),
-                ("RewardConsumption", CONSUME), ("StopLicking", STOP), ("TrialEnd", END)]
+    expected = [("TrigTrialStart", TRIG), ("PreSamplePeriod", PRE), ("SamplePeriod", SAMPLE),
+                ("DelayPeriod", DELAY), ("ResponseCue", CUE), ("AnswerPeriod", RT),
+                ("Reward", VALVE_CYCLES[side]), ("RewardConsumption", CONSUME), ("StopLicking", STOP),
+                ("InterTrialInterval", ITI), ("TrialEnd", END)]
     assert durations(r) == expected
     assert r.sequence == [s for s in STATES if s in r.sequence]  # visited in the order build_trial adds them
     assert r.result.exit_cycle == sum(n for _, n in expected)
@@ -195,9 +199,10 @@ def test_error_goes_to_the_stage_timeout_without_water(rig: Rig, side: Side) -> 
     wrong = other_side(side)
     lick = ANSWER_ON + RT
     r = run(rig, trial, [(wrong, lick)])
-    assert durations(r) == [("TrigTrialStart", TRIG), ("SamplePeriod", SAMPLE), ("DelayPeriod", DELAY),
-                            ("ResponseCue", CUE), ("AnswerPeriod", RT), ("TimeOut", TIMEOUT),
-                            ("StopLicking", STOP), ("TrialEnd", END)]
+    assert durations(r) == [("TrigTrialStart", TRIG), ("PreSamplePeriod", PRE), ("SamplePeriod", SAMPLE),
+                            ("DelayPeriod", DELAY), ("ResponseCue", CUE), ("AnswerPeriod", RT),
+                            ("TimeOut", TIMEOUT), ("StopLicking", STOP), ("InterTrialInterval", ITI),
+                            ("TrialEnd", END)]
     assert r.line(W.left_valve) == [] and r.line(W.right_valve) == []
     scored = r.score(trial)
     assert (scored.outcome, scored.licked_side, scored.rewarded) == ("error", wrong, False)
@@ -207,13 +212,15 @@ def test_error_goes_to_the_stage_timeout_without_water(rig: Rig, side: Side) -> 
 def test_no_lick_is_no_response_after_the_whole_answer_period(rig: Rig) -> None:
     trial = make_trial("left")
     r = run(rig, trial)
+    stop_on = ANSWER_ON + ANSWER + NO_RESPONSE
+    iti_on = stop_on + STOP
     assert r.visits == [
-        ("TrigTrialStart", 0, SAMPLE_ON), ("SamplePeriod", SAMPLE_ON, DELAY_ON),
+        ("TrigTrialStart", 0, TRIG), ("PreSamplePeriod", TRIG, SAMPLE_ON),
+        ("SamplePeriod", SAMPLE_ON, DELAY_ON),
         ("DelayPeriod", DELAY_ON, GO_ON), ("ResponseCue", GO_ON, ANSWER_ON),
         ("AnswerPeriod", ANSWER_ON, ANSWER_ON + ANSWER),
-        ("NoResponse", ANSWER_ON + ANSWER, ANSWER_ON + ANSWER + NO_RESPONSE),
-        ("StopLicking", ANSWER_ON + ANSWER + NO_RESPONSE, ANSWER_ON + ANSWER + NO_RESPONSE + STOP),
-        ("TrialEnd", ANSWER_ON + ANSWER + NO_RESPONSE + STOP, ANSWER_ON + ANSWER + NO_RESPONSE + STOP + END),
+        ("NoResponse", ANSWER_ON + ANSWER, stop_on), ("StopLicking", stop_on, iti_on),
+        ("InterTrialInterval", iti_on, iti_on + ITI), ("TrialEnd", iti_on + ITI, iti_on + ITI + END),
     ]
     assert r.line(W.left_valve) == [] and r.line(W.right_valve) == []
     scored = r.score(trial)
@@ -228,8 +235,54 @@ def test_a_lick_during_the_go_cue_does_not_answer(rig: Rig) -> None:
     assert r.event_cycles(f"{W.right_lick}In") == [lick]
     assert r.spans("ResponseCue") == [(GO_ON, ANSWER_ON)]
     assert r.spans("AnswerPeriod") == [(ANSWER_ON, ANSWER_ON + ANSWER)]
-    assert r.sequence[5:] == ["NoResponse", "StopLicking", "TrialEnd"]
+    assert r.sequence[6:] == ["NoResponse", "StopLicking", "InterTrialInterval", "TrialEnd"]
     assert r.score(trial).outcome == "no_response"
+
+
+# -- baseline and inter-trial interval ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("pre_sample", "iti"), [(None, None), (0.5, 2.0)], ids=["defaults", "custom"])
+def test_pre_sample_baseline_and_inter_trial_interval_on_the_bpod_clock(
+        rig: Rig, pre_sample: float | None, iti: float | None) -> None:
+    timing = T if pre_sample is None else T.model_copy(update={"pre_sample": pre_sample,
+                                                                "inter_trial_interval": iti})
+    lick = TRIG + 100  # a lick in the baseline
+    r = run(rig, make_trial("left"), [("left", lick)], params=dataclasses.replace(PARAMS, timing=timing))
+    seconds = {v.name: (v.start_s, v.end_s) for v in r.result.states}
+    trigger, baseline, sample = seconds["TrigTrialStart"], seconds["PreSamplePeriod"], seconds["SamplePeriod"]
+    assert r.result.states[0].name == "TrigTrialStart" and trigger[0] == 0  # the trial starts at the trigger
+    assert baseline == pytest.approx((timing.trig_trial_start, timing.trig_trial_start + timing.pre_sample))
+    assert sample[0] - trigger[0] == pytest.approx(timing.trig_trial_start + timing.pre_sample, abs=1e-4)
+    if pre_sample is None:
+        assert sample[0] == pytest.approx(1.57, abs=1e-4)  # the paper's sample onset after the trigger
+    assert r.event_cycles(f"{W.left_lick}In") == [lick] and "EarlyLickSample" not in r.sequence  # ignored
+    assert r.line(W.imaging_trigger) == [(0, 1), (TRIG, 0)]  # the trigger pulse is over before the baseline
+    assert r.line(W.pole)[0] == (cycles(sample[0]), 1)  # the cue comes after the baseline
+    assert r.sequence[-3:] == ["StopLicking", "InterTrialInterval", "TrialEnd"]
+    iti_on, iti_off = seconds["InterTrialInterval"]
+    assert iti_off - iti_on == pytest.approx(timing.inter_trial_interval, abs=1e-4)
+    assert seconds["StopLicking"][1] == iti_on and seconds["TrialEnd"][0] == iti_off
+    assert r.result.exit_cycle == cycles(iti_off) + END  # the interval is the trial's time, not dead time
+
+
+def test_trial_number_bitcode_is_read_back_from_the_line(rig: Rig) -> None:
+    wiring = W.model_copy(update={"trial_bitcode": "BNC2", "pole": "PWM1"})  # the pole on a free line
+    code = SETTINGS.task.trial_bitcode
+    params = dataclasses.replace(PARAMS, wiring=wiring, bitcode=code)
+    number = 0b1011_0000_0101_1001  # high and low bits, runs of ones and zeros
+    r = run(rig, dataclasses.replace(make_trial("left"), trial_number=number), params=params)
+    changes = [(cycle * 1e-4, value) for cycle, value in r.line("BNC2")]
+    assert decode_trial_bitcode(changes, code) == number
+    assert changes[0] == pytest.approx((T.trig_trial_start, 1))  # the start pulse follows the trigger pulse
+    assert len([v for _, v in changes if v]) == 1 + bin(number).count("1")  # one rising edge per 1
+    seconds = {v.name: (v.start_s, v.end_s) for v in r.result.states}
+    assert seconds["SamplePeriod"][0] == pytest.approx(T.trig_trial_start + T.pre_sample, abs=1e-4)
+    assert r.line(W.imaging_trigger) == [(0, 1), (TRIG, 0)]
+    # without the line wired, no bitcode: the default trial goes straight into the baseline
+    assert "TrialBitcodeStart" not in run(rig, make_trial("left")).sequence
+    with pytest.raises(ValueError, match="does not fit in a 16-bit"):
+        build_trial(dataclasses.replace(make_trial("left"), trial_number=2**16), params)
 
 
 # -- early licks -------------------------------------------------------------------------------------------
@@ -242,13 +295,14 @@ def test_early_lick_in_the_sample_restarts_the_sample(rig: Rig) -> None:
     delay_on = restart + SAMPLE
     answer_on = delay_on + DELAY + CUE
     r = run(rig, trial, [("right", early), ("left", answer_on + RT)])
-    assert r.visits[:6] == [
-        ("TrigTrialStart", 0, SAMPLE_ON), ("SamplePeriod", SAMPLE_ON, early),
+    assert r.visits[:7] == [
+        ("TrigTrialStart", 0, TRIG), ("PreSamplePeriod", TRIG, SAMPLE_ON), ("SamplePeriod", SAMPLE_ON, early),
         ("EarlyLickSample", early, restart),
         ("SamplePeriod", restart, delay_on), ("DelayPeriod", delay_on, delay_on + DELAY),
         ("ResponseCue", delay_on + DELAY, answer_on),
     ]
-    assert r.sequence[6:] == ["AnswerPeriod", "Reward", "RewardConsumption", "StopLicking", "TrialEnd"]
+    assert r.sequence[7:] == ["AnswerPeriod", "Reward", "RewardConsumption", "StopLicking",
+                              "InterTrialInterval", "TrialEnd"]
     # The cue stays on through EarlyLickSample: the pole is in from the first sample onset to the delay.
     assert r.line(W.pole) == [(SAMPLE_ON, 1), (delay_on, 0)]
     scored = r.score(trial)
@@ -262,8 +316,8 @@ def test_sample_lick_does_nothing_without_sample_enforcement(rig: Rig) -> None:
     early = SAMPLE_ON + SAMPLE // 2
     r = run(rig, trial, [("right", early)])
     assert r.event_cycles(f"{W.right_lick}In") == [early]
-    assert r.visits[:3] == [("TrigTrialStart", 0, SAMPLE_ON), ("SamplePeriod", SAMPLE_ON, DELAY_ON),
-                            ("DelayPeriod", DELAY_ON, GO_ON)]
+    assert r.visits[:4] == [("TrigTrialStart", 0, TRIG), ("PreSamplePeriod", TRIG, SAMPLE_ON),
+                            ("SamplePeriod", SAMPLE_ON, DELAY_ON), ("DelayPeriod", DELAY_ON, GO_ON)]
     assert "EarlyLickSample" not in r.sequence
     scored = r.score(trial)
     assert (scored.outcome, scored.early_lick, scored.early_lick_epochs, scored.early_licks) == (
@@ -277,8 +331,9 @@ def test_early_lick_in_the_delay_restarts_the_delay(rig: Rig, stage: TrainingSta
     restart = early + EARLY_DELAY
     go_on = restart + DELAY
     r = run(rig, trial, [("left", early)])
-    assert r.visits[:6] == [
-        ("TrigTrialStart", 0, SAMPLE_ON), ("SamplePeriod", SAMPLE_ON, DELAY_ON),
+    assert r.visits[:7] == [
+        ("TrigTrialStart", 0, TRIG), ("PreSamplePeriod", TRIG, SAMPLE_ON),
+        ("SamplePeriod", SAMPLE_ON, DELAY_ON),
         ("DelayPeriod", DELAY_ON, early), ("EarlyLickDelay", early, restart),
         ("DelayPeriod", restart, go_on), ("ResponseCue", go_on, go_on + CUE),
     ]
@@ -300,9 +355,9 @@ def test_free_drop_before_the_go_cue(rig: Rig, side: Side) -> None:
     go_on = GO_ON + valve
     lick = go_on + CUE + RT
     r = run(rig, trial, [(side, lick)])
-    assert r.visits[2:5] == [("DelayPeriod", DELAY_ON, GO_ON), (drop_state, GO_ON, go_on),
+    assert r.visits[3:6] == [("DelayPeriod", DELAY_ON, GO_ON), (drop_state, GO_ON, go_on),
                              ("ResponseCue", go_on, go_on + CUE)]
-    assert r.sequence[5:7] == ["AnswerPeriod", "Reward"]
+    assert r.sequence[6:8] == ["AnswerPeriod", "Reward"]
     other_drop = {"GiveLeftDrop", "GiveRightDrop"} - {drop_state}
     assert not other_drop & set(r.sequence)
     # Free drop, then the earned reward: two openings of the correct valve, each the valve time.
@@ -326,7 +381,7 @@ def test_both_rewarded_mode_rewards_the_other_side(rig: Rig) -> None:
     trial = make_trial("left", mode="both_rewarded")
     lick = ANSWER_ON + RT
     r = run(rig, trial, [("right", lick)])
-    assert r.visits[4:7] == [("AnswerPeriod", ANSWER_ON, lick),
+    assert r.visits[5:8] == [("AnswerPeriod", ANSWER_ON, lick),
                              (BOTH_REWARDED_STATE, lick, lick + VALVE_CYCLES["right"]),
                              ("RewardConsumption", lick + VALVE_CYCLES["right"],
                               lick + VALVE_CYCLES["right"] + CONSUME)]
@@ -346,14 +401,16 @@ def test_licks_in_stop_licking_restart_it(rig: Rig) -> None:
     drinking = lick + VALVE_CYCLES["left"] + CONSUME // 2  # licks while drinking change nothing
     first = stop_on + STOP // 2
     second = first + 1 + STOP - 1  # one cycle before the restarted StopLicking would end
-    end_on = second + 1 + STOP
+    iti_on = second + 1 + STOP
+    end_on = iti_on + ITI
     r = run(rig, trial, [("left", lick), ("left", drinking), ("right", first), ("left", second)])
-    assert r.visits[5:] == [
+    assert r.visits[6:] == [
         ("Reward", lick, lick + VALVE_CYCLES["left"]),
         ("RewardConsumption", lick + VALVE_CYCLES["left"], stop_on),
         ("StopLicking", stop_on, first), ("StopLickingReturn", first, first + 1),
         ("StopLicking", first + 1, second), ("StopLickingReturn", second, second + 1),
-        ("StopLicking", second + 1, end_on), ("TrialEnd", end_on, end_on + END),
+        ("StopLicking", second + 1, iti_on), ("InterTrialInterval", iti_on, end_on),
+        ("TrialEnd", end_on, end_on + END),
     ]
     assert r.result.exit_cycle == end_on + END
     scored = r.score(trial)
@@ -412,20 +469,20 @@ def test_decoder_byte_after_the_minimum_ends_the_delay(rig: Rig) -> None:
     # A byte for another code first: it is an event, not the gate's.
     r = run(rig, trial, params=GATED, during=send_app_bytes(bytes([2, 1]), DECODER_WAIT_STATE))
     wait_on = DELAY_ON + GATE_MIN
-    assert r.visits[2] == ("DelayPeriod", DELAY_ON, wait_on)
-    name, start, end = r.visits[3]
+    assert r.visits[3] == ("DelayPeriod", DELAY_ON, wait_on)
+    name, start, end = r.visits[4]
     assert (name, start) == (DECODER_WAIT_STATE, wait_on)
     (code1,) = r.event_cycles("APP_SoftCode1")
     (code2,) = r.event_cycles("APP_SoftCode2")
     assert code2 < code1 == end < wait_on + (GATE_MAX - GATE_MIN)  # ended by the byte, before the maximum
-    assert r.visits[4] == ("ResponseCue", end, end + CUE)
+    assert r.visits[5] == ("ResponseCue", end, end + CUE)
     assert r.line(W.go_cue)[0] == (end, W.on("go_cue")[W.go_cue])
-    assert r.sequence[5:] == ["AnswerPeriod", "NoResponse", "StopLicking", "TrialEnd"]
+    assert r.sequence[6:] == ["AnswerPeriod", "NoResponse", "StopLicking", "InterTrialInterval", "TrialEnd"]
 
 
 def test_decoder_gated_delay_without_a_byte_runs_to_its_maximum(rig: Rig) -> None:
     r = run(rig, make_trial("right"), params=GATED)
-    assert r.visits[2:5] == [("DelayPeriod", DELAY_ON, DELAY_ON + GATE_MIN),
+    assert r.visits[3:6] == [("DelayPeriod", DELAY_ON, DELAY_ON + GATE_MIN),
                              (DECODER_WAIT_STATE, DELAY_ON + GATE_MIN, DELAY_ON + GATE_MAX),
                              ("ResponseCue", DELAY_ON + GATE_MAX, DELAY_ON + GATE_MAX + CUE)]
 
@@ -437,7 +494,7 @@ def test_decoder_byte_before_the_minimum_is_ignored(rig: Rig) -> None:
     (code1,) = r.event_cycles("APP_SoftCode1")
     wait_on, go_on = DELAY_ON + cycles(gate.min_s), DELAY_ON + cycles(gate.max_s)
     assert DELAY_ON < code1 < wait_on
-    assert r.visits[2:5] == [("DelayPeriod", DELAY_ON, wait_on), (DECODER_WAIT_STATE, wait_on, go_on),
+    assert r.visits[3:6] == [("DelayPeriod", DELAY_ON, wait_on), (DECODER_WAIT_STATE, wait_on, go_on),
                              ("ResponseCue", go_on, go_on + CUE)]
 
 
@@ -446,7 +503,7 @@ def test_early_lick_while_waiting_for_the_decoder_restarts_the_minimum(rig: Rig)
     early = wait_on + 1000
     restart = early + EARLY_DELAY
     r = run(rig, make_trial("left"), [("left", early)], params=GATED)
-    assert r.visits[2:7] == [
+    assert r.visits[3:8] == [
         ("DelayPeriod", DELAY_ON, wait_on), (DECODER_WAIT_STATE, wait_on, early),
         ("EarlyLickDelay", early, restart),
         ("DelayPeriod", restart, restart + GATE_MIN),

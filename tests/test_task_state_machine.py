@@ -34,9 +34,9 @@ CONTEXTS = contexts_from_settings(SETTINGS.contexts)
 STAGES = {stage.name: stage for stage in SETTINGS.task.stages}
 PARAMS = task_parameters(SETTINGS)
 SPEC_STATES = (
-    "TrigTrialStart", "SamplePeriod", "EarlyLickSample", "DelayPeriod", "EarlyLickDelay", "GiveLeftDrop",
-    "GiveRightDrop", "ResponseCue", "AnswerPeriod", "Reward", "RewardConsumption", "TimeOut", "NoResponse",
-    "StopLicking", "StopLickingReturn", "TrialEnd",
+    "TrigTrialStart", "PreSamplePeriod", "SamplePeriod", "EarlyLickSample", "DelayPeriod", "EarlyLickDelay",
+    "GiveLeftDrop", "GiveRightDrop", "ResponseCue", "AnswerPeriod", "Reward", "RewardConsumption", "TimeOut",
+    "NoResponse", "StopLicking", "StopLickingReturn", "InterTrialInterval", "TrialEnd",
 )
 
 
@@ -111,18 +111,20 @@ def test_the_main_path_in_the_words_of_the_spec() -> None:
     s = states(build_trial(make_trial("right"), PARAMS))
     tup = {name: state.transitions["Tup"] for name, state in s.items()}
     assert tup == {
-        "TrigTrialStart": "SamplePeriod", "SamplePeriod": "DelayPeriod", "EarlyLickSample": "SamplePeriod",
+        "TrigTrialStart": "PreSamplePeriod", "PreSamplePeriod": "SamplePeriod", "SamplePeriod": "DelayPeriod",
+        "EarlyLickSample": "SamplePeriod",
         "DelayPeriod": "ResponseCue", "EarlyLickDelay": "DelayPeriod", "GiveLeftDrop": "ResponseCue",
         "GiveRightDrop": "ResponseCue", "ResponseCue": "AnswerPeriod", "AnswerPeriod": "NoResponse",
         "Reward": "RewardConsumption", "RewardConsumption": "StopLicking", "TimeOut": "StopLicking",
-        "NoResponse": "StopLicking", "StopLicking": "TrialEnd", "StopLickingReturn": "StopLicking",
-        "TrialEnd": EXIT,
+        "NoResponse": "StopLicking", "StopLicking": "InterTrialInterval", "StopLickingReturn": "StopLicking",
+        "InterTrialInterval": "TrialEnd", "TrialEnd": EXIT,
     }
     licks_to = {"Port1In", "Port2In"}
     assert {e for e, target in s["DelayPeriod"].transitions.items() if target == "EarlyLickDelay"} == licks_to
     assert {e for e, t in s["StopLicking"].transitions.items() if t == "StopLickingReturn"} == licks_to
-    for quiet in ("EarlyLickSample", "EarlyLickDelay", "ResponseCue", "Reward", "RewardConsumption",
-                  "TimeOut", "NoResponse", "StopLickingReturn", "TrialEnd"):
+    for quiet in ("PreSamplePeriod", "EarlyLickSample", "EarlyLickDelay", "ResponseCue", "Reward",
+                  "RewardConsumption", "TimeOut", "NoResponse", "StopLickingReturn", "InterTrialInterval",
+                  "TrialEnd"):
         assert set(s[quiet].transitions) == {"Tup"}, quiet
 
 
@@ -173,9 +175,10 @@ def test_rewiring_is_a_settings_change() -> None:
 
 
 def custom_settings(**task: Any) -> Settings:
-    timing = {"trig_trial_start": 0.02, "sample": 1.1, "early_lick_sample": 0.07,
+    timing = {"trig_trial_start": 0.02, "pre_sample": 0.9, "sample": 1.1, "early_lick_sample": 0.07,
               "early_lick_delay": 0.08, "response_cue": 0.15, "answer_period": 3.5,
-              "reward_consumption": 0.9, "no_response": 0.03, "stop_licking": 1.7, "trial_end": 0.04}
+              "reward_consumption": 0.9, "no_response": 0.03, "stop_licking": 1.7,
+              "inter_trial_interval": 1.3, "trial_end": 0.04}
     return parse_settings({"task": {"timing": timing, **task}})
 
 
@@ -187,11 +190,13 @@ def test_durations_come_from_timing_and_the_stage() -> None:
         s = states(build_trial(make_trial("right", stage=stage.name), params))
         assert s["DelayPeriod"].timer_s == stage.delay_s
         assert s["TimeOut"].timer_s == stage.timeout_s
-        expected = {"TrigTrialStart": t.trig_trial_start, "SamplePeriod": t.sample,
+        expected = {"TrigTrialStart": t.trig_trial_start, "PreSamplePeriod": t.pre_sample,
+                    "SamplePeriod": t.sample,
                     "EarlyLickSample": t.early_lick_sample, "EarlyLickDelay": t.early_lick_delay,
                     "ResponseCue": t.response_cue, "AnswerPeriod": t.answer_period,
                     "RewardConsumption": t.reward_consumption, "NoResponse": t.no_response,
-                    "StopLicking": t.stop_licking, "TrialEnd": t.trial_end, "StopLickingReturn": 0.0}
+                    "StopLicking": t.stop_licking, "InterTrialInterval": t.inter_trial_interval,
+                    "TrialEnd": t.trial_end, "StopLickingReturn": 0.0}
         assert {name: s[name].timer_s for name in expected} == expected
 
 

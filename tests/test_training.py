@@ -25,6 +25,15 @@ SWITCH = SETTINGS.task.context_switch
 CONTEXTS = tuple(SETTINGS.contexts)
 
 
+def with_criteria(**update: object) -> tuple[TrainingStage, ...]:
+    """The default stages with `update` applied to every stage's criterion (the other setting)."""
+    return tuple(s.model_copy(update={"advance": s.advance.model_copy(update=update)}) for s in STAGES)
+
+
+RESET_AT_STAGE_CHANGE = with_criteria(spans_stages=False)
+ANSWERED_ONLY = with_criteria(counts="answered")
+
+
 def new_training(switch: ContextSwitchSettings = SWITCH) -> Training:
     return Training.start(STAGES, switch, CONTEXTS, SETTINGS.task.default_context)
 
@@ -61,7 +70,10 @@ def test_stages_are_data_from_the_settings() -> None:
                                         "delay-1.0", "delay-1.3", "full"]
     assert [s.delay_s for s in STAGES] == [0.3, 0.3, 0.3, 0.5, 0.8, 1.0, 1.3, 1.3]
     assert [s.selection for s in STAGES][:2] == ["autolearn", "antibias"]
-    full_advance = AdvanceCriterion(min_trials=500, perf_threshold=0.70, window=100)
+    full_advance = AdvanceCriterion(min_trials=500, perf_threshold=0.70, window=100, counts="answered")
+    # as in the firmware: rewarded trials of the last 30, over stage changes; the full task at Perf100
+    assert [(s.advance.window, s.advance.counts, s.advance.spans_stages) for s in STAGES[1:-1]] == [
+        (30, "rewarded", True)] * (len(STAGES) - 2)
     assert STAGES[-1] == TrainingStage(name="full", delay_s=1.3, timeout_s=4.0, selection="antibias",
                                        sample_enforcement=True, advance=full_advance)
     with pytest.raises(ValueError, match=r"selection\n  Input should be 'antibias', 'autolearn'"):
@@ -101,8 +113,9 @@ def test_a_stage_is_not_passed_at_or_below_its_threshold() -> None:
     assert events[0].kind == "stage_advanced"
 
 
-def test_the_criterion_looks_at_the_stage_window_only() -> None:
-    training = Training(STAGES, SWITCH, CONTEXTS, SubjectTrainingState(stage="delay-0.3", context="tactile"))
+def test_the_criterion_looks_at_the_stage_window_only_when_reset_at_a_stage_change() -> None:
+    training = Training(RESET_AT_STAGE_CHANGE, SWITCH, CONTEXTS,
+                        SubjectTrainingState(stage="delay-0.3", context="tactile"))
     run(training, 71, "E")
     assert training.stage.name == "delay-0.3"
     run(training, 29, "H")  # 100 trials: not more than min_trials yet, and the window holds one error
@@ -112,11 +125,41 @@ def test_the_criterion_looks_at_the_stage_window_only() -> None:
     assert training.state.trials_in_stage == 0 and training.state.stage_outcomes == []
 
 
-def test_no_response_trials_do_not_count_as_errors() -> None:
-    progress = StageProgress(STAGES, SubjectTrainingState(stage="delay-1.0", context="tactile"))
+def test_no_response_trials_do_not_count_as_errors_among_answered_trials() -> None:
+    progress = StageProgress(ANSWERED_ONLY, SubjectTrainingState(stage="delay-1.0", context="tactile"))
     for outcome in ["hit", "no_response"] * 60:
         progress.record(outcome)  # type: ignore[arg-type]
     assert progress.stage.name == "delay-1.3"
+
+
+def test_no_response_counts_as_a_failure_among_rewarded_trials() -> None:
+    progress = StageProgress(STAGES, SubjectTrainingState(stage="delay-1.0", context="tactile"))
+    for outcome in ["hit", "no_response"] * 60:
+        progress.record(outcome)  # type: ignore[arg-type]
+    assert progress.stage.name == "delay-1.0"  # 50 % rewarded: not above 70 %
+    assert progress.performance == pytest.approx(0.5)
+    for outcome in ["hit", "hit", "hit", "hit", "no_response"] * 6:
+        progress.record(outcome)  # type: ignore[arg-type]
+    assert progress.stage.name == "delay-1.3"  # 80 % of the last 30 rewarded
+
+
+def test_the_window_carries_over_a_stage_change() -> None:
+    def stages(spans: bool) -> tuple[TrainingStage, ...]:
+        def stage(name: str, min_trials: int, threshold: float, window: int) -> TrainingStage:
+            advance = AdvanceCriterion(min_trials=min_trials, perf_threshold=threshold, window=window)
+            if not spans:
+                advance = advance.model_copy(update={"spans_stages": False})
+            return TrainingStage(name=name, delay_s=0.3, timeout_s=1.0, selection="antibias", advance=advance)
+        return stage("a", 10, 0.5, 10), stage("b", 5, 0.8, 20), stage("c", 5, 0.8, 20)
+
+    for spans, after_b in ((True, "b"), (False, "c")):
+        state = SubjectTrainingState(stage="a", context="tactile")
+        training = Training(stages(spans), SWITCH, CONTEXTS, state)
+        run(training, 5, "E")
+        run(training, 6, "H")  # 11 trials, 60 % of the last 10: on to b
+        assert training.stage.name == "b"
+        run(training, 6, "H")  # 6 hits in b; with a's trials, 12 of the last 17 (71 %)
+        assert training.stage.name == after_b, spans
 
 
 # -- context switches ------------------------------------------------------------------------------

@@ -210,7 +210,9 @@ def wiring_problems(wiring: WiringSettings, model: str) -> list[Problem]:
     problems: list[Problem] = []
     used: dict[str, str] = {}
     for role in WiringSettings.model_fields:
-        line: str = getattr(wiring, role)
+        line: str | None = getattr(wiring, role)
+        if line is None:  # an optional role left unwired
+            continue
         kind = WiringSettings.kind(role)
         valid, what = lines[kind]
         if line not in valid:
@@ -299,6 +301,10 @@ class Settings(_Section):
 
         for path, value, message in wiring_problems(self.wiring, self.bpod.model):
             problems.add(("wiring", *path), message, value)
+        code, baseline = self.task.trial_bitcode, self.task.timing.pre_sample
+        if self.wiring.trial_bitcode is not None and code.duration_s >= baseline:
+            problems.add(("task", "trial_bitcode"), f"takes {code.duration_s:g} s: it must be shorter than "
+                         f"task.timing.pre_sample ({baseline:g} s), in which it is sent")
 
         if self.bpod.firmware not in FIRMWARE_BY_MODEL[self.bpod.model]:
             allowed = ", ".join(map(str, FIRMWARE_BY_MODEL[self.bpod.model]))
