@@ -76,7 +76,8 @@ def main() -> int:
     rows = [
         ("trials", f"{n}"),
         ("emulator speed", f"{args.speed:g}x"),
-        ("dead time between trials, max (Bpod clock)", f"{figures['dead_time_cycles']} cycles"),
+        ("dead time between trials, max (Bpod clock; the device alone: 1)",
+         f"{figures['dead_time_cycles']} cycles"),
         ("dead time between trials, mean", f"{figures['dead_time_mean_cycles']} cycles"),
         ("host CPU per trial, whole process", f"{figures['cpu_ms_per_trial']} ms"),
         ("host CPU per trial, runner thread", f"{figures['runner_thread_cpu_ms_per_trial']} ms"),

@@ -15,6 +15,8 @@ from protocols.trial_record import TrialRecord, TrialRecordError
 from rig.store import SESSION_FILE, TRIALS_FILE, DataError, read_json
 
 CYCLE_S = 1e-4
+QUEUED_START_CYCLES = 1
+"""A queued trial starts one cycle after the previous one ends on the device: no host adds that one."""
 
 
 def format_status(trial: int, context: str, stage: str, performance: PerformanceTracker, outcome: str) -> str:
@@ -77,7 +79,8 @@ def summarize_session(folder: Path) -> dict[str, Any]:
                                  "to": event.get("after"), "reason": event.get("reason")})
         start, end = record.trial_start_s, record.trial_end_s
         if start is not None and previous_end is not None:
-            gaps_cycles.append(round((start - previous_end) / CYCLE_S))
+            # host-induced: less the one cycle the device takes to start a queued trial (rig/session.py)
+            gaps_cycles.append(round((start - previous_end) / CYCLE_S) - QUEUED_START_CYCLES)
         previous_end = end if end is not None else previous_end
     by_context = {c: tracker.perf100(context=c) for c in contexts}
     return {
@@ -151,7 +154,8 @@ def format_summary(summary: dict[str, Any]) -> str:
                      f" ({switch['reason']})")
     dead = summary["dead_time_cycles"]
     if dead["max"] is not None:
-        lines.append(f"  dead time between trials (Bpod clock): max {dead['max']} cycles, "
+        lines.append(f"  host dead time between trials (Bpod clock, beyond the device's 1 cycle): "
+                     f"max {dead['max']} cycles, "
                      f"mean {dead['mean']:.2f}, {dead['nonzero']} gaps not zero")
     lines += _child_lines(summary)
     return "\n".join(lines)

@@ -96,9 +96,10 @@ def test_summary_reports_trials_perf_and_switches(settings: Settings, tmp_path: 
 
 
 def test_summary_dead_time_from_known_bpod_timestamps(tmp_path: Path) -> None:
-    # Bpod trial start/end times (s) as a session writes them: gaps of 0, 1.2 ms, 0.3 ms and 0 between the
-    # five trials, i.e. 0, 12, 3 and 0 cycles of 100 us (float seconds: 12.0003 - 12.0 = 2.99999... cycles).
-    times = [(0.0, 5.0), (5.0, 9.5), (9.5012, 12.0), (12.0003, 17.25), (17.25, 20.0)]
+    # Bpod trial start/end times (s) as a session writes them: a queued trial starts one cycle (100 us) after
+    # the last on the device; beyond it the host added 0, 1.2 ms, 0.3 ms and 0 between the five trials, i.e.
+    # 0, 12, 3 and 0 cycles (float seconds: 12.0004 - 12.0 = 3.99999... cycles).
+    times = [(0.0, 5.0), (5.0001, 9.5), (9.5013, 12.0), (12.0004, 17.25), (17.2501, 20.0)]
     (tmp_path / "session.json").write_text(json.dumps({"subject": "m", "ended": "2025-01-01T10:00:00"}))
     with (tmp_path / "trials.jsonl").open("w") as out:
         for n, (start, end) in enumerate(times, 1):
