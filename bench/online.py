@@ -28,7 +28,7 @@
    callback of (host receipt time - Bpod time); receipt is later than the event, so this overstates the
    latency by the smallest delivery delay (tens of us): the figure is conservative.
 
-Run: `.venv/bin/python bench/online.py [--frames 3000] [--gated 40] [--only frame replay closed-loop]
+Run: `.venv/bin/python bench/online.py [--frames 3000] [--gated 40] [--only frame replay closed-loop] [--usb-frames]
 [--json]`.
 """
 
@@ -304,14 +304,17 @@ def trial_machine(settings: Settings, side: str, gated: bool, sample_s: float, d
     return build_trial(spec, params)
 
 
-def closed_loop_latency(folder: Path, n_train: int, n_gated: int, keep: Path | None = None) -> dict[str, Any]:
-    emulator = subprocess.Popen([sys.executable, "-m", "hardware.bpod.emulator", "--firmware", "23",
-                                 "--exit-with-parent"], cwd=REPO, stdout=subprocess.PIPE, text=True)
+def closed_loop_latency(folder: Path, n_train: int, n_gated: int, keep: Path | None = None,
+                        usb_frames: bool = False) -> dict[str, Any]:
+    """With `usb_frames` the emulator delivers bytes at USB frame boundaries (1 ms on r2), as a real link."""
+    command = [sys.executable, "-m", "hardware.bpod.emulator", "--firmware", "23", "--exit-with-parent"]
+    emulator = subprocess.Popen(command + (["--usb-frames"] if usb_frames else []), cwd=REPO,
+                                stdout=subprocess.PIPE, text=True)
     try:
         assert emulator.stdout is not None
         main_port = emulator.stdout.readline().split(": ", 1)[1].strip()
         app_port = emulator.stdout.readline().split(": ", 1)[1].strip()
-        return _run_closed_loop(folder, main_port, app_port, n_train, n_gated)
+        return {**_run_closed_loop(folder, main_port, app_port, n_train, n_gated), "usb_frames": usb_frames}
     finally:
         if keep is not None:
             import shutil
@@ -438,6 +441,8 @@ def main() -> int:
     parser.add_argument("--only", nargs="+", choices=("frame", "replay", "closed-loop"), default=None,
                         help="run only these parts")
     parser.add_argument("--keep", type=Path, default=None, help="copy the closed-loop session folder here")
+    parser.add_argument("--usb-frames", action="store_true",
+                        help="closed loop with the emulator's USB model (bytes at 1 ms frame boundaries)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -450,7 +455,7 @@ def main() -> int:
             figures.update(replay_speed(Path(tmp), args.replay_files, args.replay_frames))
     if "closed-loop" in parts:
         with tempfile.TemporaryDirectory() as tmp:
-            figures.update(closed_loop_latency(Path(tmp), args.train, args.gated, args.keep))
+            figures.update(closed_loop_latency(Path(tmp), args.train, args.gated, args.keep, args.usb_frames))
     figures = {k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}
 
     def ms(key: str) -> str:
@@ -471,7 +476,8 @@ def main() -> int:
                 rows.append((f"replay, {name}, {cache} cache (frames/s; pages resident before)",
                              f"{rate:.1f} ({100 * resident:.0f}%)"))
     if "gated_trials" in figures:
-        rows += [("closed loop: last frame sent -> event in Bpod p50 / p99 (ms)",
+        link = "USB model, 1 ms frames" if figures["usb_frames"] else "no USB model"
+        rows += [(f"closed loop ({link}): last frame sent -> event in Bpod p50 / p99 (ms)",
                   f"{ms('closed_loop_p50_ms')} / {ms('closed_loop_p99_ms')}"),
                  ("closed loop: frame sent -> APP byte written p50 / p99 (ms)",
                   f"{ms('host_latency_p50_ms')} / {ms('host_latency_p99_ms')}"),
