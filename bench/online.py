@@ -28,8 +28,8 @@
    callback of (host receipt time - Bpod time); receipt is later than the event, so this overstates the
    latency by the smallest delivery delay (tens of us): the figure is conservative.
 
-Run: `.venv/bin/python bench/online.py [--frames 3000] [--gated 40] [--only frame replay closed-loop] [--usb-frames]
-[--json]`.
+Run: `.venv/bin/python bench/online.py [--frames 3000] [--gated 40] [--only frame replay closed-loop]
+[--usb-frames] [--json]`.
 """
 
 from __future__ import annotations
