@@ -54,7 +54,7 @@ from rig.control import ControlRequestError, ControlServer, link_security
 from rig.errors import SessionFault, UserError
 from rig.imaging import ImagingSource, open_imaging
 from rig.online_child import OnlineProcess
-from rig.settings import Settings, dump_settings
+from rig.settings import Settings, dump_settings_files
 from rig.simulated_rig import SimulatedRig
 from rig.store import DiskFullError, SessionStore, SubjectLock, check_subject_id, recover_sessions
 from rig.subject import HISTORY_KEPT, SubjectRecord, load_subject, save_subject, subject_path
@@ -81,6 +81,8 @@ class RunOptions:
     handle_signals: bool = True
     monitor: subprocess.Popen[bytes] | None = None
     """The monitor window's process, if `rig run` started one: watched, never waited for."""
+    rig_file: Path | None = None
+    """The rig file the settings were loaded with, for session.json (None: the built-in rig or one file)."""
 
 
 @dataclass
@@ -184,7 +186,9 @@ class SessionRunner:
         client = self._client
         hw = client.hardware if client is not None else None
         return {
-            "subject": self.options.subject, "rig": self.settings.rig.name, "started": started.isoformat(),
+            "subject": self.options.subject, "rig": self.settings.rig.name,
+            "rig_file": str(self.options.rig_file) if self.options.rig_file is not None else None,
+            "started": started.isoformat(),
             "ended": ended.isoformat() if ended else None,
             "end_reason": self._end_reason if ended else None, "trials": self._trials_done,
             "versions": {"rig": __version__, "python": platform.python_version()},
@@ -232,8 +236,9 @@ class SessionRunner:
             except TransportError as exc:
                 raise UserError(f"cannot open the events publisher: {exc}") from None
             stack.enter_context(ControlServer(network.control, self._handle_control, security=security))
-            self._store = SessionStore.create(self.data_root, self.options.subject, started,
-                                              dump_settings(self.settings), self._session_info(started))
+            experiment_yaml, rig_yaml = dump_settings_files(self.settings)
+            self._store = SessionStore.create(self.data_root, self.options.subject, started, experiment_yaml,
+                                              self._session_info(started), rig_yaml=rig_yaml)
             stack.callback(self._store.close)
             self._subject_lock.name_session(self._store.folder)
             if self.settings.online.enabled and self.settings.online.start_with_rig:

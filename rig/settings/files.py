@@ -17,6 +17,7 @@ import yaml
 from pydantic import ValidationError
 
 from rig.settings.problems import SettingsError
+from rig.settings.rig_file import check_placement, find_rig_file, rig_file_keys, split_sections
 from rig.settings.schema import Settings
 
 logger = logging.getLogger(__name__)
@@ -247,19 +248,43 @@ def parse_settings(data: Mapping[str, Any], source: Path | None = None) -> Setti
         raise SettingsError.from_validation_error(exc, Settings, source) from None
 
 
-def load_settings(path: Path | str | None = None, overrides: Mapping[str, Any] | None = None) -> Settings:
-    """Read, merge and validate settings.
+def _problem_section(line: str) -> str:
+    """The top-level key a problem line starts with (``bpod`` of ``bpod.firmware = 24: ...``)."""
+    match = re.match(r"[A-Za-z_][A-Za-z0-9_-]*", line)
+    return match.group(0) if match else ""
 
-    ``path`` defaults to the repository's settings.yaml. ``overrides`` (nested mappings, or dotted keys
-    like ``{"bpod.emulator_speed": 10}``) replace values from the file, e.g. from command-line options,
-    and are validated together with it.
+
+def load_settings(path: Path | str | None = None, overrides: Mapping[str, Any] | None = None,
+                  rig: Path | str | None = None) -> Settings:
+    """Read, merge and validate the experiment's settings and the rig box's file.
+
+    ``path`` defaults to the repository's settings.yaml. ``rig`` is the rig file; by default rig.yaml
+    beside ``path`` if there is one, else none (the rig sections of ``path``, or the built-in simulated
+    rig). With a rig file, its sections (rig, bpod, wiring, data, network, devices) join the experiment's
+    (task, contexts, imaging, online, sim): each section comes from one file, and one written in the
+    other file is refused. ``overrides`` (nested mappings, or dotted keys like
+    ``{"bpod.emulator_speed": 10}``) replace values of either file, e.g. from command-line options, and
+    are validated together with them. Problems name the file when there are two.
     """
     source = Path(path) if path is not None else DEFAULT_SETTINGS_PATH
     raw = read_settings_file(source)
+    rig_path = find_rig_file(source, rig)
+    rig_raw: dict[str, Any] = {}
+    if rig_path is not None:
+        rig_raw = read_settings_file(rig_path)
+        check_placement(raw, source, rig_raw, rig_path)  # so the two hold different keys
+        raw = {**rig_raw, **raw}
     if overrides:
         raw = _merge(raw, _expand_dotted(overrides))
-    settings = parse_settings(raw, source)
-    logger.debug("settings loaded from %s", source)
+    try:
+        settings = parse_settings(raw, source)
+    except SettingsError as exc:
+        if rig_path is None:
+            raise
+        keys = rig_file_keys(rig_raw)
+        raise SettingsError([f"{rig_path if _problem_section(line) in keys else source}: {line}"
+                             for line in exc.problems], source) from None
+    logger.debug("settings loaded from %s (rig file: %s)", source, rig_path or "none")
     return settings
 
 
@@ -285,7 +310,17 @@ _Dumper.add_representer(list, _represent_list)
 _Dumper.add_representer(dict, _represent_dict)
 
 
+def _dump(data: Mapping[str, Any]) -> str:
+    return yaml.dump(dict(data), Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=110)
+
+
 def dump_settings(settings: Settings) -> str:
-    """The settings as YAML that ``load_settings`` reads back to an equal object (used for snapshots)."""
-    data = settings.model_dump(mode="json")
-    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=110)
+    """The settings as YAML that ``load_settings`` reads back to an equal object (as one file)."""
+    return _dump(settings.model_dump(mode="json"))
+
+
+def dump_settings_files(settings: Settings) -> tuple[str, str]:
+    """The settings as (settings.yaml, rig.yaml): the experiment's sections and the rig box's, which
+    ``load_settings`` reads back, side by side, to an equal object (the session snapshot)."""
+    experiment, rig = split_sections(settings.model_dump(mode="json"))
+    return _dump(experiment), _dump(rig)
