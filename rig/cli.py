@@ -110,6 +110,45 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _seconds_list(text: str) -> tuple[float, ...]:
+    values = tuple(_positive_float(part) for part in text.split(",") if part.strip())
+    if len(values) < 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 2 or more open times, comma-separated")
+    return values
+
+
+def _sides(text: str) -> tuple[str, ...]:
+    sides = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not sides or any(side not in ("left", "right") for side in sides):
+        raise argparse.ArgumentTypeError(f"{text!r}: valves are left, right or left,right")
+    return tuple(dict.fromkeys(sides))
+
+
+def _cmd_calibrate_valves(args: argparse.Namespace) -> int:
+    """Deliver drops through the Bpod, take the weights, fit and write the curves into the rig file."""
+    from hardware.bpod.client import BpodError
+    from rig.bench import open_bench_bpod
+    from rig.calibration import CalibrationRun, calibrate_valves
+    from rig.settings import load_settings
+
+    rig_file = _rig_file(args)
+    if rig_file is None:
+        raise UserError("calibrate-valves writes the curves into a rig file: give --rig FILE, or put a "
+                        "rig.yaml beside the settings file")
+    settings = load_settings(args.settings, rig=rig_file)
+    run = CalibrationRun(rig_file=rig_file, sides=args.valves, durations_s=args.durations, drops=args.drops,
+                         interval_s=args.interval, weights=args.weights)
+    run.check_weights()
+    try:
+        with open_bench_bpod(settings) as bpod:
+            calibrate_valves(bpod.client, settings.wiring, settings.bpod.valve_calibration, run, sys.stdin,
+                             sys.stdout)
+    except BpodError as exc:  # missing, not a Bpod, unsupported firmware, lost: one sentence
+        raise UserError(str(exc)) from None
+    load_settings(args.settings, rig=rig_file)  # the task's reward volume against the new curves
+    return EXIT_OK
+
+
 def _cmd_monitor(args: argparse.Namespace) -> int:
     """Open the monitoring window on the running session (or on a simulated one with --demo)."""
     import os
@@ -284,6 +323,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_rig_option(run)
     run.add_argument("--no-gui", action="store_true", help="do not open the monitoring window")
     run.set_defaults(func=_cmd_run)
+
+    calibrate = sub.add_parser(
+        "calibrate-valves", help="measure the reward valves and write their curves into the rig file",
+        description="Open each valve --drops times at each of --durations (a Bpod state machine "
+                    "per batch; the emulator on the simulated rig), take the total weight of each batch "
+                    "(asked on stdin, or --weights FILE: CSV valve,duration_s,grams or a YAML list of "
+                    "those), fit volume per drop against open time, print the points and the fit, save a "
+                    "figure next to the rig file and rewrite bpod.valve_calibration in it (dated; its "
+                    "other lines are kept).")
+    calibrate.add_argument("--settings", metavar="FILE", type=Path, default=None,
+                           help="settings file (default: settings.yaml)")
+    _add_rig_option(calibrate)
+    calibrate.add_argument("--valves", type=_sides, default=("left", "right"),
+                           help="left, right or left,right (default: both)")
+    calibrate.add_argument("--durations", metavar="S,S,...", type=_seconds_list, default=(0.015, 0.03, 0.06),
+                           help="open times in seconds (default: 0.015,0.03,0.06)")
+    calibrate.add_argument("--drops", metavar="N", type=_positive_int, default=100,
+                           help="openings per valve and open time (default: 100)")
+    calibrate.add_argument("--interval", metavar="S", type=_positive_float, default=0.2,
+                           help="time between openings in seconds (default: 0.2)")
+    calibrate.add_argument("--weights", metavar="FILE", type=Path, default=None,
+                           help="the measured weights (default: ask for each on stdin)")
+    calibrate.set_defaults(func=_cmd_calibrate_valves)
 
     monitor = sub.add_parser(
         "monitor",

@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -49,6 +49,8 @@ from protocols.state_machine import StateMachine
 from protocols.training import SubjectTrainingState, Training
 from protocols.trial_record import BpodRecord, TrialRecord, TrialScore, spec_fields
 from rig import __version__
+from rig.bench import EMULATOR_PORT
+from rig.calibration import calibration_warning
 from rig.children import ChildWatcher
 from rig.control import ControlRequestError, ControlServer, link_security
 from rig.errors import SessionFault, UserError
@@ -64,7 +66,6 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.05
 TRIALS_KEPT_IN_MEMORY = 1000  # for the live Perf100 per side and context; every trial is on disk
-EMULATOR_PORT = "emulator"
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,10 @@ class SessionRunner:
         if options.context is not None and options.context not in self.contexts:
             valid = ", ".join(self.contexts)
             raise UserError(f"--context {options.context!r}: unknown context (contexts: {valid})")
+        calibration = settings.bpod.valve_calibration
+        self._calibration_warning = calibration_warning(calibration, date.today(), self.simulated)
+        if self._calibration_warning is not None:
+            log.warning("%s", self._calibration_warning)
         self.performance = PerformanceTracker(keep=TRIALS_KEPT_IN_MEMORY)
         self._rng = np.random.default_rng(settings.sim.seed)
         self._lock = threading.Lock()
@@ -185,6 +190,7 @@ class SessionRunner:
     def _session_info(self, started: datetime, ended: datetime | None = None) -> dict[str, Any]:
         client = self._client
         hw = client.hardware if client is not None else None
+        measured = self.settings.bpod.valve_calibration.measured_on
         return {
             "subject": self.options.subject, "rig": self.settings.rig.name,
             "rig_file": str(self.options.rig_file) if self.options.rig_file is not None else None,
@@ -196,6 +202,8 @@ class SessionRunner:
                      "speed": self.speed if self.simulated else 1.0,
                      "firmware": hw.firmware_major if hw else None,
                      "machine_type": hw.machine_type if hw else None},
+            "valve_calibration": {"measured_on": measured.isoformat() if measured else None,
+                                  "warning": self._calibration_warning},
             "start_context": self.training.context, "start_stage": self.training.stage.name,
             "limits": {"trials": self.options.trials, "minutes": self.options.minutes},
             "imaging": self._imaging.health() if self._imaging is not None else None,

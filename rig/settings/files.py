@@ -8,6 +8,7 @@ one line naming the file, the place and the problem.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -324,3 +325,61 @@ def dump_settings_files(settings: Settings) -> tuple[str, str]:
     ``load_settings`` reads back, side by side, to an equal object (the session snapshot)."""
     experiment, rig = split_sections(settings.model_dump(mode="json"))
     return _dump(experiment), _dump(rig)
+
+
+def _last_leaf(node: yaml.Node) -> yaml.Node:
+    """The last scalar (or flow collection) of a node: where its text ends, before any comment that
+    follows it (a block collection's own end mark lies after those comments)."""
+    while isinstance(node, yaml.MappingNode | yaml.SequenceNode) and not node.flow_style and node.value:
+        last = node.value[-1]
+        node = last[1] if isinstance(last, tuple) else last
+    return node
+
+
+def _find_key(node: yaml.Node, key: str) -> tuple[yaml.Node, yaml.Node] | None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.value == key:
+                return key_node, value_node
+    return None
+
+
+def _block(key: str, value: Any, indent: int) -> list[str]:
+    text = _dump({key: value})
+    return [" " * indent + line + "\n" for line in text.splitlines()]
+
+
+def replace_settings_section(path: Path, section: str, key: str, value: Any) -> str:
+    """The text of the settings file ``path`` with ``section.key`` replaced by ``value`` (or added), every
+    other line, comments included, kept as written. The section must be written in block style."""
+    text = _read_text(path)
+    read_settings_file(path)  # the strict checks first: a broken file is named, not rewritten
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    root = yaml.compose(text, Loader=yaml.SafeLoader) if text.strip() else None
+    found = _find_key(root, section) if root is not None else None
+    if found is None:
+        return "".join(lines) + "\n" + "".join(_block(section, {key: value}, 0))
+    section_key, section_node = found
+    if not isinstance(section_node, yaml.MappingNode) or section_node.flow_style or not section_node.value:
+        raise SettingsError([f"{path}:{section_key.start_mark.line + 1}: {section}: write it as a block "
+                             f"mapping (one key per line) so that {section}.{key} can be rewritten"], path)
+    indent = section_node.value[0][0].start_mark.column
+    entry = _find_key(section_node, key)
+    if entry is None:
+        end = _last_leaf(section_node).end_mark.line
+        return "".join(lines[: end + 1] + _block(key, value, indent) + lines[end + 1:])
+    start, end = entry[0].start_mark.line, _last_leaf(entry[1]).end_mark.line
+    return "".join(lines[:start] + _block(key, value, indent) + lines[end + 1:])
+
+
+def write_settings_text(path: Path, text: str) -> None:
+    """Replace a settings file atomically: a crash leaves the old file or the new one, never half."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
