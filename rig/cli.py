@@ -149,6 +149,20 @@ def _cmd_calibrate_valves(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_check_hardware(args: argparse.Namespace) -> int:
+    """The rig box's self-test: one pass/fail line per check (or one JSON object); 1 if any fails."""
+    import json
+
+    from rig.self_test import report, self_test
+
+    results = self_test(_load(args))
+    if args.json:
+        sys.stdout.write(json.dumps(report(results), indent=2) + "\n")
+    else:
+        sys.stdout.write("".join(result.line() + "\n" for result in results))
+    return EXIT_OK if all(result.passed for result in results) else EXIT_FAILURE
+
+
 def _cmd_monitor(args: argparse.Namespace) -> int:
     """Open the monitoring window on the running session (or on a simulated one with --demo)."""
     import os
@@ -253,6 +267,12 @@ def _add_rig_option(parser: argparse.ArgumentParser) -> None:
                              "simulated rig)")
 
 
+def _add_settings_and_rig(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--settings", metavar="FILE", type=Path, default=None,
+                        help="settings file (default: settings.yaml)")
+    _add_rig_option(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser; kept separate from main() so tests and docs can inspect it."""
     parser = argparse.ArgumentParser(
@@ -332,9 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "those), fit volume per drop against open time, print the points and the fit, save a "
                     "figure next to the rig file and rewrite bpod.valve_calibration in it (dated; its "
                     "other lines are kept).")
-    calibrate.add_argument("--settings", metavar="FILE", type=Path, default=None,
-                           help="settings file (default: settings.yaml)")
-    _add_rig_option(calibrate)
+    _add_settings_and_rig(calibrate)
     calibrate.add_argument("--valves", type=_sides, default=("left", "right"),
                            help="left, right or left,right (default: both)")
     calibrate.add_argument("--durations", metavar="S,S,...", type=_seconds_list, default=(0.015, 0.03, 0.06),
@@ -346,6 +364,16 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--weights", metavar="FILE", type=Path, default=None,
                            help="the measured weights (default: ask for each on stdin)")
     calibrate.set_defaults(func=_cmd_calibrate_valves)
+
+    hardware = sub.add_parser(
+        "check-hardware", help="self-test the rig box: Bpod, modules, wiring, lick sensors, valves, cables",
+        description="Connect the Bpod (the emulator on the simulated rig), list its modules and check each "
+                    "wiring line: lick sensors report a touch when asked, valves open and close, loopback "
+                    "cables (checks.loopbacks) carry their output; devices add their own checks. One "
+                    "pass/fail line per check; exit status 1 if any fails.")
+    _add_settings_and_rig(hardware)
+    hardware.add_argument("--json", action="store_true", help="print one JSON object")
+    hardware.set_defaults(func=_cmd_check_hardware)
 
     monitor = sub.add_parser(
         "monitor",
