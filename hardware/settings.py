@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Literal
+from datetime import date
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel, model_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator, model_validator
 
 from hardware.bpod.hardware_description import input_channel_names, output_channel_names, preset
 
@@ -121,6 +122,22 @@ class ValveCalibration(_Section):
     """Left valve: list of {valve_time_s, volume_ul}."""
     right: ValveCurve = Field(default_factory=_default_valve_curve)
     """Right valve: list of {valve_time_s, volume_ul}."""
+    measured_on: date | None = None
+    """Day the curves were measured (`rig calibrate-valves` writes it); null: not measured on this rig."""
+    max_age_days: int = Field(30, ge=1, le=3650)
+    """A session on a real Bpod warns (log and session.json) when the calibration is older than this."""
+
+    @field_validator("measured_on", mode="before")
+    @classmethod
+    def _date_from_text(cls, value: Any) -> Any:
+        """A date written as text ('2025-03-01', as a JSON dump writes it) is a date (strict mode refuses
+        text); YAML reads an unquoted 2025-03-01 as a date already."""
+        if isinstance(value, str):
+            try:
+                return date.fromisoformat(value)
+            except ValueError:
+                raise ValueError("must be a date written as YYYY-MM-DD") from None
+        return value
 
     def valve_time_s(self, valve: Side, volume_ul: float) -> float:
         """Valve open time (s) that delivers ``volume_ul`` from the ``left`` or ``right`` valve."""

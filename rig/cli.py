@@ -11,9 +11,13 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rig import __version__
 from rig.errors import SessionFault, UserError
+
+if TYPE_CHECKING:
+    from rig.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -43,13 +47,30 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _cmd_check_settings(args: argparse.Namespace) -> int:
-    """Validate a settings file and print the resolved settings (file values plus defaults)."""
-    from rig.settings import DEFAULT_SETTINGS_PATH, dump_settings, load_settings
+def _rig_file(args: argparse.Namespace) -> Path | None:
+    """The rig file of ``--rig``, else rig.yaml beside the settings file, else None (built-in rig)."""
+    from rig.settings import DEFAULT_SETTINGS_PATH, find_rig_file
 
-    path: Path = args.file if args.file is not None else DEFAULT_SETTINGS_PATH
-    settings = load_settings(path)
-    sys.stdout.write(f"# {path}: settings are valid; resolved values follow\n")
+    found = find_rig_file(args.settings or DEFAULT_SETTINGS_PATH, args.rig)
+    return found.resolve() if found is not None else None
+
+
+def _load(args: argparse.Namespace) -> Settings:
+    """The settings of ``--settings`` with the rig file of ``--rig`` (or the one beside it)."""
+    from rig.settings import load_settings
+
+    return load_settings(args.settings, rig=_rig_file(args))
+
+
+def _cmd_check_settings(args: argparse.Namespace) -> int:
+    """Validate a settings file and its rig file and print the resolved settings (values plus defaults)."""
+    from rig.settings import dump_settings
+
+    settings = _load(args)
+    rig_file = _rig_file(args)
+    with_rig = f" with the rig file {rig_file}" if rig_file is not None else ""
+    sys.stdout.write(f"# {args.settings or 'settings.yaml'}{with_rig}: settings are valid; resolved values "
+                     "follow\n")
     sys.stdout.write(dump_settings(settings))
     return EXIT_OK
 
@@ -59,19 +80,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from rig.session import RunOptions, run_session
-    from rig.settings import load_settings
     from rig.summary import format_summary, summarize_session
 
-    settings = load_settings(args.settings)
+    settings = _load(args)
+    rig_file = _rig_file(args)
     subject = {"subject": args.subject} if args.subject is not None else {}  # "" is refused, not defaulted
     options = RunOptions(**subject, context=args.context, trials=args.trials, minutes=args.minutes,
-                         speed=args.speed, data_root=args.data, status_stream=sys.stderr)
+                         speed=args.speed, data_root=args.data, status_stream=sys.stderr, rig_file=rig_file)
     gui = None
     if not args.no_gui:
-        from rig.monitor import display_available, start_monitor_process
+        from rig.monitor import display_available, monitor_command, start_monitor_process
 
         if display_available():  # its own process: closing or crashing it never touches the session
-            gui = start_monitor_process(args.settings)
+            rig = ["--rig", str(rig_file)] if rig_file is not None else []
+            gui = start_monitor_process(args.settings, monitor_command(args.settings) + rig)
     try:
         result = run_session(settings, replace(options, monitor=gui))  # the session watches the monitor
     except SessionFault as fault:  # everything received is on disk; the sentence says what ended it
@@ -86,6 +108,59 @@ def _cmd_run(args: argparse.Namespace) -> int:
     sys.stdout.write(format_summary(summarize_session(result.folder)) + "\n")
     sys.stdout.write(f"data: {result.folder}\n")
     return EXIT_OK
+
+
+def _seconds_list(text: str) -> tuple[float, ...]:
+    values = tuple(_positive_float(part) for part in text.split(",") if part.strip())
+    if len(values) < 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 2 or more open times, comma-separated")
+    return values
+
+
+def _sides(text: str) -> tuple[str, ...]:
+    sides = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not sides or any(side not in ("left", "right") for side in sides):
+        raise argparse.ArgumentTypeError(f"{text!r}: valves are left, right or left,right")
+    return tuple(dict.fromkeys(sides))
+
+
+def _cmd_calibrate_valves(args: argparse.Namespace) -> int:
+    """Deliver drops through the Bpod, take the weights, fit and write the curves into the rig file."""
+    from hardware.bpod.client import BpodError
+    from rig.bench import open_bench_bpod
+    from rig.calibration import CalibrationRun, calibrate_valves
+    from rig.settings import load_settings
+
+    rig_file = _rig_file(args)
+    if rig_file is None:
+        raise UserError("calibrate-valves writes the curves into a rig file: give --rig FILE, or put a "
+                        "rig.yaml beside the settings file")
+    settings = load_settings(args.settings, rig=rig_file)
+    run = CalibrationRun(rig_file=rig_file, sides=args.valves, durations_s=args.durations, drops=args.drops,
+                         interval_s=args.interval, weights=args.weights)
+    run.check_weights()
+    try:
+        with open_bench_bpod(settings) as bpod:
+            calibrate_valves(bpod.client, settings.wiring, settings.bpod.valve_calibration, run, sys.stdin,
+                             sys.stdout)
+    except BpodError as exc:  # missing, not a Bpod, unsupported firmware, lost: one sentence
+        raise UserError(str(exc)) from None
+    load_settings(args.settings, rig=rig_file)  # the task's reward volume against the new curves
+    return EXIT_OK
+
+
+def _cmd_check_hardware(args: argparse.Namespace) -> int:
+    """The rig box's self-test: one pass/fail line per check (or one JSON object); 1 if any fails."""
+    import json
+
+    from rig.self_test import report, self_test
+
+    results = self_test(_load(args))
+    if args.json:
+        sys.stdout.write(json.dumps(report(results), indent=2) + "\n")
+    else:
+        sys.stdout.write("".join(result.line() + "\n" for result in results))
+    return EXIT_OK if all(result.passed for result in results) else EXIT_FAILURE
 
 
 def _cmd_monitor(args: argparse.Namespace) -> int:
@@ -107,35 +182,32 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
         return run_demo(args.settings, seconds=args.seconds, screenshot=args.screenshot,
                         speed=args.speed or DEMO_SPEED)
     from rig.monitor.window import run_monitor
-    from rig.settings import load_settings
 
-    return run_monitor(load_settings(args.settings), screenshot=args.screenshot, seconds=args.seconds)
+    return run_monitor(_load(args), screenshot=args.screenshot, seconds=args.seconds)
 
 
 def _cmd_online(args: argparse.Namespace) -> int:
     """The online module on its own (an analysis PC), from a settings.yaml: `python -m online` in the
     foreground, given the online settings written from it."""
     from rig.online_child import run_online_module
-    from rig.settings import load_settings
 
     options = ["--exit-with-parent", "--alignment", args.alignment, "--log-level", args.log_level]
     for flag, value in (("--session", args.session), ("--subject-dir", args.subject_dir),
                         ("--rois", args.rois), ("--app-port", args.app_port)):
         if value is not None:
             options += [flag, str(value)]
-    return run_online_module(load_settings(args.settings), [], options)
+    return run_online_module(_load(args), [], options)
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     """`python -m online replay` with the online settings of a settings.yaml."""
     from rig.online_child import run_online_module
-    from rig.settings import load_settings
 
     options = ["--exit-with-parent", "--alignment", args.alignment]
     for flag, value in (("--rois", args.rois), ("--out", args.out), ("--trials", args.trials)):
         if value is not None:
             options += [flag, str(value)]
-    return run_online_module(load_settings(args.settings), ["replay", str(args.path)], options)
+    return run_online_module(_load(args), ["replay", str(args.path)], options)
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
@@ -154,9 +226,8 @@ def _cmd_control(args: argparse.Namespace) -> int:
     import json
 
     from rig.control import link_security, send_request
-    from rig.settings import load_settings
 
-    settings = load_settings(args.settings)
+    settings = _load(args)
     extra = {"context": args.name} if args.command == "switch-context" else {}
     reply = send_request(settings.network.control, args.command, security=link_security(settings.network),
                          **extra)
@@ -173,11 +244,10 @@ def _cmd_keys(args: argparse.Namespace) -> int:
     import socket
 
     from online.transport import TransportError, create_key_pair
-    from rig.settings import load_settings
 
     folder = args.folder
     if folder is None:
-        folder = load_settings(args.settings).network.keys or Path("keys")
+        folder = _load(args).network.keys or Path("keys")
     name = args.name or socket.gethostname()
     try:
         public, secret = create_key_pair(folder, name)
@@ -188,6 +258,19 @@ def _cmd_keys(args: argparse.Namespace) -> int:
                      f"rig, this one included; it is found there by the name {name!r}, so use that host name "
                      "or address in the endpoints)\n")
     return EXIT_OK
+
+
+def _add_rig_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rig", metavar="FILE", type=Path, default=None,
+                        help="the rig box's file: Bpod, wiring, valve calibration, devices, endpoints, data "
+                             "root (default: rig.yaml beside the settings file, else the built-in "
+                             "simulated rig)")
+
+
+def _add_settings_and_rig(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--settings", metavar="FILE", type=Path, default=None,
+                        help="settings file (default: settings.yaml)")
+    _add_rig_option(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,12 +301,14 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     check.add_argument(
-        "file",
+        "settings",
+        metavar="file",
         nargs="?",
         type=Path,
         default=None,
         help="settings file (default: the repository's settings.yaml)",
     )
+    _add_rig_option(check)
     check.set_defaults(func=_cmd_check_settings)
 
     run = sub.add_parser(
@@ -255,8 +340,40 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--settings", metavar="FILE", type=Path, default=None, help="settings file (default: settings.yaml)"
     )
+    _add_rig_option(run)
     run.add_argument("--no-gui", action="store_true", help="do not open the monitoring window")
     run.set_defaults(func=_cmd_run)
+
+    calibrate = sub.add_parser(
+        "calibrate-valves", help="measure the reward valves and write their curves into the rig file",
+        description="Open each valve --drops times at each of --durations (a Bpod state machine "
+                    "per batch; the emulator on the simulated rig), take the total weight of each batch "
+                    "(asked on stdin, or --weights FILE: CSV valve,duration_s,grams or a YAML list of "
+                    "those), fit volume per drop against open time, print the points and the fit, save a "
+                    "figure next to the rig file and rewrite bpod.valve_calibration in it (dated; its "
+                    "other lines are kept).")
+    _add_settings_and_rig(calibrate)
+    calibrate.add_argument("--valves", type=_sides, default=("left", "right"),
+                           help="left, right or left,right (default: both)")
+    calibrate.add_argument("--durations", metavar="S,S,...", type=_seconds_list, default=(0.015, 0.03, 0.06),
+                           help="open times in seconds (default: 0.015,0.03,0.06)")
+    calibrate.add_argument("--drops", metavar="N", type=_positive_int, default=100,
+                           help="openings per valve and open time (default: 100)")
+    calibrate.add_argument("--interval", metavar="S", type=_positive_float, default=0.2,
+                           help="time between openings in seconds (default: 0.2)")
+    calibrate.add_argument("--weights", metavar="FILE", type=Path, default=None,
+                           help="the measured weights (default: ask for each on stdin)")
+    calibrate.set_defaults(func=_cmd_calibrate_valves)
+
+    hardware = sub.add_parser(
+        "check-hardware", help="self-test the rig box: Bpod, modules, wiring, lick sensors, valves, cables",
+        description="Connect the Bpod (the emulator on the simulated rig), list its modules and check each "
+                    "wiring line: lick sensors report a touch when asked, valves open and close, loopback "
+                    "cables (checks.loopbacks) carry their output; devices add their own checks. One "
+                    "pass/fail line per check; exit status 1 if any fails.")
+    _add_settings_and_rig(hardware)
+    hardware.add_argument("--json", action="store_true", help="print one JSON object")
+    hardware.set_defaults(func=_cmd_check_hardware)
 
     monitor = sub.add_parser(
         "monitor",
@@ -272,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--settings", metavar="FILE", type=Path, default=None,
         help="settings file giving network endpoints and contexts (default: settings.yaml)",
     )
+    _add_rig_option(monitor)
     monitor.add_argument("--demo", action="store_true",
                          help="run a short simulated session in this process and watch it")
     monitor.add_argument("--screenshot", metavar="FILE.png", type=Path, default=None,
@@ -289,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(`rig run` starts it itself when online.start_with_rig). Ctrl-C stops it cleanly.")
     online.add_argument("--settings", metavar="FILE", type=Path, default=None,
                         help="settings file (default: settings.yaml)")
+    _add_rig_option(online)
     online.add_argument("--session", metavar="DIR", type=Path, default=None,
                         help="folder for the online outputs (default: <data.root>/online/<date_time>)")
     online.add_argument("--subject-dir", metavar="DIR", type=Path, default=None,
@@ -308,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("path", metavar="PATH", type=Path, help="a ScanImage .tif file or a folder of them")
     replay.add_argument("--settings", metavar="FILE", type=Path, default=None,
                         help="settings file (default: settings.yaml)")
+    _add_rig_option(replay)
     replay.add_argument("--rois", metavar="DIR", type=Path, default=None,
                         help="suite2p plane folder, or rois.npz")
     replay.add_argument("--out", metavar="DIR", type=Path, default=None,
@@ -334,6 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "(default: the host name)")
     keys.add_argument("--settings", metavar="FILE", type=Path, default=None,
                       help="settings file giving network.keys (default: settings.yaml)")
+    _add_rig_option(keys)
     keys.set_defaults(func=_cmd_keys)
 
     for name, text in (("switch-context", "switch the running session's context at the next trial boundary"),
@@ -346,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
             control.add_argument("name", metavar="NAME", help="context name (from settings.yaml contexts)")
         control.add_argument("--settings", metavar="FILE", type=Path, default=None,
                              help="settings file giving network.control (default: settings.yaml)")
+        _add_rig_option(control)
         control.set_defaults(func=_cmd_control, command=name)
     return parser
 

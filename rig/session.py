@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -57,12 +57,14 @@ from protocols.state_machine import StateMachine
 from protocols.training import SubjectTrainingState, Training
 from protocols.trial_record import BpodRecord, TrialRecord, TrialScore, spec_fields
 from rig import __version__
+from rig.bench import EMULATOR_PORT
+from rig.calibration import calibration_warning
 from rig.children import ChildWatcher
 from rig.control import ControlRequestError, ControlServer, link_security
 from rig.errors import SessionFault, UserError
 from rig.imaging import ImagingSource, open_imaging
 from rig.online_child import OnlineProcess
-from rig.settings import Settings, dump_settings
+from rig.settings import Settings, dump_settings_files
 from rig.simulated_rig import SimulatedRig
 from rig.store import DiskFullError, SessionStore, SubjectLock, check_subject_id, recover_sessions
 from rig.subject import HISTORY_KEPT, SubjectRecord, load_subject, save_subject, subject_path
@@ -72,7 +74,6 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.05
 TRIALS_KEPT_IN_MEMORY = 1000  # for the live Perf100 per side and context; every trial is on disk
-EMULATOR_PORT = "emulator"
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,8 @@ class RunOptions:
     handle_signals: bool = True
     monitor: subprocess.Popen[bytes] | None = None
     """The monitor window's process, if `rig run` started one: watched, never waited for."""
+    rig_file: Path | None = None
+    """The rig file the settings were loaded with, for session.json (None: the built-in rig or one file)."""
 
 
 @dataclass
@@ -140,6 +143,10 @@ class SessionRunner:
         if options.context is not None and options.context not in self.contexts:
             valid = ", ".join(self.contexts)
             raise UserError(f"--context {options.context!r}: unknown context (contexts: {valid})")
+        calibration = settings.bpod.valve_calibration
+        self._calibration_warning = calibration_warning(calibration, date.today(), self.simulated)
+        if self._calibration_warning is not None:
+            log.warning("%s", self._calibration_warning)
         self.performance = PerformanceTracker(keep=TRIALS_KEPT_IN_MEMORY)
         self._rng = np.random.default_rng(settings.sim.seed)
         self._lock = threading.Lock()
@@ -197,8 +204,11 @@ class SessionRunner:
     def _session_info(self, started: datetime, ended: datetime | None = None) -> dict[str, Any]:
         client = self._client
         hw = client.hardware if client is not None else None
+        measured = self.settings.bpod.valve_calibration.measured_on
         return {
-            "subject": self.options.subject, "rig": self.settings.rig.name, "started": started.isoformat(),
+            "subject": self.options.subject, "rig": self.settings.rig.name,
+            "rig_file": str(self.options.rig_file) if self.options.rig_file is not None else None,
+            "started": started.isoformat(),
             "ended": ended.isoformat() if ended else None,
             "end_reason": self._end_reason if ended else None, "trials": self._trials_done,
             "versions": {"rig": __version__, "python": platform.python_version()},
@@ -208,6 +218,8 @@ class SessionRunner:
                      "machine_type": hw.machine_type if hw else None},
             "pole_motor": {"port": self.settings.pole_motor.port,
                            "simulated": self.settings.pole_motor.port == EMULATOR_PORT},
+            "valve_calibration": {"measured_on": measured.isoformat() if measured else None,
+                                  "warning": self._calibration_warning},
             "start_context": self.training.context, "start_stage": self.training.stage.name,
             "limits": {"trials": self.options.trials, "minutes": self.options.minutes},
             "imaging": self._imaging.health() if self._imaging is not None else None,
@@ -248,8 +260,9 @@ class SessionRunner:
             except TransportError as exc:
                 raise UserError(f"cannot open the events publisher: {exc}") from None
             stack.enter_context(ControlServer(network.control, self._handle_control, security=security))
-            self._store = SessionStore.create(self.data_root, self.options.subject, started,
-                                              dump_settings(self.settings), self._session_info(started))
+            experiment_yaml, rig_yaml = dump_settings_files(self.settings)
+            self._store = SessionStore.create(self.data_root, self.options.subject, started, experiment_yaml,
+                                              self._session_info(started), rig_yaml=rig_yaml)
             stack.callback(self._store.close)
             self._subject_lock.name_session(self._store.folder)
             if self.settings.online.enabled and self.settings.online.start_with_rig:

@@ -1,6 +1,7 @@
 """Crash-safe session data on disk.
 
-Layout (DESIGN.md): `<root>/<subject>/<YYYY-MM-DD_HHMMSS>/` with `settings.yaml`, `session.json`,
+Layout (DESIGN.md): `<root>/<subject>/<YYYY-MM-DD_HHMMSS>/` with `settings.yaml` and `rig.yaml` (the
+experiment's and the rig box's settings as they ran), `session.json`,
 `trials.jsonl` (one fsynced line per finished trial) and `events.jsonl`, the journal of every trial's
 header, state entries and events as they arrive (flushed to the OS, so a killed process loses nothing);
 `<root>/<subject>/subject.json` carries the training state between sessions, replaced atomically.
@@ -41,6 +42,7 @@ TRIALS_FILE = "trials.jsonl"
 EVENTS_FILE = "events.jsonl"
 SESSION_FILE = "session.json"
 SETTINGS_FILE = "settings.yaml"
+RIG_SNAPSHOT_FILE = "rig.yaml"
 SUBJECT_FILE = "subject.json"
 LOCK_FILE = "session.lock"
 RESERVE_FILE = ".disk-reserve"
@@ -177,7 +179,9 @@ class SessionStore:
 
     @classmethod
     def create(cls, root: Path, subject: str, started: datetime, settings_yaml: str,
-               session_info: Mapping[str, Any]) -> SessionStore:
+               session_info: Mapping[str, Any], rig_yaml: str | None = None) -> SessionStore:
+        """The session's folder with its settings snapshot: settings.yaml and, given ``rig_yaml``, the rig
+        file beside it (as `load_settings` finds it)."""
         subject_dir = Path(root) / check_subject_id(subject)
         folder = subject_dir / started.strftime(SESSION_DIR_FORMAT)
         suffix = 1
@@ -187,6 +191,8 @@ class SessionStore:
         try:
             folder.mkdir(parents=True)
             (folder / SETTINGS_FILE).write_text(settings_yaml, encoding="utf-8")
+            if rig_yaml is not None:
+                (folder / RIG_SNAPSHOT_FILE).write_text(rig_yaml, encoding="utf-8")
             (folder / RESERVE_FILE).write_bytes(os.urandom(RESERVE_BYTES))  # random: no compression eats it
         except OSError as exc:
             if _is_disk_full(exc):

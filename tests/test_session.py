@@ -67,7 +67,7 @@ def test_session_writes_every_trial_and_the_next_session_resumes(settings: Setti
     assert all("Reward" in r["bpod"]["state_sequence"] for r in hits)
     info = json.loads((first.folder / "session.json").read_text())
     assert info["ended"] and info["trials"] == 25 and info["bpod"]["firmware"] == 23
-    assert yaml.safe_load((first.folder / "settings.yaml").read_text())["bpod"]["port"] == "emulator"
+    assert yaml.safe_load((first.folder / "rig.yaml").read_text())["bpod"]["port"] == "emulator"
     subject = json.loads((tmp_path / "m1" / "subject.json").read_text())
     assert subject["training"]["total_trials"] == 25 and subject["sessions"] == 1
     mapping = subject["simulated_mouse"]["mapping"]

@@ -8,6 +8,7 @@ one line naming the file, the place and the problem.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,6 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from rig.settings.problems import SettingsError
+from rig.settings.rig_file import check_placement, find_rig_file, rig_file_keys, split_sections
 from rig.settings.schema import Settings
 
 logger = logging.getLogger(__name__)
@@ -247,19 +249,43 @@ def parse_settings(data: Mapping[str, Any], source: Path | None = None) -> Setti
         raise SettingsError.from_validation_error(exc, Settings, source) from None
 
 
-def load_settings(path: Path | str | None = None, overrides: Mapping[str, Any] | None = None) -> Settings:
-    """Read, merge and validate settings.
+def _problem_section(line: str) -> str:
+    """The top-level key a problem line starts with (``bpod`` of ``bpod.firmware = 24: ...``)."""
+    match = re.match(r"[A-Za-z_][A-Za-z0-9_-]*", line)
+    return match.group(0) if match else ""
 
-    ``path`` defaults to the repository's settings.yaml. ``overrides`` (nested mappings, or dotted keys
-    like ``{"bpod.emulator_speed": 10}``) replace values from the file, e.g. from command-line options,
-    and are validated together with it.
+
+def load_settings(path: Path | str | None = None, overrides: Mapping[str, Any] | None = None,
+                  rig: Path | str | None = None) -> Settings:
+    """Read, merge and validate the experiment's settings and the rig box's file.
+
+    ``path`` defaults to the repository's settings.yaml. ``rig`` is the rig file; by default rig.yaml
+    beside ``path`` if there is one, else none (the rig sections of ``path``, or the built-in simulated
+    rig). With a rig file, its sections (rig, bpod, wiring, data, network, devices) join the experiment's
+    (task, contexts, imaging, online, sim): each section comes from one file, and one written in the
+    other file is refused. ``overrides`` (nested mappings, or dotted keys like
+    ``{"bpod.emulator_speed": 10}``) replace values of either file, e.g. from command-line options, and
+    are validated together with them. Problems name the file when there are two.
     """
     source = Path(path) if path is not None else DEFAULT_SETTINGS_PATH
     raw = read_settings_file(source)
+    rig_path = find_rig_file(source, rig)
+    rig_raw: dict[str, Any] = {}
+    if rig_path is not None:
+        rig_raw = read_settings_file(rig_path)
+        check_placement(raw, source, rig_raw, rig_path)  # so the two hold different keys
+        raw = {**rig_raw, **raw}
     if overrides:
         raw = _merge(raw, _expand_dotted(overrides))
-    settings = parse_settings(raw, source)
-    logger.debug("settings loaded from %s", source)
+    try:
+        settings = parse_settings(raw, source)
+    except SettingsError as exc:
+        if rig_path is None:
+            raise
+        keys = rig_file_keys(rig_raw)
+        raise SettingsError([f"{rig_path if _problem_section(line) in keys else source}: {line}"
+                             for line in exc.problems], source) from None
+    logger.debug("settings loaded from %s (rig file: %s)", source, rig_path or "none")
     return settings
 
 
@@ -285,7 +311,75 @@ _Dumper.add_representer(list, _represent_list)
 _Dumper.add_representer(dict, _represent_dict)
 
 
+def _dump(data: Mapping[str, Any]) -> str:
+    return yaml.dump(dict(data), Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=110)
+
+
 def dump_settings(settings: Settings) -> str:
-    """The settings as YAML that ``load_settings`` reads back to an equal object (used for snapshots)."""
-    data = settings.model_dump(mode="json")
-    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=110)
+    """The settings as YAML that ``load_settings`` reads back to an equal object (as one file)."""
+    return _dump(settings.model_dump(mode="json"))
+
+
+def dump_settings_files(settings: Settings) -> tuple[str, str]:
+    """The settings as (settings.yaml, rig.yaml): the experiment's sections and the rig box's, which
+    ``load_settings`` reads back, side by side, to an equal object (the session snapshot)."""
+    experiment, rig = split_sections(settings.model_dump(mode="json"))
+    return _dump(experiment), _dump(rig)
+
+
+def _last_leaf(node: yaml.Node) -> yaml.Node:
+    """The last scalar (or flow collection) of a node: where its text ends, before any comment that
+    follows it (a block collection's own end mark lies after those comments)."""
+    while isinstance(node, yaml.MappingNode | yaml.SequenceNode) and not node.flow_style and node.value:
+        last = node.value[-1]
+        node = last[1] if isinstance(last, tuple) else last
+    return node
+
+
+def _find_key(node: yaml.Node, key: str) -> tuple[yaml.Node, yaml.Node] | None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.value == key:
+                return key_node, value_node
+    return None
+
+
+def _block(key: str, value: Any, indent: int) -> list[str]:
+    text = _dump({key: value})
+    return [" " * indent + line + "\n" for line in text.splitlines()]
+
+
+def replace_settings_section(path: Path, section: str, key: str, value: Any) -> str:
+    """The text of the settings file ``path`` with ``section.key`` replaced by ``value`` (or added), every
+    other line, comments included, kept as written. The section must be written in block style."""
+    text = _read_text(path)
+    read_settings_file(path)  # the strict checks first: a broken file is named, not rewritten
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    root = yaml.compose(text, Loader=yaml.SafeLoader) if text.strip() else None
+    found = _find_key(root, section) if root is not None else None
+    if found is None:
+        return "".join(lines) + "\n" + "".join(_block(section, {key: value}, 0))
+    section_key, section_node = found
+    if not isinstance(section_node, yaml.MappingNode) or section_node.flow_style or not section_node.value:
+        raise SettingsError([f"{path}:{section_key.start_mark.line + 1}: {section}: write it as a block "
+                             f"mapping (one key per line) so that {section}.{key} can be rewritten"], path)
+    indent = section_node.value[0][0].start_mark.column
+    entry = _find_key(section_node, key)
+    if entry is None:
+        end = _last_leaf(section_node).end_mark.line
+        return "".join(lines[: end + 1] + _block(key, value, indent) + lines[end + 1:])
+    start, end = entry[0].start_mark.line, _last_leaf(entry[1]).end_mark.line
+    return "".join(lines[:start] + _block(key, value, indent) + lines[end + 1:])
+
+
+def write_settings_text(path: Path, text: str) -> None:
+    """Replace a settings file atomically: a crash leaves the old file or the new one, never half."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -199,6 +199,28 @@ class NetworkSettings(_Section):
 
 
 # --------------------------------------------------------------------------------------------------------
+# checks (`rig check-hardware`)
+
+
+class Loopback(_Section):
+    """A cable from a Bpod output to one of its inputs, for the self-test."""
+
+    output: str = Field(min_length=1)
+    """Output line driven high (BNC1)."""
+    input: str = Field(min_length=1)
+    """Input line that must see it (BNC2)."""
+
+
+class ChecksSettings(_Section):
+    """What `rig check-hardware` tests beyond the wiring (the emulator has these cables too)."""
+
+    loopbacks: list[Loopback] = Field(default_factory=list, max_length=16)
+    """Output -> input cables on this box, e.g. [{output: BNC1, input: BNC2}]."""
+    touch_timeout_s: float = Field(10.0, gt=0, le=600)
+    """How long a lick sensor may take to report a touch when asked (s, Bpod time)."""
+
+
+# --------------------------------------------------------------------------------------------------------
 # the whole file
 
 
@@ -259,6 +281,22 @@ class Settings(_Section):
     """Data storage."""
     network: NetworkSettings = Field(default_factory=NetworkSettings)
     """ZeroMQ endpoints."""
+    checks: ChecksSettings = Field(default_factory=ChecksSettings)
+    """The self-test's cables and timeouts (`rig check-hardware`)."""
+
+    @model_validator(mode="after")
+    def _check_loopbacks(self) -> Settings:
+        """Loopback lines are an output and an input of the Bpod model."""
+        inputs, outputs = bpod_line_names(self.bpod.model)
+        problems = _ProblemList()
+        for i, cable in enumerate(self.checks.loopbacks):
+            for key, valid, what in (("output", outputs, "an output"), ("input", inputs, "an input")):
+                line = getattr(cable, key)
+                if line not in valid:
+                    problems.add(("checks", "loopbacks", i, key),
+                                 f"not {what} of a Bpod {self.bpod.model} ({summarise_lines(valid)})", line)
+        problems.raise_if_any()
+        return self
 
     @model_validator(mode="after")
     def _check_references(self) -> Settings:
