@@ -230,36 +230,25 @@ def format_fit(fit: ValveFit) -> str:
     return "\n".join(lines)
 
 
-def write_figure_svg(fits: Sequence[ValveFit], path: Path, title: str) -> None:
-    """Points and fitted lines, volume per drop against open time, as a small SVG (no plotting library)."""
-    width, height, margin = 480, 320, 50
+def write_figure(fits: Sequence[ValveFit], path: Path, title: str) -> None:
+    """Measured points and fitted lines, volume per drop against open time (PNG, beside the rig file)."""
+    from matplotlib.figure import Figure  # drawn to a file (Agg), no window and no pyplot state
+
     t_max = max(m.batch.duration_s for f in fits for m in f.measurements) * 1.1
-    v_max = max(max(m.volume_ul, f.volume_ul(t_max)) for f in fits for m in f.measurements) * 1.1
-
-    def xy(t: float, v: float) -> tuple[float, float]:
-        return (margin + t / t_max * (width - 2 * margin),
-                height - margin - max(v, 0) / v_max * (height - 2 * margin))
-
-    colours = {"left": "#1f77b4", "right": "#d62728"}
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">',
-             '<rect width="100%" height="100%" fill="white"/>',
-             f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="14">{title}</text>',
-             f'<line x1="{margin}" y1="{height - margin}" x2="{width - margin}" y2="{height - margin}" '
-             'stroke="black"/>',
-             f'<line x1="{margin}" y1="{margin}" x2="{margin}" y2="{height - margin}" stroke="black"/>',
-             f'<text x="{width / 2}" y="{height - 12}" text-anchor="middle" font-size="12">open time '
-             f'(s, 0-{t_max:.3g})</text>',
-             f'<text x="14" y="{height / 2}" font-size="12" transform="rotate(-90 14 {height / 2})" '
-             f'text-anchor="middle">uL per drop (0-{v_max:.3g})</text>']
-    for i, fit in enumerate(fits):
+    fig = Figure(figsize=(5, 3.5), dpi=120)
+    ax = fig.subplots()
+    colours = {"left": "tab:blue", "right": "tab:red"}
+    for fit in fits:
         colour = colours[fit.side]
-        (x1, y1), (x2, y2) = xy(0, fit.volume_ul(0)), xy(t_max, fit.volume_ul(t_max))
-        parts.append(f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" stroke="{colour}"/>')
-        parts += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{colour}"/>'
-                  for x, y in (xy(m.batch.duration_s, m.volume_ul) for m in fit.measurements)]
-        parts.append(f'<text x="{margin + 10}" y="{margin + 16 * i}" font-size="12" fill="{colour}">'
-                     f'{fit.side}: {fit.slope_ul_per_s:.4g} uL/s x t {fit.intercept_ul:+.3g} uL</text>')
-    path.write_text("\n".join([*parts, "</svg>"]) + "\n", encoding="utf-8")
+        ax.plot([0, t_max], [fit.volume_ul(0), fit.volume_ul(t_max)], color=colour,
+                label=f"{fit.side}: {fit.slope_ul_per_s:.4g} uL/s x t {fit.intercept_ul:+.3g} uL")
+        ax.plot([m.batch.duration_s for m in fit.measurements], [m.volume_ul for m in fit.measurements],
+                "o", color=colour)
+    ax.set(xlabel="open time (s)", ylabel="uL per drop", title=title, xlim=(0, t_max))
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path)
 
 
 # ------------------------------------------------------------------ the rig file and its age
@@ -332,7 +321,7 @@ def calibrate_valves(client: BpodClient, wiring: WiringSettings, old: ValveCalib
     today = today or date.today()
     calibration = updated_calibration(old, fits, today)
     write_calibration(run.rig_file, calibration)
-    figure = run.rig_file.with_name(f"{run.rig_file.stem}_valves_{today.isoformat()}.svg")
-    write_figure_svg(fits, figure, f"{run.rig_file.name}: valve calibration {today.isoformat()}")
+    figure = run.rig_file.with_name(f"{run.rig_file.stem}_valves_{today.isoformat()}.png")
+    write_figure(fits, figure, f"{run.rig_file.name}: valve calibration {today.isoformat()}")
     stdout.write(f"calibration written to {run.rig_file} (bpod.valve_calibration); figure: {figure}\n")
     return calibration, figure
