@@ -269,9 +269,9 @@ def gated_trial(side: str, event: str) -> Any:
     settings = Settings()
     stage = {s.name: s for s in settings.task.stages}["full"]
     timing = TimingSettings(
-        trig_trial_start=0.01, sample=SAMPLE_S, early_lick_sample=0.05, early_lick_delay=0.05,
-        response_cue=0.1, answer_period=0.2, reward_consumption=0.1, no_response=0.01,
-        stop_licking=0.1, trial_end=0.01)
+        trig_trial_start=0.01, pre_sample=0.0, sample=SAMPLE_S, early_lick_sample=0.05,
+        early_lick_delay=0.05, response_cue=0.1, answer_period=0.2, reward_consumption=0.1, no_response=0.01,
+        stop_licking=0.1, inter_trial_interval=0.0, trial_end=0.01)
     params = TaskParameters(timing, settings.wiring, 0.03, 0.03,
                             DecoderGate(event, *GATE))
     context = contexts_from_settings(settings.contexts)["tactile"]

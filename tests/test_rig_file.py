@@ -153,3 +153,11 @@ def test_rig_run_takes_a_rig_file(tmp_path: Path) -> None:
                             str(tmp_path / "nope.yaml")], capture_output=True, text=True, timeout=60)
     assert check.returncode == 2
     assert check.stderr.strip() == f"{tmp_path / 'nope.yaml'}: settings file not found"
+
+
+def test_a_settings_file_named_rig_yaml_is_not_also_its_own_rig_file(tmp_path: Path) -> None:
+    """A single settings file that happens to be called rig.yaml holds every section, as a single file."""
+    path = tmp_path / "rig.yaml"
+    path.write_text("bpod:\n  timeout_s: 2.0\ntask:\n  reward_volume_ul: 3.0\n")
+    settings = load_settings(path)
+    assert settings.bpod.timeout_s == 2.0 and settings.task.reward_volume_ul == 3.0

@@ -36,12 +36,15 @@ def rig_sections() -> tuple[str, ...]:
 
 
 def find_rig_file(settings_path: Path, rig: Path | str | None = None) -> Path | None:
-    """The rig file to use: ``rig`` if given, else rig.yaml beside the settings file if there is one,
-    else None (the built-in simulated rig, or the rig sections of settings.yaml)."""
+    """The rig file to use: ``rig`` if given, else rig.yaml beside the settings file if there is one (and
+    it is not the settings file itself), else None (the built-in simulated rig, or the rig sections of
+    settings.yaml)."""
     if rig is not None:
         return Path(rig)
     beside = settings_path.parent / RIG_FILE_NAME
-    return beside if beside.is_file() else None
+    if not beside.is_file() or (settings_path.is_file() and beside.samefile(settings_path)):
+        return None
+    return beside
 
 
 def _misplaced(keys: Iterable[str], wanted: tuple[str, ...]) -> list[str]:
