@@ -12,16 +12,21 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 
 from hardware.bpod.client import BpodClient, BpodError
 from hardware.bpod.emulator import OutputRecord, World
 from hardware.bpod.hardware_description import input_channel_names, output_channel_names
+from hardware.pole_motor import PoleMotorError
+from hardware.zaber.emulator import Device, ZaberEmulatorServer
+from hardware.zaber.pole import POLL_S as POLE_POLL_S
+from hardware.zaber.pole import ZaberPoleMotor
 from protocols.settings import WiringSettings
 from protocols.state_machine import EXIT, StateMachine, input_event
-from rig.bench import BenchBpod, open_bench_bpod
+from rig.bench import EMULATOR_PORT, BenchBpod, open_bench_bpod
 from rig.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -235,6 +240,37 @@ def ask_for_touch(timeout_s: float) -> Touch:
         sys.stderr.write(f"touch the {role.replace('_', ' ')} sensor ({line}) within {timeout_s:g} s\n")
         sys.stderr.flush()
     return ask
+
+
+@register_check("pole motor")
+def check_pole_motor(bench: Bench) -> list[CheckResult]:
+    """The pole stage connects, homes if it has no reference, and reaches each position by the midpoint
+    (on the simulated rig: the emulated stage, faster than real time). Nothing to check without one."""
+    pole = bench.settings.pole_motor
+    if pole.port is None:
+        return []
+    with ExitStack() as stack:
+        if pole.port == EMULATOR_PORT:
+            stage = stack.enter_context(
+                ZaberEmulatorServer(Device(pole.device, axes=pole.axis), speed=EMULATOR_CHECK_SPEED))
+            port, clock, poll_s = stage.port, stage.now_s, POLE_POLL_S / EMULATOR_CHECK_SPEED
+        else:
+            port, clock, poll_s = pole.port, time.monotonic, POLE_POLL_S
+        try:
+            motor = stack.enter_context(ZaberPoleMotor.open(port, pole, clock, poll_s))
+        except PoleMotorError as exc:
+            return [CheckResult("pole motor", False, str(exc))]
+        results = [CheckResult("pole motor", True, f"{port}: connected, referenced")]
+        for position in ("anterior", "posterior"):
+            try:
+                move = motor.move_to(position)
+            except PoleMotorError as exc:
+                results.append(CheckResult(f"pole motor {position}", False, str(exc)))
+                continue
+            path = " -> ".join(f"{name} {where}" for name, where in move.reached)
+            results.append(CheckResult(f"pole motor {position}", move.target_position is not None,
+                                       f"{path} in {move.travel_s:.2f} s (stage clock)"))
+        return results
 
 
 def run_checks(settings: Settings, bpod: BenchBpod, touch: Touch | None = None) -> list[CheckResult]:

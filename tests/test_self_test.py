@@ -46,7 +46,8 @@ def test_every_check_passes_on_the_simulated_rig(tmp_path: Path) -> None:
     assert all(line.startswith("pass  ") for line in lines), lines
     names = [line.split(":")[0].removeprefix("pass  ") for line in lines]
     for name in ("bpod", "module Serial1", "wiring.left_lick", "wiring.imaging_trigger", "left_lick",
-                 "right_lick", "left_valve", "right_valve", "loopback BNC1->BNC2"):
+                 "right_lick", "left_valve", "right_valve", "loopback BNC1->BNC2", "pole motor",
+                 "pole motor anterior", "pole motor posterior"):
         assert name in names
     assert "left_valve: Valve1 opened and closed (50 ms)" in result.stdout
 
@@ -103,17 +104,17 @@ def test_a_loopback_cable_that_is_not_there_fails() -> None:
 
 
 def test_devices_plug_in_their_checks() -> None:
-    @register_check("pole motor")
+    @register_check("lickport motor")
     def homing(bench: object) -> list[CheckResult]:
-        return [CheckResult("pole motor", False, "did not reach home")]
+        return [CheckResult("lickport motor", False, "did not reach home")]
 
     try:
         with emulator("r2") as bpod:
             results = run_checks(Settings(), bpod)
     finally:
-        del CHECKS["pole motor"]
-    assert results[-1] == CheckResult("pole motor", False, "did not reach home")
-    assert "pole motor" not in CHECKS
+        del CHECKS["lickport motor"]
+    assert results[-1] == CheckResult("lickport motor", False, "did not reach home")
+    assert "lickport motor" not in CHECKS
 
 
 def test_bad_loopback_lines_are_refused_in_the_rig_file(tmp_path: Path) -> None:
@@ -128,3 +129,19 @@ def _registry_unchanged() -> Iterator[None]:
     before = list(CHECKS)
     yield
     assert list(CHECKS) == before
+
+
+def test_the_pole_motor_check_moves_by_the_midpoint_and_fails_beyond_the_travel() -> None:
+    settings = load_settings()
+    with emulator("r2") as bpod:
+        results = {r.name: r for r in run_checks(settings, bpod)}
+    assert results["pole motor anterior"].passed
+    assert results["pole motor anterior"].detail.startswith("midpoint 60000 -> target 20000 in ")
+    beyond = load_settings(overrides={"pole_motor.posterior": 10**9})
+    with emulator("r2") as bpod:
+        results = {r.name: r for r in run_checks(beyond, bpod)}
+    assert not results["pole motor"].passed and "beyond the stage's travel" in results["pole motor"].detail
+    assert "pole motor posterior" not in results
+    without = load_settings(overrides={"pole_motor.port": None})
+    with emulator("r2") as bpod:
+        assert not [r for r in run_checks(without, bpod) if r.name.startswith("pole motor")]
