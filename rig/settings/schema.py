@@ -235,10 +235,11 @@ SOUND_STATES: dict[str, tuple[str, str]] = {
 """Each HiFi sound -> the task.timing key (and state) it plays for: their durations must agree."""
 
 
-def sound_problems(sound: SoundSettings, timing: TimingSettings, bpod_port: str) -> list[Problem]:
+def sound_problems(sound: SoundSettings, timing: TimingSettings) -> list[Problem]:
     """Problems of a HiFi sound section: a tone whose length differs from the state that plays it (it
-    would sound on into the next epoch, or stop before its epoch ends), a real rig without the module's
-    USB port. A pwm rig plays no waveforms, so nothing here applies to it."""
+    would sound on into the next epoch, or stop before its epoch ends). A pwm rig plays no waveforms, so
+    nothing here applies to it. (A missing module or USB port is the session's to report: it is known
+    only when the Bpod is connected.)"""
     if sound.device != "hifi":
         return []
     problems: list[Problem] = []
@@ -247,9 +248,6 @@ def sound_problems(sound: SoundSettings, timing: TimingSettings, bpod_port: str)
         if abs(tone_s - state_s) > 1e-9:
             problems.append(((name, "duration_s"), tone_s, f"must equal task.timing.{key} ({state_s:g} s): "
                              f"{state} plays it, and the tone must end with the state"))
-    if bpod_port != "emulator" and sound.usb_port is None:
-        problems.append((("usb_port",), _NO_VALUE, "required with a real Bpod and sound.device hifi (the "
-                         "HiFi module's own serial port, e.g. /dev/ttyACM1), or set sound.device: pwm"))
     return problems
 
 
@@ -366,7 +364,7 @@ class Settings(_Section):
                 self.bpod.firmware,
             )
 
-        for path, value, message in sound_problems(self.sound, self.task.timing, self.bpod.port):
+        for path, value, message in sound_problems(self.sound, self.task.timing):
             problems.add(("sound", *path), message, value)
 
         loop = self.online.closed_loop
