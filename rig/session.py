@@ -116,10 +116,11 @@ class SessionResult:
     end_reason: str
 
 
-def task_parameters(settings: Settings) -> TaskParameters:
-    """What stays the same from trial to trial, from the settings: timing, wiring, calibrated valve times."""
+def task_parameters(settings: Settings, cue_actions: CueActions | None = None) -> TaskParameters:
+    """What stays the same from trial to trial, from the settings: timing, wiring, calibrated valve times,
+    and the sound module's outputs for the tones (`rig.sound.cue_actions`; None: the PWM tone lines)."""
     return TaskParameters(settings.task.timing, settings.wiring, settings.reward_valve_time_s("left"),
-                          settings.reward_valve_time_s("right"))
+                          settings.reward_valve_time_s("right"), cue_actions=cue_actions)
 
 
 class SessionRunner:
