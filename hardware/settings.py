@@ -242,11 +242,7 @@ class PoleMotorSettings(_Section):
 
 
 # --------------------------------------------------------------------------------------------------------
-# sim
-
-
-# --------------------------------------------------------------------------------------------------------
-# sound (the HiFi module; not yet part of the composed settings file)
+# sound (the HiFi module)
 
 class ToneSettings(_Section):
     """One pure tone the task plays."""
@@ -257,9 +253,16 @@ class ToneSettings(_Section):
     """Waveform length in seconds (the state that plays it may end it earlier only by a stop)."""
 
 
+SoundDevice = Literal["hifi", "pwm"]
+
+
 class SoundSettings(_Section):
     """The sound module: its Bpod channel, its own USB port and the waveforms loaded at session start."""
 
+    device: SoundDevice = "hifi"
+    """What plays the sample tones and the go cue: the HiFi module (waveforms below, onsets on the Bpod
+    clock), or pwm: the wiring's tone lines (sample_tone_high, sample_tone_low, go_cue) into an external
+    tone generator, for a rig without a HiFi."""
     module: str = "HiFi1"
     """The module's Bpod channel name (a HiFi on the first port with a HiFi is HiFi1)."""
     usb_port: str | None = None
@@ -278,6 +281,10 @@ class SoundSettings(_Section):
     """Low sample tone (auditory contexts)."""
     go_cue: ToneSettings = ToneSettings(frequency_hz=3_700, duration_s=0.1)
     """Go cue (ResponseCue)."""
+
+
+# --------------------------------------------------------------------------------------------------------
+# sim
 
 
 class NormalDistribution(_Section):

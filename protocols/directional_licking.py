@@ -17,11 +17,16 @@ every trial's machine (unused ones are simply not reached), so trial records lin
 
 Durations come from the settings (`TimingSettings`) and the training stage (delay, timeout, sample
 enforcement); valve times are passed in already calibrated; outputs are named by role (`WiringSettings`).
+The tones (sample tones, go cue) are either wiring roles too, or, given `cue_actions`, the outputs that
+make a sound module play them; an early lick in the sample then cuts the tone, and the restarted
+SamplePeriod plays it again from its onset.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from protocols.contexts import Side, other_side
 from protocols.settings import TimingSettings, TrialBitcodeSettings, WiringSettings
@@ -77,6 +82,11 @@ def epoch_states() -> dict[str, str | list[str]]:
             "response": list(ANSWER_LICK_STATES)}
 
 
+CUE_SOUNDS: tuple[str, ...] = ("tone_high", "tone_low", "go_cue")
+"""The sounds the task plays when a sound module plays them (`TaskParameters.cue_actions`)."""
+STOP_SOUND = "stop"
+
+
 @dataclass(frozen=True)
 class DecoderGate:
     """Closed loop (off unless given): the delay ends on `event` (e.g. `APP_SoftCode1`, sent by the
@@ -102,6 +112,9 @@ class TaskParameters:
     decoder_gated_delay: DecoderGate | None = None
     bitcode: TrialBitcodeSettings | None = None
     """The trial-number bitcode on `wiring.trial_bitcode`, or None (not sent)."""
+    cue_actions: Mapping[str, Mapping[str, Any]] | None = None
+    """Sound-module outputs by `CUE_SOUNDS` name (tone_high, tone_low, go_cue) and `STOP_SOUND`; None:
+    the tones are the wiring's tone lines."""
 
     def __post_init__(self) -> None:
         if self.bitcode is not None and self.wiring.trial_bitcode is None:
@@ -109,6 +122,10 @@ class TaskParameters:
         if self.bitcode is not None and self.bitcode.duration_s >= self.timing.pre_sample:
             raise ValueError(f"the trial bitcode ({self.bitcode.duration_s:g} s) must be shorter than the "
                              f"pre-sample baseline it is sent in ({self.timing.pre_sample:g} s)")
+        if self.cue_actions is not None:
+            missing = [k for k in (*CUE_SOUNDS, STOP_SOUND) if k not in self.cue_actions]
+            if missing:
+                raise ValueError(f"cue_actions has no output for {', '.join(missing)}")
 
     def valve_s(self, side: Side) -> float:
         return self.left_valve_s if side == "left" else self.right_valve_s
@@ -121,7 +138,12 @@ def build_trial(trial: TrialSpec, params: TaskParameters) -> StateMachine:
     def any_lick(target: str) -> dict[str, str]:
         return {w.lick("left"): target, w.lick("right"): target}
 
-    cue = w.on(trial.context.cue_output_role(side))  # pole in, or the high / low tone
+    sounds = params.cue_actions
+    if sounds is not None and trial.cue in sounds:  # the sound module plays the tone; a lick cuts it
+        cue, cue_after_lick = dict(sounds[trial.cue]), dict(sounds[STOP_SOUND])
+    else:  # pole in, or the tone line: it stays on through the early lick
+        cue = cue_after_lick = w.on(trial.context.cue_output_role(side))
+    go_cue = dict(sounds["go_cue"]) if sounds is not None else w.on("go_cue")
     free_drop = {"left": GIVE_LEFT_DROP, "right": GIVE_RIGHT_DROP}[side]
     after_delay = free_drop if trial.free_drop else RESPONSE_CUE
     wrong_lick = BOTH_REWARDED_STATE if trial.both_rewarded else TIMEOUT
@@ -137,7 +159,7 @@ def build_trial(trial: TrialSpec, params: TaskParameters) -> StateMachine:
     sm.add_state(PRE_SAMPLE_PERIOD, baseline, {"Tup": SAMPLE_PERIOD})  # licks here are ignored
     sample_licks = any_lick(EARLY_LICK_SAMPLE) if stage.sample_enforcement else {}
     sm.add_state(SAMPLE_PERIOD, t.sample, {**sample_licks, "Tup": DELAY_PERIOD}, cue)
-    sm.add_state(EARLY_LICK_SAMPLE, t.early_lick_sample, {"Tup": SAMPLE_PERIOD}, cue)  # the cue stays on
+    sm.add_state(EARLY_LICK_SAMPLE, t.early_lick_sample, {"Tup": SAMPLE_PERIOD}, cue_after_lick)
     if gate is None:
         sm.add_state(DELAY_PERIOD, stage.delay_s, {**any_lick(EARLY_LICK_DELAY), "Tup": after_delay})
     else:
@@ -147,7 +169,7 @@ def build_trial(trial: TrialSpec, params: TaskParameters) -> StateMachine:
     sm.add_state(EARLY_LICK_DELAY, t.early_lick_delay, {"Tup": DELAY_PERIOD})
     sm.add_state(GIVE_LEFT_DROP, params.valve_s("left"), {"Tup": RESPONSE_CUE}, w.on("left_valve"))
     sm.add_state(GIVE_RIGHT_DROP, params.valve_s("right"), {"Tup": RESPONSE_CUE}, w.on("right_valve"))
-    sm.add_state(RESPONSE_CUE, t.response_cue, {"Tup": ANSWER_PERIOD}, w.on("go_cue"))
+    sm.add_state(RESPONSE_CUE, t.response_cue, {"Tup": ANSWER_PERIOD}, go_cue)
     sm.add_state(ANSWER_PERIOD, t.answer_period,
                  {w.lick(side): REWARD, w.lick(other_side(side)): wrong_lick, "Tup": NO_RESPONSE})
     sm.add_state(REWARD, params.valve_s(side), {"Tup": REWARD_CONSUMPTION}, w.on(f"{side}_valve"))

@@ -9,7 +9,11 @@ Control requests (switch context, pause, resume, stop) take effect at trial boun
 
 Before a pole trial the pole motor goes to the midpoint and then to the trial's position (see
 hardware/zaber/pole.py), in the previous trial's inter-trial interval; the trial is sent only once the
-stage is idle there, and the move is in the trial's record. A stage that fails ends the session like the
+stage is idle there, and the move is in the trial's record.
+
+With sound.device hifi the session opens the HiFi module before any trial (rig/sound.py), loads the
+task's tones and gives the task the outputs that play them; each trial's record lists the sounds it
+played, read from its own states and the module's answers. A stage that fails ends the session like the
 Bpod lost: the running trial is finished and recorded, the one that waited for the pole as not started.
 
 The session holds its subject's lock from before recovery to the end. A fault (the Bpod lost, the imaging
@@ -66,6 +70,7 @@ from rig.imaging import ImagingSource, open_imaging
 from rig.online_child import OnlineProcess
 from rig.settings import Settings, dump_settings_files
 from rig.simulated_rig import SimulatedRig
+from rig.sound import CueActions, cue_actions, open_hifi_sound, sound_plays
 from rig.store import DiskFullError, SessionStore, SubjectLock, check_subject_id, recover_sessions
 from rig.subject import HISTORY_KEPT, SubjectRecord, load_subject, save_subject, subject_path
 from rig.summary import format_status
@@ -115,11 +120,13 @@ class SessionResult:
     end_reason: str
 
 
-def task_parameters(settings: Settings) -> TaskParameters:
-    """What stays the same from trial to trial, from the settings: timing, wiring, calibrated valve times."""
+def task_parameters(settings: Settings, cue_actions: CueActions | None = None) -> TaskParameters:
+    """What stays the same from trial to trial, from the settings: timing, wiring, calibrated valve times,
+    the trial bitcode, and the sound module's outputs for the tones (`rig.sound.cue_actions`; None: the PWM
+    tone lines)."""
     bitcode = settings.task.trial_bitcode if settings.wiring.trial_bitcode is not None else None
     return TaskParameters(settings.task.timing, settings.wiring, settings.reward_valve_time_s("left"),
-                          settings.reward_valve_time_s("right"), bitcode=bitcode)
+                          settings.reward_valve_time_s("right"), bitcode=bitcode, cue_actions=cue_actions)
 
 
 class SessionRunner:
@@ -164,6 +171,7 @@ class SessionRunner:
         self._client: BpodClient | None = None
         self._sim: SimulatedRig | None = None
         self._pole_motor: PoleMotor | None = None
+        self._cue_actions: CueActions | None = None
         self._imaging: ImagingSource | None = None
         self._online: OnlineProcess | None = None
         self._children: ChildWatcher | None = None
@@ -205,6 +213,7 @@ class SessionRunner:
         client = self._client
         hw = client.hardware if client is not None else None
         measured = self.settings.bpod.valve_calibration.measured_on
+        sound = self.settings.sound
         return {
             "subject": self.options.subject, "rig": self.settings.rig.name,
             "rig_file": str(self.options.rig_file) if self.options.rig_file is not None else None,
@@ -220,6 +229,9 @@ class SessionRunner:
                            "simulated": self.settings.pole_motor.port == EMULATOR_PORT},
             "valve_calibration": {"measured_on": measured.isoformat() if measured else None,
                                   "warning": self._calibration_warning},
+            "sound": {"device": sound.device, "module": sound.module,
+                      "usb_port": self._sim.hifi_port if self._sim is not None else sound.usb_port,
+                      "simulated": self._sim is not None},
             "start_context": self.training.context, "start_stage": self.training.stage.name,
             "limits": {"trials": self.options.trials, "minutes": self.options.minutes},
             "imaging": self._imaging.health() if self._imaging is not None else None,
@@ -248,6 +260,7 @@ class SessionRunner:
             client = BpodClient(port, timeout_s=self.settings.bpod.timeout_s)
             client.connect()
             stack.callback(client.close)
+            self._open_sound(client, stack)
             self._pole_motor = self._open_pole_motor(stack)
             self._client = client
             client.on_event = self._on_event
@@ -370,6 +383,17 @@ class SessionRunner:
             else:
                 trial.not_started, trial.abort_reason = True, self._fault.reason
                 self._finish(trial, None)
+
+    def _open_sound(self, client: BpodClient, stack: ExitStack) -> None:
+        """sound.device hifi: the HiFi module the Bpod found, loaded with the task's tones, and the task's
+        cue outputs from it; a module that is missing is one clear error before the session begins."""
+        sound = self.settings.sound
+        if sound.device != "hifi":
+            return
+        usb_port = self._sim.hifi_port if self._sim is not None else sound.usb_port
+        hifi = open_hifi_sound(sound, client.modules, usb_port, stack, timeout_s=self.settings.bpod.timeout_s)
+        self._cue_actions = cue_actions(hifi)
+        self.params = dataclasses.replace(self.params, cue_actions=self._cue_actions)
 
     def _open_pole_motor(self, stack: ExitStack) -> PoleMotor | None:
         """The pole stage of settings.pole_motor, connected, homed if it had no reference, closed with the
@@ -553,6 +577,9 @@ class SessionRunner:
                 # in the record's bpod times. (+ 0.0: no -0.0 from float rounding.)
                 dead_time_s = round(result.start_s - self._last_result_end_s - result.cycle_s, 6) + 0.0
             self._last_result_end_s = result.end_s
+        bpod = BpodRecord.from_json(result.to_dict(), trial.number) if result is not None else None
+        sounds = (sound_plays(trial.machine, self._cue_actions, bpod, self.settings.sound.module)
+                  if bpod is not None and self._cue_actions is not None else None)
         record = TrialRecord(
             trial=trial.number, subject=self.options.subject,
             **spec_fields(trial.spec.to_dict() | ({"free_drop": scored.free_drop} if scored else {})),
@@ -563,7 +590,7 @@ class SessionRunner:
             reward_ul=self.settings.task.reward_volume_ul if scored and scored.rewarded else 0.0,
             valve_time_s=self.params.valve_s(trial.spec.side),
             training_events=tuple(trial.training_events), training=self.training.state.to_dict(),
-            bpod=BpodRecord.from_json(result.to_dict(), trial.number) if result is not None else None,
+            bpod=bpod, sounds=sounds,
             host_time=datetime.now().isoformat(timespec="milliseconds"),
             closed_loop=_closed_loop_record(trial.gate, result) if result is not None else None,
             pole=trial.pole,

@@ -1,7 +1,9 @@
 """The embedded simulated rig: the Bpod emulator on a pty, a simulated mouse licking in its world, the
-emulated Zaber stage of the pole (pole_motor.port: emulator) on its own pty, and (imaging.source:
+emulated Zaber stage of the pole (pole_motor.port: emulator) on its own pty, the emulated HiFi module
+(sound.device: hifi) on the Bpod's first module port with its USB port on a pty, and (imaging.source:
 simulated) the simulated microscope coupled to that world. The session talks to it exactly as to a real
-Bpod and a real stage, through the ports; the mouse feels the pole where the stage's carriage is."""
+Bpod, stage and HiFi, through the ports; the mouse feels the pole where the stage's carriage is and hears
+the tones the HiFi plays."""
 
 from __future__ import annotations
 
@@ -10,17 +12,23 @@ from collections.abc import Callable
 from typing import Any
 
 from hardware.bpod.emulator import EmulatorServer, World
+from hardware.bpod.modules.hifi_emulator import HiFiEmulator
+from hardware.sim.hearing import Hearing
 from hardware.sim.microscope import MicroscopeConfig
 from hardware.sim.mouse import MouseLines, MouseParameters, SimulatedMouse, trained_mapping
 from hardware.sim.pole_motor import StagePoleSensor
 from hardware.sim.scope import SimScope
 from hardware.sim.scope_plan import DEFAULT_CPU_BUDGET
+from hardware.sound import SOUND_NAMES
 from hardware.zaber.emulator import Device, ZaberEmulatorServer
 from hardware.zaber.pole import PolePositions
 from protocols.contexts import Context
 from rig.settings import Settings
 
 log = logging.getLogger(__name__)
+
+HIFI_MODULE_PORT = 1
+"""The Bpod module port the emulated HiFi is plugged into (so it is HiFi1)."""
 
 
 def simulated_microscope_config(settings: Settings) -> MicroscopeConfig:
@@ -80,13 +88,29 @@ class SimulatedRig:
         firmware = self.server.firmware
         self.scope = (build_simulated_scope(settings, speed, self.server.world, clock=lambda: firmware.cycle)
                       if settings.imaging.source == "simulated" else None)
+        self.hifi, self.hearing = self._plug_in_hifi()
         self.mouse = SimulatedMouse(
             self.server.world, MouseParameters.from_settings(settings.sim.mouse),
             MouseLines.from_roles(settings.wiring.model_dump()), sensor, rng_seed=settings.sim.seed,
             mapping=mapping,
             on_plan=self.scope.on_plan if self.scope else None,
             on_lick=self.scope.on_lick if self.scope else None,
+            hearing=self.hearing,
         )
+
+    def _plug_in_hifi(self) -> tuple[HiFiEmulator | None, Hearing | None]:
+        """The emulated HiFi on the Bpod's module port, before any client connects (the Bpod finds its
+        modules at connect), heard by the microscope's coupling and then the mouse."""
+        sound = self.settings.sound
+        if sound.device != "hifi":
+            return None, None
+        hifi = HiFiEmulator()
+        self.server.world.attach_module(HIFI_MODULE_PORT, hifi)
+        tones = {name: getattr(sound, name).frequency_hz for name in SOUND_NAMES}
+        hearing = Hearing(self.server.world, hifi, tones)
+        if self.scope is not None:
+            hearing.add_listener(self.scope.coupling.sound_started, self.scope.coupling.sound_ended)
+        return hifi, hearing
 
     @property
     def port(self) -> str:
@@ -95,6 +119,11 @@ class SimulatedRig:
     @property
     def app_port(self) -> str | None:
         return self.server.app_port
+
+    @property
+    def hifi_port(self) -> str | None:
+        """The emulated HiFi's USB port (None when sound.device is pwm)."""
+        return self.hifi.port if self.hifi is not None else None
 
     def set_trial_context(self, trial: int, context: str) -> None:
         """The context of Bpod trial `trial`, for the simulated microscope (call when starting or queueing
@@ -110,6 +139,8 @@ class SimulatedRig:
         self.server.start()
         if self.stage is not None:
             self.stage.start()
+        if self.hifi is not None:
+            self.hifi.start()
         log.info("simulated rig: Bpod emulator (firmware %d) on %s at %gx real time, simulated mouse%s",
                  self.settings.bpod.firmware, self.server.port, self.speed,
                  f", Zaber stage on {self.stage.port}" if self.stage is not None else "")
@@ -117,6 +148,9 @@ class SimulatedRig:
 
     def __exit__(self, *exc: object) -> None:
         self.mouse.close()
+        if self.hearing is not None and self.hifi is not None:
+            self.hearing.close()
+            self.hifi.stop()
         if self.scope is not None:
             self.scope.close()
         if self.stage is not None:

@@ -1,7 +1,8 @@
 """A simulated mouse doing the directional-licking task on the Bpod emulator.
 
 The mouse lives in the emulator's world: it senses the Bpod's outputs (pole raised, sample tones, go
-cue, valves) and answers with licks, scheduled as input pulses at future engine cycles. Everything it
+cue, valves; the tones either from the tone lines or, given a `Hearing`, from the emulated HiFi module's
+plays) and answers with licks, scheduled as input pulses at future engine cycles. Everything it
 does is timed from the cycles of the output records and drawn from one seeded generator inside the
 engine's listeners, so a given seed gives the same licks (relative to each trial's start) at any
 emulator speed.
@@ -30,6 +31,7 @@ from hardware.settings import MouseSimSettings
 
 if TYPE_CHECKING:
     from hardware.bpod.emulator.world import OutputRecord, TrialRecord, World
+    from hardware.sim.hearing import Hearing
 
 log = logging.getLogger(__name__)
 
@@ -289,7 +291,8 @@ class SimulatedMouse:
                  motor: PoleSensor | None = None, rng_seed: int | None = None, *,
                  mapping: Mapping[str, float] | None = None,
                  on_plan: Callable[[str | None, Side | None], None] | None = None,
-                 on_lick: Callable[[int, Side], None] | None = None) -> None:
+                 on_lick: Callable[[int, Side], None] | None = None,
+                 hearing: Hearing | None = None) -> None:
         self.world = world
         self.params = params
         self.lines = lines
@@ -311,8 +314,11 @@ class SimulatedMouse:
         self._now = 0
         self._free_cycle = 0  # earliest onset of the next lick (one tongue, no overlapping pulses)
         self._last_onset: int | None = None
+        self._closed = False
         world.add_output_listener(self._on_output)
         world.add_trial_listener(self._on_trial)
+        if hearing is not None:
+            hearing.add_listener(self._on_sound, self._on_sound_end)
 
     # -- what others read ---------------------------------------------------------------------------
 
@@ -337,6 +343,7 @@ class SimulatedMouse:
 
     def close(self) -> None:
         """Stop listening to the world (licks already scheduled still happen)."""
+        self._closed = True
         self.world.remove_output_listener(self._on_output)
         self.world.remove_trial_listener(self._on_trial)
 
@@ -351,6 +358,21 @@ class SimulatedMouse:
         elif self._trial is not None:
             self._finish(record.cycle)
 
+    def _on_sound(self, name: str, cycle: int) -> None:
+        """A sound the mouse hears start (`Hearing`): a sample tone or the go cue."""
+        if self._closed:
+            return
+        self._now = cycle
+        if name == "go_cue":
+            self._go(cycle)
+        elif name in CUES:
+            self._cue_on(name, cycle)
+
+    def _on_sound_end(self, name: str, cycle: int) -> None:
+        if not self._closed and name in CUES:
+            self._now = cycle
+            self._cue_off(cycle)
+
     def _on_output(self, record: OutputRecord) -> None:
         self._now = record.cycle
         channel, on = record.channel, record.value != 0
@@ -358,7 +380,7 @@ class SimulatedMouse:
             was_on = any(self._cue_levels.values())
             self._cue_levels[channel] = int(on)
             if on and not was_on:
-                self._cue_on(channel, record.cycle)
+                self._cue_on(self._sensed_cue(channel), record.cycle)
             elif was_on and not any(self._cue_levels.values()):
                 self._cue_off(record.cycle)
         elif channel == self.lines.go_cue and on:
@@ -373,11 +395,11 @@ class SimulatedMouse:
             self._trial = MouseTrial(trial=None, start_cycle=cycle)
         return self._trial
 
-    def _cue_on(self, line: str, cycle: int) -> None:
+    def _cue_on(self, cue: str | None, cycle: int) -> None:
         trial = self._current(cycle)
         if trial.cue_cycle is not None:
-            return  # the sample restarted (cue stays on) or a second cue: already decided
-        trial.cue, trial.cue_cycle = self._sensed_cue(line), cycle
+            return  # the sample restarted (cue stays on, or the tone again) or a second cue: already decided
+        trial.cue, trial.cue_cycle = cue, cycle
         self.counters.cues += 1
         self._plan(trial)
         if self._rng.random() < self.params.early_lick_prob:

@@ -41,6 +41,7 @@ class WorldCoupling:
         self._in_trial = False
         self._triggered = False
         self._bpod_trial: int | None = None
+        self._tone_on = False
         world.add_output_listener(self._on_output)
         world.add_trial_listener(self._on_trial)
 
@@ -58,6 +59,24 @@ class WorldCoupling:
         """A lick at an engine cycle ('left' | 'right')."""
         self.sim.lick(cycle * CYCLE_S, side)
 
+    # -- called by `hardware.sim.hearing.Hearing` when the HiFi module plays the cues --------------
+
+    def sound_started(self, name: str, cycle: int) -> None:
+        """A sample tone starts the sample epoch (again only after it ended: a replay after a cut is the
+        same sample); the go cue starts the go epoch."""
+        if not self._triggered:
+            return
+        if name == "go_cue":
+            self.sim.mark_epoch(cycle * CYCLE_S, "go")
+        elif not self._tone_on:
+            self._tone_on = True
+            self.sim.mark_epoch(cycle * CYCLE_S, "sample")
+
+    def sound_ended(self, name: str, cycle: int) -> None:
+        if self._triggered and name != "go_cue" and self._tone_on:
+            self._tone_on = False
+            self.sim.mark_epoch(cycle * CYCLE_S, "delay")
+
     # -- called by whoever pulls frames ----------------------------------------------------------
 
     def frames_until_cycle(self, cycle: int) -> list[SimFrame]:
@@ -72,6 +91,7 @@ class WorldCoupling:
     # -- listeners -------------------------------------------------------------------------------
 
     def _on_trial(self, record: TrialRecord) -> None:
+        self._tone_on = False
         if record.kind == "start":
             self._in_trial, self._triggered, self._bpod_trial = True, False, record.trial
         else:

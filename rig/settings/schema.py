@@ -21,6 +21,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationError,
     model_validator,
 )
 
@@ -29,6 +30,7 @@ from hardware.settings import (
     BpodSettings,
     PoleMotorSettings,
     SimSettings,
+    SoundSettings,
     ValveCalibrationError,
     bpod_line_names,
     summarise_lines,
@@ -37,7 +39,7 @@ from online.settings import OnlineSettings
 from online.transport import is_local_endpoint, parse_endpoint
 from online.wire import did_you_mean
 from protocols.contexts import Side
-from protocols.settings import ContextSettings, TaskSettings, WiringSettings, default_contexts
+from protocols.settings import ContextSettings, TaskSettings, TimingSettings, WiringSettings, default_contexts
 from rig.settings.problems import _NO_VALUE, Problem, _ProblemList, _Problems, _unwrap
 
 # --------------------------------------------------------------------------------------------------------
@@ -251,6 +253,36 @@ def wiring_problems(wiring: WiringSettings, model: str) -> list[Problem]:
     return problems
 
 
+SOUND_STATES: dict[str, tuple[str, str]] = {
+    "tone_high": ("sample", "SamplePeriod"), "tone_low": ("sample", "SamplePeriod"),
+    "go_cue": ("response_cue", "ResponseCue")}
+"""Each HiFi sound -> the task.timing key (and state) it plays for: their durations must agree."""
+
+
+def sound_problems(sound: SoundSettings, timing: TimingSettings) -> list[Problem]:
+    """Problems of a HiFi sound section: a tone whose length differs from the state that plays it (it
+    would sound on into the next epoch, or stop before its epoch ends). A pwm rig plays no waveforms, so
+    nothing here applies to it. (A missing module or USB port is the session's to report: it is known
+    only when the Bpod is connected.)"""
+    if sound.device != "hifi":
+        return []
+    problems: list[Problem] = []
+    for name, (key, state) in SOUND_STATES.items():
+        tone_s, state_s = getattr(sound, name).duration_s, getattr(timing, key)
+        if abs(tone_s - state_s) > 1e-9:
+            problems.append(((name, "duration_s"), tone_s, f"must equal task.timing.{key} ({state_s:g} s): "
+                             f"{state} plays it, and the tone must end with the state"))
+    return problems
+
+
+def _valid_timing(key: str, value: Any) -> bool:
+    try:
+        TimingSettings.model_validate({key: value})
+    except ValidationError:
+        return False
+    return True
+
+
 def _check_context_name(name: str) -> None:
     if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name):
         raise ValueError("context names use lowercase letters, digits, '-' and '_'")
@@ -267,6 +299,8 @@ class Settings(_Section):
     """Role -> Bpod line."""
     pole_motor: PoleMotorSettings = Field(default_factory=PoleMotorSettings)
     """The stage that moves the pole between trials (Zaber ASCII)."""
+    sound: SoundSettings = Field(default_factory=SoundSettings)
+    """The sample tones and the go cue: the HiFi module, or the wiring's PWM tone lines."""
     task: TaskSettings = Field(default_factory=TaskSettings)
     """The directional-licking task and its training."""
     contexts: dict[str, ContextSettings] = Field(default_factory=default_contexts, min_length=1)
@@ -297,6 +331,28 @@ class Settings(_Section):
                                  f"not {what} of a Bpod {self.bpod.model} ({summarise_lines(valid)})", line)
         problems.raise_if_any()
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tones_follow_timing(cls, data: Any) -> Any:
+        """A HiFi tone whose duration the file leaves out lasts as long as the state that plays it
+        (`SOUND_STATES`), so changing task.timing is one edit; a duration written must agree (checked
+        after validation)."""
+        if not isinstance(data, Mapping):
+            return data
+        task, sound = data.get("task", {}), data.get("sound", {})
+        timing = task.get("timing", {}) if isinstance(task, Mapping) else None
+        if not isinstance(timing, Mapping) or not isinstance(sound, Mapping):
+            return data  # validation names the bad section
+        tones: dict[str, Any] = {}
+        for name, (key, _) in SOUND_STATES.items():
+            tone = sound.get(name, {})
+            state_s = timing.get(key, TimingSettings.model_fields[key].default)
+            if not isinstance(tone, Mapping) or "duration_s" in tone or not _valid_timing(key, state_s):
+                continue  # a bad timing value is named once, at its own key
+            default = SoundSettings.model_fields[name].default
+            tones[name] = {"frequency_hz": default.frequency_hz, **tone, "duration_s": state_s}
+        return {**data, "sound": {**sound, **tones}} if tones else data
 
     @model_validator(mode="after")
     def _check_references(self) -> Settings:
@@ -351,6 +407,9 @@ class Settings(_Section):
                 f"a Bpod {self.bpod.model} runs firmware {allowed} only",
                 self.bpod.firmware,
             )
+
+        for path, value, message in sound_problems(self.sound, self.task.timing):
+            problems.add(("sound", *path), message, value)
 
         loop = self.online.closed_loop
         if loop.enabled and loop.mode == "app_port" and self.bpod.firmware != 23:

@@ -76,6 +76,7 @@ class World:
         self._levels = [0] * len(self.output_names)
         self._schedule: list[tuple[int, int, int, int]] = []  # (cycle, seq, input index, raw level)
         self._seq = itertools.count()
+        self._calls: list[tuple[int, int, Callable[[int], None]]] = []  # (cycle, seq, fn)
         self._output_listeners: list[Callable[[OutputRecord], None]] = []
         self._trial_listeners: list[Callable[[TrialRecord], None]] = []
         self._engine_cycle: Callable[[], int] = lambda: 0  # the attached engine's last processed cycle
@@ -111,6 +112,12 @@ class World:
             onset = self.set_input(name, 1, at_cycle)
             self.set_input(name, 0, onset + duration_cycles)
             return onset
+
+    def call_at(self, cycle: int, fn: Callable[[int], None]) -> None:
+        """Call `fn(cycle)` from the engine at `cycle`, before that cycle's events are read: how a
+        simulation acts when nothing on the Bpod changes (a sound that ends by itself)."""
+        with self.external_access():
+            heapq.heappush(self._calls, (self._resolve_cycle(cycle), next(self._seq), fn))
 
     def input_level(self, name: str) -> int:
         """Current logical level of a physical input line."""
@@ -157,10 +164,16 @@ class World:
         self._engine_cycle = engine_cycle
 
     def next_input_cycle(self) -> int | None:
-        return self._schedule[0][0] if self._schedule else None
+        """The first cycle with a scheduled input change or call."""
+        cycles = [queue[0][0] for queue in (self._schedule, self._calls) if queue]
+        return min(cycles, default=None)
 
     def apply_inputs(self, cycle: int) -> None:
-        """Apply every scheduled change due at or before `cycle` (in scheduling order)."""
+        """Run the calls due at or before `cycle`, then apply every scheduled change due by then (each in
+        scheduling order; a call may schedule inputs from the next cycle on)."""
+        while self._calls and self._calls[0][0] <= cycle:
+            _, _, fn = heapq.heappop(self._calls)
+            fn(cycle)
         schedule = self._schedule
         while schedule and schedule[0][0] <= cycle:
             _, _, index, raw = heapq.heappop(schedule)

@@ -15,6 +15,8 @@ import os
 import select
 import struct
 import threading
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -28,6 +30,8 @@ from hardware.bpod.modules import hifi_protocol as hp
 logger = logging.getLogger(__name__)
 
 FIRMWARE_VERSION = 6
+PLAY_LOG_LENGTH = 1024
+"""Plays and stops kept for inspection: the last few hundred trials of a session, not all of them."""
 POLL_S = 0.05
 _FIXED = {hp.HANDSHAKE: 0, hp.OP_INFO: 0, ord("V"): 0, hp.OP_SAMPLING_RATE: 4, hp.OP_ATTENUATION: 1,
           hp.OP_ENVELOPE_ON: 1, ord("H"): 1, ord("G"): 1, ord("N"): 2, ord("F"): 4, ord("W"): 1, ord("Z"): 4,
@@ -63,8 +67,9 @@ class HiFiEmulator:
         self.attenuation_bits = self.info.attenuation_bits
         self.envelope: np.ndarray | None = None
         self.envelope_on = False
-        self.plays: list[PlayRecord] = []
-        self.stops: list[BpodTime] = []
+        self.plays: deque[PlayRecord] = deque(maxlen=PLAY_LOG_LENGTH)
+        self.stops: deque[BpodTime] = deque(maxlen=PLAY_LOG_LENGTH)
+        self._listeners: list[tuple[Callable[[PlayRecord], None], Callable[[BpodTime], None]]] = []
         self._pushed: dict[int, Waveform] = {}
         self._loaded: dict[int, Waveform] = {}  # back buffers, playable after `*`
         self._link: ModuleLink | None = None
@@ -81,6 +86,16 @@ class HiFiEmulator:
         """The playable (pushed) waveform in slot `index` (from 0)."""
         with self._lock:
             return self._pushed.get(index)
+
+    def add_listener(self, on_play: Callable[[PlayRecord], None],
+                     on_stop: Callable[[BpodTime], None]) -> None:
+        """Be told of every play and stop, in the engine thread, at the cycle the state machine sent it
+        (a simulated animal hears the module this way)."""
+        self._listeners.append((on_play, on_stop))
+
+    def remove_listener(self, on_play: Callable[[PlayRecord], None],
+                        on_stop: Callable[[BpodTime], None]) -> None:
+        self._listeners.remove((on_play, on_stop))
 
     @property
     def port(self) -> str:
@@ -111,10 +126,10 @@ class HiFiEmulator:
                     self._play(index, at)
                 elif op == hp.OP_STOP:
                     del buf[:1]
-                    self.stops.append(at)
+                    self._stopped(at)
                 elif op == ord("x"):
                     del buf[:2]
-                    self.stops.append(at)
+                    self._stopped(at)
                 elif op == hp.OP_PUSH:
                     del buf[:1]
                     self._push()
@@ -136,7 +151,15 @@ class HiFiEmulator:
         if wave is None:
             logger.warning("HiFi: the state machine played slot %d, which holds no pushed waveform", index)
             return
-        self.plays.append(PlayRecord(index, at.cycle, at.session_us, len(wave.samples) / self.sampling_rate))
+        play = PlayRecord(index, at.cycle, at.session_us, len(wave.samples) / self.sampling_rate)
+        self.plays.append(play)
+        for on_play, _ in list(self._listeners):
+            on_play(play)
+
+    def _stopped(self, at: BpodTime) -> None:
+        self.stops.append(at)
+        for _, on_stop in list(self._listeners):
+            on_stop(at)
 
     def _push(self) -> None:
         self._pushed.update(self._loaded)
