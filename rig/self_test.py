@@ -20,18 +20,24 @@ from dataclasses import asdict, dataclass, field
 from hardware.bpod.client import BpodClient, BpodError
 from hardware.bpod.emulator import OutputRecord, World
 from hardware.bpod.hardware_description import input_channel_names, output_channel_names
+from hardware.bpod.module_info import module_names
 from hardware.pole_motor import PoleMotorError
 from hardware.zaber.emulator import Device, ZaberEmulatorServer
 from hardware.zaber.pole import POLL_S as POLE_POLL_S
 from hardware.zaber.pole import ZaberPoleMotor
+from protocols.directional_licking import CUE_SOUNDS
 from protocols.settings import WiringSettings
 from protocols.state_machine import EXIT, StateMachine, input_event
 from rig.bench import EMULATOR_PORT, BenchBpod, open_bench_bpod
+from rig.errors import UserError
 from rig.settings import Settings
+from rig.sound import open_hifi_sound
 
 log = logging.getLogger(__name__)
 
 VALVE_TEST_S = 0.05
+SOUND_TEST_S = 0.3
+"""How long each sound is played (s)."""
 """How long each valve is opened (s): a click, a drop."""
 EMULATOR_CHECK_SPEED = 20.0
 """The emulator runs the self-test this many times faster than real time."""
@@ -64,6 +70,8 @@ class Bench:
     client: BpodClient
     touch: Touch
     world: World | None = None
+    hifi_port: str | None = None
+    """The emulated HiFi's USB pty on the emulator (a real rig: sound.usb_port)."""
     missing: set[str] = field(default_factory=set)
     """Wiring roles whose line the connected Bpod does not have (their checks fail without running)."""
 
@@ -86,14 +94,17 @@ def register_check(name: str) -> Callable[[Check], Check]:
 
 @register_check("modules")
 def check_modules(bench: Bench) -> list[CheckResult]:
-    """The UART modules the Bpod reports, one line per serial port (listed, never failed)."""
+    """The UART modules the Bpod reports, one line per serial port, by their channel names (listed, never
+    failed: a module the task needs is checked by its own device check)."""
+    modules = bench.client.modules
+    names = module_names(modules)
     results = []
-    for i, module in enumerate(bench.client.modules, start=1):
+    for i, module in enumerate(modules, start=1):
         if module is None:
             results.append(CheckResult(f"module Serial{i}", True, "none attached"))
         else:
             results.append(CheckResult(f"module Serial{i}", True,
-                                       f"{module['name']} (firmware {module['firmware']})"))
+                                       f"{names[i - 1]} ({module.name}, firmware {module.firmware})"))
     return results
 
 
@@ -273,6 +284,36 @@ def check_pole_motor(bench: Bench) -> list[CheckResult]:
         return results
 
 
+@register_check("sound")
+def check_sound(bench: Bench) -> list[CheckResult]:
+    """With the HiFi module: it is among the Bpod's modules, its waveforms load over its own USB port, and
+    each sound, played from a state, is acknowledged by the module (its `<module>_1` event): listen."""
+    sound_settings = bench.settings.sound
+    if sound_settings.device != "hifi":
+        return []
+    usb_port = bench.hifi_port if bench.world is not None else sound_settings.usb_port
+    with ExitStack() as stack:
+        try:
+            sound = open_hifi_sound(sound_settings, bench.client.modules, usb_port, stack)
+        except UserError as exc:
+            return [CheckResult("sound", False, str(exc))]
+        results = [CheckResult("sound", True, f"{sound_settings.module} on {usb_port}: waveforms loaded")]
+        ack = f"{sound_settings.module}_1"
+        for name in CUE_SOUNDS:
+            machine = StateMachine()
+            machine.add_state("Play", SOUND_TEST_S, {"Tup": "Silence"}, dict(sound.play_action(name)))
+            machine.add_state("Silence", 0.01, {"Tup": EXIT}, dict(sound.stop_action()))
+            trial = bench.client.run_trial(machine.validate().to_dict(), timeout_s=10)
+            played = trial.visits("Play")
+            acks = trial.event_times(ack)
+            if played and acks:
+                delay_ms = (acks[0] - played[0].start_s) * 1000
+                results.append(CheckResult(f"sound {name}", True, f"played, {ack} {delay_ms:.1f} ms after"))
+            else:
+                results.append(CheckResult(f"sound {name}", False, f"no {ack} from the module after playing"))
+        return results
+
+
 def run_checks(settings: Settings, bpod: BenchBpod, touch: Touch | None = None) -> list[CheckResult]:
     """Every registered check against a connected Bpod; a check that raises is a failed line."""
     hw = bpod.client.hardware
@@ -280,7 +321,7 @@ def run_checks(settings: Settings, bpod: BenchBpod, touch: Touch | None = None) 
     if touch is None:
         touch = (simulated_touch(bpod.world) if bpod.world is not None
                  else ask_for_touch(settings.checks.touch_timeout_s))
-    bench = Bench(settings, bpod.client, touch, bpod.world)
+    bench = Bench(settings, bpod.client, touch, bpod.world, hifi_port=bpod.hifi_port)
     results = [CheckResult("bpod", True, f"{bpod.client.port}: firmware {hw.firmware_major}."
                            f"{hw.firmware_minor}, machine type {hw.machine_type}")]
     for name, check in CHECKS.items():

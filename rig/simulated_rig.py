@@ -23,12 +23,10 @@ from hardware.sound import SOUND_NAMES
 from hardware.zaber.emulator import Device, ZaberEmulatorServer
 from hardware.zaber.pole import PolePositions
 from protocols.contexts import Context
+from rig.bench import HIFI_MODULE_PORT
 from rig.settings import Settings
 
 log = logging.getLogger(__name__)
-
-HIFI_MODULE_PORT = 1
-"""The Bpod module port the emulated HiFi is plugged into (so it is HiFi1)."""
 
 
 def simulated_microscope_config(settings: Settings) -> MicroscopeConfig:

@@ -47,9 +47,11 @@ def test_every_check_passes_on_the_simulated_rig(tmp_path: Path) -> None:
     names = [line.split(":")[0].removeprefix("pass  ") for line in lines]
     for name in ("bpod", "module Serial1", "wiring.left_lick", "wiring.imaging_trigger", "left_lick",
                  "right_lick", "left_valve", "right_valve", "loopback BNC1->BNC2", "pole motor",
-                 "pole motor anterior", "pole motor posterior"):
+                 "pole motor anterior", "pole motor posterior", "sound", "sound tone_high", "sound tone_low",
+                 "sound go_cue", "module Serial1"):
         assert name in names
     assert "left_valve: Valve1 opened and closed (50 ms)" in result.stdout
+    assert "module Serial1: HiFi1 (HiFi, firmware" in result.stdout  # the emulated HiFi, plugged in
 
     as_json = check_hardware(tmp_path, "rig: {name: box1}\n", "--json")
     assert as_json.returncode == 0
@@ -145,3 +147,15 @@ def test_the_pole_motor_check_moves_by_the_midpoint_and_fails_beyond_the_travel(
     without = load_settings(overrides={"pole_motor.port": None})
     with emulator("r2") as bpod:
         assert not [r for r in run_checks(without, bpod) if r.name.startswith("pole motor")]
+
+
+def test_the_sound_check_fails_in_one_sentence_without_the_hifi() -> None:
+    """A Bpod with no HiFi on its module ports, while the rig file says sound.device: hifi."""
+    with emulator("r2") as bpod:
+        results = {r.name: r for r in run_checks(load_settings(), bpod)}
+    assert not results["sound"].passed
+    assert results["sound"].detail.startswith("sound.module HiFi1: the Bpod found no such module")
+    assert "sound go_cue" not in results
+    with emulator("r2") as bpod:
+        pwm = run_checks(load_settings(overrides={"sound.device": "pwm"}), bpod)
+    assert not [r for r in pwm if r.name.startswith("sound")]  # the tone lines are checked as wiring
