@@ -267,9 +267,11 @@ def _add_rig_option(parser: argparse.ArgumentParser) -> None:
                              "simulated rig)")
 
 
-def _add_settings_and_rig(parser: argparse.ArgumentParser) -> None:
+def _add_settings_and_rig(parser: argparse.ArgumentParser, giving: str | None = None) -> None:
+    """`--settings FILE` (the experiment, `giving` what the command reads from it) and `--rig FILE`."""
+    what = f" giving {giving}" if giving else ""
     parser.add_argument("--settings", metavar="FILE", type=Path, default=None,
-                        help="settings file (default: settings.yaml)")
+                        help=f"settings file{what} (default: settings.yaml)")
     _add_rig_option(parser)
 
 
@@ -337,10 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="emulator clock speed, times real time (overrides bpod.emulator_speed)",
     )
     run.add_argument("--data", metavar="DIR", type=Path, default=None, help="data root (overrides data.root)")
-    run.add_argument(
-        "--settings", metavar="FILE", type=Path, default=None, help="settings file (default: settings.yaml)"
-    )
-    _add_rig_option(run)
+    _add_settings_and_rig(run)
     run.add_argument("--no-gui", action="store_true", help="do not open the monitoring window")
     run.set_defaults(func=_cmd_run)
 
@@ -385,11 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
             "it by itself when a display is available."
         ),
     )
-    monitor.add_argument(
-        "--settings", metavar="FILE", type=Path, default=None,
-        help="settings file giving network endpoints and contexts (default: settings.yaml)",
-    )
-    _add_rig_option(monitor)
+    _add_settings_and_rig(monitor, "network endpoints and contexts")
     monitor.add_argument("--demo", action="store_true",
                          help="run a short simulated session in this process and watch it")
     monitor.add_argument("--screenshot", metavar="FILE.png", type=Path, default=None,
@@ -405,9 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
         "online", help="run the online module on its own (e.g. on an analysis PC)",
         description="The online imaging module in the foreground, with the settings of a settings.yaml "
                     "(`rig run` starts it itself when online.start_with_rig). Ctrl-C stops it cleanly.")
-    online.add_argument("--settings", metavar="FILE", type=Path, default=None,
-                        help="settings file (default: settings.yaml)")
-    _add_rig_option(online)
+    _add_settings_and_rig(online)
     online.add_argument("--session", metavar="DIR", type=Path, default=None,
                         help="folder for the online outputs (default: <data.root>/online/<date_time>)")
     online.add_argument("--subject-dir", metavar="DIR", type=Path, default=None,
@@ -425,9 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="The online pipeline over a ScanImage file or a folder of per-trial files, as fast as it "
                     "can, with the online settings of a settings.yaml.")
     replay.add_argument("path", metavar="PATH", type=Path, help="a ScanImage .tif file or a folder of them")
-    replay.add_argument("--settings", metavar="FILE", type=Path, default=None,
-                        help="settings file (default: settings.yaml)")
-    _add_rig_option(replay)
+    _add_settings_and_rig(replay)
     replay.add_argument("--rois", metavar="DIR", type=Path, default=None,
                         help="suite2p plane folder, or rois.npz")
     replay.add_argument("--out", metavar="DIR", type=Path, default=None,
@@ -452,9 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--name", default=None,
                       help="the host name or address other machines reach this one by "
                            "(default: the host name)")
-    keys.add_argument("--settings", metavar="FILE", type=Path, default=None,
-                      help="settings file giving network.keys (default: settings.yaml)")
-    _add_rig_option(keys)
+    _add_settings_and_rig(keys, "network.keys")
     keys.set_defaults(func=_cmd_keys)
 
     for name, text in (("switch-context", "switch the running session's context at the next trial boundary"),
@@ -465,9 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
         control = sub.add_parser(name, help=text, description=text)
         if name == "switch-context":
             control.add_argument("name", metavar="NAME", help="context name (from settings.yaml contexts)")
-        control.add_argument("--settings", metavar="FILE", type=Path, default=None,
-                             help="settings file giving network.control (default: settings.yaml)")
-        _add_rig_option(control)
+        _add_settings_and_rig(control, "network.control")
         control.set_defaults(func=_cmd_control, command=name)
     return parser
 
