@@ -40,7 +40,8 @@ QUEUE_WINDOW = {"task": {"timing": {"sample": 0.1, "answer_period": 0.2, "stop_l
 
 def _settings_file(path: Path, extra: dict[str, Any] | None = None) -> Path:
     data: dict[str, Any] = {"network": free_network(), "online": {"enabled": False},
-                            "imaging": {"source": "none"}, "pole_motor": {"port": None}}
+                            "imaging": {"source": "none"}, "pole_motor": {"port": None},
+                            "sound": {"device": "pwm"}}  # the external emulator has no motor, no HiFi
     for key, value in (extra or {}).items():
         data[key] = {**data.get(key, {}), **value}
     path.write_text(yaml.safe_dump(data))
