@@ -1,0 +1,82 @@
+"""One motor axis of a Zaber controller as a stage driver uses it: speed and acceleration set, homed when it
+has no reference, and every move waited for until IDLE within a timeout on the stage's clock.
+
+The pole and the lickport drivers share it; each names itself (`name`, in every message) and gives the
+errors its own interface raises. A BUSY reply whose query was sent after the deadline is the only proof of
+a timeout, so the verdict does not depend on how fast the host polls.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from hardware.zaber.client import ZaberClient
+from hardware.zaber.protocol import (
+    ACCEL_DATA_PER_USTEP_S2,
+    UNHOMED,
+    VELOCITY_DATA_PER_USTEP_S,
+    describe_warning,
+    is_fault,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageAxis:
+    """`device`/`axis` on `client`; `clock` is the stage's clock (s), `poll_s` the host pause between two
+    status queries. `error` is raised for a fault, `timeout_error` (a subclass of it) for a timeout."""
+
+    client: ZaberClient
+    device: int
+    axis: int
+    name: str
+    error: type[Exception]
+    timeout_error: type[Exception]
+    clock: Callable[[], float] = time.monotonic
+    poll_s: float = 0.01
+
+    def configure(self, max_speed: float, accel: float, home_timeout_s: float) -> None:
+        """Top speed (microsteps/s) and acceleration (microsteps/s^2); home if the axis has no reference."""
+        dev, axis = self.device, self.axis
+        self.client.set(dev, axis, "maxspeed", max(1, round(max_speed * VELOCITY_DATA_PER_USTEP_S)))
+        self.client.set(dev, axis, "accel", max(1, round(accel * ACCEL_DATA_PER_USTEP_S2)))
+        status = self.client.status(dev, axis)
+        if status.warning in UNHOMED:
+            log.info("%s: homing (%s)", self.name, describe_warning(status.warning))
+            self.client.home(dev, axis)
+            self.wait_idle(home_timeout_s, "homing")
+
+    def position(self) -> int:
+        return self.client.get(self.device, self.axis, "pos")
+
+    def travel(self) -> int:
+        """The axis's highest position (limit.max, microsteps)."""
+        return self.client.get(self.device, self.axis, "limit.max")
+
+    def move_to(self, position: int, timeout_s: float, what: str) -> int:
+        """Move to `position` and wait until IDLE; returns where the axis stopped."""
+        self.client.move_abs(self.device, self.axis, position)
+        return self.wait_idle(timeout_s, what)
+
+    def wait_idle(self, timeout_s: float, what: str) -> int:
+        """Poll until the axis is IDLE; returns its position. A fault flag is an error, and so is a BUSY
+        reply to a query sent more than `timeout_s` after the command was acknowledged (the deadline is
+        read after the acknowledgement, so a late host never shortens the stage's time)."""
+        deadline = self.clock() + timeout_s
+        while True:
+            asked = self.clock()
+            reply = self.client.command(self.device, self.axis, "get pos")
+            if is_fault(reply.warning or ""):
+                raise self.error(f"{self.name}: the stage reports {describe_warning(reply.warning or '')} "
+                                 f"during {what}")
+            if not reply.busy:
+                return reply.int_data()
+            if asked > deadline:
+                self.client.stop(self.device, self.axis)
+                raise self.timeout_error(f"{self.name}: {what} did not finish within {timeout_s:g} s (the "
+                                         f"stage is still busy at {reply.int_data()}); the stage was stopped")
+            time.sleep(self.poll_s)
