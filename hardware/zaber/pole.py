@@ -17,14 +17,11 @@ from dataclasses import dataclass
 
 from hardware.pole_motor import PoleMotorError, PoleMotorTimeout, PoleMove, PolePosition, check_position
 from hardware.settings import PoleMotorSettings
-from hardware.zaber.axis import StageAxis
-from hardware.zaber.client import ZaberClient, ZaberError, ZaberRejected
+from hardware.zaber.axis import POLL_S, ZaberStage
+from hardware.zaber.client import ZaberClient, ZaberError
 
 log = logging.getLogger(__name__)
 
-POLL_S = 0.01
-"""Host pause between two status queries while a real stage moves (an emulated one at N times real time
-is polled N times as often)."""
 TOLERANCE = 10
 """Microsteps from a named position that still count as being there."""
 
@@ -52,56 +49,23 @@ class PolePositions:
         return None
 
 
-class ZaberPoleMotor:
+class ZaberPoleMotor(ZaberStage):
     """The pole's anterior-posterior axis on a Zaber controller; `clock` is the stage's clock (s)."""
+
+    name = "pole motor"
+    section = "pole_motor"
+    error = PoleMotorError
+    timeout_error = PoleMotorTimeout
+    settings: PoleMotorSettings
 
     def __init__(self, client: ZaberClient, settings: PoleMotorSettings,
                  clock: Callable[[], float] = time.monotonic, poll_s: float = POLL_S) -> None:
-        self.client = client
-        self.poll_s = poll_s
-        self.settings = settings
+        super().__init__(client, settings, clock, poll_s)
         self.positions = PolePositions.from_settings(settings)
-        self.clock = clock
-        self.axis = StageAxis(client, settings.device, settings.axis, "pole motor", PoleMotorError,
-                              PoleMotorTimeout, clock, poll_s)
         self._position: PolePosition | None = None
 
-    @classmethod
-    def open(cls, port: str, settings: PoleMotorSettings, clock: Callable[[], float] = time.monotonic,
-             poll_s: float = POLL_S) -> ZaberPoleMotor:
-        """Connect, set speed and acceleration, home if the stage has no reference, check the travel."""
-        client = ZaberClient(port, settings.baudrate, settings.timeout_s)
-        try:
-            client.connect()
-            motor = cls(client, settings, clock, poll_s)
-            motor.prepare()
-        except ZaberError as exc:
-            client.close()
-            raise PoleMotorError(f"pole motor: {exc}") from None
-        except PoleMotorError:
-            client.close()
-            raise
-        return motor
-
-    def close(self) -> None:
-        self.client.close()
-
-    def __enter__(self) -> ZaberPoleMotor:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # -- setup --------------------------------------------------------------------------------------
-
-    def prepare(self) -> None:
+    def place(self, travel: int) -> None:
         s = self.settings
-        try:
-            self.axis.configure(s.max_speed, s.accel, s.home_timeout_s)
-            travel = self.axis.travel()
-        except ZaberRejected as exc:
-            raise PoleMotorError(f"pole motor: {exc} (device {s.device}, axis {s.axis}: check "
-                                 "pole_motor.device and pole_motor.axis)") from None
         beyond = [f"{name} {value}" for name, value in (("anterior", s.anterior), ("posterior", s.posterior))
                   if value > travel]
         if beyond:
