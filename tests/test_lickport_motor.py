@@ -12,8 +12,11 @@ import pytest
 
 from hardware.lickport_motor import LickportMotorError, LickportMotorTimeout
 from hardware.settings import LickportMotorSettings
-from hardware.zaber.emulator import ZaberEmulatorServer
+from hardware.zaber.emulator import Device, ZaberEmulatorServer
 from hardware.zaber.lickport import ZaberLickportMotor
+from hardware.zaber.protocol import Command, Reply
+from protocols.trial_record import TrialRecord
+from rig.errors import SessionFault
 from rig.free_endpoints import free_network_overrides
 from rig.session import RunOptions, SessionRunner
 from rig.settings import load_settings
@@ -84,3 +87,38 @@ def test_a_session_with_a_biased_mouse_moves_the_lickport_toward_the_weaker_side
     info = json.loads((result.folder / "session.json").read_text())
     assert info["lickport_motor"] == {"port": "emulator", "simulated": True, "moves": len(moves),
                                       "steps": {"left": 0, "right": len(moves)}, "offset": len(moves) * step}
+
+
+class JammingDevice(Device):
+    """A stage whose carriage jams on its first step (its moves: homing, the centre, then the steps)."""
+
+    def handle(self, command: Command, now: float) -> list[Reply]:
+        if command.words[:1] == ["move"] and len(self.axis(1).moves) >= 2:
+            self.axis(1).stuck = True
+        return super().handle(command, now)
+
+
+def test_a_stuck_lickport_ends_the_session_before_the_next_trial(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("rig.simulated_rig.Device", JammingDevice)
+    settings = load_settings(overrides={
+        **free_network_overrides(), "online.enabled": False, "imaging.source": "none",
+        "pole_motor.port": None, "lickport_motor.port": "emulator", "sim.mouse.side_bias": -1.0,
+        "sim.mouse.lapse": 0.0, "task.lickport_bias.every_trials": 3, "task.lickport_bias.window": 3})
+    with pytest.raises(SessionFault, match="the step right .* did not finish within 2 s.*the session ended"):
+        SessionRunner(settings, RunOptions(data_root=tmp_path, subject="lp2", trials=20, speed=100.0,
+                                           handle_signals=False)).run()
+    folder = next(p for p in (tmp_path / "lp2").iterdir() if p.is_dir())
+    records = list(read_jsonl(folder / "trials.jsonl"))
+    assert [r["outcome"] for r in records][-1] == "not_started" and len(records) == 5  # step after trial 4
+    assert records[-1]["abort_reason"] == "lickport motor failed" and "lickport" not in records[-1]
+    info = json.loads((folder / "session.json").read_text())
+    assert info["end_reason"] == "lickport motor failed" and info["lickport_motor"]["moves"] == 0
+
+
+def test_the_step_is_read_back_from_the_trial_record_and_older_lines_have_none() -> None:
+    step = {"after_trial": 51, "toward": "right", "position": 150_500, "offset": 500, "travel_s": 0.03}
+    record = TrialRecord(trial=52, outcome="hit", lickport=step)
+    assert TrialRecord.from_json(record.to_json()).lickport == step
+    older = {k: v for k, v in record.to_json().items() if k != "lickport"}
+    assert TrialRecord.from_json(older).lickport is None and "lickport" not in TrialRecord(1, "hit").to_json()
