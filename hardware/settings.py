@@ -242,6 +242,42 @@ class PoleMotorSettings(_Section):
 
 
 # --------------------------------------------------------------------------------------------------------
+# lickport motor
+
+
+class LickportMotorSettings(_Section):
+    """The Zaber linear stage (ASCII protocol) that moves the lick ports left-right: at session start to
+    `centre`, then one `step` toward the weaker side when the bias correction (task.lickport_bias) asks,
+    between trials. Positions are in the stage's microsteps, increasing toward the mouse's right."""
+
+    port: str | None = Field(None, min_length=1)
+    """Serial device (/dev/ttyUSB1, COM5), 'emulator' for the built-in emulated stage (with the simulated
+    rig), or null for a rig without a lickport motor (no bias correction)."""
+    baudrate: Literal[9600, 19200, 38400, 57600, 115200] = 115200
+    """Serial rate of the ASCII protocol (115200 unless the stage was set otherwise)."""
+    device: int = Field(1, ge=1, le=99)
+    """Address of the controller on the port."""
+    axis: int = Field(1, ge=1, le=9)
+    """The left-right axis of that controller."""
+    centre: int = Field(150_000, ge=0)
+    """Stage position of the centred lickport, where every session starts (microsteps)."""
+    step: int = Field(500, ge=1, le=1_000_000)
+    """One step of the bias correction (microsteps; 500 is ~0.25 mm, the home-cage firmware's step, at
+    0.49 um per microstep)."""
+    max_speed: float = Field(200_000, gt=0, le=5_000_000)
+    """Top speed of a move (microsteps/s), sent as the stage's maxspeed."""
+    accel: float = Field(2_000_000, gt=0, le=100_000_000)
+    """Acceleration and deceleration (microsteps/s^2), sent as the stage's accel."""
+    move_timeout_s: float = Field(2.0, gt=0, le=120)
+    """A move (to the centre, one step) not finished this long after the stage acknowledged it ends the
+    session before the next trial (s, on the stage's clock)."""
+    home_timeout_s: float = Field(60.0, gt=0, le=600)
+    """Homing at startup (when the stage has no reference position) must finish within this long."""
+    timeout_s: float = Field(1.0, gt=0, le=60)
+    """Serial read timeout (s); a stage silent for longer is reported as not responding."""
+
+
+# --------------------------------------------------------------------------------------------------------
 # sound (the HiFi module)
 
 class ToneSettings(_Section):

@@ -201,10 +201,9 @@ class LickportBiasSettings(_Section):
     """Recent trials the per-side performance is computed over."""
     max_gap: float = Field(0.3, ge=0, le=1)
     """A left/right performance gap above this moves the lickport a step toward the weaker side."""
-    step_mm: float = Field(0.25, gt=0, le=5)
-    """One step of the lickport motor (mm)."""
     max_steps: int = Field(4, ge=0, le=100)
-    """At most this many steps from the starting position on either side."""
+    """At most this many steps from the starting position on either side (the step itself is the rig's:
+    lickport_motor.step)."""
 
 
 class AdvanceCriterion(_Section):

@@ -207,8 +207,10 @@ class TrialScore:
 
 # -- the record ---------------------------------------------------------------------------------------------
 
-_OPTIONAL = ("pole", "sounds", "outcome_before_abort", "aborted", "events_received", "states_entered")
-"""Keys written only when set: the pole motor's move before a pole trial, the sounds a sound module
+_OPTIONAL = ("pole", "lickport", "sounds", "outcome_before_abort", "aborted", "events_received",
+             "states_entered")
+"""Keys written only when set: the pole motor's move before a pole trial, the lickport motor's step
+before a trial, the sounds a sound module
 played (sound.device hifi), the outcome training counted for
 a trial cut short, and what a killed session's journal held of its unfinished trial (recovery,
 rig/store.py)."""
@@ -248,6 +250,10 @@ class TrialRecord:
     pole: Mapping[str, Any] | None = None
     """The pole motor's move before the trial (`PoleMove.to_record()` of hardware/pole_motor.py): target,
     target_position, the positions reached (midpoint, then target) and travel_s on the stage's clock."""
+    lickport: Mapping[str, Any] | None = None
+    """The lickport motor's bias-correction step before the trial (None without one, and in older lines):
+    after_trial (the trial whose score asked for it), toward (left or right), position and offset from the
+    centre after it (microsteps, + right) and travel_s on the stage's clock (`LickportMove.to_record()`)."""
     sounds: tuple[Mapping[str, Any], ...] | None = None
     """The sounds the sound module played (sound.device hifi; None otherwise, and in older lines), in order:
     sound, the state that played it, onset_s (its entry), ack_s (the module's answer) and cut_s (the stop
@@ -335,7 +341,7 @@ class TrialRecord:
             training=_mapping(data, "training"),
             bpod=BpodRecord.from_json(bpod, trial) if bpod is not None else None,
             host_time=_text(data, "host_time"), closed_loop=_mapping(data, "closed_loop"),
-            pole=_mapping(data, "pole"), sounds=_objects(data, "sounds"),
+            pole=_mapping(data, "pole"), lickport=_mapping(data, "lickport"), sounds=_objects(data, "sounds"),
             outcome_before_abort=_text(data, "outcome_before_abort"), aborted=_flag(data, "aborted", None),
             events_received=_objects(data, "events_received"),
             states_entered=_objects(data, "states_entered"),

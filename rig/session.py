@@ -9,7 +9,10 @@ Control requests (switch context, pause, resume, stop) take effect at trial boun
 
 Before a pole trial the pole motor goes to the midpoint and then to the trial's position (see
 hardware/zaber/pole.py), in the previous trial's inter-trial interval; the trial is sent only once the
-stage is idle there, and the move is in the trial's record.
+stage is idle there, and the move is in the trial's record. With a lickport motor (lickport_motor.port)
+the bias correction (protocols/lickport.py) is asked after every scored trial; a step it asks for is made
+at the same place, before the next trial is sent, and is in that trial's record (`lickport`, with the
+trial it followed); session.json counts the steps.
 
 With sound.device hifi the session opens the HiFi module before any trial (rig/sound.py), loads the
 task's tones and gives the task the outputs that play them; each trial's record lists the sounds it
@@ -42,12 +45,16 @@ import numpy as np
 
 from hardware.bpod.client import BpodClient, BpodConnectionError, BpodError
 from hardware.bpod.trial import TrialEvent, TrialResult
+from hardware.lickport_motor import LickportMotor, LickportMotorError
 from hardware.pole_motor import PoleMotor, PoleMotorError
-from hardware.zaber.pole import POLL_S as POLE_POLL_S
+from hardware.zaber.axis import POLL_S as STAGE_POLL_S
+from hardware.zaber.axis import AxisSettings, ZaberStage
+from hardware.zaber.emulator import ZaberEmulatorServer
+from hardware.zaber.lickport import ZaberLickportMotor
 from hardware.zaber.pole import ZaberPoleMotor
 from online.transport import LossyPublisher, TransportError
 from online.wire import TOPIC_STATE, TOPIC_TRIAL
-from protocols.contexts import Context, context_named, contexts_from_settings
+from protocols.contexts import SIDES, Context, context_named, contexts_from_settings
 from protocols.directional_licking import (
     OUTCOME_EPOCH,
     DecoderGate,
@@ -55,6 +62,7 @@ from protocols.directional_licking import (
     build_trial,
     epoch_states,
 )
+from protocols.lickport import LickportBiasCorrection
 from protocols.outcome import PerformanceTracker, ScoredTrial, score_trial
 from protocols.selection import TrialSpec, select_trial
 from protocols.state_machine import StateMachine
@@ -110,6 +118,7 @@ class PreparedTrial:
     not_started: bool = False  # queued when the session ended: stopped as it began, or never sent
     sent: bool = False  # handed to the Bpod
     pole: dict[str, Any] | None = None  # the pole motor's move before the trial
+    lickport: dict[str, Any] | None = None  # the lickport motor's step before the trial
     abort_reason: str | None = None  # the fault that cut the trial short
 
 
@@ -144,9 +153,11 @@ class SessionRunner:
         self.speed = options.speed if options.speed is not None else settings.bpod.emulator_speed
         if options.speed is not None and not self.simulated:
             raise UserError("--speed applies to the emulator only; bpod.port is a real device")
-        if settings.pole_motor.port == EMULATOR_PORT and not self.simulated:
-            raise UserError("pole_motor.port 'emulator' runs with the simulated rig only (bpod.port: "
-                            "emulator); set the stage's serial port, or null for no pole motor")
+        for section in ("pole_motor", "lickport_motor"):
+            if getattr(settings, section).port == EMULATOR_PORT and not self.simulated:
+                device = section.replace("_", " ")
+                raise UserError(f"{section}.port 'emulator' runs with the simulated rig only (bpod.port: "
+                                f"emulator); set the stage's serial port, or null for no {device}")
         if options.context is not None and options.context not in self.contexts:
             valid = ", ".join(self.contexts)
             raise UserError(f"--context {options.context!r}: unknown context (contexts: {valid})")
@@ -171,6 +182,10 @@ class SessionRunner:
         self._client: BpodClient | None = None
         self._sim: SimulatedRig | None = None
         self._pole_motor: PoleMotor | None = None
+        self._lickport_motor: LickportMotor | None = None
+        self._bias_correction = LickportBiasCorrection(settings.task.lickport_bias)
+        self._lickport_step: tuple[int, str] | None = None  # (after trial, toward side), made before the next
+        self._lickport_steps = dict.fromkeys(SIDES, 0)
         self._cue_actions: CueActions | None = None
         self._imaging: ImagingSource | None = None
         self._online: OnlineProcess | None = None
@@ -227,6 +242,7 @@ class SessionRunner:
                      "machine_type": hw.machine_type if hw else None},
             "pole_motor": {"port": self.settings.pole_motor.port,
                            "simulated": self.settings.pole_motor.port == EMULATOR_PORT},
+            "lickport_motor": self._lickport_info(),
             "valve_calibration": {"measured_on": measured.isoformat() if measured else None,
                                   "warning": self._calibration_warning},
             "sound": {"device": sound.device, "module": sound.module,
@@ -261,7 +277,11 @@ class SessionRunner:
             client.connect()
             stack.callback(client.close)
             self._open_sound(client, stack)
-            self._pole_motor = self._open_pole_motor(stack)
+            sim = self._sim
+            self._pole_motor = self._open_stage(ZaberPoleMotor, self.settings.pole_motor,
+                                                sim.stage if sim is not None else None, stack)
+            self._lickport_motor = self._open_stage(ZaberLickportMotor, self.settings.lickport_motor,
+                                                    sim.lickport_stage if sim is not None else None, stack)
             self._client = client
             client.on_event = self._on_event
             client.on_state = self._on_state
@@ -343,7 +363,10 @@ class SessionRunner:
             self._fault = SessionFault("disk full", str(exc))
         except PoleMotorError as exc:
             self._fault = SessionFault("pole motor failed", str(exc))
-            self._record_pole_fault([current, queued])
+            self._record_stage_fault([current, queued])
+        except LickportMotorError as exc:
+            self._fault = SessionFault("lickport motor failed", str(exc))
+            self._record_stage_fault([current, queued])
         if self._fault is not None:
             assert self._store is not None
             saved = f"{self._trials_done} trials saved in {self._store.folder}"
@@ -368,11 +391,11 @@ class SessionRunner:
                 trial.not_started = result is None
             self._finish(trial, result)
 
-    def _record_pole_fault(self, trials: list[PreparedTrial | None]) -> None:
-        """The pole could not be put in place: the trial already on the Bpod runs to its end and is recorded
-        as usual; the one that waited for the pole is recorded as not started."""
+    def _record_stage_fault(self, trials: list[PreparedTrial | None]) -> None:
+        """The pole or the lickport could not be put in place: the trial already on the Bpod runs to its end
+        and is recorded as usual; the one that waited for the stage is recorded as not started."""
         assert self._fault is not None
-        log.error("%s: ending the session (the trial waiting for the pole is not started)", self._fault)
+        log.error("%s: ending the session (the trial waiting for the stage is not started)", self._fault)
         self._end_reason = self._fault.reason
         self._stop.set()
         for trial in trials:
@@ -395,23 +418,34 @@ class SessionRunner:
         self._cue_actions = cue_actions(hifi)
         self.params = dataclasses.replace(self.params, cue_actions=self._cue_actions)
 
-    def _open_pole_motor(self, stack: ExitStack) -> PoleMotor | None:
-        """The pole stage of settings.pole_motor, connected, homed if it had no reference, closed with the
-        session; a stage that cannot be opened is one clear error before the session begins."""
-        pole = self.settings.pole_motor
-        if pole.port is None:
+    def _open_stage(self, driver: type[ZaberStage], settings: AxisSettings,
+                    emulated: ZaberEmulatorServer | None, stack: ExitStack) -> Any:
+        """The stage of a motor's settings section (pole_motor, lickport_motor), connected, homed if it had
+        no reference, in place, closed with the session; None without a port. A stage that cannot be
+        opened is one clear error before the session begins."""
+        if settings.port is None:
             return None
-        if pole.port == EMULATOR_PORT:
-            assert self._sim is not None and self._sim.stage is not None
-            port, clock, poll_s = self._sim.stage.port, self._sim.stage.now_s, POLE_POLL_S / self.speed
+        if settings.port == EMULATOR_PORT:
+            assert emulated is not None
+            port, clock, poll_s = emulated.port, emulated.now_s, STAGE_POLL_S / self.speed
         else:
-            port, clock, poll_s = pole.port, time.monotonic, POLE_POLL_S
+            port, clock, poll_s = settings.port, time.monotonic, STAGE_POLL_S
         try:
-            motor = ZaberPoleMotor.open(port, pole, clock, poll_s)
-        except PoleMotorError as exc:
+            motor = driver.open(port, settings, clock, poll_s)
+        except driver.error as exc:
             raise UserError(str(exc)) from None
         stack.callback(motor.close)
         return motor
+
+    def _lickport_info(self) -> dict[str, Any]:
+        """session.json's lickport_motor: where it is and the steps made so far."""
+        port = self.settings.lickport_motor.port
+        info: dict[str, Any] = {"port": port, "simulated": port == EMULATOR_PORT}
+        if port is not None:
+            motor = self._lickport_motor
+            info |= {"moves": sum(self._lickport_steps.values()), "steps": dict(self._lickport_steps),
+                     "offset": motor.offset if motor is not None else 0}
+        return info
 
     def _continue_after_idle(self, trial: PreparedTrial, result: TrialResult) -> bool:
         """Nothing was queued (paused, stopping, at a limit, or the trial ended before its outcome was
@@ -441,6 +475,13 @@ class SessionRunner:
 
     def _start(self, trial: PreparedTrial) -> None:
         assert self._client is not None and self._store is not None
+        if self._lickport_motor is not None and self._lickport_step is not None:
+            # the step the bias correction asked for after the last scored trial, before this one is sent
+            after, side = self._lickport_step
+            self._lickport_step = None
+            step = self._lickport_motor.step_toward(side)  # type: ignore[arg-type]
+            self._lickport_steps[side] += 1
+            trial.lickport = {"after_trial": after, **step.to_record()}
         if self._pole_motor is not None and trial.spec.cue.startswith("pole_"):
             # in the previous trial's inter-trial interval; the trial is sent once the stage is idle
             move = self._pole_motor.move_to(trial.spec.cue.removeprefix("pole_"))  # type: ignore[arg-type]
@@ -517,6 +558,12 @@ class SessionRunner:
         for event in events:
             trial.training_events.append(_event_dict(event))
             log.info("after trial %d: %s", trial.number, _describe_event(event))
+        if self._lickport_motor is not None:
+            side = self._bias_correction.after_trial(self.record.history)
+            if side is not None:
+                log.info("after trial %d: the lickport steps toward the %s (the weaker side)", trial.number,
+                         side)
+                self._lickport_step = (trial.number, side)
 
     def _should_continue(self, trial: PreparedTrial, bpod_now_s: float) -> bool:
         if self._stop.is_set() or self._paused:
@@ -593,7 +640,7 @@ class SessionRunner:
             bpod=bpod, sounds=sounds,
             host_time=datetime.now().isoformat(timespec="milliseconds"),
             closed_loop=_closed_loop_record(trial.gate, result) if result is not None else None,
-            pole=trial.pole,
+            pole=trial.pole, lickport=trial.lickport,
             # training counted a trial cut short with the outcome it had reached
             outcome_before_abort=scored.outcome if scored is not None and outcome != scored.outcome
             and scored.outcome != "aborted" else None,

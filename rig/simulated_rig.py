@@ -1,5 +1,6 @@
 """The embedded simulated rig: the Bpod emulator on a pty, a simulated mouse licking in its world, the
-emulated Zaber stage of the pole (pole_motor.port: emulator) on its own pty, the emulated HiFi module
+emulated Zaber stages of the pole and the lickport (pole_motor.port, lickport_motor.port: emulator), each
+a controller on its own pty, the emulated HiFi module
 (sound.device: hifi) on the Bpod's first module port with its USB port on a pty, and (imaging.source:
 simulated) the simulated microscope coupled to that world. The session talks to it exactly as to a real
 Bpod, stage and HiFi, through the ports; the mouse feels the pole where the stage's carriage is and hears
@@ -73,6 +74,9 @@ class SimulatedRig:
         pole = settings.pole_motor
         self.stage = (ZaberEmulatorServer(Device(pole.device, axes=pole.axis), speed=speed)
                       if pole.port == "emulator" else None)
+        lickport = settings.lickport_motor
+        self.lickport_stage = (ZaberEmulatorServer(Device(lickport.device, axes=lickport.axis), speed=speed)
+                               if lickport.port == "emulator" else None)
         sensor = None
         if self.stage is not None:
             stage, axis = self.stage, self.stage.device.axis(pole.axis)
@@ -135,13 +139,15 @@ class SimulatedRig:
 
     def __enter__(self) -> SimulatedRig:
         self.server.start()
-        if self.stage is not None:
-            self.stage.start()
+        for stage in (self.stage, self.lickport_stage):
+            if stage is not None:
+                stage.start()
         if self.hifi is not None:
             self.hifi.start()
         log.info("simulated rig: Bpod emulator (firmware %d) on %s at %gx real time, simulated mouse%s",
                  self.settings.bpod.firmware, self.server.port, self.speed,
-                 f", Zaber stage on {self.stage.port}" if self.stage is not None else "")
+                 "".join(f", Zaber stage ({what}) on {stage.port}" for what, stage in
+                         (("pole", self.stage), ("lickport", self.lickport_stage)) if stage is not None))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -151,6 +157,7 @@ class SimulatedRig:
             self.hifi.stop()
         if self.scope is not None:
             self.scope.close()
-        if self.stage is not None:
-            self.stage.stop()
+        for stage in (self.stage, self.lickport_stage):
+            if stage is not None:
+                stage.stop()
         self.server.stop()

@@ -5,8 +5,7 @@ position, even when the pole is already there, so that the motor's sound and tra
 the trial type. `move_to` returns when the stage reports IDLE at the target, and the session starts the
 trial only then. The whole move must end within `move_timeout_s` on the stage's clock (the host's for a
 real stage, the emulator's for an emulated one); otherwise the stage is stopped and `PoleMotorTimeout`
-raised. A BUSY reply whose query was sent after the deadline is the only proof of a timeout, so the
-verdict does not depend on how fast the host polls.
+raised (hardware/zaber/axis.py).
 """
 
 from __future__ import annotations
@@ -18,20 +17,11 @@ from dataclasses import dataclass
 
 from hardware.pole_motor import PoleMotorError, PoleMotorTimeout, PoleMove, PolePosition, check_position
 from hardware.settings import PoleMotorSettings
-from hardware.zaber.client import ZaberClient, ZaberError, ZaberRejected
-from hardware.zaber.protocol import (
-    ACCEL_DATA_PER_USTEP_S2,
-    UNHOMED,
-    VELOCITY_DATA_PER_USTEP_S,
-    describe_warning,
-    is_fault,
-)
+from hardware.zaber.axis import POLL_S, ZaberStage
+from hardware.zaber.client import ZaberClient, ZaberError
 
 log = logging.getLogger(__name__)
 
-POLL_S = 0.01
-"""Host pause between two status queries while a real stage moves (an emulated one at N times real time
-is polled N times as often)."""
 TOLERANCE = 10
 """Microsteps from a named position that still count as being there."""
 
@@ -59,67 +49,29 @@ class PolePositions:
         return None
 
 
-class ZaberPoleMotor:
+class ZaberPoleMotor(ZaberStage):
     """The pole's anterior-posterior axis on a Zaber controller; `clock` is the stage's clock (s)."""
+
+    name = "pole motor"
+    section = "pole_motor"
+    error = PoleMotorError
+    timeout_error = PoleMotorTimeout
+    settings: PoleMotorSettings
 
     def __init__(self, client: ZaberClient, settings: PoleMotorSettings,
                  clock: Callable[[], float] = time.monotonic, poll_s: float = POLL_S) -> None:
-        self.client = client
-        self.poll_s = poll_s
-        self.settings = settings
+        super().__init__(client, settings, clock, poll_s)
         self.positions = PolePositions.from_settings(settings)
-        self.clock = clock
-        self._device, self._axis = settings.device, settings.axis
         self._position: PolePosition | None = None
 
-    @classmethod
-    def open(cls, port: str, settings: PoleMotorSettings, clock: Callable[[], float] = time.monotonic,
-             poll_s: float = POLL_S) -> ZaberPoleMotor:
-        """Connect, set speed and acceleration, home if the stage has no reference, check the travel."""
-        client = ZaberClient(port, settings.baudrate, settings.timeout_s)
-        try:
-            client.connect()
-            motor = cls(client, settings, clock, poll_s)
-            motor.prepare()
-        except ZaberError as exc:
-            client.close()
-            raise PoleMotorError(f"pole motor: {exc}") from None
-        except PoleMotorError:
-            client.close()
-            raise
-        return motor
-
-    def close(self) -> None:
-        self.client.close()
-
-    def __enter__(self) -> ZaberPoleMotor:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # -- setup --------------------------------------------------------------------------------------
-
-    def prepare(self) -> None:
-        dev, axis, s = self._device, self._axis, self.settings
-        try:
-            self.client.set(dev, axis, "maxspeed", max(1, round(s.max_speed * VELOCITY_DATA_PER_USTEP_S)))
-            self.client.set(dev, axis, "accel", max(1, round(s.accel * ACCEL_DATA_PER_USTEP_S2)))
-            status = self.client.status(dev, axis)
-            if status.warning in UNHOMED:
-                log.info("pole motor: homing (%s)", describe_warning(status.warning))
-                self.client.home(dev, axis)
-                self._wait_idle(s.home_timeout_s, "homing")
-            travel = self.client.get(dev, axis, "limit.max")
-        except ZaberRejected as exc:
-            raise PoleMotorError(f"pole motor: {exc} (device {dev}, axis {axis}: check pole_motor.device "
-                                 "and pole_motor.axis)") from None
+    def place(self, travel: int) -> None:
+        s = self.settings
         beyond = [f"{name} {value}" for name, value in (("anterior", s.anterior), ("posterior", s.posterior))
                   if value > travel]
         if beyond:
             raise PoleMotorError(f"pole motor: {', '.join(beyond)} is beyond the stage's travel (limit.max "
                                  f"{travel} microsteps); fix pole_motor.anterior/posterior")
-        self._position = self.positions.named(self.client.get(dev, axis, "pos"))
+        self._position = self.positions.named(self.axis.position())
 
     # -- PoleMotor ----------------------------------------------------------------------------------
 
@@ -135,9 +87,8 @@ class ZaberPoleMotor:
         reached: list[tuple[str, int]] = []
         try:
             for leg, where in (("midpoint", self.positions.midpoint), ("target", self.positions.of(target))):
-                self.client.move_abs(self._device, self._axis, where)
                 timeout = self.settings.move_timeout_s
-                reached.append((leg, self._wait_idle(timeout, f"the move to the {leg} ({where})")))
+                reached.append((leg, self.axis.move_to(where, timeout, f"the move to the {leg} ({where})")))
         except ZaberError as exc:
             raise PoleMotorError(f"pole motor: {exc}") from None
         self._position = self.positions.named(reached[-1][1])
@@ -147,22 +98,3 @@ class ZaberPoleMotor:
         move = PoleMove(target, self.clock() - start, self.positions.of(target), tuple(reached))
         log.debug("pole motor -> %s in %.3f s", target, move.travel_s)
         return move
-
-    def _wait_idle(self, timeout_s: float, what: str) -> int:
-        """Poll until the axis is IDLE; returns its position. A fault flag is an error, and so is a BUSY
-        reply to a query sent more than `timeout_s` after the command was acknowledged (the deadline is
-        read after the acknowledgement, so a late host never shortens the stage's time)."""
-        deadline = self.clock() + timeout_s
-        while True:
-            asked = self.clock()
-            reply = self.client.command(self._device, self._axis, "get pos")
-            if is_fault(reply.warning or ""):
-                raise PoleMotorError(f"pole motor: the stage reports {describe_warning(reply.warning or '')} "
-                                     f"during {what}")
-            if not reply.busy:
-                return reply.int_data()
-            if asked > deadline:
-                self.client.stop(self._device, self._axis)
-                raise PoleMotorTimeout(f"pole motor: {what} did not finish within {timeout_s:g} s (the stage "
-                                       f"is still busy at {reply.int_data()}); the stage was stopped")
-            time.sleep(self.poll_s)

@@ -28,6 +28,7 @@ from pydantic import (
 from hardware.settings import (
     FIRMWARE_BY_MODEL,
     BpodSettings,
+    LickportMotorSettings,
     PoleMotorSettings,
     SimSettings,
     SoundSettings,
@@ -299,6 +300,9 @@ class Settings(_Section):
     """Role -> Bpod line."""
     pole_motor: PoleMotorSettings = Field(default_factory=PoleMotorSettings)
     """The stage that moves the pole between trials (Zaber ASCII)."""
+    lickport_motor: LickportMotorSettings = Field(default_factory=LickportMotorSettings)
+    """The stage that moves the lick ports left-right for the bias correction (Zaber ASCII); none by
+    default."""
     sound: SoundSettings = Field(default_factory=SoundSettings)
     """The sample tones and the go cue: the HiFi module, or the wiring's PWM tone lines."""
     task: TaskSettings = Field(default_factory=TaskSettings)
