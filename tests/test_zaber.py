@@ -20,6 +20,7 @@ from hardware.settings import PoleMotorSettings
 from hardware.sim.pole_motor import StagePoleSensor
 from hardware.zaber.client import ZaberClient, ZaberConnectionError, ZaberRejected
 from hardware.zaber.emulator import Device, ZaberEmulatorServer
+from hardware.zaber.emulator.device import MOVES_KEPT
 from hardware.zaber.motion import Trapezoid
 from hardware.zaber.pole import PolePositions, ZaberPoleMotor
 from hardware.zaber.protocol import (
@@ -190,13 +191,13 @@ def test_every_move_goes_to_the_midpoint_first_then_waits_idle_at_the_target() -
             again = motor.move_to("anterior")  # already there: the same two moves, the same sound
             last = motor.move_to("posterior")
             assert motor.position == "posterior" and not axis.busy(server.now_s())
-        targets = [m.target for m in axis.moves[homing:]]
+        targets = [m.target for m in list(axis.moves)[homing:]]
         mid = POLE.midpoint_position
         assert targets == [mid, POLE.anterior, mid, POLE.anterior, mid, POLE.posterior]
         to_anterior = (("midpoint", mid), ("target", POLE.anterior))
         to_posterior = (("midpoint", mid), ("target", POLE.posterior))
         assert [r.reached for r in (first, again, last)] == [to_anterior, to_anterior, to_posterior]
-        legs = axis.moves[homing:homing + 2]
+        legs = list(axis.moves)[homing:homing + 2]
         assert first.travel_s >= sum(m.duration for m in legs)  # the stage's time, measured on its clock
         assert axis.moves[homing + 2].duration == pytest.approx(axis.moves[homing + 1].duration)
         assert first.to_record() == {"target": "anterior", "target_position": POLE.anterior, "reached": [
@@ -315,3 +316,12 @@ def test_a_missing_stage_stops_the_session_before_it_begins(settings: Settings, 
     real = settings.model_copy(update={"bpod": settings.bpod.model_copy(update={"port": "/dev/ttyACM9"})})
     with pytest.raises(UserError, match="pole_motor.port 'emulator' runs with the simulated rig only"):
         SessionRunner(real, RunOptions(data_root=tmp_path))
+
+
+def test_an_axis_remembers_a_bounded_number_of_moves() -> None:
+    """Two moves a pole trial through a session of thousands of trials: the emulated stage keeps the last
+    MOVES_KEPT, not all (it lives in the rig process)."""
+    axis = Device(1).axis(1)
+    for k in range(3 * MOVES_KEPT):
+        axis.start(float(k % 2) * 1000.0, now=float(k))
+    assert len(axis.moves) == MOVES_KEPT and axis.moves[-1].target == float((3 * MOVES_KEPT - 1) % 2) * 1000.0

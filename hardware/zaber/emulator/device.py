@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 
 from hardware.zaber.motion import Trapezoid
@@ -43,6 +44,9 @@ HOME_SPEED_FRACTION = 0.5
 """Homing runs at half `maxspeed` (the home speed setting of a real stage is lower than its top speed)."""
 
 
+MOVES_KEPT = 256
+"""Moves an axis remembers for inspection (two per pole trial: the midpoint, then the target)."""
+
 @dataclass
 class Axis:
     """One motor axis: settings in data units, as the device stores them."""
@@ -59,8 +63,9 @@ class Axis:
     interrupted: bool = False
     stuck: bool = False
     """A fault for tests: the carriage does not move but the axis stays BUSY (never reaches a target)."""
-    moves: list[Trapezoid] = field(default_factory=list)
-    """Every move started, in order (stage-clock times), so tests read durations on the stage's clock."""
+    moves: deque[Trapezoid] = field(default_factory=lambda: deque(maxlen=MOVES_KEPT))
+    """The last MOVES_KEPT moves started, in order (stage-clock times), so tests read durations on the
+    stage's clock; a session of thousands of trials keeps no more."""
     _position: float = 0.0
     _homing: bool = False
 
