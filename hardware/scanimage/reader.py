@@ -71,11 +71,12 @@ class DamagedFileError(ScanImageError):
 
 
 @contextlib.contextmanager
-def _tifffile_quiet() -> Iterator[None]:
-    """tifffile logs each structural problem it meets; the reader reports damage in one sentence itself."""
+def quiet_tifffile(level: int = logging.CRITICAL) -> Iterator[None]:
+    """tifffile's log held to `level` and above: it logs each structural problem it meets, and the reader
+    reports damage in one sentence itself (the writer: 'contains no pages' on its header-only file)."""
     tifffile_logger = logging.getLogger("tifffile")
     previous = tifffile_logger.level
-    tifffile_logger.setLevel(logging.CRITICAL)
+    tifffile_logger.setLevel(level)
     try:
         yield
     finally:
@@ -150,7 +151,7 @@ class _TifffileBackend:
         import tifffile
 
         try:
-            with _tifffile_quiet():
+            with quiet_tifffile():
                 self._tif = tifffile.TiffFile(path)
                 pages = self._tif.pages
                 self.n_pages = len(pages)
@@ -168,11 +169,11 @@ class _TifffileBackend:
     def data(self, start: int, stop: int) -> np.ndarray:
         if stop <= start:
             return np.empty((0, *self.page_shape), self.dtype)
-        with _tifffile_quiet():
+        with quiet_tifffile():
             return np.stack([self._tif.pages[i].asarray() for i in range(start, stop)])
 
     def description(self, index: int) -> str:
-        with _tifffile_quiet():
+        with quiet_tifffile():
             return self._tif.pages[index].description
 
     def static_text(self) -> str:
@@ -232,7 +233,7 @@ def _static_from_tags(path: Path) -> tuple[str, str]:
     index: the copy of the static header in every page."""
     import tifffile
 
-    with _tifffile_quiet(), tifffile.TiffFile(path) as tif:
+    with quiet_tifffile(), tifffile.TiffFile(path) as tif:
         page = tif.pages.first
         software = page.tags.valueof(305) or ""
         artist = page.tags.valueof(315) or ""

@@ -18,14 +18,13 @@ Each `write_frame` writes its pages and flushes, so another process can read the
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import json
 import logging
 import math
 import re
 import struct
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -37,6 +36,7 @@ import tifffile
 from numpy.typing import DTypeLike
 
 from hardware.scanimage.header import format_matlab_value, split_static_text
+from hardware.scanimage.reader import quiet_tifffile
 from hardware.scanimage.tiff_index import SCANIMAGE_MAGIC
 
 logger = logging.getLogger(__name__)
@@ -222,18 +222,6 @@ def format_frame_description(
     return text + " " * max(0, pad_to - len(text))
 
 
-@contextlib.contextmanager
-def _quiet_tifffile() -> Iterator[None]:
-    """tifffile logs 'contains no pages' when it opens our header-only file for appending: expected here."""
-    tifffile_logger = logging.getLogger("tifffile")
-    previous = tifffile_logger.level
-    tifffile_logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        tifffile_logger.setLevel(previous)
-
-
 class ScanImageWriter:
     """Write one ScanImage acquisition file, one time point per `write_frame` call.
 
@@ -330,7 +318,7 @@ class ScanImageWriter:
                 fh.write(b"II" + struct.pack("<HHHQ", 43, 8, 0, 0))  # BigTIFF header, no page yet
                 fh.write(struct.pack("<IIII", SCANIMAGE_MAGIC, format_version, len(si_bytes), len(roi_bytes)))
                 fh.write(si_bytes + roi_bytes)
-            with _quiet_tifffile():
+            with quiet_tifffile(logging.ERROR):  # "contains no pages": our header-only file, expected
                 self._tiff = tifffile.TiffWriter(self.path, bigtiff=True, append=True)
         else:
             self._tiff = tifffile.TiffWriter(self.path, bigtiff=True)
