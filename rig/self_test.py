@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
@@ -23,7 +22,6 @@ from hardware.bpod.hardware_description import input_channel_names, output_chann
 from hardware.bpod.module_info import module_names
 from hardware.pole_motor import PoleMotorError
 from hardware.zaber.emulator import Device, ZaberEmulatorServer
-from hardware.zaber.pole import POLL_S as POLE_POLL_S
 from hardware.zaber.pole import ZaberPoleMotor
 from protocols.directional_licking import CUE_SOUNDS
 from protocols.settings import WiringSettings
@@ -261,16 +259,14 @@ def check_pole_motor(bench: Bench) -> list[CheckResult]:
     if pole.port is None:
         return []
     with ExitStack() as stack:
-        if pole.port == EMULATOR_PORT:
-            stage = stack.enter_context(
-                ZaberEmulatorServer(Device(pole.device, axes=pole.axis), speed=EMULATOR_CHECK_SPEED))
-            port, clock, poll_s = stage.port, stage.now_s, POLE_POLL_S / EMULATOR_CHECK_SPEED
-        else:
-            port, clock, poll_s = pole.port, time.monotonic, POLE_POLL_S
+        stage = (stack.enter_context(ZaberEmulatorServer(Device(pole.device, axes=pole.axis),
+                                                         speed=EMULATOR_CHECK_SPEED))
+                 if pole.port == EMULATOR_PORT else None)
         try:
-            motor = stack.enter_context(ZaberPoleMotor.open(port, pole, clock, poll_s))
+            motor = stack.enter_context(ZaberPoleMotor.open_on(pole.port, pole, stage, EMULATOR_CHECK_SPEED))
         except PoleMotorError as exc:
             return [CheckResult("pole motor", False, str(exc))]
+        port = stage.port if stage is not None else pole.port
         results = [CheckResult("pole motor", True, f"{port}: connected, referenced")]
         for position in ("anterior", "posterior"):
             try:

@@ -47,7 +47,6 @@ from hardware.bpod.client import BpodClient, BpodConnectionError, BpodError
 from hardware.bpod.trial import TrialEvent, TrialResult
 from hardware.lickport_motor import LickportMotor, LickportMotorError
 from hardware.pole_motor import PoleMotor, PoleMotorError
-from hardware.zaber.axis import POLL_S as STAGE_POLL_S
 from hardware.zaber.axis import AxisSettings, ZaberStage
 from hardware.zaber.emulator import ZaberEmulatorServer
 from hardware.zaber.lickport import ZaberLickportMotor
@@ -425,13 +424,10 @@ class SessionRunner:
         opened is one clear error before the session begins."""
         if settings.port is None:
             return None
-        if settings.port == EMULATOR_PORT:
-            assert emulated is not None
-            port, clock, poll_s = emulated.port, emulated.now_s, STAGE_POLL_S / self.speed
-        else:
-            port, clock, poll_s = settings.port, time.monotonic, STAGE_POLL_S
+        on_emulator = settings.port == EMULATOR_PORT
+        assert emulated is not None or not on_emulator
         try:
-            motor = driver.open(port, settings, clock, poll_s)
+            motor = driver.open_on(settings.port, settings, emulated if on_emulator else None, self.speed)
         except driver.error as exc:
             raise UserError(str(exc)) from None
         stack.callback(motor.close)

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self
 
 from hardware.zaber.client import ZaberClient, ZaberError, ZaberRejected
 from hardware.zaber.protocol import (
@@ -23,6 +23,9 @@ from hardware.zaber.protocol import (
     describe_warning,
     is_fault,
 )
+
+if TYPE_CHECKING:
+    from hardware.zaber.emulator.server import ZaberEmulatorServer
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +138,15 @@ class ZaberStage:
             client.close()
             raise
         return motor
+
+    @classmethod
+    def open_on(cls, port: str, settings: AxisSettings, emulated: ZaberEmulatorServer | None = None,
+                speed: float = 1.0) -> Self:
+        """`open` on a real port, or on an emulated stage (`emulated`, for port `emulator`): its pty and its
+        clock, polled `speed` times as often as a real stage (it runs `speed` times faster)."""
+        if emulated is not None:
+            return cls.open(emulated.port, settings, emulated.now_s, POLL_S / speed)
+        return cls.open(port, settings)
 
     def prepare(self) -> None:
         s = self.settings
