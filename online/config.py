@@ -20,14 +20,18 @@ class PipelineConfig:
     online: OnlineSettings = field(default_factory=OnlineSettings)
     """settings online: registration, neuropil, dF/F baseline, decoder."""
     frame_rate_hz: float = 30.0
-    """Nominal per-plane frame rate; the measured rate replaces it when frames carry timestamps."""
+    """Nominal per-plane frame rate (= the volume rate); the measured rate replaces it when frames carry
+    timestamps."""
     measure_frame_rate: bool = True
     alignment: Alignment = "trigger"
     frame_offset_s: float | None = None
     """Added to every frame's time in trial; None = half a frame period (the frame's centre)."""
     channel: int = 0
-    plane: int = 0
+    """The functional channel (wire numbering: ScanImage channel - 1); other channels' frames are skipped."""
+    planes: int = 1
+    """Planes per volume (settings imaging.planes); frames of planes 0..planes-1 are processed."""
     max_rois: int = 500
+    """Per plane, when ROIs are detected."""
     roi_radius_px: float | None = None
     """detect_rois cell radius; None = 5 px at 512 px, scaled with the frame size."""
     finalize_timeout_s: float = 5.0
@@ -43,6 +47,9 @@ class PipelineConfig:
             raise ValueError(f"frame_rate_hz must be positive, got {self.frame_rate_hz}")
         if self.alignment not in ("trigger", "aux"):
             raise ValueError(f"alignment must be 'trigger' or 'aux', got {self.alignment!r}")
+        if self.planes < 1 or self.channel < 0:
+            raise ValueError(f"planes must be at least 1 and channel at least 0, got {self.planes}, "
+                             f"{self.channel}")
         if self.max_rois < 1:
             raise ValueError(f"max_rois must be at least 1, got {self.max_rois}")
 

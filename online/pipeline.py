@@ -17,6 +17,14 @@ stages, in the order the data flows:
 5. Outputs (online/outputs.py): traces and one `TrialDecoding` (DecoderResult + decoder.jsonl line) per
    finished trial.
 
+Several planes (`PipelineConfig.planes`, settings imaging.planes): each plane has its own start-up
+(reference, ROIs), registration, extraction and dF/F; the neuron index is the concatenation of the planes'
+ROIs in plane order. Plane frames are grouped into volumes (online/volumes.py); a complete volume is one
+time point of the population for alignment, decoding and the closed loop (at the per-plane rate, the volume
+rate). Each plane frame still gives its TraceFrame (its own shift), holding the whole population's dF/F:
+that plane's ROIs fresh, the other planes' from their latest frame. Frames of another channel than the
+functional one are counted and skipped; a frame of a plane beyond the session's is counted and refused.
+
 Per event:
 
 - `on_state({"trial", "state", "time_s"})`: live epoch onsets (the rig's `state` topic); they place the
@@ -44,15 +52,15 @@ from online.alignment import AlignedTrials, ContinuousAligner, EpochStates
 from online.closed_loop import ClosedLoopController, record_states
 from online.config import PipelineConfig
 from online.decoding import CodingDirectionStore, ContextDecoder, DecoderConfig
-from online.errors import MalformedInput
+from online.errors import MalformedInput, PipelineError
 from online.frame_stage import FrameStage
 from online.messages import RoiSnapshot
 from online.outputs import PipelineOutput, roi_snapshot, trial_decoding
-from online.registration import Shift
 from online.rois import RoiSet, roi_set_id
-from online.startup import Kept, Shape, Startup
+from online.startup import MAX_SETUP_SIZES, Shape, Start, Startup
 from online.stats import PipelineStats
 from online.trial_stage import SIDES, TrialOutcome, TrialStage
+from online.volumes import PlaneFrame, Volume, VolumeAssembler
 from online.wire import FrameHeader
 
 logger = logging.getLogger(__name__)
@@ -73,17 +81,48 @@ def _trial_number(value: Any, what: str = "trial") -> int:
     return value
 
 
-class OnlinePipeline:
-    """Frames and trial events in, TraceFrames and DecoderResults out. Single-threaded; no I/O."""
+def _per_plane(value: Any, planes: int, what: str) -> list[Any]:
+    """A given ROI set or reference per plane: one (a single plane), or a sequence of one per plane."""
+    if value is None:
+        return [None] * planes
+    single = isinstance(value, RoiSet) or (isinstance(value, np.ndarray) and value.ndim == 2)
+    values = [value] if single else list(value)
+    if len(values) != planes:
+        raise PipelineError(f"{len(values)} {what} given for {planes} plane(s): give one per plane")
+    return values
 
-    def __init__(self, config: PipelineConfig | None = None, *, rois: RoiSet | None = None,
-                 reference: np.ndarray | None = None, session: str = "", cd_store: CodingDirectionStore | None
-                 = None, closed_loop: ClosedLoopController | None = None,
+
+class _Plane:
+    """One plane's start-up, then its frame stage and its columns in the population."""
+
+    def __init__(self, startup: Startup) -> None:
+        self.startup = startup
+        self.start: Start | None = None
+        self.stage: FrameStage | None = None
+        self.columns = slice(0, 0)
+
+    @property
+    def shape(self) -> Shape | None:
+        return self.start.shape if self.start is not None else self.startup.shape
+
+
+class OnlinePipeline:
+    """Frames and trial events in, TraceFrames and DecoderResults out. Single-threaded; no I/O.
+
+    `rois` and `reference`: one per plane (a sequence) or, with one plane, the set or image itself."""
+
+    def __init__(self, config: PipelineConfig | None = None, *, rois: RoiSet | Sequence[RoiSet] | None = None,
+                 reference: np.ndarray | Sequence[np.ndarray] | None = None, session: str = "",
+                 cd_store: CodingDirectionStore | None = None,
+                 closed_loop: ClosedLoopController | None = None,
                  clock_ns: Callable[[], int] = time.time_ns, monotonic: Callable[[], float] = time.monotonic,
                  ) -> None:
         self.config = config or PipelineConfig()
         self.stats = PipelineStats()
-        self.startup = Startup(self.config, rois, reference, self.stats)
+        n = self.config.planes
+        self._planes = [_Plane(Startup(self.config, r, ref, self.stats)) for r, ref in zip(
+            _per_plane(rois, n, "ROI sets"), _per_plane(reference, n, "references"), strict=True)]
+        self.startup = self._planes[0].startup
         self.trial_stage = TrialStage(session, cd_store, epoch_states=self.config.epoch_states,
                                       include_free_drop=self.config.include_free_drop,
                                       trials_kept=self.config.trials_kept, stats=self.stats)
@@ -92,13 +131,20 @@ class OnlinePipeline:
         self.clock_ns = clock_ns
         self.monotonic = monotonic
         self.frame_stage: FrameStage | None = None
+        """Plane 0's (every plane's: `plane_stages`)."""
         self.rois: RoiSet | None = None
+        """Every plane's ROIs in plane order (the neuron index; one RoiSet of the frame size)."""
+        self.plane_rois: list[RoiSet] = []
         self.reference: np.ndarray | None = None
+        """Plane 0's reference (every plane's: `plane_references`)."""
+        self.plane_references: list[np.ndarray] = []
         self.roi_set_id = ""
         self.frame_rate_hz = self.config.frame_rate_hz
         self.shape: Shape | None = self.startup.shape
         """The session's frame size: the given ROIs' or reference's, else fixed when setup completes."""
-        self._aligner: ContinuousAligner[tuple[FrameHeader, Shift, np.ndarray]] | None = None
+        self._volumes = VolumeAssembler(self.config.planes, by_trial=self.config.alignment == "trigger")
+        self._row: np.ndarray | None = None
+        self._aligner: ContinuousAligner[tuple[Volume, bool]] | None = None
         self._offset_s = 0.0
         self._snapshot: RoiSnapshot | None = None
 
@@ -112,12 +158,28 @@ class OnlinePipeline:
     @property
     def setup_status(self) -> str | None:
         """What setup is waiting for, in one sentence (None once frames are being processed)."""
-        return None if self.ready else self.startup.status()
+        if self.ready:
+            return None
+        if len(self._planes) == 1:
+            return self.startup.status()
+        return "; ".join(f"plane {z}: {p.startup.status()}" for z, p in enumerate(self._planes)
+                         if p.start is None)
 
     @property
     def setup_frames_held(self) -> int:
         """Frames kept in memory for setup (bounded: at most MAX_SETUP_SIZES sizes of a reference's worth)."""
-        return self.startup.frames_held
+        return sum(p.startup.frames_held + (len(p.start.kept) if p.start is not None else 0)
+                   for p in self._planes)
+
+    @property
+    def plane_stages(self) -> list[FrameStage]:
+        """Each plane's frame stage (empty until ready)."""
+        return [p.stage for p in self._planes if p.stage is not None]
+
+    @property
+    def plane_columns(self) -> list[slice]:
+        """Each plane's ROIs in the population (neuron index), once ready."""
+        return [p.columns for p in self._planes]
 
     @property
     def n_rois(self) -> int:
@@ -151,21 +213,26 @@ class OnlinePipeline:
         """The reference and ROI outlines for displays (None before initialisation)."""
         if self.rois is None or self.reference is None:
             return None
-        if self._snapshot is None:
-            self._snapshot = roi_snapshot(self.reference, self.rois, self.roi_set_id)
+        if self._snapshot is None:  # plane 0: its ROIs are the population's first columns
+            self._snapshot = roi_snapshot(self.reference, self.plane_rois[0], self.roi_set_id)
         return self._snapshot
 
     # -- frames -------------------------------------------------------------------------------------
 
     def process_frame(self, header: FrameHeader, pixels: np.ndarray,
                       aux_trigger_s: Sequence[float] = ()) -> PipelineOutput:
-        """One frame (any channel/plane: others than the configured one are counted and skipped)."""
+        """One frame of any channel and plane: other channels than the functional one are counted and
+        skipped; a plane beyond the session's planes is counted and refused (`MalformedInput`)."""
         t0 = time.perf_counter_ns()
         stats, config = self.stats, self.config
         stats.frames_received += 1
-        if header.channel != config.channel or header.plane != config.plane:
+        if header.channel != config.channel:
             stats.frames_other_channel += 1
             return PipelineOutput()
+        if header.plane >= config.planes:
+            stats.frames_other_plane += 1
+            raise MalformedInput(f"frame {header.frame_index} is of plane {header.plane}, the session images "
+                                 f"{config.planes} plane(s) (0-{config.planes - 1}; settings imaging.planes)")
         pixels = np.asarray(pixels)
         if pixels.ndim != 2 or pixels.dtype.kind not in "iuf" or pixels.size == 0:
             stats.frames_invalid += 1
@@ -177,87 +244,147 @@ class OnlinePipeline:
         # (the common case, no aux edges, skips building a tuple from a generator)
         aux = () if isinstance(aux_trigger_s, tuple) and not aux_trigger_s else tuple(
             float(e) for e in aux_trigger_s)
+        plane = self._planes[header.plane]
         if self.frame_stage is None:
-            found = self.startup.add(header, pixels, aux)
-            out = self._initialise(*found) if found is not None else PipelineOutput()
+            out = self._setup(plane, header, pixels, aux)
             if out.initialised:
                 stats.processing_ns.append(time.perf_counter_ns() - t0)
             return out
-        if pixels.shape != self.shape:
+        if pixels.shape != plane.shape:
             stats.frames_invalid += 1
-            assert self.shape is not None
-            raise MalformedInput(f"frame {header.frame_index} is {pixels.shape[0]}x{pixels.shape[1]}, the "
-                                 f"session's frames are {self.shape[0]}x{self.shape[1]}")
+            shape = plane.shape
+            assert shape is not None
+            where = f" of plane {header.plane}" if config.planes > 1 else ""
+            raise MalformedInput(f"frame {header.frame_index}{where} is {pixels.shape[0]}x{pixels.shape[1]}, "
+                                 f"the session's frames{where} are {shape[0]}x{shape[1]}")
         if config.alignment == "trigger" and (far := self.trial_stage.far_trial(header.trial)) is not None:
             stats.frames_invalid += 1
             raise MalformedInput(f"frame {header.frame_index} {far}")
-        out = self._process(header, pixels, aux)
+        out = self._process(plane, header, pixels, aux)
         now = self.clock_ns()
         stats.processing_ns.append(time.perf_counter_ns() - t0)
         stats.latency_ns.append(now - header.t_ns)
         return out
 
-    def _initialise(self, shape: Shape, kept: list[Kept]) -> PipelineOutput:
-        """The stages from the start-up's reference, ROIs and rate, then the kept frames processed; no
-        output when no ROI is found on the reference (setup goes on)."""
-        start = self.startup.build(shape, kept)
-        if start is None:
+    def _setup(self, plane: _Plane, header: FrameHeader, pixels: np.ndarray,
+               aux: tuple[float, ...]) -> PipelineOutput:
+        """A frame during setup: kept by its plane's start-up; once every plane has begun, initialise."""
+        if plane.start is not None:  # this plane is ready, another one still waits: keep a bounded few
+            shape = plane.start.shape
+            if pixels.shape != shape:
+                self.stats.frames_invalid += 1
+                raise MalformedInput(f"frame {header.frame_index} of plane {header.plane} is "
+                                     f"{pixels.shape[0]}x{pixels.shape[1]}, the plane's frames are "
+                                     f"{shape[0]}x{shape[1]}")
+            kept = plane.start.kept
+            kept.append((header, np.array(pixels, copy=True), aux))
+            if len(kept) > MAX_SETUP_SIZES * plane.startup.frames_needed():
+                del kept[0]
+                self.stats.frames_dropped_at_setup += 1
             return PipelineOutput()
+        found = plane.startup.add(header, pixels, aux)
+        if found is None:
+            return PipelineOutput()
+        plane.start = plane.startup.build(*found)
+        if any(p.start is None for p in self._planes):
+            return PipelineOutput()
+        return self._initialise()
+
+    def _initialise(self) -> PipelineOutput:
+        """The stages from every plane's reference, ROIs and rate, then the kept frames processed in the
+        order they came (by `seq` across planes)."""
+        starts = [p.start for p in self._planes]
+        assert all(s is not None for s in starts)
+        planes: list[Start] = starts  # type: ignore[assignment]
         cfg = self.config
-        self.shape, self.frame_rate_hz = start.shape, start.frame_rate_hz
-        self.reference, self.rois = start.reference, start.rois
-        self.roi_set_id = roi_set_id(start.rois)
-        self.frame_stage = FrameStage(start.reference, start.rois, self.frame_rate_hz, cfg.online,
-                                      cfg.registration)
-        self.trial_stage.start(start.rois.n, DecoderConfig(cfg.online.decoder, bin_s=self.frame_period_s),
+        first = planes[0]
+        try:
+            self.rois = RoiSet.concatenate([s.rois for s in planes])
+        except ValueError as exc:
+            raise PipelineError(f"planes of different frame sizes are not supported: {exc}") from None
+        self.shape, self.reference = first.shape, first.reference
+        self.plane_rois = [s.rois for s in planes]
+        self.plane_references = [s.reference for s in planes]
+        self.frame_rate_hz = float(np.median([s.frame_rate_hz for s in planes]))
+        self.roi_set_id = roi_set_id(self.rois)
+        begin = 0
+        for plane, start in zip(self._planes, planes, strict=True):
+            plane.stage = FrameStage(start.reference, start.rois, self.frame_rate_hz, cfg.online,
+                                     cfg.registration)
+            plane.columns = slice(begin, begin + start.rois.n)
+            begin += start.rois.n
+        self._row = np.zeros(begin, np.float32)
+        self.frame_stage = self._planes[0].stage
+        self.trial_stage.start(begin, DecoderConfig(cfg.online.decoder, bin_s=self.frame_period_s),
                                self.roi_set_id)
         self._offset_s = 0.5 * self.frame_period_s if cfg.frame_offset_s is None else cfg.frame_offset_s
         if cfg.alignment == "aux":
             self._aligner = ContinuousAligner(first_trial=1, frame_offset_s=self._offset_s, first_index=None)
         given = self.startup.given_reference is not None
-        logger.info("online pipeline ready in %.2f s: %dx%d frames at %.2f Hz, %d ROIs (%s), reference %s",
-                    start.seconds, shape[0], shape[1], self.frame_rate_hz, start.rois.n, self.roi_set_id,
-                    "given" if given else
-                    f"from {min(len(kept), cfg.online.registration.reference_frames)} frames")
+        kept = [k for s in planes for k in s.kept]
+        if len(planes) > 1:
+            kept.sort(key=lambda k: k[0].seq)
+        logger.info("online pipeline ready in %.2f s: %d plane(s) of %dx%d frames at %.2f Hz per plane, "
+                    "%d ROIs (%s: %s per plane), reference %s", sum(s.seconds for s in planes), len(planes),
+                    first.shape[0], first.shape[1], self.frame_rate_hz, begin, self.roi_set_id,
+                    "/".join(str(s.rois.n) for s in planes), "given" if given else
+                    f"from {min(len(first.kept), cfg.online.registration.reference_frames)} frames")
+        for start in planes:
+            start.kept.clear()
         out = PipelineOutput(initialised=True)
-        for header, pixels, aux in start.kept:
-            out.extend(self._process(header, pixels, aux))
+        for header, pixels, aux in kept:
+            out.extend(self._process(self._planes[header.plane], header, pixels, aux))
         return out
 
-    def _process(self, header: FrameHeader, pixels: np.ndarray, aux: tuple[float, ...]) -> PipelineOutput:
-        assert self.frame_stage is not None
-        shift, dff = self.frame_stage.process(pixels)
+    def _process(self, plane: _Plane, header: FrameHeader, pixels: np.ndarray,
+                 aux: tuple[float, ...]) -> PipelineOutput:
+        assert plane.stage is not None and self._row is not None
+        shift, dff = plane.stage.process(pixels)
         self.stats.frames_processed += 1
+        if len(self._planes) > 1:
+            self._row[plane.columns] = dff
+            dff = self._row.copy()
         out = PipelineOutput()
+        for volume in self._volumes.add(PlaneFrame(header, shift, dff, aux)):
+            self._volume(volume, out)
+        return out
+
+    def _volume(self, volume: Volume, out: PipelineOutput) -> None:
+        """A closed volume: aligned to its trial (by its first plane frame), then placed."""
+        complete = self._volumes.complete(volume)
+        if not complete:
+            self.stats.volumes_incomplete += 1
+        header = volume.first.header
         if self._aligner is not None:
+            aux = volume.aux
             if not self._aligner.edges and all(e > header.timestamp_s for e in aux):
                 # Before the first aux trigger (frames in order): traces without a trial. The aligner counts
                 # the frame in frames_before_first_trigger and does not place it.
-                self.stats.frames_without_trial += 1
-                out.add_trace(header, None, NO_TRIAL, shift, dff)
+                self.stats.frames_without_trial += len(volume.parts)
+                for part in volume.parts:
+                    out.add_trace(part.header, None, NO_TRIAL, part.shift, part.row)
             for placed in self._aligner.add_frame(header.frame_index, header.timestamp_s, aux,
-                                                  (header, shift, dff)):
+                                                  (volume, complete)):
                 self._place(placed.trial, placed.time_s, *placed.payload, out)
         else:
-            trial = header.trial
             timestamp = header.timestamp_s
             if timestamp < 0:  # no timestamps (ScanImage 3.x writes none): place by index
                 timestamp = header.frame_index * self.frame_period_s
             trigger = header.trigger_timestamp_s if header.trigger_timestamp_s is not None else 0.0
-            self._place(trial, timestamp - trigger + self._offset_s, header, shift, dff, out)
-        return out
+            self._place(header.trial, timestamp - trigger + self._offset_s, volume, complete, out)
 
-    def _place(self, trial: int, time_s: float, header: FrameHeader, shift: Shift, dff: np.ndarray,
-               out: PipelineOutput) -> None:
-        out.add_trace(header, time_s, trial, shift, dff)
+    def _place(self, trial: int, time_s: float, volume: Volume, complete: bool, out: PipelineOutput) -> None:
+        for part in volume.parts:
+            out.add_trace(part.header, time_s, trial, part.shift, part.row)
         stage = self.trial_stage
-        if stage.add_frame(trial, time_s, dff):
+        if complete and stage.add_frame(trial, time_s, volume.last.row):
             loop = self.closed_loop
             if loop is not None and loop.wants_frame(trial, time_s):
+                header = volume.last.header
                 start_s = time_s - self._offset_s
-                loop.on_frame(trial, time_s, dff, frame_index=header.frame_index, frame_start_s=start_s,
-                              frame_end_s=start_s + self.frame_period_s, t_ns=header.t_ns,
-                              cd=stage.cd_for_trial(trial), frames=stage.frames_of(trial))
+                loop.on_frame(trial, time_s, volume.last.row, frame_index=header.frame_index,
+                              frame_start_s=start_s, frame_end_s=start_s + self.frame_period_s,
+                              t_ns=header.t_ns, cd=stage.cd_for_trial(trial), frames=stage.frames_of(trial))
         # A frame of a later trial (or past the response window) completes pending trials.
         if stage.has_pending:
             self._decoded(stage.finalise_ready(), out)
@@ -324,14 +451,22 @@ class OnlinePipeline:
         return self._decoded(self.trial_stage.poll(self.monotonic(), self.config.finalize_timeout_s))
 
     def flush(self) -> PipelineOutput:
-        """Finalise every pending trial now (end of a replay or of the session)."""
+        """Finalise every pending trial now (end of a replay or of the session); a setup that never
+        completed begins on the frames received, when every plane has some."""
         out = PipelineOutput()
-        found = self.startup.take_most() if self.frame_stage is None else None
-        if found is not None:
+        if self.frame_stage is None:
             try:
-                out.extend(self._initialise(*found))
+                for plane in self._planes:
+                    found = plane.startup.take_most() if plane.start is None else None
+                    if found is not None:
+                        plane.start = plane.startup.build(*found)
+                if all(p.start is not None for p in self._planes):
+                    out.extend(self._initialise())
             except Exception:
-                logger.exception("could not initialise on the %d frames received", len(found[1]))
+                logger.exception("could not initialise on the %d frames received", self.stats.frames_received)
+        else:
+            for volume in self._volumes.flush():
+                self._volume(volume, out)
         return self._decoded(self.trial_stage.flush(), out)
 
     def _decoded(self, outcomes: list[TrialOutcome], out: PipelineOutput | None = None) -> PipelineOutput:
@@ -344,11 +479,12 @@ class OnlinePipeline:
         return out
 
     def summary(self) -> dict[str, Any]:
-        stage = self.frame_stage
+        stages = self.plane_stages
         return {"ready": self.ready, "n_rois": self.n_rois, "roi_set_id": self.roi_set_id,
+                "planes": self.config.planes, "rois_per_plane": [r.n for r in self.plane_rois],
                 "frame_rate_hz": round(self.frame_rate_hz, 4), "shape": self.shape,
                 "decoders": self.trial_stage.decoder_status(), "accuracy": dict(self.accuracy),
                 "stats": self.stats.to_dict(),
-                "registration_bad_frames": stage.bad_frames if stage else 0,
-                "clipped_shifts": stage.clipped_shifts if stage else 0,
+                "registration_bad_frames": sum(stage.bad_frames for stage in stages),
+                "clipped_shifts": sum(stage.clipped_shifts for stage in stages),
                 "closed_loop": self.closed_loop.stats() if self.closed_loop is not None else None}

@@ -115,9 +115,10 @@ def load_roi_source(path: str | Path) -> tuple[RoiSet, np.ndarray | None]:
 
 
 def pipeline_config(settings: OnlineProcessSettings, alignment: str) -> PipelineConfig:
-    """The pipeline's configuration: the online section and the per-plane rate."""
-    return PipelineConfig(settings.online, frame_rate_hz=settings.frame_rate_hz,
-                          alignment=alignment)  # type: ignore[arg-type]
+    """The pipeline's configuration: the online section, the per-plane rate, the planes and the functional
+    channel."""
+    return PipelineConfig(settings.online, frame_rate_hz=settings.frame_rate_hz, planes=settings.planes,
+                          channel=settings.channel, alignment=alignment)  # type: ignore[arg-type]
 
 
 # -- the live process --------------------------------------------------------------------------------------
@@ -532,7 +533,8 @@ def replay(path: str | Path, *, out: str | Path | None = None, rois: str | Path 
     roi_set, reference = load_roi_source(rois) if rois is not None else (None, None)
     records = read_trial_records(trials) if trials is not None else {}
     if config is None:
-        config = PipelineConfig(frame_rate_hz=_frame_rate(files))
+        rate, planes = _file_format(files)
+        config = PipelineConfig(frame_rate_hz=rate, planes=planes)
     stops: list[ReplayStop] = []
     warnings: list[str] = []
     outputs = SessionOutputs(out_dir)
@@ -567,29 +569,38 @@ def replay(path: str | Path, *, out: str | Path | None = None, rois: str | Path 
                     trial, trigger = _file_trial(f, file, counter)
                     stamps = f.timestamps_s
                     n, planes, channels, height, width = f.shape
-                    z, c = config.plane, config.channel
-                    if z >= planes or c >= channels:
-                        raise UserInputError(f"{file}: has {planes} plane(s) and {channels} channel(s), "
-                                             f"replay reads plane {z} channel {c}")
+                    c = config.channel  # the wire's channel: ScanImage's channel number - 1
+                    imaged = planes - f.flyback_planes
+                    if imaged != config.planes or c + 1 not in f.channels:
+                        saved = ", ".join(str(n) for n in f.channels)
+                        raise UserInputError(f"{file}: has {imaged} plane(s) and channel(s) {saved}, replay "
+                                             f"reads {config.planes} plane(s) and channel {c + 1} (settings "
+                                             "imaging.planes and imaging.functional_channel)")
+                    ci = f.channels.index(c + 1)
                     with_aux = config.alignment == "aux"
                     dtype_str = f.dtype.str
-                    stamp_list = stamps.tolist() if stamps is not None else None
+                    plane_stamps = f.plane_timestamps_s if planes > 1 else None
+                    stamp_list = (plane_stamps if plane_stamps is not None else stamps)
+                    stamp_list = stamp_list.tolist() if stamp_list is not None else None
                     for i, point in _time_points(f, chunk_frames):
-                        aux: Sequence[float] = ()
-                        if with_aux:
-                            page = (i * planes + z) * channels + c
-                            aux = f.frame_metadata(page).aux_triggers[0]
-                        stamp = float(stamp_list[i]) if stamp_list is not None else -1.0
-                        header = FrameHeader(seq, i, stamp, trigger, trial, c, z, height, width, dtype_str,
-                                             time.time_ns())
-                        seq += 1
-                        frames += 1
+                        for z in range(imaged):
+                            aux: Sequence[float] = ()
+                            if with_aux:
+                                page = (i * planes + z) * channels + ci
+                                aux = f.frame_metadata(page).aux_triggers[0]
+                            stamp = -1.0
+                            if stamp_list is not None:
+                                stamp = float(stamp_list[i][z] if plane_stamps is not None else stamp_list[i])
+                            header = FrameHeader(seq, i, stamp, trigger, trial, c, z, height, width,
+                                                 dtype_str, time.time_ns())
+                            seq += 1
+                            frames += 1
+                            try:
+                                emit(pipeline.process_frame(header, point[z, ci], aux))
+                            except MalformedInput as exc:
+                                skipped += 1
+                                skip_log(logging.WARNING, "%s: skipped: %s", file.name, exc)
                         done = i + 1
-                        try:
-                            emit(pipeline.process_frame(header, point[z, c], aux))
-                        except MalformedInput as exc:
-                            skipped += 1
-                            skip_log(logging.WARNING, "%s: skipped: %s", file.name, exc)
                 except ScanImageError as exc:
                     stops.append(ReplayStop(str(file), done, _reason(exc, file)))
                 else:
@@ -618,18 +629,18 @@ def replay(path: str | Path, *, out: str | Path | None = None, rois: str | Path 
     return summary
 
 
-def _frame_rate(files: Sequence[Path]) -> float:
-    """The rate of time points of the first file that opens (30 Hz when none says)."""
+def _file_format(files: Sequence[Path]) -> tuple[float, int]:
+    """The rate of time points (30 Hz when none says) and the imaged planes of the first file that opens."""
     from hardware.scanimage.reader import ScanImageError, ScanImageFile
 
     for file in files:
         try:
             with ScanImageFile(file) as f:
-                rate = f.frame_rate_hz
+                rate, planes = f.frame_rate_hz, f.planes - f.flyback_planes
         except (ScanImageError, OSError):
             continue
-        return rate if rate and math.isfinite(rate) else 30.0
-    return 30.0
+        return (rate if rate and math.isfinite(rate) else 30.0), max(planes, 1)
+    return 30.0, 1
 
 
 def _reason(exc: Exception, file: Path) -> str:

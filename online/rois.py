@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -119,6 +119,32 @@ class RoiSet:
         ypix, xpix, lam = _concat(ys, np.int32), _concat(xs, np.int32), _concat(lams, np.float32)
         np_index, np_offsets = _neuropil_annuli(shape, ypix, xpix, lam, offsets, neuropil)
         return cls(shape, ypix, xpix, lam, offsets, np_index, np_offsets, neuropil)
+
+    @classmethod
+    def concatenate(cls, sets: Sequence[RoiSet]) -> RoiSet:
+        """The ROIs of several sets of one frame size, in order (one plane's after another's): the neuron
+        index of a multi-plane session, saved as one rois.npz. Each ROI keeps its own neuropil annulus."""
+        if not sets:
+            raise ValueError("no ROI set to concatenate")
+        shape = sets[0].shape
+        if any(tuple(s.shape) != tuple(shape) for s in sets):
+            raise ValueError("ROI sets of different frame sizes cannot be concatenated: "
+                             + ", ".join(f"{s.shape[0]}x{s.shape[1]}" for s in sets))
+        if len(sets) == 1:
+            return sets[0]
+
+        def offsets(name: str, lengths: str) -> np.ndarray:
+            parts, base = [np.zeros(1, np.int64)], 0
+            for s in sets:
+                parts.append(getattr(s, name)[1:] + base)
+                base += getattr(s, lengths).size
+            return np.concatenate(parts).astype(np.int64)
+
+        return cls(shape, _concat([s.ypix for s in sets], np.int32),
+                   _concat([s.xpix for s in sets], np.int32),
+                   _concat([s.lam for s in sets], np.float32), offsets("roi_offsets", "ypix"),
+                   _concat([s.neuropil_index for s in sets], np.int64),
+                   offsets("neuropil_offsets", "neuropil_index"), sets[0].neuropil)
 
     # -- what callers use ------------------------------------------------------------------------
 

@@ -130,6 +130,10 @@ class OnlineProcessSettings(_Section):
     online: OnlineSettings = Field(default_factory=OnlineSettings)
     frame_rate_hz: float = Field(gt=0, le=10_000)
     """Frames per second of one plane (imaging.frame_rate_hz / imaging.planes)."""
+    planes: int = Field(1, ge=1, le=100)
+    """Planes per volume (imaging.planes)."""
+    channel: int = Field(0, ge=0, le=3)
+    """The functional channel on the wire (imaging.functional_channel - 1)."""
     data_root: Path
     """Where a session folder is made when none is given (<data_root>/online/<date_time>)."""
     network: OnlineLinkSettings

@@ -14,6 +14,12 @@ class PipelineStats:
     frames_received: int = 0
     frames_processed: int = 0
     frames_other_channel: int = 0
+    frames_other_plane: int = 0
+    """Frames of a plane beyond the session's planes (refused)."""
+    volumes_incomplete: int = 0
+    """Time points with a plane frame missing: their traces are kept, they are not decoded."""
+    frames_dropped_at_setup: int = 0
+    """Frames of a plane that was ready while another plane still waited, beyond what setup keeps."""
     frames_invalid: int = 0
     frames_nonfinite: int = 0
     frames_blank_at_setup: int = 0

@@ -81,6 +81,8 @@ def online_process_settings(settings: Settings) -> OnlineProcessSettings:
                               keys=net.keys, authorized_keys=net.authorized_keys)
     return OnlineProcessSettings(online=settings.online,
                                  frame_rate_hz=settings.imaging.frame_rate_hz / settings.imaging.planes,
+                                 planes=settings.imaging.planes,
+                                 channel=settings.imaging.functional_channel - 1,
                                  data_root=Path(settings.data.root), network=link)
 
 

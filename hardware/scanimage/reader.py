@@ -567,6 +567,17 @@ class ScanImageFile:
             return None
         return stamps[: self.n_frames * self.layout.pages_per_frame : self.layout.pages_per_frame].copy()
 
+    @property
+    def plane_timestamps_s(self) -> np.ndarray | None:
+        """(time points, planes): each plane frame's own timestamp (its first channel's page; planes of a
+        volume are scanned one after the other), or None if the file has no timestamps."""
+        stamps = self.page_timestamps_s
+        if stamps is None:
+            return None
+        _, planes, channels, _, _ = self.shape
+        n = self.n_frames * self.layout.pages_per_frame
+        return stamps[:n].reshape(self.n_frames, planes, channels)[:, :, 0].copy()
+
     @cached_property
     def trigger_times(self) -> TriggerTimes:
         """Start-trigger, next-file and aux-trigger times gathered from the page descriptions."""

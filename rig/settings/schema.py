@@ -103,6 +103,9 @@ class ImagingSettings(_Section):
     """Number of imaging planes (volume scanning)."""
     channels: int = Field(1, ge=1, le=4)
     """Number of colour channels saved."""
+    functional_channel: int = Field(1, ge=1, le=4)
+    """The ScanImage channel (1-4) the online module analyses (GCaMP; others, e.g. a structural red
+    channel, are skipped)."""
     dtype: Literal["int16", "uint16"] = "int16"
     """Pixel type (ScanImage writes int16)."""
     scanimage_folder: Path | None = None
