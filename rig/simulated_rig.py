@@ -31,19 +31,18 @@ log = logging.getLogger(__name__)
 
 
 def simulated_microscope_config(settings: Settings) -> MicroscopeConfig:
-    """The simulated microscope of settings.sim.microscope, at the frame format of settings.imaging (one
-    plane and one channel: the simulator renders no more). It keeps no per-frame ground truth: in a
+    """The simulated microscope of settings.sim.microscope, at the frame format of settings.imaging (its
+    planes, one channel: the simulator renders no more). It keeps no per-frame ground truth: in a
     session nothing reads it, and at ~4 KB a frame (200 neurons) it would grow by megabytes per hundred
     trials in the microscope process; each frame still carries its own truth."""
     imaging = settings.imaging
-    for name in ("channels", "planes"):
-        if getattr(imaging, name) != 1:
-            log.warning("simulated microscope renders one %s; imaging.%s=%d is ignored", name.rstrip("s"),
-                        name, getattr(imaging, name))
+    if imaging.channels != 1:
+        log.warning("simulated microscope renders one channel; imaging.channels=%d is ignored",
+                    imaging.channels)
     return MicroscopeConfig.from_settings(
         settings.sim.microscope, seed=settings.sim.seed, height=imaging.frame_height,
-        width=imaging.frame_width, frame_rate_hz=imaging.frame_rate_hz, dtype=imaging.dtype,
-        truth_history_frames=0)
+        width=imaging.frame_width, frame_rate_hz=imaging.frame_rate_hz, planes=imaging.planes,
+        dtype=imaging.dtype, truth_history_frames=0)
 
 
 def build_simulated_scope(settings: Settings, speed: float, world: World,

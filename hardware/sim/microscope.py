@@ -14,6 +14,13 @@ trial and the trigger sits at timestamp 0. In continuous mode one acquisition ru
 Report events before asking for frames past their time: an event older than frames already rendered is
 applied from the next frame on, counted in `late_events` and logged.
 
+Several planes (`planes`, the paper's 5 at 30 Hz: 6 Hz per plane): the neurons are split over the planes
+in order (plane 0 holds the first of them), each plane its own field of view (own cells, neuropil and
+vessels). The planes of a volume are scanned one after the other, each a frame of 1 / frame_rate_hz: a
+frame's `plane` is its z index and its `frame_index` the time point (volume) within the acquisition, as
+ScanImage numbers them; its `timestamp_s` is the plane frame's own start. The brain moves rigidly: every
+plane is displaced by the same motion at its own time.
+
 Ground truth is kept for tests and benchmarks: masks (suite2p-like ypix/xpix/lam), per-frame spikes,
 calcium, noiseless dF/F and displacement, and the per-context coding directions.
 """
@@ -57,13 +64,15 @@ class MicroscopeConfig:
     height: int = 512
     width: int = 512
     frame_rate_hz: float = 30.0
+    """Frames per second over all planes (ScanImage's scanFrameRate); each plane is seen at this / planes."""
+    planes: int = 1
     dtype: str = "int16"
     seed: int = 0
     mode: Mode = "loop"
     acquisition_start_s: float = 0.0
     """Continuous mode: Bpod time at which the single acquisition starts."""
     frames_per_acquisition: int | None = None
-    """Loop mode: frames acquired per trigger; None = until the next trigger."""
+    """Loop mode: time points (volumes) acquired per trigger; None = until the next trigger."""
     reference_size_px: int = 512
     """Frame size at which neuron_radius_px and motion_px are given; smaller frames show the same field."""
     truth_history_frames: int = 36_000
@@ -72,6 +81,8 @@ class MicroscopeConfig:
     def __post_init__(self) -> None:
         if self.frame_rate_hz <= 0:
             raise ValueError(f"frame_rate_hz must be positive, got {self.frame_rate_hz}")
+        if not 1 <= self.planes <= self.n_neurons:
+            raise ValueError(f"planes must be within 1 and n_neurons ({self.n_neurons}), got {self.planes}")
         if self.mode not in ("loop", "continuous"):
             raise ValueError(f"mode must be 'loop' or 'continuous', got {self.mode!r}")
         if self.frames_per_acquisition is not None and self.frames_per_acquisition < 1:
@@ -120,6 +131,7 @@ class FrameTruth:
     epoch: str
     context: str | None
     side: str | None
+    plane: int = 0
 
 
 @dataclass(frozen=True)
@@ -129,7 +141,8 @@ class SimFrame:
     pixels: np.ndarray
     """(height, width), int16 (or uint16)."""
     frame_index: int
-    """0-based within the acquisition (restarts per trial in loop mode)."""
+    """The time point (volume) within the acquisition, from 0 (restarts per trial in loop mode); the planes
+    of one volume share it."""
     frame_number: int
     """0-based since the simulator was built; never restarts, so gaps can be counted."""
     acquisition: int
@@ -145,6 +158,8 @@ class SimFrame:
     aux_trigger_s: tuple[float, ...]
     """auxTrigger0 edges (imaging clock) during this frame; continuous mode only."""
     truth: FrameTruth
+    plane: int = 0
+    """z index of the plane (0 = the first scanned)."""
 
 
 @dataclass(frozen=True)
@@ -205,8 +220,14 @@ class SimMicroscope:
         config = replace(config or MicroscopeConfig(), **overrides)
         self.config = config
         self.population = Population(config.population_params(), config.seed)
-        self.field = FieldOfView(config.optics_params(), config.n_neurons, named_rng(config.seed, "field"),
-                                 self.population.resting_dff)
+        bounds = np.linspace(0, config.n_neurons, config.planes + 1).round().astype(int)
+        self.plane_neurons = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        """Each plane's neurons (plane z holds neurons plane_neurons[z]: neuron order is plane order)."""
+        resting = self.population.resting_dff
+        self.fields = [FieldOfView(config.optics_params(), s.stop - s.start,
+                                   named_rng(config.seed, "field" if z == 0 else f"field:plane{z}"),
+                                   resting[s]) for z, s in enumerate(self.plane_neurons)]
+        self.field = self.fields[0]
         self._rng = named_rng(config.seed, "acquisition")
         self.motion = BrainMotion(config.optics_params().motion_max_px, self._rng)
         self._drift = OrnsteinUhlenbeck(np.array(0.03), 120.0, self._rng)
@@ -240,16 +261,31 @@ class SimMicroscope:
 
     @property
     def frame_rate_hz(self) -> float:
+        """Frames per second over all planes."""
         return self.config.frame_rate_hz
 
     @property
-    def masks(self) -> list[RoiMask]:
-        """Ground-truth footprints, one per neuron, in frame pixels at zero displacement."""
-        return self.field.masks
+    def planes(self) -> int:
+        return self.config.planes
 
-    def template(self) -> np.ndarray:
-        """Noiseless resting image (float32, no PMT offset, zero displacement)."""
-        return self.field.template()
+    @property
+    def volume_rate_hz(self) -> float:
+        """Time points per second: each plane's frame rate."""
+        return self.config.frame_rate_hz / self.config.planes
+
+    @property
+    def masks(self) -> list[RoiMask]:
+        """Ground-truth footprints, one per neuron (every plane's, in plane order), in their plane's frame
+        pixels at zero displacement."""
+        return [m for f in self.fields for m in f.masks]
+
+    def plane_masks(self, plane: int) -> list[RoiMask]:
+        """The footprints of one plane's neurons (neurons plane_neurons[plane])."""
+        return self.fields[plane].masks
+
+    def template(self, plane: int = 0) -> np.ndarray:
+        """Noiseless resting image of a plane (float32, no PMT offset, zero displacement)."""
+        return self.fields[plane].template()
 
     def coding_direction(self, context: str, epoch: str = "delay",
                          space: Literal["dff", "rate"] = "dff") -> np.ndarray:
@@ -402,7 +438,8 @@ class SimMicroscope:
                 self._acq_counter += 1
                 self._acq = _Acquisition(self._acq_counter, pending.trigger_s, pending.number)
                 continue
-            if cfg.frames_per_acquisition is not None and acq.index >= cfg.frames_per_acquisition:
+            limit = cfg.frames_per_acquisition
+            if limit is not None and acq.index >= limit * cfg.planes:
                 if pending is None:
                     return None
                 self._acq = None
@@ -438,10 +475,12 @@ class SimMicroscope:
         drift_dt = 0.0 if self._motion_time_s is None else max(mid - self._motion_time_s, 0.0)
         self._motion_time_s = mid if self._motion_time_s is None else max(mid, self._motion_time_s)
         gain = float(math.exp(float(self._drift.advance(drift_dt))))
-        pixels = self.field.render(dff, shift, gain, self._rng)
+        volume, plane = divmod(acq.index, cfg.planes)
+        neurons = self.plane_neurons[plane]
+        pixels = self.fields[plane].render(dff[neurons], shift, gain, self._rng)
         state = self._task_state(mid)
         truth = FrameTruth(self._frame_number, start, spikes.astype(np.int32), calcium.astype(np.float32),
-                           dff.astype(np.float32), shift, gain, state.epoch, state.context, state.side)
+                           dff.astype(np.float32), shift, gain, state.epoch, state.context, state.side, plane)
         self.truth.append(truth)
         if cfg.mode == "loop":
             trial, trigger_ts, aux = acq.trial, 0.0, ()
@@ -450,8 +489,8 @@ class SimMicroscope:
             current = self._trial_at(start)
             trial = current.number if current else None
             trigger_ts = current.trigger_s - acq.start_s if current else None
-        frame = SimFrame(pixels, acq.index, self._frame_number, acq.number, acq.index * self._dt, start,
-                         trial, trigger_ts, aux, truth)
+        frame = SimFrame(pixels, volume, self._frame_number, acq.number, acq.index * self._dt, start,
+                         trial, trigger_ts, aux, truth, plane)
         acq.index += 1
         self._frame_number += 1
         elapsed = time.perf_counter() - t0

@@ -96,7 +96,7 @@ class ScopeRenderer:
         if self.publisher is not None:
             self.publisher.publish(frame.pixels, frame_index=frame.frame_index, timestamp_s=frame.timestamp_s,
                                    trigger_timestamp_s=frame.trigger_timestamp_s, trial=trial, channel=0,
-                                   plane=0)
+                                   plane=frame.plane)
         if self.tiff is not None:
             self.tiff.write(frame, trial)
 
