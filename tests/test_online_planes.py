@@ -1,0 +1,259 @@
+"""Several imaging planes through the online pipeline: the simulated microscope's 5 planes at 30 Hz (6 Hz per
+plane, the paper's) -> one reference, ROI set, registration and dF/F per plane -> decoding over every plane's
+neurons; a 5-plane ScanImage file read and replayed; bad plane indices, frame sizes, channels and missing
+plane frames counted and refused or skipped, never a crash."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hardware.scanimage.reader import ScanImageFile
+from hardware.sim.loop_tiff import LoopTiffFiles
+from hardware.sim.microscope import MicroscopeConfig, SimFrame, SimMicroscope
+from online.config import PipelineConfig
+from online.errors import MalformedInput, PipelineError
+from online.messages import DecoderResult, TraceFrame
+from online.outputs import PipelineOutput
+from online.pipeline import OnlinePipeline
+from online.process import replay
+from online.rois import RoiSet
+from online.settings import DecoderSettings, OnlineSettings
+from online.store import SUMMARY_FILE, read_traces
+from online.wire import FrameHeader
+
+PLANES = 5
+SIZE = 128
+N_NEURONS = 100  # 20 per plane
+SCAN_RATE = 30.0  # frames per second over all planes
+PERIOD_S = 4.2
+VOLUMES_PER_TRIAL = int(PERIOD_S * SCAN_RATE / PLANES)
+EPOCHS = {"sample": 0.01, "delay": 1.31, "go": 2.61}
+
+
+def trial_states(correct: bool) -> dict[str, list[list[float]]]:
+    states = {"TrigTrialStart": [[0.0, 0.01]], "SamplePeriod": [[0.01, 1.31]], "DelayPeriod": [[1.31, 2.61]],
+              "ResponseCue": [[2.61, 2.71]], "AnswerPeriod": [[2.71, 3.0]]}
+    states["Reward" if correct else "TimeOut"] = [[3.0, 3.03]]
+    return states
+
+
+def make_sim(seed: int = 0, planes: int = PLANES) -> SimMicroscope:
+    return SimMicroscope(MicroscopeConfig(height=SIZE, width=SIZE, n_neurons=N_NEURONS,
+                                          frame_rate_hz=SCAN_RATE, planes=planes, seed=seed,
+                                          context_overlap=0.0, frames_per_acquisition=VOLUMES_PER_TRIAL))
+
+
+def header(frame: SimFrame, seq: int, *, plane: int | None = None, channel: int = 0,
+           shape: tuple[int, int] = (SIZE, SIZE)) -> FrameHeader:
+    trial = frame.trial if frame.trial is not None else frame.acquisition
+    return FrameHeader(seq, frame.frame_index, frame.timestamp_s, frame.trigger_timestamp_s, trial, channel,
+                       frame.plane if plane is None else plane, shape[0], shape[1], "<i2", time.time_ns())
+
+
+def config(planes: int = PLANES, **kwargs: object) -> PipelineConfig:
+    online = OnlineSettings(decoder=DecoderSettings(min_trials_per_side=6))
+    return PipelineConfig(online, frame_rate_hz=SCAN_RATE / planes, planes=planes, **kwargs)  # type: ignore[arg-type]
+
+
+@dataclass
+class Run:
+    sim: SimMicroscope
+    pipeline: OnlinePipeline
+    frames: list[SimFrame] = field(default_factory=list)
+    traces: list[TraceFrame] = field(default_factory=list)
+    headers: list[FrameHeader] = field(default_factory=list)
+    results: list[DecoderResult] = field(default_factory=list)
+    seq: int = 0
+    t: float = 1.0
+    trial: int = 0
+
+    def handle(self, out: PipelineOutput) -> None:
+        self.traces += out.traces
+        self.headers += out.headers
+        self.results += [d.result for d in out.trials]
+
+    def trials(self, n: int, rng: np.random.Generator, context: str = "tactile") -> None:
+        for _ in range(n):
+            self.trial += 1
+            side = str(rng.choice(["left", "right"]))
+            lick = side if rng.random() < 0.9 else ("left" if side == "right" else "right")
+            self.sim.start_trial(self.t, context, lick, EPOCHS, trial=self.trial)
+            for frame in self.sim.frames_until(self.t + PERIOD_S - 1e-9):
+                self.frames.append(frame)
+                self.handle(self.pipeline.process_frame(header(frame, self.seq), frame.pixels))
+                self.seq += 1
+            self.handle(self.pipeline.on_trial_end({
+                "trial": self.trial, "context": context, "side": side, "licked_side": lick,
+                "outcome": "hit" if lick == side else "error",
+                "bpod": {"States": trial_states(lick == side)}}))
+            self.t += PERIOD_S
+        self.handle(self.pipeline.flush())
+
+
+@pytest.fixture(scope="module")
+def run() -> Run:
+    sim = make_sim()
+    rois = [RoiSet.from_masks((SIZE, SIZE), sim.plane_masks(z)) for z in range(PLANES)]
+    result = Run(sim, OnlinePipeline(config(), rois=rois, session="planes"))
+    result.trials(40, np.random.default_rng(1))
+    return result
+
+
+def test_simulator_scans_the_planes_in_turn_each_its_own_field() -> None:
+    sim = make_sim()
+    assert [s.stop - s.start for s in sim.plane_neurons] == [20] * PLANES
+    assert len(sim.masks) == N_NEURONS and sim.volume_rate_hz == pytest.approx(6.0)
+    sim.start_trial(0.0, "tactile", "left", EPOCHS, trial=1)
+    frames = sim.frames_until(1.0)
+    assert [f.plane for f in frames[:7]] == [0, 1, 2, 3, 4, 0, 1]
+    assert [f.frame_index for f in frames[:7]] == [0, 0, 0, 0, 0, 1, 1]
+    assert np.allclose(np.diff([f.timestamp_s for f in frames[:6]]), 1 / SCAN_RATE)
+    templates = [sim.template(z) for z in range(PLANES)]
+    assert max(abs(np.corrcoef(templates[0].ravel(), t.ravel())[0, 1]) for t in templates[1:]) < 0.5
+    # Planes differ in their cells, not only in their noise.
+    centres = [np.array([m.med for m in sim.plane_masks(z)]) for z in range(PLANES)]
+    assert not np.allclose(centres[0], centres[1])
+    # One plane: the field is the one-plane simulator's as before (same seed, same cells).
+    one = SimMicroscope(MicroscopeConfig(height=SIZE, width=SIZE, n_neurons=N_NEURONS, seed=0))
+    assert len(one.fields) == 1 and len(one.masks) == N_NEURONS and frames[0].plane == 0
+
+
+def test_every_plane_gets_its_rois_registration_and_traces(run: Run) -> None:
+    p = run.pipeline
+    assert p.ready and [r.n for r in p.plane_rois] == [20] * PLANES and p.n_rois == N_NEURONS
+    assert p.rois is not None and p.rois.n == N_NEURONS
+    assert p.plane_columns == [slice(20 * z, 20 * z + 20) for z in range(PLANES)]
+    assert p.frame_rate_hz == pytest.approx(6.0, rel=0.01)
+    assert len(run.traces) == len(run.frames) and p.stats.frames_processed == len(run.frames)
+    assert p.stats.volumes_incomplete == 0
+    assert [h.plane for h in run.headers[:10]] == [0, 1, 2, 3, 4] * 2
+    assert all(t.dff.shape == (N_NEURONS,) for t in run.traces)
+    by_seq = {h.seq: (h, t) for h, t in zip(run.headers, run.traces, strict=True)}
+    frames = {i: f for i, f in enumerate(run.frames)}
+    for z in range(PLANES):
+        seqs = [s for s, (h, _) in by_seq.items() if h.plane == z and s >= 50 * PLANES]
+        # Registration per plane: the brain's motion, found on each plane's own reference (up to the
+        # reference's own offset, the median over the frames).
+        err = np.array([[by_seq[s][1].shift_dy + frames[s].truth.shift[0],
+                         by_seq[s][1].shift_dx + frames[s].truth.shift[1]] for s in seqs])
+        assert np.abs(err - np.median(err, axis=0)).max() < 0.3
+        # The plane's own columns follow its own neurons' truth.
+        cols = p.plane_columns[z]
+        measured = np.array([by_seq[s][1].dff[cols] for s in seqs])
+        truth = np.array([frames[s].truth.dff[run.sim.plane_neurons[z]] for s in seqs])
+        r = [np.corrcoef(measured[:, i], truth[:, i])[0, 1] for i in range(20)]
+        assert np.median(r) > 0.6, (z, np.median(r))
+
+
+def test_decoding_runs_over_every_planes_neurons(run: Run) -> None:
+    p = run.pipeline
+    decoder = p.decoders["tactile"]
+    assert decoder.n_neurons == N_NEURONS
+    decoded = [r for r in run.results if r.decoded_side is not None]
+    assert len(decoded) >= 15
+    correct = sum(r.decoded_side == r.licked_side for r in decoded)
+    assert correct / len(decoded) > 0.75
+    # The coding direction spans every plane's neurons, and each plane's carry part of it.
+    cd = decoder.coding_direction("delay")
+    assert cd.vector.shape == (N_NEURONS,) and cd.roi_set_id == p.roi_set_id
+    assert all(np.abs(cd.vector[s]).sum() > 0.1 * np.abs(cd.vector).sum() for s in p.plane_columns)
+
+
+def test_bad_plane_index_and_frame_size_are_refused_and_counted(run: Run) -> None:
+    p = OnlinePipeline(config(), rois=run.pipeline.plane_rois, reference=run.pipeline.plane_references)
+    sim = make_sim(seed=0)
+    sim.start_trial(0.0, "tactile", "left", EPOCHS, trial=1)
+    frames = sim.frames_until(3.0)
+    for seq, frame in enumerate(frames[:PLANES * 10]):
+        p.process_frame(header(frame, seq), frame.pixels)
+    assert p.ready
+    with pytest.raises(MalformedInput, match="plane 5, the session images 5 plane"):
+        p.process_frame(header(frames[0], 99, plane=5), frames[0].pixels)
+    assert p.stats.frames_other_plane == 1
+    with pytest.raises(MalformedInput, match="of plane 2 is 64x64, the session's frames of plane 2 are"):
+        p.process_frame(header(frames[2], 100, shape=(64, 64)), frames[2].pixels[:64, :64])
+    assert p.stats.frames_invalid == 1
+    other = p.process_frame(header(frames[3], 101, channel=1), frames[3].pixels)
+    assert other.traces == [] and p.stats.frames_other_channel == 1
+    # A lost plane frame: that volume's traces are kept, it is not decoded, the session goes on.
+    before = p.stats.frames_processed
+    for seq, frame in enumerate(frames[PLANES * 10:PLANES * 12], start=200):
+        if not (frame.frame_index == 10 and frame.plane == 3):
+            p.process_frame(header(frame, seq), frame.pixels)
+    p.flush()
+    assert p.stats.frames_processed == before + 2 * PLANES - 1
+    assert p.stats.volumes_incomplete == 1
+
+
+def test_plane_count_and_given_rois_must_agree(run: Run) -> None:
+    with pytest.raises(PipelineError, match="1 ROI sets given for 5 plane"):
+        OnlinePipeline(config(), rois=run.pipeline.plane_rois[0])
+    one = OnlinePipeline(config(planes=1), rois=run.pipeline.plane_rois[0])
+    with pytest.raises(MalformedInput, match="plane 1, the session images 1 plane"):
+        one.process_frame(header(run.frames[1], 0), run.frames[1].pixels)
+
+
+def test_setup_waits_for_every_plane_and_detects_rois_per_plane() -> None:
+    sim = make_sim(seed=3)
+    p = OnlinePipeline(config(), session="detect")
+    run = Run(sim, p)
+    run.trials(3, np.random.default_rng(0))
+    assert p.ready and len(p.plane_rois) == PLANES and all(r.n > 5 for r in p.plane_rois)
+    assert p.n_rois == sum(r.n for r in p.plane_rois)
+    # Each plane's ROIs are found on its own cells: most of that plane's true cells have a ROI on them,
+    # far fewer of another plane's.
+    def found(rois: RoiSet, z: int) -> float:
+        truth = np.array([m.med for m in sim.plane_masks(z)])
+        d = np.min(np.linalg.norm(truth[:, None, :] - rois.centroids[None], axis=2), axis=1)
+        return float(np.mean(d < 2.0))
+
+    for z, rois in enumerate(p.plane_rois):
+        assert found(rois, z) > 0.6 and found(rois, z) > found(rois, (z + 1) % PLANES) + 0.3, z
+    assert len(run.traces) == len(run.frames)
+
+
+def test_five_plane_scanimage_files_are_read_and_replayed(tmp_path: Path) -> None:
+    sim = make_sim(seed=5)
+    folder = tmp_path / "imaging"
+    files = LoopTiffFiles(folder, sim)
+    t = 1.0
+    for trial in range(1, 4):
+        sim.start_trial(t, "tactile", "left", EPOCHS, trial=trial)
+        for frame in sim.frames_until(t + PERIOD_S - 1e-9):
+            files.write(frame, trial)
+        t += PERIOD_S
+    files.close()
+    assert files.error is None and files.files == 3
+    paths = sorted(folder.glob("*.tif"))
+    with ScanImageFile(paths[0]) as f:
+        assert f.shape == (VOLUMES_PER_TRIAL, PLANES, 1, SIZE, SIZE)
+        assert f.frame_rate_hz == pytest.approx(6.0)
+        stamps = f.plane_timestamps_s
+        assert stamps is not None and stamps.shape == (VOLUMES_PER_TRIAL, PLANES)
+        assert np.allclose(np.diff(stamps.ravel()), 1 / SCAN_RATE, atol=1e-5)
+        first = f.frame(0)
+    assert np.array_equal(first[:, 0], np.stack([fr.pixels for fr in sim_frames(5, PLANES)]))
+    summary = replay(folder, out=tmp_path / "out")
+    assert summary.frames == 3 * VOLUMES_PER_TRIAL * PLANES and summary.frames_skipped == 0
+    assert not summary.stops
+    table = read_traces(tmp_path / "out")
+    assert sorted(set(table.index["plane"].tolist())) == list(range(PLANES))
+    assert table.dff.shape[0] == summary.frames
+    done = json.loads((tmp_path / "out" / SUMMARY_FILE).read_text())
+    assert done["pipeline"]["planes"] == PLANES and len(done["pipeline"]["rois_per_plane"]) == PLANES
+    # A replay that expects another plane count says so, naming the setting.
+    with pytest.raises(Exception, match="imaging.planes"):
+        replay(folder, out=tmp_path / "out1", config=config(planes=1))
+
+
+def sim_frames(seed: int, n: int) -> list[SimFrame]:
+    """The first n frames of a fresh simulator with the seed (the same as the file's first volume)."""
+    sim = make_sim(seed=seed)
+    sim.start_trial(1.0, "tactile", "left", EPOCHS, trial=1)
+    return sim.frames_until(1.0 + (n - 0.5) / SCAN_RATE)
