@@ -245,7 +245,7 @@ class StreamImaging(_ThreadedImaging):
 
     def start(self) -> None:
         self.publisher = self._open_publisher()
-        self.adapter = StreamAdapter(self.endpoint, self.publisher)
+        self.adapter = StreamAdapter(self.endpoint, self.publisher, planes=self.settings.imaging.planes)
         self._start_thread()
 
     def _run(self) -> None:

@@ -257,3 +257,27 @@ def sim_frames(seed: int, n: int) -> list[SimFrame]:
     sim = make_sim(seed=seed)
     sim.start_trial(1.0, "tactile", "left", EPOCHS, trial=1)
     return sim.frames_until(1.0 + (n - 0.5) / SCAN_RATE)
+
+
+class _Recorder:
+    """Stands in for a FramePublisher: keeps what would be published."""
+
+    def __init__(self) -> None:
+        self.frames: list[dict[str, object]] = []
+
+    def publish(self, pixels: np.ndarray, **fields: object) -> bool:
+        self.frames.append(fields)
+        return True
+
+
+def test_scanimage_stream_of_a_volume_gives_each_frame_its_plane_and_time_point() -> None:
+    from hardware.scanimage.publish import StreamAdapter
+    from tests.scanimage_frames import encode_scanimage_frame
+
+    recorder = _Recorder()
+    adapter = StreamAdapter("tcp://127.0.0.1:1", recorder, planes=PLANES)  # type: ignore[arg-type]
+    image = np.zeros((1, 4, 4), np.int16)
+    for number in range(7, 7 + 2 * PLANES + 1):  # frameNumbers of a running acquisition
+        adapter.handle(encode_scanimage_frame(image, number / SCAN_RATE, number))
+    got = [(f["frame_index"], f["plane"]) for f in recorder.frames]
+    assert got == [(v, z) for v in range(2) for z in range(PLANES)] + [(2, 0)]

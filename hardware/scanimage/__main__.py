@@ -4,7 +4,7 @@
     follow DIR [--jsonl] [--idle-timeout S]  one line per page as ScanImage writes it
            [--publish ENDPOINT [--lossy]]    ... and publish each page in the wire format
     adapt --from ENDPOINT --to ENDPOINT      ScanImage's ZeroMQ frame stream -> the wire format
-          [--lossy] [--idle-timeout S]
+          [--lossy] [--idle-timeout S] [--planes N]
 
 Publishing (hardware/scanimage/publish.py): by default on the lossless path, a PUSH socket that connects
 to ENDPOINT (the online processor binds it) and waits while nobody takes frames; with --lossy on a PUB
@@ -139,7 +139,7 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     from hardware.scanimage.publish import StreamAdapter
 
     with _open_publisher(args.to, args.lossy) as publisher:
-        adapter = StreamAdapter(args.source, publisher, idle_timeout_s=args.idle_timeout)
+        adapter = StreamAdapter(args.source, publisher, idle_timeout_s=args.idle_timeout, planes=args.planes)
         try:
             adapter.run()
         except KeyboardInterrupt:
@@ -186,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--idle-timeout", type=_non_negative_float, default=None, metavar="S",
         help="stop after S seconds without a message, once one arrived (default: until interrupted)",
     )  # fmt: skip
+    adapt.add_argument("--planes", type=int, default=1, metavar="N",
+                       help="planes per volume: the stream's frames are planes in turn (default 1)")
     adapt.set_defaults(handler=_cmd_adapt)
     return parser
 

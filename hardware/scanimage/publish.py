@@ -13,8 +13,10 @@ Two sources, one output (`FramePublisher`), each frame as one `TOPIC_FRAME` mess
   float64 and int16 pixels, decoded by `hardware/scanimage/stream.py`) and republishes every channel of every
   frame. The stream carries neither trial nor trigger: `trigger_timestamp_s` is None, `trial` counts
   acquisitions as the adapter sees them (it starts at 1 and goes up whenever frameNumber does not increase,
-  i.e. a new acquisition restarted the count), `frame_index` = frameNumber minus the first frameNumber seen
-  in that acquisition. Jumps in frameNumber (ScanImage's PUB drops frames for a slow subscriber) are counted
+  i.e. a new acquisition restarted the count). With `planes` > 1 (a fast-z volume: ScanImage streams each
+  plane as its own frame, planes in turn) the k-th frame of an acquisition (frameNumber minus the first seen)
+  is plane k % planes of time point `frame_index` = k // planes; with one plane `frame_index` = k. Jumps in
+  frameNumber (ScanImage's PUB drops frames for a slow subscriber) are counted
   as `frame_gaps`. Malformed messages are counted, logged (at most once per second) and skipped.
 
 Back-pressure: `FramePublisher.open` (`hardware/frames/publisher.py`) gives a lossless path that waits
@@ -123,7 +125,10 @@ class StreamAdapter:
 
     def __init__(self, endpoint: str, publisher: FramePublisher, *, idle_timeout_s: float | None = None,
                  poll_s: float = 0.1, rcvhwm: int = STREAM_RCVHWM,
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None, planes: int = 1) -> None:
+        if planes < 1:
+            raise ValueError(f"planes must be at least 1, got {planes}")
+        self.planes = planes
         self.endpoint = endpoint
         self.publisher = publisher
         self.idle_timeout_s = idle_timeout_s
@@ -157,10 +162,11 @@ class StreamAdapter:
         elif number > last + 1:
             stats.frame_gaps += number - last - 1
         stats.last_frame_number = number
+        index, plane = divmod(number - self._first_frame_number, self.planes)
         for channel in range(header.num_channels):
-            self.publisher.publish(pixels[channel], frame_index=number - self._first_frame_number,
-                                   timestamp_s=header.timestamp, trigger_timestamp_s=None,
-                                   trial=stats.acquisitions, channel=channel, plane=0)
+            self.publisher.publish(pixels[channel], frame_index=index, timestamp_s=header.timestamp,
+                                   trigger_timestamp_s=None, trial=stats.acquisitions, channel=channel,
+                                   plane=plane)
             stats.frames += 1
         return header.num_channels
 
