@@ -95,14 +95,20 @@ EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 1, 2
 # -- inputs: settings and ROIs -----------------------------------------------------------------------------
 
 
-def load_roi_source(path: str | Path) -> tuple[RoiSet, np.ndarray | None]:
+def load_roi_source(path: str | Path) -> tuple[RoiSet | list[RoiSet], np.ndarray | list[np.ndarray] | None]:
     """ROIs (and the reference they were drawn on, when known) from: a suite2p plane folder (stat.npy,
-    iscell.npy, ops.npy: meanImg is the reference), a folder holding our rois.npz (+ reference.npy), or a
-    rois.npz file."""
+    iscell.npy, ops.npy: meanImg is the reference), a suite2p folder of several planes (plane0, plane1, ...:
+    one ROI set and reference per plane, in plane order), a folder holding our rois.npz (+ reference.npy), or
+    a rois.npz file."""
     path = Path(path)
     try:
         if path.is_dir() and (path / "stat.npy").exists():
             return load_suite2p(path)
+        if path.is_dir() and (path / "plane0" / "stat.npy").exists():
+            planes = []
+            while (path / f"plane{len(planes)}" / "stat.npy").exists():
+                planes.append(load_suite2p(path / f"plane{len(planes)}"))
+            return [rois for rois, _ in planes], [reference for _, reference in planes]
         npz = path / "rois.npz" if path.is_dir() else path
         if npz.suffix == ".npz" and npz.exists():
             rois = RoiSet.load(npz)

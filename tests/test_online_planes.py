@@ -281,3 +281,19 @@ def test_scanimage_stream_of_a_volume_gives_each_frame_its_plane_and_time_point(
         adapter.handle(encode_scanimage_frame(image, number / SCAN_RATE, number))
     got = [(f["frame_index"], f["plane"]) for f in recorder.frames]
     assert got == [(v, z) for v in range(2) for z in range(PLANES)] + [(2, 0)]
+
+
+def test_a_suite2p_folder_of_planes_gives_a_roi_set_and_reference_per_plane(tmp_path: Path, run: Run) -> None:
+    from online.process import load_roi_source
+    from tests.test_rois import write_suite2p
+
+    root = tmp_path / "suite2p"
+    for z, rois in enumerate(run.pipeline.plane_rois[:3]):
+        stat = [{"ypix": y, "xpix": x, "lam": lam} for y, x, lam in (rois.roi(i) for i in range(rois.n))]
+        ops = {"meanImg": run.sim.template(z), "Ly": SIZE, "Lx": SIZE}
+        write_suite2p(root / f"plane{z}", stat, np.ones((rois.n, 2)), ops)
+    sets, references = load_roi_source(root)
+    assert isinstance(sets, list) and [s.n for s in sets] == [20, 20, 20]
+    assert isinstance(references, list) and np.array_equal(references[2], run.sim.template(2))
+    pipeline = OnlinePipeline(config(planes=3), rois=sets, reference=references)
+    assert pipeline.shape == (SIZE, SIZE) and not pipeline.ready
