@@ -162,8 +162,10 @@ class OnlinePipeline:
             return None
         if len(self._planes) == 1:
             return self.startup.status()
-        return "; ".join(f"plane {z}: {p.startup.status()}" for z, p in enumerate(self._planes)
-                         if p.start is None)
+        waiting = [(z, p.startup) for z, p in enumerate(self._planes) if p.start is None]
+        (z, first), rest = waiting[0], waiting[1:]
+        text = f"plane {z}: {first.status()}"  # (the skip counts are the session's, said once)
+        return text + "".join(f"; plane {z}: {s.frames_held} of {s.frames_needed()} kept" for z, s in rest)
 
     @property
     def setup_frames_held(self) -> int:

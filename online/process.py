@@ -538,9 +538,13 @@ def replay(path: str | Path, *, out: str | Path | None = None, rois: str | Path 
     out_dir = Path(out) if out is not None else (path if path.is_dir() else path.parent) / "online_replay"
     roi_set, reference = load_roi_source(rois) if rois is not None else (None, None)
     records = read_trial_records(trials) if trials is not None else {}
+    rate, planes = _file_format(files)
     if config is None:
-        rate, planes = _file_format(files)
         config = PipelineConfig(frame_rate_hz=rate, planes=planes)
+    elif config.planes != planes:  # the recording says how many planes it has (and their rate)
+        logger.info("replay: the files image %d plane(s) at %.3f Hz per plane, settings say %d: replaying "
+                    "the files'", planes, rate, config.planes)
+        config = replace(config, planes=planes, frame_rate_hz=rate)
     stops: list[ReplayStop] = []
     warnings: list[str] = []
     outputs = SessionOutputs(out_dir)
@@ -577,12 +581,13 @@ def replay(path: str | Path, *, out: str | Path | None = None, rois: str | Path 
                     n, planes, channels, height, width = f.shape
                     c = config.channel  # the wire's channel: ScanImage's channel number - 1
                     imaged = planes - f.flyback_planes
-                    if imaged != config.planes or c + 1 not in f.channels:
+                    # (a file of one channel is replayed whatever its number: it is the one recorded)
+                    if imaged != config.planes or (c + 1 not in f.channels and channels > 1):
                         saved = ", ".join(str(n) for n in f.channels)
                         raise UserInputError(f"{file}: has {imaged} plane(s) and channel(s) {saved}, replay "
                                              f"reads {config.planes} plane(s) and channel {c + 1} (settings "
                                              "imaging.planes and imaging.functional_channel)")
-                    ci = f.channels.index(c + 1)
+                    ci = f.channels.index(c + 1) if c + 1 in f.channels else 0
                     with_aux = config.alignment == "aux"
                     dtype_str = f.dtype.str
                     plane_stamps = f.plane_timestamps_s if planes > 1 else None

@@ -43,7 +43,7 @@ N_TRIALS = 12
 def make_settings(tmp_path: Path) -> tuple[Settings, Path]:
     settings = parse_settings({
         "network": free_network(),
-        "imaging": {"frame_height": SIZE, "frame_width": SIZE, "frame_rate_hz": RATE},
+        "imaging": {"frame_height": SIZE, "frame_width": SIZE, "frame_rate_hz": RATE, "planes": 1},
         "online": {"registration": {"reference_frames": 10, "upsample": 1},
                    "decoder": {"min_trials_per_side": 3}},
     })

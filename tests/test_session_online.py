@@ -35,8 +35,10 @@ def test_online_module_runs_beside_the_session_and_saves_its_outputs(tmp_path: P
 
 
 def test_closed_loop_gates_the_delay_and_can_be_switched_off(tmp_path: Path) -> None:
+    # One plane: at 10x the simulator renders fewer frames than 30 Hz, and over 5 planes the per-plane rate
+    # would be too low for the 0.6 s delay window within the trials this test waits for.
     settings = load_settings(overrides={**free_network_overrides(), "online.decoder.min_trials_per_side": 3,
-                                        "online.closed_loop.enabled": True})
+                                        "online.closed_loop.enabled": True, "imaging.planes": 1})
     session = SessionThread(settings, tmp_path, subject="o2", trials=30, speed=10.0)
     session.wait_for_trials(22, timeout_s=120)
     off = send_request(settings.network.control, "closed-loop", enabled=False)
