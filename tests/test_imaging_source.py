@@ -300,8 +300,9 @@ def test_session_publishes_frames_aligned_to_bpod_trials_and_records_the_reduced
     for record in records:
         frames = trials[record["trial"]]
         duration = record["bpod"]["trial_end_s"] - record["bpod"]["trial_start_s"]
-        indices = [h.frame_index for h, _ in frames]
-        assert indices == list(range(len(frames)))  # no gaps within a trial
+        planes = settings.imaging.planes  # planes in turn, each volume one time point (frame_index)
+        got = [(h.frame_index, h.plane) for h, _ in frames]
+        assert got == [divmod(k, planes) for k in range(len(frames))]  # no gaps within a trial
         assert all(h.trigger_timestamp_s == 0.0 for h, _ in frames)  # loop mode: the trigger is t = 0
         stamps = np.array([h.timestamp_s for h, _ in frames])
         np.testing.assert_allclose(stamps, np.arange(len(frames)) / rate, atol=1e-9)
@@ -320,8 +321,11 @@ def test_session_publishes_frames_aligned_to_bpod_trials_and_records_the_reduced
     assert [f.name for f in files] == [f"sim_{n:05d}_00001.tif" for n in range(1, 11)]
     for number, path in zip(range(1, 11), files, strict=True):
         with ScanImageFile(path) as recording:
-            stored = recording.frames()[:, 0, 0]
-            assert [hashes(p) for p in stored] == [hashes(m.arrays[0]) for _, m in trials[number]]
+            n, planes = recording.shape[:2]  # whole volumes (a volume cut by the next trigger is not stored)
+            stored = recording.frames()[:, :, 0].reshape(n * planes, *recording.shape[3:])
+            sent = trials[number]
+            assert [hashes(p) for p in stored] == [hashes(m.arrays[0]) for _, m in sent[:n * planes]]
+            assert len(sent) - n * planes < planes
 
 
 # -- the ScanImage sources, chosen by settings -------------------------------------------------------------
