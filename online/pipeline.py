@@ -147,6 +147,7 @@ class OnlinePipeline:
         self._aligner: ContinuousAligner[tuple[Volume, bool]] | None = None
         self._offset_s = 0.0
         self._snapshot: RoiSnapshot | None = None
+        self._ready_at: float | None = None
 
     # -- state --------------------------------------------------------------------------------------
 
@@ -333,6 +334,7 @@ class OnlinePipeline:
                     f"from {min(len(first.kept), cfg.online.registration.reference_frames)} frames")
         for start in planes:
             start.kept.clear()
+        self._ready_at = self.monotonic()
         out = PipelineOutput(initialised=True)
         for header, pixels, aux in kept:
             out.extend(self._process(self._planes[header.plane], header, pixels, aux))
@@ -449,8 +451,14 @@ class OnlinePipeline:
         return self._decoded(self.trial_stage.end(trial, context, record, self.monotonic()))
 
     def poll(self) -> PipelineOutput:
-        """Finalise trials whose frames did not come within `finalize_timeout_s` (call periodically)."""
-        return self._decoded(self.trial_stage.poll(self.monotonic(), self.config.finalize_timeout_s))
+        """Finalise trials whose frames did not come within `finalize_timeout_s` (call periodically).
+
+        Not while frames are kept for setup, nor for `finalize_timeout_s` after it (every plane's reference
+        and ROIs take seconds, during which frames queue up): those trials' frames are coming."""
+        now, timeout = self.monotonic(), self.config.finalize_timeout_s
+        if self.stats.frames_received and (self._ready_at is None or now - self._ready_at < timeout):
+            return PipelineOutput()
+        return self._decoded(self.trial_stage.poll(now, timeout))
 
     def flush(self) -> PipelineOutput:
         """Finalise every pending trial now (end of a replay or of the session); a setup that never

@@ -297,3 +297,17 @@ def test_a_suite2p_folder_of_planes_gives_a_roi_set_and_reference_per_plane(tmp_
     assert isinstance(references, list) and np.array_equal(references[2], run.sim.template(2))
     pipeline = OnlinePipeline(config(planes=3), rois=sets, reference=references)
     assert pipeline.shape == (SIZE, SIZE) and not pipeline.ready
+
+
+def test_trials_wait_for_their_frames_while_a_plane_is_still_setting_up(run: Run) -> None:
+    clock = [0.0]
+    p = OnlinePipeline(config(), rois=run.pipeline.plane_rois, monotonic=lambda: clock[0])
+    for seq, frame in enumerate(run.frames[:PLANES * 60]):
+        if frame.plane != 4:  # plane 4 never comes: setup waits for it, the others' frames are kept
+            p.process_frame(header(frame, seq), frame.pixels)
+    assert not p.ready and p.setup_status is not None and p.setup_status.startswith("plane 4: waiting")
+    p.on_trial_end({"trial": 1, "context": "tactile", "side": "left", "outcome": "hit",
+                    "licked_side": "left"})
+    clock[0] += 60.0
+    assert p.poll().trials == [] and p.stats.trials_timed_out == 0
+    assert p.setup_frames_held == 4 * 60  # the four ready planes keep their frames for when plane 4 is in
