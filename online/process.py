@@ -32,9 +32,11 @@ status is 2. Text that is not UTF-8 costs nothing (a warning line, the frames ar
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import math
+import os
 import re
 import signal
 import sys
@@ -56,7 +58,7 @@ from online.outputs import PipelineOutput
 from online.pipeline import OnlinePipeline
 from online.rois import RoiSet, load_suite2p
 from online.settings import OnlineProcessSettings, read_process_settings
-from online.store import CodingDirectionFile, SessionOutputs, load_reference, read_jsonl
+from online.store import CodingDirectionFile, SessionOutputs, load_reference, read_jsonl, write_bytes_atomic
 from online.transport import (
     LosslessReceiver,
     LossyPublisher,
@@ -95,6 +97,24 @@ EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 1, 2
 # -- inputs: settings and ROIs -----------------------------------------------------------------------------
 
 
+PLANE_ROIS, PLANE_REFERENCE = "rois_plane{}.npz", "reference_plane{}.npy"
+"""Several planes: each plane's ROIs and reference beside the session's rois.npz (all planes' ROIs in one set)
+and reference.npy (plane 0's), so a restarted module continues over the same ROIs (`--rois <session>`)."""
+
+
+def write_plane_rois(folder: Path, pipeline: OnlinePipeline) -> None:
+    """Each plane's ROIs and reference (PLANE_ROIS, PLANE_REFERENCE) when the session has several planes."""
+    if len(pipeline.plane_rois) < 2:
+        return
+    for z, (rois, reference) in enumerate(zip(pipeline.plane_rois, pipeline.plane_references, strict=True)):
+        tmp = folder / f".{PLANE_ROIS.format(z)}.tmp"
+        rois.save(tmp)
+        os.replace(tmp, folder / PLANE_ROIS.format(z))
+        buffer = io.BytesIO()
+        np.save(buffer, np.asarray(reference, np.float32))
+        write_bytes_atomic(folder / PLANE_REFERENCE.format(z), buffer.getvalue())
+
+
 def load_roi_source(path: str | Path) -> tuple[RoiSet | list[RoiSet], np.ndarray | list[np.ndarray] | None]:
     """ROIs (and the reference they were drawn on, when known) from: a suite2p plane folder (stat.npy,
     iscell.npy, ops.npy: meanImg is the reference), a suite2p folder of several planes (plane0, plane1, ...:
@@ -104,6 +124,12 @@ def load_roi_source(path: str | Path) -> tuple[RoiSet | list[RoiSet], np.ndarray
     try:
         if path.is_dir() and (path / "stat.npy").exists():
             return load_suite2p(path)
+        if path.is_dir() and (path / PLANE_ROIS.format(0)).exists():  # a session of several planes
+            sets: list[RoiSet] = []
+            while (path / PLANE_ROIS.format(len(sets))).exists():
+                sets.append(RoiSet.load(path / PLANE_ROIS.format(len(sets))))
+            refs = [path / PLANE_REFERENCE.format(z) for z in range(len(sets))]
+            return sets, [load_reference(r) for r in refs] if all(r.exists() for r in refs) else None
         if path.is_dir() and (path / "plane0" / "stat.npy").exists():
             planes = []
             while (path / f"plane{len(planes)}" / "stat.npy").exists():
@@ -327,6 +353,7 @@ class OnlineService:
         pipeline, results = self.pipeline, self.results
         if out.initialised:
             assert pipeline.rois is not None and pipeline.reference is not None
+            write_plane_rois(self.outputs.folder, pipeline)
             self.outputs.write_rois(pipeline.rois, pipeline.reference, frame_rate_hz=pipeline.frame_rate_hz,
                                     roi_set_id=pipeline.roi_set_id)
             self.publish_rois()
@@ -557,6 +584,7 @@ def replay(path: str | Path, *, out: str | Path | None = None, rois: str | Path 
         nonlocal decoded
         if result.initialised:
             assert pipeline.rois is not None and pipeline.reference is not None
+            write_plane_rois(outputs.folder, pipeline)
             outputs.write_rois(pipeline.rois, pipeline.reference, frame_rate_hz=pipeline.frame_rate_hz,
                                roi_set_id=pipeline.roi_set_id)
         for trace, header in zip(result.traces, result.headers, strict=True):

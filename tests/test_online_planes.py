@@ -247,9 +247,13 @@ def test_five_plane_scanimage_files_are_read_and_replayed(tmp_path: Path) -> Non
     assert table.dff.shape[0] == summary.frames
     done = json.loads((tmp_path / "out" / SUMMARY_FILE).read_text())
     assert done["pipeline"]["planes"] == PLANES and len(done["pipeline"]["rois_per_plane"]) == PLANES
-    # The recording says how many planes it has (settings of one plane: still every plane replayed).
-    again = replay(folder, out=tmp_path / "out1", config=config(planes=1))
+    # The recording says how many planes it has (settings of one plane: still every plane replayed), and a
+    # session's per-plane ROIs (as a restarted module takes them, `--rois <session>`) come back per plane.
+    again = replay(folder, out=tmp_path / "out1", rois=tmp_path / "out", config=config(planes=1))
     assert again.frames == summary.frames and again.frames_skipped == 0 and not again.stops
+    first, second = (json.loads((tmp_path / d / SUMMARY_FILE).read_text())["pipeline"]
+                     for d in ("out", "out1"))
+    assert second["roi_set_id"] == first["roi_set_id"] and second["rois_per_plane"] == first["rois_per_plane"]
 
 
 def sim_frames(seed: int, n: int) -> list[SimFrame]:
