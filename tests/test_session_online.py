@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from online.store import read_traces
 from rig.control import send_request
 from rig.free_endpoints import free_network_overrides
 from rig.session import RunOptions, SessionRunner
@@ -16,7 +17,10 @@ from tests.test_session import SessionThread
 
 
 def test_online_module_runs_beside_the_session_and_saves_its_outputs(tmp_path: Path) -> None:
-    settings = load_settings(overrides={**free_network_overrides(), "online.decoder.min_trials_per_side": 3})
+    # 5 planes (the default): each builds its own reference at setup, while frames queue at 20x the real rate;
+    # 20 reference frames keep that setup as short as one plane's at the default 50.
+    settings = load_settings(overrides={**free_network_overrides(), "online.decoder.min_trials_per_side": 3,
+                                        "online.registration.reference_frames": 20})
     result = SessionRunner(settings, RunOptions(subject="o1", trials=16, speed=20, data_root=tmp_path,
                                                 handle_signals=False)).run()
     info = json.loads((result.folder / "session.json").read_text())
@@ -29,6 +33,9 @@ def test_online_module_runs_beside_the_session_and_saves_its_outputs(tmp_path: P
                for d, t in zip(decoded, trials, strict=True))
     assert all(d["n_frames"] > 0 for d in decoded)
     assert (result.folder / "traces.f32").stat().st_size > 0 and (result.folder / "rois.npz").exists()
+    planes = settings.imaging.planes
+    assert planes == 5 and (result.folder / f"rois_plane{planes - 1}.npz").exists()
+    assert sorted(set(read_traces(result.folder).index["plane"].tolist())) == list(range(planes))
     summary = json.loads((result.folder / "online_summary.json").read_text())
     assert summary["events_receiver"]["gaps"] == 0 and summary["events_receiver"]["malformed"] == 0
     assert summary["frames_receiver"]["gaps"] == 0
