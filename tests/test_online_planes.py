@@ -315,3 +315,32 @@ def test_trials_wait_for_their_frames_while_a_plane_is_still_setting_up(run: Run
     clock[0] += 60.0
     assert p.poll().trials == [] and p.stats.trials_timed_out == 0
     assert p.setup_frames_held == 4 * 60  # the four ready planes keep their frames for when plane 4 is in
+
+
+def test_a_followed_folder_of_five_plane_files_feeds_every_plane_to_the_pipeline(tmp_path: Path,
+                                                                                  run: Run) -> None:
+    from hardware.scanimage.follower import FolderFollower
+    from hardware.scanimage.publish import page_fields
+
+    sim = make_sim(seed=0)  # the fixture's field: its ROIs fit
+    files = LoopTiffFiles(tmp_path, sim)
+    t = 1.0
+    for trial in (1, 2):
+        sim.start_trial(t, "tactile", "left", EPOCHS, trial=trial)
+        for frame in sim.frames_until(t + PERIOD_S - 1e-9):
+            files.write(frame, trial)
+        t += PERIOD_S
+    files.close()
+    follower = FolderFollower(tmp_path, idle_timeout_s=0.5, settle_s=0.0, poll_s=0.01)
+    pages = list(follower)
+    assert len(pages) == 2 * VOLUMES_PER_TRIAL * PLANES
+    p = OnlinePipeline(config(), rois=run.pipeline.plane_rois, reference=run.pipeline.plane_references)
+    traces = 0
+    for seq, page in enumerate(pages):
+        fields = page_fields(page)
+        h = FrameHeader(seq, fields["frame_index"], fields["timestamp_s"], fields["trigger_timestamp_s"],
+                        fields["trial"], fields["channel"], fields["plane"], SIZE, SIZE, "<i2", 0)
+        traces += len(p.process_frame(h, page.pixels).traces)
+    traces += len(p.flush().traces)
+    assert p.ready and traces == len(pages) and p.stats.volumes_incomplete == 0
+    assert [page_fields(pg)["plane"] for pg in pages[:6]] == [0, 1, 2, 3, 4, 0]
