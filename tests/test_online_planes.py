@@ -344,3 +344,23 @@ def test_a_followed_folder_of_five_plane_files_feeds_every_plane_to_the_pipeline
     traces += len(p.flush().traces)
     assert p.ready and traces == len(pages) and p.stats.volumes_incomplete == 0
     assert [page_fields(pg)["plane"] for pg in pages[:6]] == [0, 1, 2, 3, 4, 0]
+
+
+def test_continuous_mode_places_each_volume_on_the_trial_of_its_first_plane(run: Run) -> None:
+    sim = SimMicroscope(MicroscopeConfig(height=SIZE, width=SIZE, n_neurons=N_NEURONS,
+                                         frame_rate_hz=SCAN_RATE, planes=PLANES, seed=0, mode="continuous"))
+    p = OnlinePipeline(config(alignment="aux"), rois=run.pipeline.plane_rois,
+                       reference=run.pipeline.plane_references)
+    for trial in range(1, 5):  # triggers land inside volumes, on whichever plane frame is being scanned
+        sim.start_trial(0.5 + 3.07 * trial, "tactile", "left", EPOCHS, trial=trial)
+    frames = sim.frames_until(16.0)
+    traces: list[TraceFrame] = []
+    for seq, f in enumerate(frames):
+        h = FrameHeader(seq, f.frame_index, f.timestamp_s, None, 1, 0, f.plane, SIZE, SIZE, "<i2", 0)
+        traces += p.process_frame(h, f.pixels, f.aux_trigger_s).traces
+    traces += p.flush().traces
+    assert len(traces) == len(frames)
+    first_plane = {f.frame_index: f for f in frames if f.plane == 0}
+    placed = [(t.frame_index, t.trial) for t in traces if t.trial]
+    assert placed and all(first_plane[i].trial == trial for i, trial in placed)
+    assert {trial for _, trial in placed} == {1, 2, 3, 4}
