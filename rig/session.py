@@ -269,7 +269,8 @@ class SessionRunner:
         with ExitStack() as stack:
             port = self.settings.bpod.port
             if self.simulated:
-                rig = SimulatedRig(self.settings, self.speed, self.record.simulated_mouse)
+                rig = SimulatedRig(self.settings, self.speed, self.record.simulated_mouse,
+                                   day=self.record.sessions)  # the field of view moves from day to day
                 self._sim = stack.enter_context(rig)
                 port = self._sim.port
             client = BpodClient(port, timeout_s=self.settings.bpod.timeout_s)
