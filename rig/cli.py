@@ -410,7 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     online.add_argument("--subject-dir", metavar="DIR", type=Path, default=None,
                         help="<data_root>/<subject>: where the subject's coding directions are kept")
     online.add_argument("--rois", metavar="DIR", type=Path, default=None,
-                        help="suite2p plane folder, or a folder/file with rois.npz (default: detect)")
+                        help="suite2p output (a plane folder, or the folder of plane0..planeN), or a "
+                             "folder/file with rois.npz (default: online.rois, else detect)")
     online.add_argument("--app-port", metavar="PATH", default=None,
                         help="the Bpod's APP serial port (firmware 23), for the closed loop")
     online.add_argument("--alignment", choices=("trigger", "aux"), default="trigger",
