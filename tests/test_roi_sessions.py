@@ -66,3 +66,40 @@ def test_sessions_match_their_rois_to_earlier_days_and_take_suite2p_rois(tmp_pat
     # the match can be made again later from the files alone, with other settings
     again = match_session(third, settings.online.roi_match.model_copy(update={"previous_sessions": 1}))
     assert again is not None and [m["session"] for m in again["matches"]] == [second.name]
+
+
+def _session(subject: Path, name: str, rois: RoiSet | None, image: np.ndarray | None) -> Path:
+    folder = subject / name
+    folder.mkdir(parents=True)
+    (folder / "session.json").write_text("{}")
+    if rois is not None:
+        rois.save(folder / "rois.npz")
+    if image is not None:
+        np.save(folder / "reference.npy", image)
+    return folder
+
+
+def test_match_session_reads_only_earlier_sessions_with_rois_and_names_what_it_cannot_compare(
+        tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    image = rng.random((48, 48)).astype(np.float32)
+    rois = RoiSet.from_masks((48, 48), [{"ypix": [10, 10, 11, 11], "xpix": [10, 11, 10, 11]},
+                                        {"ypix": [30, 30, 31, 31], "xpix": [20, 21, 20, 21]}])
+    small = RoiSet.from_masks((32, 32), [{"ypix": [5, 5], "xpix": [5, 6]}])
+    subject = tmp_path / "m"
+    _session(subject, "2026-01-01_100000", rois, image)
+    _session(subject, "2026-01-02_100000", None, None)  # no online processing: skipped
+    _session(subject, "2026-01-03_100000", small, np.ones((32, 32), np.float32))
+    current = _session(subject, "2026-01-04_100000", rois, image)
+    _session(subject, "2026-01-05_100000", rois, image)  # later: never compared
+    (subject / "2026-01-03_100000_2").mkdir()  # not a session (no session.json)
+    result = match_session(current)
+    assert result is not None
+    assert [m["session"] for m in result["matches"]] == ["2026-01-03_100000", "2026-01-01_100000"]
+    other, same = result["matches"]
+    assert "differ in size" in other["error"]
+    assert same["n_matched"] == 2 and same["pairs"] == [[0, 0], [1, 1]] and same["shift_px"] == [0, 0]
+    assert json.loads((current / ROI_MATCHES_FILE).read_text()) == result
+    text = format_summary(summarize_session(current))
+    assert "ROIs not matched to session 2026-01-03_100000" in text and "2 of 2" in text
+    assert match_session(subject / "2026-01-02_100000") is None
