@@ -428,7 +428,11 @@ class SessionRunner:
         size here, so ROIs that are unreadable or of another field are one sentence before the session."""
         online = self.settings.online
         path = self.options.rois if self.options.rois is not None else online.rois
-        if path is None or not (online.enabled and online.start_with_rig):
+        if path is not None and not (online.enabled and online.start_with_rig):
+            log.warning("ROIs %s are not used: the rig starts no online module (online.enabled, "
+                        "online.start_with_rig)", path)
+            return None
+        if path is None:
             return None
         try:
             planes = load_roi_planes(path)

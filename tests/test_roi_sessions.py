@@ -53,6 +53,7 @@ def test_sessions_match_their_rois_to_earlier_days_and_take_suite2p_rois(tmp_pat
     plane = write_suite2p(tmp_path / "s2p" / "suite2p" / "plane0", stat, np.ones((rois.n, 2)),
                           {"meanImg": mean, "Ly": SIZE, "Lx": SIZE})
     third = run(rois=plane.parent.parent)
+    assert json.loads((third / "session.json").read_text())["online"]["rois"] == str(plane.parent.parent)
     used = RoiSet.load(third / "rois.npz")
     assert used.n == rois.n
     np.testing.assert_array_equal(used.ypix, rois.ypix)
