@@ -53,6 +53,7 @@ from hardware.zaber.lickport import ZaberLickportMotor
 from hardware.zaber.pole import ZaberPoleMotor
 from online.errors import UserInputError
 from online.process import load_roi_planes
+from online.suite2p_rois import is_suite2p_output
 from online.transport import LossyPublisher, TransportError
 from online.wire import TOPIC_STATE, TOPIC_TRIAL
 from protocols.contexts import SIDES, Context, context_named, contexts_from_settings
@@ -444,11 +445,12 @@ class SessionRunner:
         else:
             imaging = self.settings.imaging
             size, source = (imaging.frame_height, imaging.frame_width), "imaging's"
+        where = " (suite2p ops.npy Ly, Lx)" if is_suite2p_output(path) else ""
         for plane, (rois, _) in enumerate(planes):
             if tuple(rois.shape) != size:
-                raise UserError(f"ROIs {path} (plane {plane}) are for {rois.shape[0]}x{rois.shape[1]} frames "
-                                f"(suite2p ops.npy Ly, Lx) but {source} frames are {size[0]}x{size[1]}: ROIs "
-                                "of another field of view or zoom")
+                raise UserError(f"ROIs {path} (plane {plane}) are for {rois.shape[0]}x{rois.shape[1]} frames"
+                                f"{where} but {source} frames are {size[0]}x{size[1]}: ROIs of another field "
+                                "of view or zoom")
         log.info("ROIs from %s: %s", path,
                  ", ".join(f"plane {k} {rois.n} ROIs" for k, (rois, _) in enumerate(planes)))
         return Path(path)
