@@ -45,8 +45,8 @@ def _live_parser() -> argparse.ArgumentParser:
     parser.add_argument("--subject-dir", type=Path, default=None,
                         help="<data_root>/<subject>: where coding_directions.json lives")
     parser.add_argument("--rois", type=Path, default=None,
-                        help="suite2p plane folder, or a folder/file with rois.npz (default: detect on the "
-                             "reference)")
+                        help="suite2p output (a plane folder, or the folder of plane0..planeN), or a "
+                             "folder/file with rois.npz (default: online.rois, else detect on the reference)")
     parser.add_argument("--app-port", default=None, help="the Bpod's APP serial port (firmware 23)")
     parser.add_argument("--alignment", choices=("trigger", "aux"), default="trigger",
                         help="trigger: frames carry trial and trigger time (loop mode); aux: continuous "

@@ -54,9 +54,10 @@ from online.errors import MalformedInput, PipelineError, UserInputError
 from online.messages import HealthReport
 from online.outputs import PipelineOutput
 from online.pipeline import OnlinePipeline
-from online.rois import RoiSet, load_suite2p
+from online.rois import RoiSet
 from online.settings import OnlineProcessSettings, read_process_settings
 from online.store import CodingDirectionFile, SessionOutputs, load_reference, read_jsonl
+from online.suite2p_rois import is_suite2p_output, load_suite2p_output
 from online.transport import (
     LosslessReceiver,
     LossyPublisher,
@@ -95,23 +96,35 @@ EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 1, 2
 # -- inputs: settings and ROIs -----------------------------------------------------------------------------
 
 
-def load_roi_source(path: str | Path) -> tuple[RoiSet, np.ndarray | None]:
-    """ROIs (and the reference they were drawn on, when known) from: a suite2p plane folder (stat.npy,
-    iscell.npy, ops.npy: meanImg is the reference), a folder holding our rois.npz (+ reference.npy), or a
-    rois.npz file."""
+def load_roi_planes(path: str | Path) -> list[tuple[RoiSet, np.ndarray | None]]:
+    """Per plane, ROIs (and the reference they were drawn on, when known) from: suite2p output (a plane
+    folder with stat.npy, iscell.npy, ops.npy: meanImg is the reference; or the folder of its plane0..planeN;
+    online/suite2p_rois.py), a folder holding our rois.npz (+ reference.npy), or a rois.npz file."""
     path = Path(path)
+    if not path.exists():
+        raise UserInputError(f"ROIs {path} do not exist (--rois or online.rois)")
     try:
-        if path.is_dir() and (path / "stat.npy").exists():
-            return load_suite2p(path)
+        if is_suite2p_output(path):
+            return [(plane.rois, plane.mean_image) for plane in load_suite2p_output(path)]
         npz = path / "rois.npz" if path.is_dir() else path
         if npz.suffix == ".npz" and npz.exists():
             rois = RoiSet.load(npz)
             ref = npz.with_name("reference.npy")
-            return rois, load_reference(ref) if ref.exists() else None
+            return [(rois, load_reference(ref) if ref.exists() else None)]
     except (OSError, ValueError) as exc:
         raise UserInputError(str(exc)) from exc
-    raise UserInputError(f"--rois {path}: expected a suite2p plane folder (stat.npy, iscell.npy, ops.npy), a "
-                         "folder with rois.npz, or a rois.npz file")
+    raise UserInputError(f"--rois {path}: expected suite2p output (a plane folder with stat.npy, iscell.npy, "
+                         "ops.npy, or the folder of plane0..planeN), a folder with rois.npz, or a rois.npz "
+                         "file")
+
+
+def load_roi_source(path: str | Path) -> tuple[RoiSet, np.ndarray | None]:
+    """The first plane of `load_roi_planes` (the pipeline processes one plane)."""
+    planes = load_roi_planes(path)
+    if len(planes) > 1:
+        logger.warning("ROIs %s have %d planes; one plane is processed: plane0's ROIs are used", path,
+                       len(planes))
+    return planes[0]
 
 
 def pipeline_config(settings: OnlineProcessSettings, alignment: str) -> PipelineConfig:
@@ -181,7 +194,8 @@ class OnlineService:
         self.settings = settings
         self.options = options
         self.session = options.session_dir.name
-        rois, reference = (load_roi_source(options.rois) if options.rois is not None else (None, None))
+        given = options.rois if options.rois is not None else settings.online.rois
+        rois, reference = load_roi_source(given) if given is not None else (None, None)
         self.config = pipeline_config(settings, options.alignment)
         self.outputs = SessionOutputs(options.session_dir)
         self.cd_file = (CodingDirectionFile.in_subject_dir(options.subject_dir)

@@ -51,6 +51,19 @@ class RegistrationSettings(_Section):
     """Side of the centre crop registered (a smaller crop is faster; the whole frame moves rigidly)."""
 
 
+class RoiMatchSettings(_Section):
+    """Matching ROIs across sessions: mean images registered, masks matched by overlap
+    (online/roi_match.py)."""
+
+    min_overlap: float = Field(0.5, gt=0, le=1)
+    """Smallest Jaccard index (intersection over union of two masks' bodies, after registration) of a
+    match."""
+    max_shift_px: float = Field(40.0, ge=0, le=512)
+    """Largest field-of-view displacement between two sessions searched, per axis (px)."""
+    previous_sessions: int = Field(5, ge=0, le=1000)
+    """The subject's most recent earlier sessions matched to each new one (0: none)."""
+
+
 class DecoderSettings(_Section):
     """Preparatory (delay-epoch) decoding of the upcoming lick direction."""
 
@@ -99,6 +112,12 @@ class OnlineSettings(_Section):
     """F_cell - this x F_neuropil."""
     dff_baseline_window_s: float = Field(30.0, gt=0, le=3600)
     """Running-baseline window for dF/F (s)."""
+    rois: Path | None = Field(None, strict=False)
+    """The session's ROIs instead of detecting them on the reference: suite2p output (a plane folder with
+    stat.npy, iscell.npy, ops.npy, or the folder of its plane0..planeN) or a rois.npz; relative to the
+    working directory. `rig run --rois` overrides it; null: detect."""
+    roi_match: RoiMatchSettings = Field(default_factory=RoiMatchSettings)
+    """Matching a session's ROIs to the subject's previous sessions (roi_matches.json)."""
     registration: RegistrationSettings = Field(default_factory=RegistrationSettings)
     """Motion correction."""
     decoder: DecoderSettings = Field(default_factory=DecoderSettings)

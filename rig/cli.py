@@ -86,7 +86,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     rig_file = _rig_file(args)
     subject = {"subject": args.subject} if args.subject is not None else {}  # "" is refused, not defaulted
     options = RunOptions(**subject, context=args.context, trials=args.trials, minutes=args.minutes,
-                         speed=args.speed, data_root=args.data, status_stream=sys.stderr, rig_file=rig_file)
+                         speed=args.speed, data_root=args.data, status_stream=sys.stderr, rig_file=rig_file,
+                         rois=args.rois)
     gui = None
     if not args.no_gui:
         from rig.monitor import display_available, monitor_command, start_monitor_process
@@ -339,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="emulator clock speed, times real time (overrides bpod.emulator_speed)",
     )
     run.add_argument("--data", metavar="DIR", type=Path, default=None, help="data root (overrides data.root)")
+    run.add_argument("--rois", metavar="DIR", type=Path, default=None,
+                     help="the session's ROIs: suite2p output (a plane folder, or the folder of "
+                          "plane0..planeN) or rois.npz (overrides online.rois; default: detect)")
     _add_settings_and_rig(run)
     run.add_argument("--no-gui", action="store_true", help="do not open the monitoring window")
     run.set_defaults(func=_cmd_run)
@@ -406,7 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     online.add_argument("--subject-dir", metavar="DIR", type=Path, default=None,
                         help="<data_root>/<subject>: where the subject's coding directions are kept")
     online.add_argument("--rois", metavar="DIR", type=Path, default=None,
-                        help="suite2p plane folder, or a folder/file with rois.npz (default: detect)")
+                        help="suite2p output (a plane folder, or the folder of plane0..planeN), or a "
+                             "folder/file with rois.npz (default: online.rois, else detect)")
     online.add_argument("--app-port", metavar="PATH", default=None,
                         help="the Bpod's APP serial port (firmware 23), for the closed loop")
     online.add_argument("--alignment", choices=("trigger", "aux"), default="trigger",

@@ -51,6 +51,9 @@ from hardware.zaber.axis import AxisSettings, ZaberStage
 from hardware.zaber.emulator import ZaberEmulatorServer
 from hardware.zaber.lickport import ZaberLickportMotor
 from hardware.zaber.pole import ZaberPoleMotor
+from online.errors import UserInputError
+from online.process import load_roi_planes
+from online.suite2p_rois import is_suite2p_output
 from online.transport import LossyPublisher, TransportError
 from online.wire import TOPIC_STATE, TOPIC_TRIAL
 from protocols.contexts import SIDES, Context, context_named, contexts_from_settings
@@ -75,6 +78,7 @@ from rig.control import ControlRequestError, ControlServer, link_security
 from rig.errors import SessionFault, UserError
 from rig.imaging import ImagingSource, open_imaging
 from rig.online_child import OnlineProcess
+from rig.roi_matches import match_session
 from rig.settings import Settings, dump_settings_files
 from rig.simulated_rig import SimulatedRig
 from rig.sound import CueActions, cue_actions, open_hifi_sound, sound_plays
@@ -104,6 +108,8 @@ class RunOptions:
     """The monitor window's process, if `rig run` started one: watched, never waited for."""
     rig_file: Path | None = None
     """The rig file the settings were loaded with, for session.json (None: the built-in rig or one file)."""
+    rois: Path | None = None
+    """The session's ROIs (suite2p output or rois.npz) for the online module; None: online.rois."""
 
 
 @dataclass
@@ -269,9 +275,11 @@ class SessionRunner:
         with ExitStack() as stack:
             port = self.settings.bpod.port
             if self.simulated:
-                rig = SimulatedRig(self.settings, self.speed, self.record.simulated_mouse)
+                rig = SimulatedRig(self.settings, self.speed, self.record.simulated_mouse,
+                                   day=self.record.sessions)  # the field of view moves from day to day
                 self._sim = stack.enter_context(rig)
                 port = self._sim.port
+            rois = self._given_rois()  # a wrong ROI folder is one sentence before anything is written
             client = BpodClient(port, timeout_s=self.settings.bpod.timeout_s)
             client.connect()
             stack.callback(client.close)
@@ -300,7 +308,7 @@ class SessionRunner:
             if self.settings.online.enabled and self.settings.online.start_with_rig:
                 self._online = stack.enter_context(OnlineProcess(
                     self.settings, self._store.folder, self.data_root / self.options.subject,
-                    app_port=self._app_port()))
+                    app_port=self._app_port(), rois=rois))
             self._imaging = stack.enter_context(open_imaging(self.settings, self._store.folder, self._sim))
             self._store.write_session_info(self._session_info(started))  # with the imaging source's plan
             self._children = stack.enter_context(ChildWatcher(  # stops after the children (finally below)
@@ -323,6 +331,7 @@ class SessionRunner:
                 self._imaging.stop()  # final frame counts for session.json (the stack's stop is a no-op)
                 if self._online is not None:
                     self._online.stop()  # after the last frames; its exit status goes into session.json
+                    self._match_rois()
                 self.record.sessions += 1
                 self._save_subject()
                 self._store.write_session_info(self._session_info(started, datetime.now()))
@@ -405,6 +414,46 @@ class SessionRunner:
             else:
                 trial.not_started, trial.abort_reason = True, self._fault.reason
                 self._finish(trial, None)
+
+    def _match_rois(self) -> None:
+        """This session's ROIs matched to the subject's earlier sessions (roi_matches.json); a failure is
+        logged, never the end of the session's bookkeeping."""
+        assert self._store is not None
+        try:
+            match_session(self._store.folder, self.settings.online.roi_match)
+        except Exception:  # the trials are safe on disk; a match can be made again later from the files
+            log.exception("matching this session's ROIs to earlier sessions failed")
+
+    def _given_rois(self) -> Path | None:
+        """The ROIs for the online module (--rois, else online.rois), read and checked against the frame
+        size here, so ROIs that are unreadable or of another field are one sentence before the session."""
+        online = self.settings.online
+        path = self.options.rois if self.options.rois is not None else online.rois
+        if path is not None and not (online.enabled and online.start_with_rig):
+            log.warning("ROIs %s are not used: the rig starts no online module (online.enabled, "
+                        "online.start_with_rig)", path)
+            return None
+        if path is None:
+            return None
+        try:
+            planes = load_roi_planes(path)
+        except UserInputError as exc:
+            raise UserError(str(exc)) from None
+        scope = self._sim.scope if self._sim is not None else None
+        if scope is not None:
+            size, source = (scope.effective.height, scope.effective.width), "the simulated microscope's"
+        else:
+            imaging = self.settings.imaging
+            size, source = (imaging.frame_height, imaging.frame_width), "imaging's"
+        where = " (suite2p ops.npy Ly, Lx)" if is_suite2p_output(path) else ""
+        for plane, (rois, _) in enumerate(planes):
+            if tuple(rois.shape) != size:
+                raise UserError(f"ROIs {path} (plane {plane}) are for {rois.shape[0]}x{rois.shape[1]} frames"
+                                f"{where} but {source} frames are {size[0]}x{size[1]}: ROIs of another field "
+                                "of view or zoom")
+        log.info("ROIs from %s: %s", path,
+                 ", ".join(f"plane {k} {rois.n} ROIs" for k, (rois, _) in enumerate(planes)))
+        return Path(path)
 
     def _open_sound(self, client: BpodClient, stack: ExitStack) -> None:
         """sound.device hifi: the HiFi module the Bpod found, loaded with the task's tones, and the task's

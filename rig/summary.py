@@ -1,7 +1,8 @@
 """What a session did, from its files alone: trials, outcomes, Perf100 per context, context switches,
 the dead time between trials measured from the Bpod's own timestamps, and the times a child process
 (online module, frame source, monitor) died: the online module's gaps with their frames lost and trials
-affected, from session.json."""
+affected, from session.json; and how many of its ROIs were found again in earlier sessions
+(roi_matches.json)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 from online.store import JsonLinesError, read_jsonl
 from protocols.outcome import PerformanceTracker, ScoredTrial
 from protocols.trial_record import TrialRecord, TrialRecordError
+from rig.roi_matches import ROI_MATCHES_FILE, match_summary
 from rig.store import SESSION_FILE, TRIALS_FILE, DataError, read_json
 
 CYCLE_S = 1e-4
@@ -97,6 +99,8 @@ def summarize_session(folder: Path) -> dict[str, Any]:
         "free_drop_trials": sum(1 for r in records if r.free_drop),
         "online": _online_summary(info.get("online")),
         "child_events": list((info.get("children") or {}).get("events") or []),
+        "roi_matches": match_summary(read_json(folder / ROI_MATCHES_FILE)
+                                     if (folder / ROI_MATCHES_FILE).exists() else None),
     }
 
 
@@ -158,4 +162,12 @@ def format_summary(summary: dict[str, Any]) -> str:
                      f"max {dead['max']} cycles, "
                      f"mean {dead['mean']:.2f}, {dead['nonzero']} gaps not zero")
     lines += _child_lines(summary)
+    for match in summary.get("roi_matches", []):
+        if "error" in match:
+            lines.append(f"  ROIs not matched to session {match['session']}: {match['error']}")
+        else:
+            dy, dx = match["shift_px"]
+            lines.append(f"  ROIs matched to session {match['session']}: {match['n_matched']} of "
+                         f"{match['n_current']} (it had {match['n_previous']}), field shift ({dy:.1f}, "
+                         f"{dx:.1f}) px")
     return "\n".join(lines)

@@ -46,7 +46,7 @@ Mode = Literal["loop", "continuous"]
 
 @dataclass(frozen=True)
 class MicroscopeConfig:
-    """Everything that shapes a simulated acquisition. The first six fields mirror settings sim.microscope."""
+    """Everything that shapes a simulated acquisition. The first eight fields mirror sim.microscope."""
 
     n_neurons: int = 200
     noise: float = 0.1
@@ -54,6 +54,10 @@ class MicroscopeConfig:
     neuron_radius_px: float = 5.0
     selective_fraction: float = 0.3
     context_overlap: float = 0.2
+    day_shift_px: float = 3.0
+    day_turnover: float = 0.05
+    day: int = 0
+    """Imaging day (the subject's earlier sessions): the field's displacement and cells in view that day."""
     height: int = 512
     width: int = 512
     frame_rate_hz: float = 30.0
@@ -98,7 +102,8 @@ class MicroscopeConfig:
     def optics_params(self) -> OpticsParams:
         return OpticsParams(height=self.height, width=self.width, reference_size_px=self.reference_size_px,
                             neuron_radius_px=self.neuron_radius_px, motion_px=self.motion_px,
-                            noise=self.noise, dtype=self.dtype)
+                            noise=self.noise, dtype=self.dtype, day=self.day,
+                            day_shift_px=self.day_shift_px, day_turnover=self.day_turnover)
 
 
 @dataclass(frozen=True)
@@ -206,7 +211,7 @@ class SimMicroscope:
         self.config = config
         self.population = Population(config.population_params(), config.seed)
         self.field = FieldOfView(config.optics_params(), config.n_neurons, named_rng(config.seed, "field"),
-                                 self.population.resting_dff)
+                                 self.population.resting_dff, named_rng(config.seed, f"day:{config.day}"))
         self._rng = named_rng(config.seed, "acquisition")
         self.motion = BrainMotion(config.optics_params().motion_max_px, self._rng)
         self._drift = OrnsteinUhlenbeck(np.array(0.03), 120.0, self._rng)
