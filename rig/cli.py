@@ -221,6 +221,38 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_simulate_study(args: argparse.Namespace) -> int:
+    """One `rig run` per simulated day on the emulator, contexts by the schedule or at criterion."""
+    from rig.bench import EMULATOR_PORT
+    from rig.study import StudyDay, StudyError, StudyPlan, parse_schedule, run_study, write_study_settings
+
+    settings = _load(args)
+    if settings.bpod.port != EMULATOR_PORT or settings.imaging.source != "simulated":
+        raise StudyError("simulate-study runs on the simulated rig only: these settings name a real Bpod "
+                         f"({settings.bpod.port!r}) or imaging source ({settings.imaging.source!r})")
+    contexts = list(settings.contexts)
+    if args.schedule is not None:
+        days = parse_schedule(args.schedule, contexts)
+    elif args.days is not None:
+        if not settings.task.context_switch.enabled:
+            raise StudyError("--days without --schedule lets the rig switch contexts at criterion, but "
+                             "task.context_switch.enabled is false in the settings")
+        days = [StudyDay(i + 1, None) for i in range(args.days)]
+    else:
+        raise StudyError("give --schedule CONTEXT:DAYS,... or --days N (contexts switched at criterion)")
+    data = Path(args.data if args.data is not None else settings.data.root)
+    study_settings = write_study_settings(args.settings, data / args.subject,
+                                          switch_at_criterion=args.schedule is None)
+    plan = StudyPlan(args.subject, days, args.trials_per_session, args.speed, data,
+                     settings=study_settings, rig_file=_rig_file(args))
+    results = run_study(plan, status=sys.stderr)
+    for result in results:
+        sys.stdout.write(f"day {result.day.number:3d}  {result.day.context or '(at criterion)':<20} "
+                         f"{result.seconds:6.1f} s  {result.session}\n")
+    sys.stdout.write(f"subject: {data / args.subject}\n")
+    return EXIT_OK
+
+
 def _cmd_control(args: argparse.Namespace) -> int:
     """Send one request to the running session's control socket and print its answer."""
     import json
@@ -427,6 +459,29 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the session's trials.jsonl: decode trials too")
     replay.add_argument("--alignment", choices=("trigger", "aux"), default="trigger")
     replay.set_defaults(func=_cmd_replay)
+
+    study = sub.add_parser(
+        "simulate-study",
+        help="simulate days of training: one rig run per day on the emulator",
+        description=(
+            "Run one simulated session per day for one subject on the emulator, the simulated mouse "
+            "carrying its learning and its field of view from day to day. Contexts follow --schedule "
+            "(CONTEXT:DAYS,...) or, with --days N, the rig switches them at criterion."
+        ),
+    )
+    study.add_argument("--subject", metavar="ID", required=True, help="subject ID (a new or simulated one)")
+    study.add_argument("--schedule", metavar="PLAN", default=None,
+                       help="contexts by day, e.g. tactile:3,tactile-reversed:4,tactile:2")
+    study.add_argument("--days", metavar="N", type=_positive_int, default=None,
+                       help="N days, contexts switched by the rig at criterion (instead of --schedule)")
+    study.add_argument("--trials-per-session", metavar="N", type=_positive_int, default=150,
+                       help="trials per day (default: 150)")
+    study.add_argument("--speed", metavar="X", type=_positive_float, default=50.0,
+                       help="emulator clock speed, times real time (default: 50)")
+    study.add_argument("--data", metavar="DIR", type=Path, default=None,
+                       help="data root (overrides data.root)")
+    _add_settings_and_rig(study)
+    study.set_defaults(func=_cmd_simulate_study)
 
     summary = sub.add_parser("summary", help="summarise a finished (or running) session from its folder")
     summary.add_argument("session", metavar="SESSION_DIR", type=Path, help="the session's folder")
