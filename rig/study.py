@@ -61,7 +61,8 @@ def parse_schedule(text: str, known_contexts: Sequence[str]) -> list[StudyDay]:
             raise StudyError(f"schedule item {part!r}: {count!r} is not a number of days") from None
         if not 1 <= n <= 1000:
             raise StudyError(f"schedule item {part!r}: days must be 1 to 1000, got {n}")
-        days.extend(StudyDay(len(days) + i + 1, name) for i in range(n))
+        first = len(days) + 1
+        days.extend(StudyDay(first + i, name) for i in range(n))
     if not days:
         raise StudyError(f"schedule {text!r} names no day; write e.g. tactile:3,tactile-reversed:4")
     return days
