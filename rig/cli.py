@@ -253,6 +253,34 @@ def _cmd_simulate_study(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    """A subject's study as in the paper: figures, an HTML report and result.json in --out."""
+    import json
+
+    from rig.analysis.figures import all_figures
+    from rig.analysis.report import write_report
+    from rig.analysis.study import AnalysisOptions, analyze_subject
+
+    try:
+        options = AnalysisOptions(method=args.method, min_trials_per_side=args.min_trials_per_side,
+                                  n_repeats=args.repeats, source=args.activity)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    out = args.out if args.out is not None else args.subject_dir / "analysis"
+    result = analyze_subject(args.subject_dir, options, status=sys.stderr)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "result.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+    figures = all_figures(result, out)
+    report = write_report(result, figures, out)
+    if args.json:
+        keys = ("subject", "sessions", "neurons", "blocks", "trials_to_criterion", "cd_similarity",
+                "cross_decoding", "cross_decoding_sessions", "memory_trace")
+        sys.stdout.write(json.dumps({k: result[k] for k in keys}) + "\n")
+    else:
+        sys.stdout.write(f"report: {report}\nfigures: {', '.join(str(p) for p in figures.values())}\n")
+    return EXIT_OK
+
+
 def _cmd_control(args: argparse.Namespace) -> int:
     """Send one request to the running session's control socket and print its answer."""
     import json
@@ -482,6 +510,29 @@ def build_parser() -> argparse.ArgumentParser:
                        help="data root (overrides data.root)")
     _add_settings_and_rig(study)
     study.set_defaults(func=_cmd_simulate_study)
+
+    analyze = sub.add_parser(
+        "analyze",
+        help="a subject's sessions analysed as in the paper: figures and an HTML report",
+        description=(
+            "Read every session of a subject and report learning per context, trials to criterion, CD "
+            "similarity across blocks with split-half ceilings, cross-decoding by block and by session, "
+            "the memory trace and per-context PSTHs. Recomputed from the session files alone."
+        ),
+    )
+    analyze.add_argument("subject_dir", metavar="SUBJECT_DIR", type=Path, help="the subject's data folder")
+    analyze.add_argument("--out", metavar="DIR", type=Path, default=None,
+                         help="where the figures and report go (default: SUBJECT_DIR/analysis)")
+    analyze.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    analyze.add_argument("--method", choices=["lda", "classic", "lda_eigenvector"], default="lda",
+                         help="how a CD is computed (default: lda, the paper's)")
+    analyze.add_argument("--min-trials-per-side", metavar="N", type=_positive_int, default=50,
+                         help="correct trials per side a block or session needs (default: 50)")
+    analyze.add_argument("--repeats", metavar="N", type=_positive_int, default=10,
+                         help="random halves per comparison (default: 10)")
+    analyze.add_argument("--activity", choices=["deconvolved", "dff"], default="deconvolved",
+                         help="the activity analysed (default: deconvolved, dF/F where a session has none)")
+    analyze.set_defaults(func=_cmd_analyze)
 
     summary = sub.add_parser("summary", help="summarise a finished (or running) session from its folder")
     summary.add_argument("session", metavar="SESSION_DIR", type=Path, help="the session's folder")
