@@ -162,7 +162,9 @@ def load_session(folder: Path, *, source: str = "deconvolved", before_go_s: floa
     row_of_trial = {t.trial: i for i, t in enumerate(trials)}
     trial_col = index["trial"].astype(np.int64)
     rel = index["time_in_trial_s"] - np.array([go.get(int(k)) or np.nan for k in trial_col], dtype=float)
-    bins = np.where(np.isfinite(rel), np.floor(np.nan_to_num(rel) / bin_s), -10**9).astype(np.int64) - first
+    # a sample on a bin edge (to rounding) belongs to the bin it starts
+    bins = np.where(np.isfinite(rel), np.floor(np.nan_to_num(rel) / bin_s + 1e-6), -10**9).astype(np.int64)
+    bins -= first
     rows = np.array([row_of_trial.get(int(k), -1) for k in trial_col], dtype=np.int64)
     ok = (rows >= 0) & (bins >= 0) & (bins < n_bins)
     planes = roi_planes(folder, n_rois)
