@@ -186,14 +186,17 @@ def load_session(folder: Path, *, source: str = "deconvolved", before_go_s: floa
 
 
 def read_roi_matches(folder: Path) -> list[tuple[str, str, list[tuple[int, int]]]]:
-    """The session's ROI matches to earlier sessions (roi_matches.json), as (this, other, pairs)."""
+    """The session's ROI matches to earlier sessions (roi_matches.json, pairs [earlier ROI, this ROI]) as
+    (this session, earlier session, [(this ROI, earlier ROI), ...]); an earlier session that could not be
+    compared (an entry with an error) has none."""
     path = Path(folder) / ROI_MATCHES_FILE
     if not path.is_file():
         return []
     try:
         data = json.loads(path.read_text())
-        return [(Path(folder).name, str(m["session"]), [(int(a), int(b)) for a, b in m["pairs"]])
-                for m in data["matches"]]
+        return [(Path(folder).name, str(m["session"]),
+                 [(int(this), int(earlier)) for earlier, this in m["pairs"]])
+                for m in data["matches"] if "error" not in m]
     except (ValueError, KeyError, TypeError) as exc:
         raise DataError(f"{path}: not a ROI match file ({exc})") from None
 
