@@ -222,6 +222,66 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_simulate_study(args: argparse.Namespace) -> int:
+    """One `rig run` per simulated day on the emulator, contexts by the schedule or at criterion."""
+    from rig.bench import EMULATOR_PORT
+    from rig.study import StudyDay, StudyError, StudyPlan, parse_schedule, run_study, write_study_settings
+
+    settings = _load(args)
+    if settings.bpod.port != EMULATOR_PORT or settings.imaging.source != "simulated":
+        raise StudyError("simulate-study runs on the simulated rig only: these settings name a real Bpod "
+                         f"({settings.bpod.port!r}) or imaging source ({settings.imaging.source!r})")
+    contexts = list(settings.contexts)
+    if args.schedule is not None:
+        days = parse_schedule(args.schedule, contexts)
+    elif args.days is not None:
+        if not settings.task.context_switch.enabled:
+            raise StudyError("--days without --schedule lets the rig switch contexts at criterion, but "
+                             "task.context_switch.enabled is false in the settings")
+        days = [StudyDay(i + 1, None) for i in range(args.days)]
+    else:
+        raise StudyError("give --schedule CONTEXT:DAYS,... or --days N (contexts switched at criterion)")
+    data = Path(args.data if args.data is not None else settings.data.root)
+    study_settings = write_study_settings(args.settings, data / args.subject,
+                                          switch_at_criterion=args.schedule is None)
+    plan = StudyPlan(args.subject, days, args.trials_per_session, args.speed, data,
+                     settings=study_settings, rig_file=_rig_file(args))
+    results = run_study(plan, status=sys.stderr)
+    for result in results:
+        sys.stdout.write(f"day {result.day.number:3d}  {result.day.context or '(at criterion)':<20} "
+                         f"{result.seconds:6.1f} s  {result.session}\n")
+    sys.stdout.write(f"subject: {data / args.subject}\n")
+    return EXIT_OK
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    """A subject's study as in the paper: figures, an HTML report and result.json in --out."""
+    import json
+
+    from rig.analysis.figures import all_figures
+    from rig.analysis.report import write_report
+    from rig.analysis.study import AnalysisOptions, analyze_subject
+
+    try:
+        options = AnalysisOptions(method=args.method, min_trials_per_side=args.min_trials_per_side,
+                                  n_repeats=args.repeats, source=args.activity)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    out = args.out if args.out is not None else args.subject_dir / "analysis"
+    result = analyze_subject(args.subject_dir, options, status=sys.stderr)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "result.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+    figures = all_figures(result, out)
+    report = write_report(result, figures, out)
+    if args.json:
+        keys = ("subject", "sessions", "neurons", "blocks", "trials_to_criterion", "cd_similarity",
+                "cross_decoding", "cross_decoding_sessions", "memory_trace")
+        sys.stdout.write(json.dumps({k: result[k] for k in keys}) + "\n")
+    else:
+        sys.stdout.write(f"report: {report}\nfigures: {', '.join(str(p) for p in figures.values())}\n")
+    return EXIT_OK
+
+
 def _cmd_control(args: argparse.Namespace) -> int:
     """Send one request to the running session's control socket and print its answer."""
     import json
@@ -432,6 +492,52 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the session's trials.jsonl: decode trials too")
     replay.add_argument("--alignment", choices=("trigger", "aux"), default="trigger")
     replay.set_defaults(func=_cmd_replay)
+
+    study = sub.add_parser(
+        "simulate-study",
+        help="simulate days of training: one rig run per day on the emulator",
+        description=(
+            "Run one simulated session per day for one subject on the emulator, the simulated mouse "
+            "carrying its learning and its field of view from day to day. Contexts follow --schedule "
+            "(CONTEXT:DAYS,...) or, with --days N, the rig switches them at criterion."
+        ),
+    )
+    study.add_argument("--subject", metavar="ID", required=True, help="subject ID (a new or simulated one)")
+    study.add_argument("--schedule", metavar="PLAN", default=None,
+                       help="contexts by day, e.g. tactile:3,tactile-reversed:4,tactile:2")
+    study.add_argument("--days", metavar="N", type=_positive_int, default=None,
+                       help="N days, contexts switched by the rig at criterion (instead of --schedule)")
+    study.add_argument("--trials-per-session", metavar="N", type=_positive_int, default=150,
+                       help="trials per day (default: 150)")
+    study.add_argument("--speed", metavar="X", type=_positive_float, default=50.0,
+                       help="emulator clock speed, times real time (default: 50)")
+    study.add_argument("--data", metavar="DIR", type=Path, default=None,
+                       help="data root (overrides data.root)")
+    _add_settings_and_rig(study)
+    study.set_defaults(func=_cmd_simulate_study)
+
+    analyze = sub.add_parser(
+        "analyze",
+        help="a subject's sessions analysed as in the paper: figures and an HTML report",
+        description=(
+            "Read every session of a subject and report learning per context, trials to criterion, CD "
+            "similarity across blocks with split-half ceilings, cross-decoding by block and by session, "
+            "the memory trace and per-context PSTHs. Recomputed from the session files alone."
+        ),
+    )
+    analyze.add_argument("subject_dir", metavar="SUBJECT_DIR", type=Path, help="the subject's data folder")
+    analyze.add_argument("--out", metavar="DIR", type=Path, default=None,
+                         help="where the figures and report go (default: SUBJECT_DIR/analysis)")
+    analyze.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    analyze.add_argument("--method", choices=["lda", "classic", "lda_eigenvector"], default="lda",
+                         help="how a CD is computed (default: lda, the paper's)")
+    analyze.add_argument("--min-trials-per-side", metavar="N", type=_positive_int, default=50,
+                         help="correct trials per side a block or session needs (default: 50)")
+    analyze.add_argument("--repeats", metavar="N", type=_positive_int, default=10,
+                         help="random halves per comparison (default: 10)")
+    analyze.add_argument("--activity", choices=["deconvolved", "dff"], default="deconvolved",
+                         help="the activity analysed (default: deconvolved, dF/F where a session has none)")
+    analyze.set_defaults(func=_cmd_analyze)
 
     summary = sub.add_parser("summary", help="summarise a finished (or running) session from its folder")
     summary.add_argument("session", metavar="SESSION_DIR", type=Path, help="the session's folder")
