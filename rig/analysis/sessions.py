@@ -20,12 +20,12 @@ import numpy as np
 from online.alignment import TrialEpochs
 from online.store import read_jsonl, read_traces
 from protocols.trial_record import TrialRecord, TrialRecordError
+from rig.roi_matches import ROI_MATCHES_FILE
 from rig.store import SESSION_FILE, TRIALS_FILE, DataError
 
 logger = logging.getLogger(__name__)
 
 DECONVOLVED_FILE = "deconvolved.f32"
-ROI_MATCHES_FILE = "roi_matches.json"
 
 
 @dataclass(frozen=True)
