@@ -8,7 +8,8 @@ import sys
 import pytest
 import yaml
 
-from rig.settings import load_settings
+from rig.free_endpoints import free_network
+from rig.settings import DEFAULT_SETTINGS_PATH, load_settings
 from rig.study import StudyError, parse_schedule, write_study_settings
 
 CONTEXTS = ["tactile", "tactile-reversed", "auditory"]
@@ -40,11 +41,21 @@ def test_study_settings_turn_automatic_switching_off_for_a_schedule(tmp_path):
     assert load_settings(path).task.context_switch.enabled is True
 
 
+def _rig_file_on_free_ports(tmp_path):
+    """The repository's rig file with every endpoint on a free port, so the study runs beside others."""
+    rig = yaml.safe_load((DEFAULT_SETTINGS_PATH.parent / "rig.yaml").read_text())
+    rig["network"] = {**(rig.get("network") or {}), **free_network()}
+    path = tmp_path / "rig.yaml"
+    path.write_text(yaml.safe_dump(rig))
+    return path
+
+
 def test_a_two_day_study_runs_one_session_per_day_in_the_scheduled_contexts(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "rig", "--log-level", "WARNING", "simulate-study", "--subject", "m1",
          "--schedule", "tactile:1,tactile-reversed:1", "--trials-per-session", "6", "--speed", "50",
-         "--data", str(tmp_path)], capture_output=True, text=True, timeout=300)
+         "--data", str(tmp_path), "--rig", str(_rig_file_on_free_ports(tmp_path))],
+        capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     sessions = sorted(p.parent for p in (tmp_path / "m1").glob("*/trials.jsonl"))
     assert len(sessions) == 2
