@@ -51,8 +51,30 @@ class RegistrationSettings(_Section):
     """Side of the centre crop registered (a smaller crop is faster; the whole frame moves rigidly)."""
 
 
+DecoderInput = Literal["deconvolved", "dff"]
+"""What the decoders see per frame: each ROI's deconvolved activity (online/deconvolution.py) or its dF/F."""
+
+
+class DeconvolutionSettings(_Section):
+    """Online spike deconvolution of every ROI's dF/F (OASIS's AR(1) model, online/deconvolution.py); the
+    result is published and saved beside dF/F (deconvolved.f32)."""
+
+    enabled: bool = True
+    """Deconvolve every frame (needed by online.decoder.input: deconvolved)."""
+    tau_decay_s: float = Field(1.0, ge=0.01, le=30)
+    """The indicator's decay time constant (s); with the per-plane frame rate it gives the AR(1) factor
+    g = exp(-1 / (tau x rate)). GCaMP6s about 1-1.5 s, GCaMP6f about 0.4 s."""
+    min_spike_sd: float = Field(1.0, ge=0, le=20)
+    """Smallest spike, in noise SDs of the ROI's dF/F (OASIS's s_min; the noise is estimated per ROI)."""
+    penalty_sd: float = Field(0.0, ge=0, le=20)
+    """L1 sparsity penalty, in noise SDs (OASIS's lambda; 0: none, the spike size floor alone)."""
+
+
 class DecoderSettings(_Section):
     """Preparatory (delay-epoch) decoding of the upcoming lick direction."""
+
+    input: DecoderInput = "deconvolved"
+    """The activity the decoders train and decode on: deconvolved (as the paper does) or dff."""
 
     delay_window_s: float = Field(0.6, gt=0, le=10)
     """Window before the go cue the coding direction is computed over (s)."""
@@ -99,12 +121,21 @@ class OnlineSettings(_Section):
     """F_cell - this x F_neuropil."""
     dff_baseline_window_s: float = Field(30.0, gt=0, le=3600)
     """Running-baseline window for dF/F (s)."""
+    deconvolution: DeconvolutionSettings = Field(default_factory=DeconvolutionSettings)
+    """Online spike deconvolution of dF/F."""
     registration: RegistrationSettings = Field(default_factory=RegistrationSettings)
     """Motion correction."""
     decoder: DecoderSettings = Field(default_factory=DecoderSettings)
     """Preparatory decoding."""
     closed_loop: ClosedLoopSettings = Field(default_factory=ClosedLoopSettings)
     """Closed-loop output."""
+
+    @model_validator(mode="after")
+    def _decoder_input_exists(self) -> OnlineSettings:
+        if self.decoder.input == "deconvolved" and not self.deconvolution.enabled:
+            raise ValueError("online.decoder.input is 'deconvolved' but online.deconvolution.enabled is "
+                             "false: enable deconvolution or set online.decoder.input to 'dff'")
+        return self
 
 
 class OnlineLinkSettings(_Section):
