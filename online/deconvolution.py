@@ -72,6 +72,8 @@ class OnlineDeconvolver:
         if not (0 < noise_step <= 1 and 0 <= baseline_step_sd <= 1):
             raise ValueError(f"need 0 < noise_step <= 1 and 0 <= baseline_step_sd <= 1, got {noise_step} "
                              f"and {baseline_step_sd}")
+        if noise_sd is not None and not np.all(np.isfinite(noise_sd) & (np.asarray(noise_sd) > 0)):
+            raise ValueError(f"a given noise SD must be positive and finite, got {noise_sd}")
         n = n_rois
         self.n, self.g, self.k = n, float(g), int(max_pools)
         self.min_spike_sd, self.penalty_sd = float(min_spike_sd), float(penalty_sd)

@@ -61,9 +61,11 @@ class DeconvolutionSettings(_Section):
 
     enabled: bool = True
     """Deconvolve every frame (needed by online.decoder.input: deconvolved)."""
-    tau_decay_s: float = Field(1.0, ge=0.01, le=30)
+    tau_decay_s: float = Field(0.6, ge=0.01, le=30)
     """The indicator's decay time constant (s); with the per-plane frame rate it gives the AR(1) factor
-    g = exp(-1 / (tau x rate)). GCaMP6s about 1-1.5 s, GCaMP6f about 0.4 s."""
+    g = exp(-1 / (tau x rate)). The simulated indicator decays in 0.5-1 s (GCaMP6s about 1-1.5 s, GCaMP6f
+    about 0.4 s); the short end of the range is better than too long a decay, which hides the spikes of
+    sustained firing (the decoders' coding directions drift from the true ones)."""
     min_spike_sd: float = Field(1.0, ge=0, le=20)
     """Smallest spike, in noise SDs of the ROI's dF/F (OASIS's s_min; the noise is estimated per ROI)."""
     penalty_sd: float = Field(0.0, ge=0, le=20)
