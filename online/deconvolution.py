@@ -143,9 +143,11 @@ class OnlineDeconvolver:
         back = np.flatnonzero(self._hv < (self._top_end + s_min) * self._hw)
         if back.size:
             self._merge_back(back, s_min)
-        if self.baseline_step_sd and not self._starting:  # b follows the median of the innovations
+        if self.baseline_step_sd:  # b follows the median of the innovations
             step = np.sign(innovation)
             step *= sd * self.baseline_step_sd
+            if self._starting:
+                step *= self._seen >= 2  # (not before a ROI's noise estimate)
             if finite is not None:
                 step *= finite  # (not on bad samples)
             self.baseline += step
