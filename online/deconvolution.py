@@ -38,6 +38,9 @@ import numpy as np
 
 _MAD_TO_SD = 0.6745 * math.sqrt(2.0)
 """Median |difference of two iid normal samples| / their SD: |y_t - y_{t-1}| ~ |N(0, 2 sd^2)|."""
+_SLOW_EVERY = 4
+"""The noise and baseline estimates move every this many frames (by that many steps): they change slowly,
+and this halves their share of the cost."""
 _NO_NOISE_YET = 1e100
 """The noise SD before a ROI's first difference: no sample is a spike yet (finite, so no inf - inf)."""
 
@@ -119,7 +122,10 @@ class OnlineDeconvolver:
         finite = None if math.isfinite(float(np.add.reduce(y))) else np.isfinite(y)
         if finite is not None:  # a bad sample is replaced by the prediction: no spike, no updates
             y = np.where(finite, y, predicted + self.baseline)
-        self._update_noise(y, finite)
+        slow = self.frames % _SLOW_EVERY == 0
+        if slow or self._starting:
+            self._update_noise(y, finite, slow)
+        self._last = y if finite is None else np.where(finite, y, self._last)
         sd = self._mad * (1.0 / _MAD_TO_SD)
         s_min = sd * self.min_spike_sd
         x = y - self.baseline
@@ -129,23 +135,25 @@ class OnlineDeconvolver:
         new = innovation > s_min
         if finite is not None:
             new &= finite
-        spikes = np.where(new, innovation, 0.0)
+        spikes = innovation * new
         # Pools that stay apart move into the ring and the sample opens a new head; the others absorb it.
         rows = np.flatnonzero(new)
         if rows.size:
             self._push(rows, predicted[rows])
-        self._hv = np.where(new, x, self._hv + x * gp)
-        self._hw = np.where(new, 1.0, self._hw + gp * gp)
-        self._hg = np.where(new, self.g, gp * self.g)
+        self._hv += x * gp
+        self._hw += gp * gp
+        self._hg *= self.g
+        if rows.size:
+            self._hv[rows], self._hw[rows], self._hg[rows] = x[rows], 1.0, self.g
         if self.frames % 256 == 0:  # (long pools: g^L to 0 before it turns denormal, which is slow)
             self._hg[self._hg < 1e-30] = 0.0
         # A head that fell below its predecessor's end value + s_min merges back (few ROIs a frame).
         back = np.flatnonzero(self._hv < (self._top_end + s_min) * self._hw)
         if back.size:
             self._merge_back(back, s_min)
-        if self.baseline_step_sd:  # b follows the median of the innovations
+        if self.baseline_step_sd and slow:  # b follows the median of the innovations
             step = np.sign(innovation)
-            step *= sd * self.baseline_step_sd
+            step *= sd * (self.baseline_step_sd * _SLOW_EVERY)
             if self._starting:
                 step *= self._seen >= 2  # (not before a ROI's noise estimate)
             if finite is not None:
@@ -164,45 +172,46 @@ class OnlineDeconvolver:
         self._top_end[rows] = end
 
     def _merge_back(self, rows: np.ndarray, s_min: np.ndarray) -> None:
-        """Merge heads into their predecessor while they violate it (OASIS's backtracking), ROI subset."""
+        """Merge heads into their predecessor while they violate it (OASIS's backtracking), ROI subset; each
+        round works on the ROIs still violating (usually one round)."""
         hv, hw, hg, slot = self._hv[rows], self._hw[rows], self._hg[rows], self._slot[rows]
         s_min, row0 = s_min[rows], self._row0[rows]
-        act = np.arange(rows.size)
-        while act.size:
-            flat = row0[act] + slot[act]
+        while True:
+            flat = row0 + slot
             gp = self._rg[flat]
-            hv[act] = self._rv[flat] + hv[act] * gp
-            hw[act] = self._rw[flat] + hw[act] * (gp * gp)
-            hg[act] *= gp
+            hv = self._rv[flat] + hv * gp
+            hw = self._rw[flat] + hw * (gp * gp)
+            hg = hg * gp
             self._re[flat] = -np.inf  # the slot is free
-            prev = slot[act] - 1
-            prev[prev < 0] = self.k - 1
-            slot[act] = prev
-            end = self._re[row0[act] + prev]
-            self._top_end[rows[act]] = end
-            act = act[hv[act] < (end + s_min[act]) * hw[act]]
-        self._hv[rows], self._hw[rows], self._hg[rows], self._slot[rows] = hv, hw, hg, slot
+            slot = np.where(slot == 0, self.k - 1, slot - 1)
+            end = self._re[row0 + slot]
+            self._hv[rows], self._hw[rows], self._hg[rows], self._slot[rows], self._top_end[rows] = \
+                hv, hw, hg, slot, end
+            again = hv < (end + s_min) * hw
+            if not again.any():
+                return
+            rows, hv, hw, hg, slot, s_min, row0 = (a[again] for a in (rows, hv, hw, hg, slot, s_min, row0))
 
-    def _update_noise(self, y: np.ndarray, finite: np.ndarray | None) -> None:
-        """Running median of |y_t - y_{t-1}|: a ROI's first difference starts it, then multiplicative steps
-        exp(+-1/t) shrinking to exp(+-noise_step) (t = frames so far)."""
-        if not self._noise_fixed:
-            d = np.abs(y - self._last)
-            if self._starting:  # ROIs with fewer than 2 finite samples (the first frames, or NaN so far)
-                seen = self._seen + (1 if finite is None else finite)
-                fresh = (seen == 2) & (self._seen == 1)
-                self._mad[fresh] = np.maximum(d[fresh], 1e-12)
-                self._seen = seen
-                self._starting = bool((seen < 2).any())
-                ok = (seen > 2) if finite is None else (seen > 2) & finite
-            else:
-                ok = finite
-            step = max(1.0 / self.frames, self.noise_step)
-            factor = np.where(d > self._mad, math.exp(step), math.exp(-step))
-            if ok is not None:
-                factor[~ok] = 1.0
-            self._mad *= factor
-        if finite is None:
-            self._last = y
+    def _update_noise(self, y: np.ndarray, finite: np.ndarray | None, slow: bool) -> None:
+        """Running median of |y_t - y_{t-1}|: a ROI's first difference starts it, then, on `slow` frames,
+        multiplicative steps exp(+-1/t) shrinking to exp(+-noise_step) (t = frames so far), _SLOW_EVERY at
+        once."""
+        if self._noise_fixed:
+            return
+        d = np.abs(y - self._last)
+        if self._starting:  # ROIs with fewer than 2 finite samples (the first frames, or NaN so far)
+            seen = self._seen + (1 if finite is None else finite)
+            fresh = (seen == 2) & (self._seen == 1)
+            self._mad[fresh] = np.maximum(d[fresh], 1e-12)
+            self._seen = seen
+            self._starting = bool((seen < 2).any())
+            ok = (seen > 2) if finite is None else (seen > 2) & finite
         else:
-            self._last = np.where(finite, y, self._last)
+            ok = finite
+        if not slow:
+            return
+        step = _SLOW_EVERY * max(1.0 / self.frames, self.noise_step)
+        factor = np.where(d > self._mad, math.exp(step), math.exp(-step))
+        if ok is not None:
+            factor[~ok] = 1.0
+        self._mad *= factor
