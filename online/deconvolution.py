@@ -12,8 +12,10 @@ once with numpy, so a frame costs a fixed number of array operations instead of 
 - the earlier pools sit in a per-ROI ring of `max_pools` slots, the bounded window: when it is full the
   oldest pool is overwritten, which only limits how far back a merge can reach (32 pools are seconds to
   minutes of a trace; merges rarely go back more than a few). The end value of each ROI's newest earlier
-  pool is cached densely, and only the ROIs whose head falls below it (a merge that reaches back, a few
-  percent of the ROIs a frame) enter the small loop that pops their rings.
+  pool is cached densely, and only the ROIs whose head falls below it (a merge that reaches back, about a
+  tenth of the ROIs a frame) enter the small loop that pops their rings, one round per level merged
+  (usually one). bench/online_core.py times it with the rest of the frame path (about 50 array operations
+  a frame, whatever the number of ROIs).
 
 What a frame returns is the causal estimate: the spike opened at this frame (the new pool's start value
 minus the decayed calcium before it, > s_min), else 0. Later frames can still merge that pool back (the
@@ -26,8 +28,9 @@ that shrink to `noise_step`; calcium decays between frames inflate it a little),
 `min_spike_sd` x SD and the L1 penalty lam = `penalty_sd` x SD (OASIS's lam, applied as y - lam (1 - g));
 and the baseline b, which follows the median of the innovations y - b - g c_{t-1} by `baseline_step_sd` x
 SD a frame: dF/F's running-percentile baseline sits a little above the noise floor, and an offset would
-otherwise be fitted as a train of small spikes. A NaN or infinite sample is replaced by the model's own
-prediction (no spike; noise and baseline not updated), so a bad value costs that ROI that frame only.
+otherwise be fitted as a train of small spikes. Both move every `_SLOW_EVERY` frames, by that many steps.
+A NaN or infinite sample is replaced by the model's own prediction (no spike; noise and baseline not
+updated), so a bad value costs that ROI that frame only.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ _MAD_TO_SD = 0.6745 * math.sqrt(2.0)
 """Median |difference of two iid normal samples| / their SD: |y_t - y_{t-1}| ~ |N(0, 2 sd^2)|."""
 _SLOW_EVERY = 4
 """The noise and baseline estimates move every this many frames (by that many steps): they change slowly,
-and this halves their share of the cost."""
+and this quarters their share of the cost."""
 _NO_NOISE_YET = 1e100
 """The noise SD before a ROI's first difference: no sample is a spike yet (finite, so no inf - inf)."""
 
