@@ -18,7 +18,8 @@ Parts = list[Any]
 
 @dataclass(frozen=True)
 class TraceFrame:
-    """One processed frame: its registration shift and every ROI's dF/F."""
+    """One processed frame: its registration shift, every ROI's dF/F and, when online deconvolution runs,
+    every ROI's deconvolved activity (a second array; a message without it reads as None)."""
 
     frame_index: int
     trial: int
@@ -28,19 +29,27 @@ class TraceFrame:
     shift_dx: float
     correlation: float
     dff: np.ndarray  # float32 (n_rois,)
+    deconvolved: np.ndarray | None = None  # float32 (n_rois,): this frame's spike estimate per ROI
 
     def encode(self, sender: Sender) -> Parts:
-        fields = {k: v for k, v in asdict(self).items() if k != "dff"}
-        return sender.message(TOPIC_TRACES, fields, [np.ascontiguousarray(self.dff, dtype=np.float32)])
+        fields = {k: v for k, v in asdict(self).items() if k not in ("dff", "deconvolved")}
+        arrays = [np.ascontiguousarray(self.dff, dtype=np.float32)]
+        if self.deconvolved is not None:
+            arrays.append(np.ascontiguousarray(self.deconvolved, dtype=np.float32))
+        return sender.message(TOPIC_TRACES, fields, arrays)
 
     @classmethod
     def from_message(cls, message: Message) -> TraceFrame:
-        _expect(message, TOPIC_TRACES, 1)
+        _expect(message, TOPIC_TRACES, 1, 2)
         f = message.fields
+        arrays = message.arrays
+        if len(arrays) == 2 and arrays[1].shape != arrays[0].shape:
+            raise WireError("malformed traces message: deconvolved and dF/F arrays differ in shape")
         try:
             return cls(int(f["frame_index"]), int(f["trial"]), float(f["timestamp_s"]),
                        None if f["time_in_trial_s"] is None else float(f["time_in_trial_s"]),
-                       float(f["shift_dy"]), float(f["shift_dx"]), float(f["correlation"]), message.arrays[0])
+                       float(f["shift_dy"]), float(f["shift_dx"]), float(f["correlation"]), arrays[0],
+                       arrays[1] if len(arrays) == 2 else None)
         except (KeyError, TypeError, ValueError) as exc:
             raise WireError(f"malformed traces message: {exc}") from exc
 
@@ -142,8 +151,11 @@ class HealthReport:
             raise WireError(f"malformed health message: {exc}") from exc
 
 
-def _expect(message: Message, topic: bytes, n_arrays: int) -> None:
+def _expect(message: Message, topic: bytes, n_arrays: int, most_arrays: int | None = None) -> None:
+    """The message's topic is `topic` and it has n_arrays (up to most_arrays, when given) arrays."""
     if message.topic != topic:
         raise WireError(f"expected a {topic.decode()} message, got {message.topic!r}")
-    if len(message.arrays) != n_arrays:
-        raise WireError(f"{topic.decode()} message has {len(message.arrays)} arrays, expected {n_arrays}")
+    most = n_arrays if most_arrays is None else most_arrays
+    if not n_arrays <= len(message.arrays) <= most:
+        expected = str(n_arrays) if most == n_arrays else f"{n_arrays} to {most}"
+        raise WireError(f"{topic.decode()} message has {len(message.arrays)} arrays, expected {expected}")

@@ -45,11 +45,13 @@ class PipelineOutput:
         self.initialised = self.initialised or other.initialised
 
     def add_trace(self, header: FrameHeader, time_s: float | None, trial: int, shift: Shift,
-                  dff: np.ndarray) -> None:
+                  dff: np.ndarray, deconvolved: np.ndarray | None = None) -> None:
         """One processed frame as its TraceFrame, with the header it came with."""
         self.traces.append(TraceFrame(header.frame_index, trial, header.timestamp_s, time_s, float(shift.dy),
                                       float(shift.dx), float(shift.correlation),
-                                      dff.astype(np.float32, copy=False)))
+                                      dff.astype(np.float32, copy=False),
+                                      None if deconvolved is None else deconvolved.astype(np.float32,
+                                                                                            copy=False)))
         self.headers.append(header)
 
 

@@ -3,15 +3,16 @@ stages, in the order the data flows:
 
 1. Start-up (online/startup.py): frames are kept until the reference, ROIs and frame rate are known. A
    frame with NaN or infinite pixels is counted and refused (`MalformedInput`) at any time.
-2. The frame stage (online/frame_stage.py): register, extract, dF/F -> a `TraceFrame` (published, and
-   appended to disk by the caller).
+2. The frame stage (online/frame_stage.py): register, extract, dF/F, deconvolve -> a `TraceFrame` (both
+   published, and appended to disk by the caller).
 3. Alignment to trials through the trigger only (DESIGN.md, Clocks), here. `alignment="trigger"` (loop
    mode, and sources that stamp each frame with its trial and trigger): trial = `FrameHeader.trial`, time
    in trial = `timestamp_s - trigger_timestamp_s` (0 when the source gives no trigger time: in loop mode
    the acquisition starts at the trigger). `alignment="aux"` (continuous mode): a `ContinuousAligner` over
    the aux-trigger edges each frame reports (`aux_trigger_s`). Frame times are placed at the frame's
    centre (`frame_offset_s`, half a frame period by default), where its activity was sampled.
-4. The trial stage (online/trial_stage.py): the frame's dF/F joins its trial; a finished trial is decoded
+4. The trial stage (online/trial_stage.py): the frame's activity (settings online.decoder.input: its
+   deconvolved activity by default, or its dF/F) joins its trial; a finished trial is decoded
    and trains its context's decoder. When a closed loop is attached, it is pushed each frame of a trial in
    its delay, with the trial's context, current delay CD and frames so far.
 5. Outputs (online/outputs.py): traces and one `TrialDecoding` (DecoderResult + decoder.jsonl line) per
@@ -59,6 +60,8 @@ logger = logging.getLogger(__name__)
 
 NO_TRIAL = 0
 """TraceFrame.trial of a frame that belongs to no trial (before the first aux trigger)."""
+_Frame = tuple[FrameHeader, Shift, np.ndarray, np.ndarray | None]
+"""A processed frame waiting for its trial: header, shift, dF/F, deconvolved activity."""
 
 
 def _number(value: Any, what: str) -> float:
@@ -98,9 +101,11 @@ class OnlinePipeline:
         self.frame_rate_hz = self.config.frame_rate_hz
         self.shape: Shape | None = self.startup.shape
         """The session's frame size: the given ROIs' or reference's, else fixed when setup completes."""
-        self._aligner: ContinuousAligner[tuple[FrameHeader, Shift, np.ndarray]] | None = None
+        self._aligner: ContinuousAligner[_Frame] | None = None
         self._offset_s = 0.0
         self._snapshot: RoiSnapshot | None = None
+        self._decode_deconvolved = self.config.online.decoder.input == "deconvolved"
+        """The decoders' input (settings online.decoder.input; they refuse "deconvolved" without it)."""
 
     # -- state --------------------------------------------------------------------------------------
 
@@ -226,7 +231,7 @@ class OnlinePipeline:
 
     def _process(self, header: FrameHeader, pixels: np.ndarray, aux: tuple[float, ...]) -> PipelineOutput:
         assert self.frame_stage is not None
-        shift, dff = self.frame_stage.process(pixels)
+        shift, dff, deconvolved = self.frame_stage.process(pixels)
         self.stats.frames_processed += 1
         out = PipelineOutput()
         if self._aligner is not None:
@@ -234,9 +239,9 @@ class OnlinePipeline:
                 # Before the first aux trigger (frames in order): traces without a trial. The aligner counts
                 # the frame in frames_before_first_trigger and does not place it.
                 self.stats.frames_without_trial += 1
-                out.add_trace(header, None, NO_TRIAL, shift, dff)
+                out.add_trace(header, None, NO_TRIAL, shift, dff, deconvolved)
             for placed in self._aligner.add_frame(header.frame_index, header.timestamp_s, aux,
-                                                  (header, shift, dff)):
+                                                  (header, shift, dff, deconvolved)):
                 self._place(placed.trial, placed.time_s, *placed.payload, out)
         else:
             trial = header.trial
@@ -244,18 +249,19 @@ class OnlinePipeline:
             if timestamp < 0:  # no timestamps (ScanImage 3.x writes none): place by index
                 timestamp = header.frame_index * self.frame_period_s
             trigger = header.trigger_timestamp_s if header.trigger_timestamp_s is not None else 0.0
-            self._place(trial, timestamp - trigger + self._offset_s, header, shift, dff, out)
+            self._place(trial, timestamp - trigger + self._offset_s, header, shift, dff, deconvolved, out)
         return out
 
     def _place(self, trial: int, time_s: float, header: FrameHeader, shift: Shift, dff: np.ndarray,
-               out: PipelineOutput) -> None:
-        out.add_trace(header, time_s, trial, shift, dff)
+               deconvolved: np.ndarray | None, out: PipelineOutput) -> None:
+        out.add_trace(header, time_s, trial, shift, dff, deconvolved)
         stage = self.trial_stage
-        if stage.add_frame(trial, time_s, dff):
+        activity = deconvolved if deconvolved is not None and self._decode_deconvolved else dff
+        if stage.add_frame(trial, time_s, activity):
             loop = self.closed_loop
             if loop is not None and loop.wants_frame(trial, time_s):
                 start_s = time_s - self._offset_s
-                loop.on_frame(trial, time_s, dff, frame_index=header.frame_index, frame_start_s=start_s,
+                loop.on_frame(trial, time_s, activity, frame_index=header.frame_index, frame_start_s=start_s,
                               frame_end_s=start_s + self.frame_period_s, t_ns=header.t_ns,
                               cd=stage.cd_for_trial(trial), frames=stage.frames_of(trial))
         # A frame of a later trial (or past the response window) completes pending trials.

@@ -62,10 +62,32 @@ class RoiMatchSettings(_Section):
     """Largest field-of-view displacement between two sessions searched, per axis (px)."""
     previous_sessions: int = Field(5, ge=0, le=1000)
     """The subject's most recent earlier sessions matched to each new one (0: none)."""
+DecoderInput = Literal["deconvolved", "dff"]
+"""What the decoders see per frame: each ROI's deconvolved activity (online/deconvolution.py) or its dF/F."""
+
+
+class DeconvolutionSettings(_Section):
+    """Online spike deconvolution of every ROI's dF/F (OASIS's AR(1) model, online/deconvolution.py); the
+    result is published and saved beside dF/F (deconvolved.f32)."""
+
+    enabled: bool = True
+    """Deconvolve every frame (needed by online.decoder.input: deconvolved)."""
+    tau_decay_s: float = Field(0.6, ge=0.01, le=30)
+    """The indicator's decay time constant (s); with the per-plane frame rate it gives the AR(1) factor
+    g = exp(-1 / (tau x rate)). The simulated indicator decays in 0.5-1 s (GCaMP6s about 1-1.5 s, GCaMP6f
+    about 0.4 s); the short end of the range is better than too long a decay, which hides the spikes of
+    sustained firing (the decoders' coding directions drift from the true ones)."""
+    min_spike_sd: float = Field(1.0, ge=0, le=20)
+    """Smallest spike, in noise SDs of the ROI's dF/F (OASIS's s_min; the noise is estimated per ROI)."""
+    penalty_sd: float = Field(0.0, ge=0, le=20)
+    """L1 sparsity penalty, in noise SDs (OASIS's lambda; 0: none, the spike size floor alone)."""
 
 
 class DecoderSettings(_Section):
     """Preparatory (delay-epoch) decoding of the upcoming lick direction."""
+
+    input: DecoderInput = "deconvolved"
+    """The activity the decoders train and decode on: deconvolved (as the paper does) or dff."""
 
     delay_window_s: float = Field(0.6, gt=0, le=10)
     """Window before the go cue the coding direction is computed over (s)."""
@@ -118,12 +140,21 @@ class OnlineSettings(_Section):
     working directory. `rig run --rois` overrides it; null: detect."""
     roi_match: RoiMatchSettings = Field(default_factory=RoiMatchSettings)
     """Matching a session's ROIs to the subject's previous sessions (roi_matches.json)."""
+    deconvolution: DeconvolutionSettings = Field(default_factory=DeconvolutionSettings)
+    """Online spike deconvolution of dF/F."""
     registration: RegistrationSettings = Field(default_factory=RegistrationSettings)
     """Motion correction."""
     decoder: DecoderSettings = Field(default_factory=DecoderSettings)
     """Preparatory decoding."""
     closed_loop: ClosedLoopSettings = Field(default_factory=ClosedLoopSettings)
     """Closed-loop output."""
+
+    @model_validator(mode="after")
+    def _decoder_input_exists(self) -> OnlineSettings:
+        if self.decoder.input == "deconvolved" and not self.deconvolution.enabled:
+            raise ValueError("online.decoder.input is 'deconvolved' but online.deconvolution.enabled is "
+                             "false: enable deconvolution or set online.decoder.input to 'dff'")
+        return self
 
 
 class OnlineLinkSettings(_Section):

@@ -9,11 +9,15 @@ Per session (`<data_root>/<subject>/<YYYY-MM-DD_HHMMSS>/`, the folder the rig ma
   timestamp_s, time_in_trial_s (NaN when not in a trial), shift_dy, shift_dx, correlation, seq (the
   frame's number on the lossless path, modulo 2^32: a restarted module's lost frames are the numbers
   missing between two runs), t_ns),
-  appended after the frame's traces row. `traces.json` describes both (format, n_rois, dtypes, record
-  size), written before the first frame. Both binary files are opened unbuffered, so every frame reaches
-  the OS at once: a killed process loses nothing, and `fsync` runs about once a second (an OS crash loses
-  at most that). A torn last record is detected by its size and ignored by `read_traces`, which also
-  trims both files to the frames present in both.
+  appended after the frame's traces row. `deconvolved.f32`: the same layout, each ROI's deconvolved
+  activity (online/deconvolution.py) per frame, when online deconvolution runs; opened with the first frame
+  that has it (rows of earlier frames, or of a run without it, are NaN), its row written before the index
+  record like the dF/F row. `traces.json` describes them (format, n_rois, dtypes, record size, the
+  deconvolved file once there is one), written before the first frame. The binary files are opened
+  unbuffered, so every frame reaches the OS at once: a killed process loses nothing, and `fsync` runs
+  about once a second (an OS crash loses at most that). A torn last record is detected by its size and
+  ignored by `read_traces`, which reads the frames present in both traces.f32 and the index (a restarted
+  writer trims the files to them).
 - `decoder.jsonl`: one line per trial end (the published `DecoderResult` plus details), fsynced.
 - `decisions.jsonl`: closed-loop decisions, one line when a decision is sent (`"kind": "sent"`, or
   `"failed"`), one when the trial record shows where it landed (`"landed"`, or `"not_landed"`), and one per
@@ -50,6 +54,7 @@ logger = logging.getLogger(__name__)
 ROIS_FILE = "rois.npz"
 REFERENCE_FILE = "reference.npy"
 TRACES_FILE = "traces.f32"
+DECONVOLVED_FILE = "deconvolved.f32"
 TRACES_INDEX_FILE = "traces_index.bin"
 TRACES_META_FILE = "traces.json"
 DECODER_FILE = "decoder.jsonl"
@@ -187,7 +192,8 @@ def read_jsonl(path: Path) -> list[Any]:
 
 
 class TraceWriter:
-    """Appends each frame's dF/F row to traces.f32 and its record to traces_index.bin (module docstring)."""
+    """Appends each frame's dF/F row to traces.f32, its deconvolved row (if any) to deconvolved.f32 and its
+    record to traces_index.bin (module docstring)."""
 
     def __init__(self, folder: Path, n_rois: int, *, roi_set_id: str = "", frame_rate_hz: float | None = None,
                  sync_s: float = SYNC_INTERVAL_S) -> None:
@@ -195,7 +201,7 @@ class TraceWriter:
             raise ValueError(f"n_rois must be at least 1, got {n_rois}")
         self.folder = Path(folder)
         self.n_rois = n_rois
-        meta_path = self.folder / TRACES_META_FILE
+        meta_path = self._meta_path = self.folder / TRACES_META_FILE
         if meta_path.exists():  # appending to an existing session (a restarted online process)
             meta = json.loads(meta_path.read_text())
             if meta.get("n_rois") != n_rois:
@@ -213,6 +219,8 @@ class TraceWriter:
             })
         self._traces = open(self.folder / TRACES_FILE, "ab", buffering=0)  # noqa: SIM115
         self._index = open(self.folder / TRACES_INDEX_FILE, "ab", buffering=0)  # noqa: SIM115
+        self._rows_before = (self.folder / TRACES_FILE).stat().st_size // (n_rois * TRACE_DTYPE.itemsize)
+        self._deconvolved: Any = None  # deconvolved.f32, opened with the first frame that has it
         self._record = np.zeros(1, INDEX_DTYPE)
         self._sync_s = sync_s
         self._last_sync = time.monotonic()
@@ -231,6 +239,8 @@ class TraceWriter:
         r["shift_dy"], r["shift_dx"], r["correlation"] = trace.shift_dy, trace.shift_dx, trace.correlation
         r["t_ns"] = t_ns
         r["seq"] = seq & 0xFFFFFFFF
+        if trace.deconvolved is not None or self._deconvolved is not None:
+            self._write_deconvolved(trace.deconvolved)
         self._traces.write(row.tobytes())
         self._index.write(r.tobytes())
         self.frames += 1
@@ -238,8 +248,35 @@ class TraceWriter:
         if now - self._last_sync >= self._sync_s:
             self.sync()
 
+    def _write_deconvolved(self, values: np.ndarray | None) -> None:
+        """This frame's deconvolved row (NaN when it has none); the file opened, and padded with NaN rows
+        for the frames already written, the first time."""
+        if values is None:
+            row = np.full(self.n_rois, np.nan, TRACE_DTYPE)
+        else:
+            row = np.ascontiguousarray(values, dtype=TRACE_DTYPE)
+            if row.shape != (self.n_rois,):
+                raise ValueError(f"deconvolved row has shape {row.shape}, expected ({self.n_rois},)")
+        if self._deconvolved is None:
+            path = self.folder / DECONVOLVED_FILE
+            size = path.stat().st_size if path.exists() else 0
+            if size % row.nbytes:  # a torn row of an earlier run
+                os.truncate(path, size - size % row.nbytes)
+            self._deconvolved = open(path, "ab", buffering=0)  # noqa: SIM115
+            missing = self._rows_before + self.frames - size // row.nbytes
+            if missing > 0:
+                self._deconvolved.write(np.full(missing * self.n_rois, np.nan, TRACE_DTYPE).tobytes())
+            meta = json.loads(self._meta_path.read_text())
+            if meta.get("deconvolved_file") != DECONVOLVED_FILE:
+                meta["deconvolved_file"] = DECONVOLVED_FILE
+                write_json_atomic(self._meta_path, meta)
+        self._deconvolved.write(row.tobytes())
+
+    def _files(self) -> list[Any]:
+        return [self._traces, self._index] + ([self._deconvolved] if self._deconvolved is not None else [])
+
     def sync(self) -> None:
-        for f in (self._traces, self._index):
+        for f in self._files():
             if not f.closed:
                 os.fsync(f.fileno())
         self._last_sync = time.monotonic()
@@ -247,29 +284,32 @@ class TraceWriter:
     def close(self) -> None:
         if not self._traces.closed:
             self.sync()
-            self._traces.close()
-            self._index.close()
+            for f in self._files():
+                f.close()
 
 
 def _trim_to_common_length(folder: Path, n_rois: int) -> None:
-    """Cut a torn last record (a crash mid-append) off both files, so appending continues aligned."""
-    traces, index = folder / TRACES_FILE, folder / TRACES_INDEX_FILE
+    """Cut a torn last record (a crash mid-append) off the files, so appending continues aligned (a shorter
+    deconvolved.f32 is padded when it is next appended to)."""
+    traces, index, deconvolved = folder / TRACES_FILE, folder / TRACES_INDEX_FILE, folder / DECONVOLVED_FILE
     row = n_rois * TRACE_DTYPE.itemsize
     n = min((traces.stat().st_size if traces.exists() else 0) // row,
             (index.stat().st_size if index.exists() else 0) // INDEX_DTYPE.itemsize)
-    for path, size in ((traces, n * row), (index, n * INDEX_DTYPE.itemsize)):
-        if path.exists() and path.stat().st_size != size:
+    for path, size in ((traces, n * row), (index, n * INDEX_DTYPE.itemsize), (deconvolved, n * row)):
+        if path.exists() and path.stat().st_size > size:  # (traces and index are never shorter)
             logger.warning("%s: trimming a torn record (%d -> %d bytes)", path, path.stat().st_size, size)
             os.truncate(path, size)
 
 
 @dataclass(frozen=True)
 class TraceTable:
-    """A session's traces as read back: `index` (structured, `INDEX_DTYPE`) and `dff` (frames x ROIs)."""
+    """A session's traces as read back: `index` (structured, `INDEX_DTYPE`), `dff` (frames x ROIs) and
+    `deconvolved` (frames x ROIs, NaN rows where a frame has none; None without deconvolved.f32)."""
 
     index: np.ndarray
     dff: np.ndarray
     meta: dict[str, Any]
+    deconvolved: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.index.shape[0])
@@ -291,7 +331,13 @@ def read_traces(folder: str | Path) -> TraceTable:
         else np.zeros(0, np.uint8)
     n = min(raw.size // n_rois, index.size // INDEX_DTYPE.itemsize)
     records = index[: n * INDEX_DTYPE.itemsize].view(INDEX_DTYPE)
-    return TraceTable(records, raw[: n * n_rois].reshape(n, n_rois), meta)
+    deconvolved = None
+    if (folder / DECONVOLVED_FILE).exists():
+        values = np.fromfile(folder / DECONVOLVED_FILE, dtype=TRACE_DTYPE)
+        rows = min(n, values.size // n_rois)
+        deconvolved = np.full((n, n_rois), np.nan, TRACE_DTYPE)
+        deconvolved[:rows] = values[: rows * n_rois].reshape(rows, n_rois)
+    return TraceTable(records, raw[: n * n_rois].reshape(n, n_rois), meta, deconvolved)
 
 
 def index_length(folder: str | Path) -> int:

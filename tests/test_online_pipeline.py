@@ -260,6 +260,10 @@ def test_session_files_hold_every_frame_and_trial(sessions: Sessions) -> None:
     run = sessions.first
     assert len(table) == len(run.traces)
     np.testing.assert_array_equal(table.dff, np.array([t.dff for t in run.traces], np.float32))
+    # deconvolution is on by default: published beside dF/F and saved beside it (deconvolved.f32)
+    assert table.deconvolved is not None and table.meta["deconvolved_file"] == "deconvolved.f32"
+    published = np.array([t.deconvolved for t in run.traces], np.float32)
+    np.testing.assert_array_equal(table.deconvolved, published)
     assert table.index["trial"][0] == 1 and table.index["frame_index"][5] == 5
     assert table.meta["n_rois"] == N_NEURONS
     assert (folder / "rois.npz").exists() and np.load(folder / "reference.npy").shape == (SIZE, SIZE)

@@ -65,7 +65,7 @@ def test_the_frame_stage_registers_and_gives_each_roi_its_dff() -> None:
     stage = FrameStage(image, rois, 10.0, OnlineSettings(), RegistrationParams(crop_px=48))
     assert stage.registration.crop_px == 48
     moved = np.roll(image, (2, -1), axis=(0, 1))  # the content moves by (+2, -1): registration says (-2, +1)
-    shift, dff = stage.process(moved)
+    shift, dff, _ = stage.process(moved)
     assert (round(shift.dy), round(shift.dx)) == (-2, 1) and shift.correlation > 0.5
     assert dff.shape == (rois.n,) and np.isfinite(dff).all()
 
