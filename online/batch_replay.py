@@ -156,27 +156,41 @@ def open_client(scheduler: str | None, workers: int) -> Iterator[Any]:
     from distributed import Client, LocalCluster
     from distributed.comm import get_address_host_port
 
-    if scheduler is not None:
-        try:
-            get_address_host_port(scheduler)  # a malformed address, before a Client that would hang on it
-        except ValueError as exc:
-            raise UserInputError(f"--scheduler {scheduler}: not a scheduler address such as "
-                                 f"tcp://HOST:PORT ({exc})") from exc
-        try:
-            client = Client(scheduler, set_as_default=False)
-        except (OSError, ValueError, TypeError) as exc:
-            raise UserInputError(f"--scheduler {scheduler}: no Dask scheduler could be reached there "
-                                 f"({exc})") from exc
-        with client:
-            yield client
-        return
-    os.environ.update(BLAS_ENV)  # the workers' environment as they start; this process needs one thread too
-    # loopback only; no dashboard, and its HTTP server on a free port rather than 8787
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-                      silence_logs=logging.ERROR, env=dict(BLAS_ENV)) as cluster, \
-            Client(cluster, set_as_default=False) as client:
-        yield client
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_quiet_dask_logs())
+        if scheduler is not None:
+            try:
+                get_address_host_port(scheduler)  # a malformed address, before a Client that would hang on it
+            except ValueError as exc:
+                raise UserInputError(f"--scheduler {scheduler}: not a scheduler address such as "
+                                     f"tcp://HOST:PORT ({exc})") from exc
+            try:
+                client = Client(scheduler, set_as_default=False)
+            except (OSError, ValueError, TypeError) as exc:
+                raise UserInputError(f"--scheduler {scheduler}: no Dask scheduler could be reached there "
+                                     f"({exc})") from exc
+            yield stack.enter_context(client)
+            return
+        os.environ.update(BLAS_ENV)  # the workers' environment as they start; this process's too
+        # loopback only; no dashboard, and its HTTP server on a free port rather than 8787
+        cluster = stack.enter_context(LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}, silence_logs=logging.ERROR,
+            env=dict(BLAS_ENV)))
+        yield stack.enter_context(Client(cluster, set_as_default=False))
+
+
+@contextlib.contextmanager
+def _quiet_dask_logs() -> Iterator[None]:
+    """Dask's INFO lines (every worker started, every key cancelled) off while a batch runs: they would
+    drown the status line and the failures."""
+    dask_logger = logging.getLogger("distributed")
+    level = dask_logger.level
+    dask_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        dask_logger.setLevel(level)
 
 
 def run_batch(client: Any, tasks: Sequence[SessionTask], rois: Path | None, config: PipelineConfig | None,
@@ -260,9 +274,6 @@ def main_batch(paths: Sequence[str], out: str | None, rois: str | None, settings
     progress and every failed session (its name and why) on stderr. Exit status 0 when every session was
     replayed whole, 2 when one was not (its data), 1 when one failed otherwise (a bug, a worker died)."""
     t0 = time.perf_counter()
-    import distributed  # its import sets its loggers' levels; its INFO lines would drown the status line
-
-    logging.getLogger(distributed.__name__).setLevel(logging.ERROR)
     try:
         config = replay_config(settings_path, alignment)
         tasks = find_sessions(paths, out)
