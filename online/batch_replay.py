@@ -20,9 +20,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -41,6 +43,10 @@ IMAGING = "imaging"
 """A session folder's subfolder of ScanImage files (rig/imaging.py writes the simulated ones there)."""
 TRIALS = "trials.jsonl"
 REPLAY_FOLDER = "online_replay"
+POLL_S = 0.05
+"""How often the command looks for finished sessions (and for Ctrl-C)."""
+WORKERS_START_S = 120.0
+"""Time the local cluster's worker processes have to start (a loaded machine takes seconds)."""
 
 
 @dataclass(frozen=True)
@@ -174,10 +180,32 @@ def open_client(scheduler: str | None, workers: int) -> Iterator[Any]:
         os.environ.update(BLAS_ENV)  # the workers' environment as they start; this process's too
         # loopback only; no dashboard, and its HTTP server on a free port rather than 8787
         cluster = stack.enter_context(LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
+            n_workers=0, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
             scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}, silence_logs=logging.ERROR,
             env=dict(BLAS_ENV)))
-        yield stack.enter_context(Client(cluster, set_as_default=False))
+        client = stack.enter_context(Client(cluster, set_as_default=False))
+        _start_workers(cluster, client, workers)
+        yield client
+
+
+def _start_workers(cluster: Any, client: Any, n: int) -> None:
+    """The local cluster's `n` worker processes, started with SIGINT ignored, which they inherit (an ignored
+    signal stays ignored across exec, and Python then installs no KeyboardInterrupt): Ctrl-C reaches the
+    terminal's whole process group, and this process alone should stop the batch and close the workers in
+    order. SIGINT is ignored here only until the processes exist, not while they import and connect."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        cluster.scale(n)
+        deadline = time.monotonic() + WORKERS_START_S
+        while len(multiprocessing.active_children()) < n and time.monotonic() < deadline:
+            time.sleep(0.005)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    try:
+        client.wait_for_workers(n, timeout=WORKERS_START_S)
+    except TimeoutError as exc:
+        raise PipelineError(f"the local cluster's {n} worker process(es) did not start within "
+                            f"{WORKERS_START_S:.0f} s") from exc
 
 
 @contextlib.contextmanager
@@ -193,24 +221,39 @@ def _quiet_dask_logs() -> Iterator[None]:
         dask_logger.setLevel(level)
 
 
+class BatchInterrupted(Exception):
+    """Ctrl-C or SIGTERM while sessions were running."""
+
+
 def run_batch(client: Any, tasks: Sequence[SessionTask], rois: Path | None, config: PipelineConfig | None,
-              on_result: Callable[[SessionResult, int], None] | None = None) -> list[SessionResult]:
-    """Every task on the cluster; results in task order. `on_result(result, done)` as each one finishes."""
+              on_result: Callable[[SessionResult, int], None] | None = None,
+              stop: threading.Event | None = None) -> list[SessionResult]:
+    """Every task on the cluster; results in task order. `on_result(result, done)` as each one finishes.
+    `stop` set: the sessions not finished are cancelled and `BatchInterrupted` raised."""
     from distributed import as_completed
 
     futures = {client.submit(replay_session, task, rois, config, key=f"replay-{i}-{task.name}", pure=False): i
                for i, task in enumerate(tasks)}
     results: list[SessionResult | None] = [None] * len(tasks)
+    finished = as_completed(futures, loop=client.loop)
+    done = 0
     try:
-        for done, future in enumerate(as_completed(futures, loop=client.loop), start=1):
-            i = futures[future]
-            try:
-                result = future.result()
-            except Exception as exc:  # noqa: BLE001 (a bug in one session, or its worker died: report it)
-                result = SessionResult(tasks[i].name, error=f"{type(exc).__name__}: {exc}", internal=True)
-            results[i] = result
-            if on_result is not None:
-                on_result(result, done)
+        while done < len(tasks):
+            if stop is not None and stop.is_set():
+                raise BatchInterrupted
+            if not finished.has_ready():
+                time.sleep(POLL_S)
+                continue
+            for future in finished.next_batch(block=False):
+                i = futures[future]
+                try:
+                    result = future.result()
+                except Exception as exc:  # noqa: BLE001 (a bug in one session, or its worker died: report it)
+                    result = SessionResult(tasks[i].name, error=f"{type(exc).__name__}: {exc}", internal=True)
+                results[i] = result
+                done += 1
+                if on_result is not None:
+                    on_result(result, done)
     finally:
         client.cancel(list(futures), force=True)
     return [r for r in results if r is not None]
@@ -256,16 +299,23 @@ class StatusLine:
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM ends the command as Ctrl-C does (so the local cluster is closed), not on the spot."""
-    def handler(_signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """Ctrl-C and SIGTERM set the event, so the batch stops between two polls and the cluster is closed
+    in order (an exception raised anywhere inside Dask's calls could leave its workers to the exit's
+    reaping); a second one interrupts on the spot."""
+    stop = threading.Event()
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    def handler(_signum: int, _frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield stop
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def main_batch(paths: Sequence[str], out: str | None, rois: str | None, settings_path: str | None,
@@ -279,12 +329,14 @@ def main_batch(paths: Sequence[str], out: str | None, rois: str | None, settings
         tasks = find_sessions(paths, out)
         roi_path = Path(rois).absolute() if rois is not None else None
         n = min(workers or default_workers(), len(tasks))
-        with _sigterm_as_interrupt(), open_client(scheduler, n) as client:
-            results = run_batch(client, tasks, roi_path, config, StatusLine(len(tasks)))
+        with _stop_on_signals() as stop, open_client(scheduler, n) as client:
+            if stop.is_set():
+                raise BatchInterrupted
+            results = run_batch(client, tasks, roi_path, config, StatusLine(len(tasks)), stop)
     except (UserInputError, PipelineError) as exc:
         print(f"online replay: {exc}", file=sys.stderr)
         return EXIT_USER
-    except KeyboardInterrupt:
+    except (BatchInterrupted, KeyboardInterrupt):
         print("online replay: interrupted; sessions not finished have incomplete outputs", file=sys.stderr)
         return 130
     seconds = time.perf_counter() - t0

@@ -167,29 +167,37 @@ def test_a_bad_scheduler_address_is_one_sentence(study: tuple[Path, Path, Path],
     assert len(lines) == 1 and lines[0].startswith(f"online replay: --scheduler {address}: {words}"), lines
 
 
-def test_ctrl_c_ends_the_local_cluster_and_its_workers(study: tuple[Path, Path, Path],
-                                                       tmp_path: Path) -> None:
-    """Many sessions (links to the good ones), interrupted once the workers run: everything ends."""
-    subject, rois, _ = study
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_an_interrupted_batch_ends_the_local_cluster_and_its_workers(study: tuple[Path, Path, Path],
+                                                                    tmp_path: Path, how: str) -> None:
+    """Many sessions (links to the good ones), interrupted once the worker processes exist: Ctrl-C
+    (SIGINT to the whole process group, as a terminal sends it) or SIGTERM to `rig replay` (which passes it
+    on): the command says so, exits 130, and nothing of it is left running."""
+    subject, rois, settings_yaml = study
     many = tmp_path / "many"
     many.mkdir()
     for i in range(200):
         (many / f"s{i:03d}").symlink_to(subject / SESSIONS[i % 2 * 2])
-    proc = subprocess.Popen([sys.executable, "-m", "online", "replay", str(many), "--workers", "2", "--out",
-                             str(tmp_path / "out"), "--rois", str(rois)], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-m", "rig", "replay", str(many), "--workers", "2", "--out",
+                             str(tmp_path / "out"), "--rois", str(rois), "--settings", str(settings_yaml)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     try:
         deadline = time.monotonic() + 60
-        while len(processes_of_session(proc.pid)) < 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(processes_of_session(proc.pid)) >= 3, "the workers did not start"
-        time.sleep(0.5)
-        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground group
+        # rig, python -m online, multiprocessing's resource tracker and the two workers
+        while len(processes_of_session(proc.pid)) < 5 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(processes_of_session(proc.pid)) >= 5, "the workers did not start"
+        time.sleep(1.0)  # past the moment the command ignores SIGINT, while it starts them (batch_replay.py)
+        if how == "ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
         left = wait_gone(proc.pid)
     finally:
         if processes_of_session(proc.pid):
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130, err
-    assert "interrupted" in err
+    assert "online replay: interrupted" in err and "Traceback" not in err, err
     assert not left, f"processes left behind: {left}"
