@@ -17,7 +17,7 @@ import pytest
 
 from hardware.scanimage.writer import ScanImageWriter
 from hardware.sim.microscope import MicroscopeConfig, SimMicroscope
-from online.batch_replay import SessionTask, find_sessions, replay_session
+from online.batch_replay import BLAS_ENV, SessionTask, find_sessions, open_client, replay_session
 from online.process import replay_config
 from online.rois import RoiSet
 from online.store import INDEX_DTYPE, read_jsonl, read_traces
@@ -153,6 +153,21 @@ def test_a_subject_on_two_workers_replays_as_serially_and_names_the_damaged_sess
         result = replay_session(task, rois, config)
         assert not result.failed and result.frames == N_TRIALS * FRAMES_PER_TRIAL
         assert_same_outputs(serial, batch / name)
+
+
+def _environment() -> dict[str, str | None]:
+    return {name: os.environ.get(name) for name in BLAS_ENV}
+
+
+def test_local_workers_are_processes_of_one_thread_and_one_blas_thread() -> None:
+    with open_client(None, 2) as client:
+        assert list(client.nthreads().values()) == [1, 1]
+        pids = client.run(os.getpid)
+        assert len(set(pids.values())) == 2 and os.getpid() not in pids.values()
+        assert list(client.run(_environment).values()) == [BLAS_ENV, BLAS_ENV]
+        workers = [int(pid) for pid in pids.values()]
+    left = [pid for pid in workers if os.path.exists(f"/proc/{pid}")]
+    assert not left, f"worker processes left after the block: {left}"
 
 
 @pytest.mark.parametrize(("address", "words"), [("tcp://127.0.0.1:9", "no Dask scheduler could be reached"),
