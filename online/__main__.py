@@ -122,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             return process.main_replay(args.path[0], args.out, args.rois, args.trials, args.settings,
                                        args.alignment)
         if args.trials is not None:
-            print("online replay: --trials is for one recording; several sessions each replay their own "
-                  "session folder's trials.jsonl", file=sys.stderr)
+            print("online replay: --trials is for one recording (a .tif file or a folder of them); a session "
+                  "folder's own trials.jsonl is replayed with it", file=sys.stderr)
             return process.EXIT_USER
         from online.batch_replay import main_batch
 

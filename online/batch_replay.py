@@ -126,12 +126,21 @@ def find_sessions(paths: Sequence[str | Path], out: str | Path | None = None) ->
             tasks += [_session_task(p, out_dir) for p in sessions]
         else:
             raise UserInputError(f"{raw}: no such file or folder")
-    names = [t.name for t in tasks]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if out_dir is not None and twice:
-        raise UserInputError(f"--out {out}: sessions named {', '.join(twice)} more than once would write "
-                             "into the same folder; replay them in separate runs")
+    outs = [output_folder(t) for t in tasks]
+    for i, folder in enumerate(outs):
+        if folder in outs[:i]:
+            first = tasks[outs.index(folder)]
+            where = f"--out {out}: " if out_dir is not None else ""
+            raise UserInputError(f"{where}{first.files} and {tasks[i].files} would both write into {folder}; "
+                                 "replay them in separate runs")
     return tasks
+
+
+def output_folder(task: SessionTask) -> Path:
+    """Where a task's replay writes: its `out`, else replay's default (beside the files)."""
+    if task.out is not None:
+        return task.out
+    return (task.files if task.files.is_dir() else task.files.parent) / REPLAY_FOLDER
 
 
 # -- one session (runs in a worker) --------------------------------------------------------------------------
@@ -279,8 +288,8 @@ class StatusLine:
         rate = self.frames / max(time.perf_counter() - self.t0, 1e-9)
         line = (f"online replay: {done}/{self.total} sessions, {self.failed} failed, {self.frames} frames, "
                 f"{rate:.0f} frames/s (last: {result.name})")
-        if result.failed or result.warnings:
-            self._clear()
+        if self.tty and (result.failed or result.warnings):
+            self.stream.write("\r\x1b[K")  # the status line makes way
         if result.failed:
             print(f"online replay: {result.name}: {result.reason()}", file=self.stream)
         for warning in result.warnings:
@@ -292,10 +301,6 @@ class StatusLine:
         else:
             self.stream.write(line + "\n")
         self.stream.flush()
-
-    def _clear(self) -> None:
-        if self.tty:
-            self.stream.write("\r\x1b[K")
 
 
 @contextlib.contextmanager
@@ -332,6 +337,8 @@ def main_batch(paths: Sequence[str], out: str | None, rois: str | None, settings
         with _stop_on_signals() as stop, open_client(scheduler, n) as client:
             if stop.is_set():
                 raise BatchInterrupted
+            logger.info("replaying %d session(s) on %d worker(s) of %s", len(tasks), len(client.nthreads()),
+                        scheduler or "a local cluster")
             results = run_batch(client, tasks, roi_path, config, StatusLine(len(tasks)), stop)
     except (UserInputError, PipelineError) as exc:
         print(f"online replay: {exc}", file=sys.stderr)

@@ -17,7 +17,15 @@ import pytest
 
 from hardware.scanimage.writer import ScanImageWriter
 from hardware.sim.microscope import MicroscopeConfig, SimMicroscope
-from online.batch_replay import BLAS_ENV, SessionTask, find_sessions, open_client, replay_session
+from online.batch_replay import (
+    BLAS_ENV,
+    SessionTask,
+    find_sessions,
+    open_client,
+    output_folder,
+    replay_session,
+)
+from online.errors import UserInputError
 from online.process import replay_config
 from online.rois import RoiSet
 from online.store import INDEX_DTYPE, read_jsonl, read_traces
@@ -127,6 +135,14 @@ def test_sessions_of_a_subject_folder_are_found_with_their_trials(study: tuple[P
     assert [t.name for t in tasks] == list(SESSIONS)
     assert all(t.files == subject / t.name / "imaging" and t.trials == subject / t.name / "trials.jsonl"
                and t.out == tmp_path / t.name for t in tasks)
+    own = find_sessions([subject / SESSIONS[0], subject / SESSIONS[2] / "imaging"])
+    assert [output_folder(t) for t in own] == [subject / SESSIONS[0] / "online_replay",
+                                               subject / SESSIONS[2] / "imaging" / "online_replay"]
+    assert own[1].trials is None  # a recording folder: its trials only with --trials, alone
+    with pytest.raises(UserInputError, match="would both write into"):
+        find_sessions([subject / SESSIONS[0], subject / SESSIONS[0] / "imaging"], out=tmp_path)
+    with pytest.raises(UserInputError, match="no session folder"):
+        find_sessions([tmp_path])
 
 
 def test_a_subject_on_two_workers_replays_as_serially_and_names_the_damaged_session(
