@@ -186,6 +186,23 @@ def test_local_workers_are_processes_of_one_thread_and_one_blas_thread() -> None
     assert not left, f"worker processes left after the block: {left}"
 
 
+def test_sessions_run_on_an_existing_cluster_which_stays_up(study: tuple[Path, Path, Path],
+                                                            tmp_path: Path) -> None:
+    from distributed import Client, LocalCluster
+
+    subject, rois, _ = study
+    good = [str(subject / name) for name in SESSIONS if name != BROKEN]
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        proc = run([sys.executable, "-m", "online", "replay", *good, "--scheduler", cluster.scheduler_address,
+                    "--rois", str(rois), "--out", str(tmp_path / "out")])
+        assert proc.returncode == 0, proc.stderr
+        figures = json.loads(proc.stdout.splitlines()[0])
+        assert figures["failed"] == [] and figures["frames"] == 2 * N_TRIALS * FRAMES_PER_TRIAL
+        assert len(client.nthreads()) == 1  # the command closed its client, not the cluster
+    assert all((tmp_path / "out" / Path(g).name / "traces.f32").exists() for g in good)
+
+
 @pytest.mark.parametrize(("address", "words"), [("tcp://127.0.0.1:9", "no Dask scheduler could be reached"),
                                               ("scheduler-host", "not a scheduler address")])
 def test_a_bad_scheduler_address_is_one_sentence(study: tuple[Path, Path, Path], address: str,
