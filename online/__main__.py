@@ -93,12 +93,13 @@ def _replay_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trials", default=None,
                         help="the session's trials.jsonl: decode trials too (one recording only; a session "
                              "folder's trials.jsonl is replayed with it)")
-    parser.add_argument("--workers", type=_positive_int, default=None,
-                        help="several sessions: worker processes of the local cluster (default: one per "
-                             "core)")
-    parser.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
-                        help="several sessions: run them on the existing Dask cluster of this scheduler "
-                             "(workers must see the same paths)")
+    cluster = parser.add_mutually_exclusive_group()
+    cluster.add_argument("--workers", type=_positive_int, default=None,
+                         help="several sessions: worker processes of the local cluster (default: one per "
+                              "core)")
+    cluster.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                         help="several sessions: run them on the existing Dask cluster of this scheduler "
+                              "(workers must see the same paths)")
     parser.add_argument("--settings", default=None,
                         help="the online-settings JSON the rig wrote (`rig replay` takes a settings.yaml)")
     parser.add_argument("--alignment", choices=("trigger", "aux"), default="trigger")

@@ -432,11 +432,12 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--trials", metavar="TRIALS_JSONL", type=Path, default=None,
                         help="the session's trials.jsonl: decode trials too")
     replay.add_argument("--alignment", choices=("trigger", "aux"), default="trigger")
-    replay.add_argument("--workers", metavar="N", type=_positive_int, default=None,
-                        help="several sessions: worker processes of the local cluster (default: one per "
-                             "core)")
-    replay.add_argument("--scheduler", metavar="tcp://HOST:PORT", default=None,
-                        help="several sessions: the scheduler of an existing Dask cluster to run them on")
+    cluster = replay.add_mutually_exclusive_group()
+    cluster.add_argument("--workers", metavar="N", type=_positive_int, default=None,
+                         help="several sessions: worker processes of the local cluster (default: one per "
+                              "core)")
+    cluster.add_argument("--scheduler", metavar="tcp://HOST:PORT", default=None,
+                         help="several sessions: the scheduler of an existing Dask cluster to run them on")
     replay.set_defaults(func=_cmd_replay)
 
     summary = sub.add_parser("summary", help="summarise a finished (or running) session from its folder")
