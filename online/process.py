@@ -697,14 +697,19 @@ def _file_trial(f: Any, file: Path, counter: int) -> tuple[int, float | None]:
     return int(number), trigger
 
 
+def replay_config(settings_path: str | None, alignment: str) -> PipelineConfig | None:
+    """The replay's pipeline configuration from the online-settings JSON; None: replay's defaults."""
+    if settings_path is not None:
+        return pipeline_config(read_process_settings(Path(settings_path)), alignment)
+    if alignment != "trigger":
+        return PipelineConfig(alignment=alignment)  # type: ignore[arg-type]
+    return None
+
+
 def main_replay(argv_path: str, out: str | None, rois: str | None, trials: str | None,
                 settings_path: str | None, alignment: str) -> int:
     try:
-        config = None
-        if settings_path is not None:
-            config = pipeline_config(read_process_settings(Path(settings_path)), alignment)
-        elif alignment != "trigger":
-            config = PipelineConfig(alignment=alignment)  # type: ignore[arg-type]
+        config = replay_config(settings_path, alignment)
         summary = replay(argv_path, out=out, rois=rois, trials=trials, config=config)
     except (UserInputError, PipelineError) as exc:
         print(f"online replay: {exc}", file=sys.stderr)

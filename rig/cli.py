@@ -205,10 +205,11 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from rig.online_child import run_online_module
 
     options = ["--exit-with-parent", "--alignment", args.alignment]
-    for flag, value in (("--rois", args.rois), ("--out", args.out), ("--trials", args.trials)):
+    for flag, value in (("--rois", args.rois), ("--out", args.out), ("--trials", args.trials),
+                        ("--workers", args.workers), ("--scheduler", args.scheduler)):
         if value is not None:
             options += [flag, str(value)]
-    return run_online_module(_load(args), ["replay", str(args.path)], options)
+    return run_online_module(_load(args), ["replay", *map(str, args.path)], options)
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
@@ -481,8 +482,13 @@ def build_parser() -> argparse.ArgumentParser:
     replay = sub.add_parser(
         "replay", help="run the online pipeline over recorded ScanImage files",
         description="The online pipeline over a ScanImage file or a folder of per-trial files, as fast as it "
-                    "can, with the online settings of a settings.yaml.")
-    replay.add_argument("path", metavar="PATH", type=Path, help="a ScanImage .tif file or a folder of them")
+                    "can, with the online settings of a settings.yaml. Several sessions (session folders, a "
+                    "subject folder, several PATHs) run in parallel on Dask distributed: a local cluster of "
+                    "worker processes, or an existing cluster with --scheduler.",
+        fromfile_prefix_chars="@")
+    replay.add_argument("path", metavar="PATH", type=Path, nargs="+",
+                        help="a ScanImage .tif file or a folder of them; or several, session folders, "
+                             "subject folders (@FILE: paths from FILE, one per line)")
     _add_settings_and_rig(replay)
     replay.add_argument("--rois", metavar="DIR", type=Path, default=None,
                         help="suite2p plane folder, or rois.npz")
@@ -491,6 +497,12 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--trials", metavar="TRIALS_JSONL", type=Path, default=None,
                         help="the session's trials.jsonl: decode trials too")
     replay.add_argument("--alignment", choices=("trigger", "aux"), default="trigger")
+    cluster = replay.add_mutually_exclusive_group()
+    cluster.add_argument("--workers", metavar="N", type=_positive_int, default=None,
+                         help="several sessions: worker processes of the local cluster (default: one per "
+                              "core)")
+    cluster.add_argument("--scheduler", metavar="tcp://HOST:PORT", default=None,
+                         help="several sessions: the scheduler of an existing Dask cluster to run them on")
     replay.set_defaults(func=_cmd_replay)
 
     study = sub.add_parser(
