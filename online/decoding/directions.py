@@ -163,6 +163,9 @@ class CodingDirection:
     n_left: int = 0
     roi_set_id: str | None = None
     """Which neurons the vector's entries are (e.g. a hash of the ROI masks); CDs compare only within one."""
+    block: str | None = None
+    """The block (visit to the context, protocols/blocks.py: 1, 2, 1', ...) it was trained on; None for
+    CDs stored before blocks existed (one per context)."""
 
     def __post_init__(self) -> None:
         vector = np.array(self.vector, dtype=float)  # a copy: the caller's array stays writeable and ours not
@@ -193,7 +196,7 @@ class CodingDirection:
         """Plain JSON-able data (lists of floats) for subject.json."""
         return {"context": self.context, "epoch": self.epoch, "method": self.method,
                 "n_neurons": self.n_neurons, "roi_set_id": self.roi_set_id, "n_right": self.n_right,
-                "n_left": self.n_left, "vector": [float(x) for x in self.vector],
+                "n_left": self.n_left, "block": self.block, "vector": [float(x) for x in self.vector],
                 "boundary": self.boundary.to_dict()}
 
     @classmethod
@@ -204,7 +207,13 @@ class CodingDirection:
                              f"but holds {vector.size} weights")
         return cls(vector, Boundary.from_dict(data["boundary"]), str(data["context"]),
                    str(data.get("epoch", "delay")), str(data.get("method", "classic")),
-                   int(data.get("n_right", 0)), int(data.get("n_left", 0)), data.get("roi_set_id"))
+                   int(data.get("n_right", 0)), int(data.get("n_left", 0)), data.get("roi_set_id"),
+                   None if data.get("block") is None else str(data["block"]))
+
+    @property
+    def key(self) -> str:
+        """What it is the CD of: its block's label, or its context's name for a CD without a block."""
+        return self.block if self.block is not None else self.context
 
 
 def cd_similarity(a: CodingDirection | np.ndarray, b: CodingDirection | np.ndarray) -> float:
