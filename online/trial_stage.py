@@ -55,6 +55,9 @@ CORRECT_OUTCOME = "hit"
 MAX_TRIAL_JUMP = 1000
 """How far past the latest trial a frame's trial number may be (more is a corrupt number: it would make
 every trial in memory look finished and old)."""
+SIMILARITY_EPOCH = "delay"
+"""The epoch whose CD is compared between blocks at every trial (the paper's analysis; the sample and
+response CDs are stored with their half-CDs, and compared offline)."""
 CONTEXTS_KEPT = 64
 """Trial start messages (their contexts) remembered."""
 FINALISED_KEPT = 1000
@@ -116,7 +119,7 @@ class TrialOutcome:
     training_skipped: str | None = None
     trained_epochs: list[str] = field(default_factory=list)
     similarity: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
-    """epoch -> "session/block" -> `BlockSimilarity.to_dict()` (dot, ceiling, ceiling_a, ceiling_b,
+    """epoch (the delay: `SIMILARITY_EPOCH`) -> "session/block" -> `BlockSimilarity.to_dict()` (dot, ceiling, ceiling_a, ceiling_b,
     n_right, n_left): this block's CD against another block's, from halves of equal trial counts."""
     ceiling: dict[str, float] = field(default_factory=dict)
     """epoch -> this block's split-half ceiling (dot of its two disjoint halves' CDs)."""
@@ -430,7 +433,8 @@ class TrialStage:
             mask = decoder.neuron_mask()
             halves = StoredHalves(*half_vectors(data, sizes, cd.method, mask=mask), *sizes)
             ceiling[epoch] = round(float(halves.first @ halves.second), 4)
-            similarity[epoch] = self._similarities(decoder, cd, data)
+            if epoch == SIMILARITY_EPOCH:
+                similarity[epoch] = self._similarities(decoder, cd, data)
             self.cd_store.put(self.session, cd, halves)
             changed = True
         if changed:

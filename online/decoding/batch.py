@@ -20,7 +20,7 @@ from online.decoding.directions import (
     _check_method,
     _lda_axis,
     classic_cd,
-    lda_cd,
+    lda_vector,
     unit,
 )
 
@@ -77,7 +77,7 @@ def fit_vector(data: EpochData, method: Method | str = "classic") -> np.ndarray:
         return classic_cd(data.right_means, data.left_means)
     if data.right_bins is None or data.left_bins is None:
         raise ValueError("the LDA CD needs binned window activity (EpochData.right_bins / left_bins)")
-    return lda_cd(data.right_bins, data.left_bins, axis=_lda_axis(method)).vector
+    return lda_vector(data.right_bins, data.left_bins, axis=_lda_axis(method))
 
 
 def train(data: EpochData, context: str, epoch: str = "delay", method: Method | str = "classic",
@@ -176,6 +176,56 @@ def _ceiling(ceiling_a: float, ceiling_b: float) -> float:
     return float(np.sqrt(max(ceiling_a, 0.0) * max(ceiling_b, 0.0)))
 
 
+def _selections(n: int, k: int, n_repeats: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Averaging matrices (repeats x n) of two disjoint random halves of k of n trials per repeat."""
+    if not 0 < k <= n // 2:
+        raise ValueError(f"halves of {k} trials need at least {2 * k} trials on that side, got {n}")
+    order = np.argsort(rng.random((n_repeats, n)), axis=1)
+    rows = np.arange(n_repeats)[:, None]
+    first, second = np.zeros((n_repeats, n)), np.zeros((n_repeats, n))
+    first[rows, order[:, :k]] = 1.0 / k
+    second[rows, order[:, k:2 * k]] = 1.0 / k
+    return first, second
+
+
+def half_cds(data: EpochData, sizes: tuple[int, int], method: Method | str = "classic", n_repeats: int = 10,
+             seed: int | np.random.Generator = 0, mask: np.ndarray | None = None,
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Unit CDs (repeats x neurons) of the first and of the second of two disjoint random halves of `sizes`
+    = (right, left) trials, per repeat: the same CDs as `masked_vector` of each half, all repeats in one
+    product per side (the trial means of a half are a selection matrix times the trials)."""
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    method = _check_method(method)
+    if method == "lda_eigenvector":  # no closed form over sums: one fit per half
+        pairs = [split_halves(data, rng, sizes) for _ in range(n_repeats)]
+        return (np.array([masked_vector(a, method, mask) for a, _ in pairs]),
+                np.array([masked_vector(b, method, mask) for _, b in pairs]))
+    keep = np.ones(data.n_neurons, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+    if method == "lda":
+        if data.right_bins is None or data.left_bins is None:
+            raise ValueError("the LDA CD needs binned window activity (EpochData.right_bins / left_bins)")
+        right, left = data.right_bins[..., keep], data.left_bins[..., keep]
+    else:
+        right, left = data.right_means[:, None, keep], data.left_means[:, None, keep]
+    n_bins, n_kept = right.shape[1], right.shape[2]
+    r1, r2 = _selections(len(right), sizes[0], n_repeats, rng)
+    l1, l2 = _selections(len(left), sizes[1], n_repeats, rng)
+    flat_r, flat_l = right.reshape(len(right), -1), left.reshape(len(left), -1)
+    out = []
+    for sel_r, sel_l in ((r1, l1), (r2, l2)):
+        d = (sel_r @ flat_r - sel_l @ flat_l).reshape(n_repeats, n_bins, n_kept)
+        norms = np.linalg.norm(d, axis=2, keepdims=True)
+        w = np.divide(d, norms, out=np.zeros_like(d), where=norms > 0).mean(axis=1)
+        flat = np.all(w == 0, axis=1)
+        w[flat] = d[flat].mean(axis=1)  # no selective bin: the window's mean difference
+        norm = np.linalg.norm(w, axis=1, keepdims=True)
+        w = np.divide(w, norm, out=np.zeros_like(w), where=norm > 0)
+        full = np.zeros((n_repeats, data.n_neurons))
+        full[:, keep] = w
+        out.append(full)
+    return out[0], out[1]
+
+
 def block_similarity(a: EpochData, b: EpochData, method: Method | str = "classic", n_repeats: int = 10,
                      seed: int = 0, mask: np.ndarray | None = None) -> BlockSimilarity:
     """Similarity of two blocks' CDs with its ceiling, every CD from k trials per side, k = the smaller
@@ -188,23 +238,19 @@ def block_similarity(a: EpochData, b: EpochData, method: Method | str = "classic
         raise ValueError(f"halves need at least 2 trials per side in both blocks, got {a.n_right}/{a.n_left} "
                          f"and {b.n_right}/{b.n_left} (right/left)")
     rng = np.random.default_rng(seed)
-    dots, ceil_a, ceil_b = [], [], []
-    for _ in range(n_repeats):
-        a1, a2 = (masked_vector(h, method, mask) for h in split_halves(a, rng, sizes))
-        b1, b2 = (masked_vector(h, method, mask) for h in split_halves(b, rng, sizes))
-        dots.append(np.mean([a1 @ b1, a1 @ b2, a2 @ b1, a2 @ b2]))
-        ceil_a.append(a1 @ a2)
-        ceil_b.append(b1 @ b2)
-    ca, cb = float(np.mean(ceil_a)), float(np.mean(ceil_b))
-    return BlockSimilarity(float(np.mean(dots)), _ceiling(ca, cb), ca, cb, *sizes)
+    a1, a2 = half_cds(a, sizes, method, n_repeats, rng, mask)
+    b1, b2 = half_cds(b, sizes, method, n_repeats, rng, mask)
+    dot = float(np.mean([np.sum(x * y, axis=1) for x in (a1, a2) for y in (b1, b2)]))
+    ca, cb = float(np.mean(np.sum(a1 * a2, axis=1))), float(np.mean(np.sum(b1 * b2, axis=1)))
+    return BlockSimilarity(dot, _ceiling(ca, cb), ca, cb, *sizes)
 
 
 def half_vectors(data: EpochData, sizes: tuple[int, int], method: Method | str = "classic",
                  seed: int = 0, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Two unit CDs from disjoint halves of `sizes` = (right, left) trials, kept with a stored CD so a later
     session can compare with it at equal counts (`similarity_to_halves`)."""
-    first, second = split_halves(data, np.random.default_rng(seed), sizes)
-    return masked_vector(first, method, mask), masked_vector(second, method, mask)
+    first, second = half_cds(data, sizes, method, 1, seed, mask)
+    return first[0], second[0]
 
 
 def similarity_to_halves(a: EpochData, halves: tuple[np.ndarray, np.ndarray], sizes: tuple[int, int],
@@ -218,14 +264,10 @@ def similarity_to_halves(a: EpochData, halves: tuple[np.ndarray, np.ndarray], si
     own = (min(a.n_right // 2, sizes[0]), min(a.n_left // 2, sizes[1]))
     if min(own) < 1:
         raise ValueError(f"halves need at least 2 trials per side, got {a.n_right}/{a.n_left} (right/left)")
-    rng = np.random.default_rng(seed)
-    dots, ceil_a = [], []
-    for _ in range(n_repeats):
-        a1, a2 = (masked_vector(h, method, mask) for h in split_halves(a, rng, own))
-        dots.append(np.mean([a1 @ b1, a1 @ b2, a2 @ b1, a2 @ b2]))
-        ceil_a.append(a1 @ a2)
-    ca, cb = float(np.mean(ceil_a)), float(b1 @ b2)
-    return BlockSimilarity(float(np.mean(dots)), _ceiling(ca, cb), ca, cb, *own)
+    a1, a2 = half_cds(a, own, method, n_repeats, seed, mask)
+    dot = float(np.mean([x @ y for x in (a1, a2) for y in (b1, b2)]))
+    ca, cb = float(np.mean(np.sum(a1 * a2, axis=1))), float(b1 @ b2)
+    return BlockSimilarity(dot, _ceiling(ca, cb), ca, cb, *own)
 
 
 def masked_vector(data: EpochData, method: Method | str = "classic", mask: np.ndarray | None = None,

@@ -127,6 +127,24 @@ class LdaResult:
     """Per-bin LDA axes (bins x neurons)."""
 
 
+def lda_vector(right_bins: np.ndarray, left_bins: np.ndarray, axis: LdaAxis | str = "right_singular",
+               ) -> np.ndarray:
+    """The paper's CD alone (= `lda_cd(...).vector`, without the basis): the unit mean of the per-bin LDA
+    axes, or the window's unit mean difference when no bin is selective."""
+    right_bins, left_bins = np.asarray(right_bins, dtype=float), np.asarray(left_bins, dtype=float)
+    if axis == "right_singular":  # per-bin unit mean differences, vectorised
+        per_bin = right_bins.mean(axis=0) - left_bins.mean(axis=0)
+        norms = np.linalg.norm(per_bin, axis=1, keepdims=True)
+        weights = np.divide(per_bin, norms, out=np.zeros_like(per_bin), where=norms > 0)
+    else:
+        weights = np.array([fisher_lda_direction(right_bins[:, b], left_bins[:, b], axis)
+                            for b in range(right_bins.shape[1])])
+    averaged = weights.mean(axis=0)
+    if not np.any(averaged):
+        averaged = right_bins.mean(axis=(0, 1)) - left_bins.mean(axis=(0, 1))
+    return unit(averaged)
+
+
 def lda_cd(right_bins: np.ndarray, left_bins: np.ndarray, n_singular: int | None = None,
            axis: LdaAxis | str = "right_singular") -> LdaResult:
     """The paper's CD from binned window activity (trials x bins x neurons per side): per-bin LDA axes
