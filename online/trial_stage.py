@@ -13,11 +13,16 @@ At finalisation the trial is decoded with its block's current delay CD BEFORE it
 decode is held out), then, if correct (outcome "hit", not a free-drop trial) and not decoder-gated (its
 record's `closed_loop.gated`, or its start message's `gated`: a decoder that chose the trial's delay must
 not learn from it), it trains that block's `ContextDecoder` (sample, delay and response windows). Gated
-trials are decoded and counted apart (`prospective_gated`). The `TrialOutcome` carries the decode, the
-balanced cross-validated accuracy of every block's decoder, the trials per side, the similarity of the
-block's CDs with the other blocks of this session and the stored blocks of earlier sessions
-(`CodingDirectionStore`, over the same ROI set) from halves of equal trial counts, each with its
-split-half ceiling, the block's own split-half ceiling, and the running held-out ("prospective") accuracy.
+trials are decoded and counted apart (`prospective_gated`). A gated trial of a block whose decoder was not
+ready yet does train it: no decoder could end its delay (it ran its full length, as an ungated trial's),
+and without it a session gated from its first trial would never get a decoder. Readiness only grows, so
+a decoder not ready at finalisation was not ready while the trial ran.
+
+The `TrialOutcome` carries the decode, the balanced cross-validated accuracy of every block's decoder,
+the trials per side, the similarity of the block's delay CD with the other blocks of this session and the
+stored blocks of earlier sessions (`CodingDirectionStore`, over the same ROI set) from halves of equal
+trial counts, each with its split-half ceiling, the block's own split-half ceilings, and the running
+held-out ("prospective") balanced accuracy.
 """
 
 from __future__ import annotations
@@ -119,8 +124,9 @@ class TrialOutcome:
     training_skipped: str | None = None
     trained_epochs: list[str] = field(default_factory=list)
     similarity: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
-    """epoch (the delay: `SIMILARITY_EPOCH`) -> "session/block" -> `BlockSimilarity.to_dict()` (dot, ceiling, ceiling_a, ceiling_b,
-    n_right, n_left): this block's CD against another block's, from halves of equal trial counts."""
+    """epoch (the delay: `SIMILARITY_EPOCH`) -> "session/block" -> `BlockSimilarity.to_dict()` (dot,
+    ceiling, ceiling_a, ceiling_b, n_right, n_left): this block's CD against another block's, from halves
+    of equal trial counts."""
     ceiling: dict[str, float] = field(default_factory=dict)
     """epoch -> this block's split-half ceiling (dot of its two disjoint halves' CDs)."""
     accuracy: dict[str, float | None] = field(default_factory=dict)
@@ -396,7 +402,7 @@ class TrialStage:
         if out.decode is not None and correct:
             counts = self._prospective_gated if gated else self._prospective
             counts.setdefault(out.key, Prospective()).add(str(side), out.decode.side == side)
-        if gated and correct:
+        if gated and correct and decoder is not None and decoder.ready("delay"):
             out.training_skipped = "decoder-gated trial: decoded, not trained on"
         elif correct and decoder is not None and frames is not None:
             try:

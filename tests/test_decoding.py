@@ -70,8 +70,9 @@ def simulate(context: str, trial_seed: int, n_trials: int = 110, lead_s: float =
     rng = np.random.default_rng(trial_seed)
     aligner = LoopAligner(frame_offset_s=DT / 2)  # a frame at its centre
     trials = AlignedTrials(N_NEURONS)
-    decoder = ContextDecoder(context, N_NEURONS, DecoderConfig(DecoderSettings(min_trials_per_side=10), bin_s=DT),
-                             roi_set_id=ROI_SET)  # about 50 correct trials per side: fewer than the default
+    # about 50 correct trials per side: fewer than the default 50 on one side
+    config = DecoderConfig(DecoderSettings(min_trials_per_side=10), bin_s=DT)
+    decoder = ContextDecoder(context, N_NEURONS, config, roi_set_id=ROI_SET)
     correct = []
     t = lead_s
     for _ in range(n_trials):
