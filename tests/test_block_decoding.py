@@ -4,12 +4,15 @@ block (1 and 1' apart), gated trials never trained on, similarities published wi
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from online.decoding import (
     Boundary,
     CodingDirection,
+    CodingDirectionStore,
     ContextDecoder,
     DecoderConfig,
     EpochData,
@@ -229,3 +232,29 @@ def test_decoder_gated_trials_are_decoded_but_never_trained_on() -> None:
     (out,) = stage.end(15, "tactile", {"trial": 15, "context": "tactile", "block_label": "1", "side": "right",
                                        "outcome": "hit", "bpod": {"States": STATES}}, now=0.0)
     assert out.gated and not out.trained_epochs
+
+
+def test_a_block_of_an_earlier_session_is_compared_through_its_stored_half_cds() -> None:
+    config = DecoderConfig(DecoderSettings(min_trials_per_side=4, split_repeats=4), bin_s=0.1)
+    rng = np.random.default_rng(7)
+    day_1 = TrialStage("d1")
+    day_1.start(4, config, "rois")
+    trial = 0
+    for context, block in (("tactile", "1"), ("auditory", "2")):
+        for _ in range(12):
+            trial += 1
+            _run_trial(day_1, trial, context, block, rng)
+    saved = json.loads(json.dumps(day_1.cd_store.to_dict()))  # coding_directions.json
+    day_2 = TrialStage("d2", CodingDirectionStore.from_dict(saved))
+    day_2.start(4, config, "rois")
+    outcomes = [o for t in range(1, 13) for o in _run_trial(day_2, t, "tactile", "1'", rng)]
+    sims = outcomes[-1].similarity["delay"]
+    assert set(sims) == {"d1/1", "d1/2"}
+    assert sims["d1/1"]["dot"] > 0.8 * sims["d1/1"]["ceiling"] and abs(sims["d1/2"]["dot"]) < 0.3
+    assert (sims["d1/1"]["n_right"], sims["d1/1"]["n_left"]) == (3, 3)  # the stored halves' counts
+    old = CodingDirectionStore.from_dict({"coding_directions": [  # written before halves existed: skipped
+        {k: v for k, v in e.items() if k != "halves"} for e in saved["coding_directions"]]})
+    day_3 = TrialStage("d3", old)
+    day_3.start(4, config, "rois")
+    outcomes = [o for t in range(1, 13) for o in _run_trial(day_3, t, "tactile", "1''", rng)]
+    assert outcomes[-1].similarity["delay"] == {}
