@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 
+from online.config import PipelineConfig
 from online.decoding import (
     Boundary,
     CodingDirection,
@@ -23,7 +24,9 @@ from online.decoding import (
 )
 from online.decoding.batch import block_similarity, half_cds, masked_vector, split_halves
 from online.decoding.reliability import reliable_neurons, split_half_reliability
-from online.settings import DecoderSettings
+from online.errors import MalformedInput
+from online.pipeline import OnlinePipeline
+from online.settings import DecoderSettings, OnlineSettings
 from online.trial_stage import Prospective, TrialOutcome, TrialStage
 
 # -- the paper's LDA CD, by hand --------------------------------------------------------------------------
@@ -258,3 +261,16 @@ def test_a_block_of_an_earlier_session_is_compared_through_its_stored_half_cds()
     day_3.start(4, config, "rois")
     outcomes = [o for t in range(1, 13) for o in _run_trial(day_3, t, "tactile", "1''", rng)]
     assert outcomes[-1].similarity["delay"] == {}
+
+
+def test_the_pipeline_takes_the_block_and_the_gate_from_the_trial_start() -> None:
+    pipeline = OnlinePipeline(PipelineConfig(OnlineSettings(), frame_rate_hz=10.0))
+    stage = pipeline.trial_stage
+    start = {"trial": 1, "context": "tactile", "block": 3, "block_label": "1'", "gated": True}
+    pipeline.on_trial_start(start)
+    assert stage.decoder_key_for(1) == "1'" and stage.context_for(1) == "tactile"
+    pipeline.on_trial_start({"trial": 2, "context": "tactile"})  # a rig that sends no block: per context
+    assert stage.decoder_key_for(2) == "tactile"
+    for bad in ("", 3):
+        with pytest.raises(MalformedInput, match="block_label"):
+            pipeline.on_trial_start({"trial": 3, "context": "tactile", "block_label": bad})

@@ -164,6 +164,8 @@ def test_context_switch_by_command_lands_on_a_trial_boundary(settings: Settings,
     assert session.result is not None
     summary = summarize_session(session.result.folder)
     assert summary["context_switches"][0]["trial"] == first_new + 1
+    assert [(b["label"], b["context"], b["first_trial"]) for b in summary["blocks"]] == \
+        [("1", "tactile", 1), ("2", "auditory", first_new + 1)]
     # each visit is a block: 1 then 2, and a return to tactile the next session is block 3, labelled 1'
     assert [(r["block"], r["block_label"]) for r in records] == \
         [(1, "1")] * first_new + [(2, "2")] * (len(records) - first_new)
