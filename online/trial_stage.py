@@ -475,14 +475,14 @@ class TrialStage:
     # -- for the closed loop and reports ------------------------------------------------------------
 
     def cd_for_trial(self, trial: int) -> tuple[str, CodingDirection] | None:
-        """(block or context, current delay CD) for a running trial, or None while its decoder is not
-        ready."""
+        """(context, current delay CD of the trial's block) for a running trial, or None while its block's
+        decoder is not ready (the CD names its block)."""
         key = self.decoder_key_for(trial)
         decoder = self.decoders.get(key) if key is not None else None
         if decoder is None or not decoder.ready("delay"):
             return None
         try:
-            return decoder.key, decoder.coding_direction("delay")
+            return decoder.context, decoder.coding_direction("delay")
         except DecoderNotReady:
             return None
 

@@ -208,7 +208,8 @@ def test_a_return_to_a_context_gets_its_own_decoder_and_is_compared_with_its_cei
     assert stage.cd_store.get("s", "1'") is not None and stage.cd_store.halves("s", stage.cd_store.get(
         "s", "1'")) is not None  # type: ignore[arg-type]
     assert stage.pooled("tactile").n_right == 12  # both tactile blocks together, where asked
-    assert stage.cd_for_trial(trial) is not None and stage.cd_for_trial(trial)[0] == "1'"  # type: ignore[index]
+    running = stage.cd_for_trial(trial)
+    assert running is not None and running[0] == "tactile" and running[1].block == "1'"
 
 
 def test_decoder_gated_trials_are_decoded_but_never_trained_on() -> None:
