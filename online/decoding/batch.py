@@ -140,13 +140,13 @@ def decoding_accuracy(data: EpochData, method: Method | str = "classic", n_repea
 
 
 def split_half_similarity(data: EpochData, method: Method | str = "classic", n_repeats: int = 10,
-                          seed: int = 0) -> float:
+                          seed: int = 0, mask: np.ndarray | None = None) -> float:
     """Within-block noise ceiling: dot product of the CDs of two disjoint halves, averaged over splits."""
     rng = np.random.default_rng(seed)
     dots = []
     for _ in range(n_repeats):
         first, second = split_halves(data, rng)
-        dots.append(float(fit_vector(first, method) @ fit_vector(second, method)))
+        dots.append(float(masked_vector(first, method, mask) @ masked_vector(second, method, mask)))
     return float(np.mean(dots))
 
 

@@ -366,7 +366,8 @@ class ContextDecoder:
         if not self.ready(epoch):
             raise DecoderNotReady(self.status(epoch))
         return split_half_similarity(self.data(epoch), method or self.config.method,
-                                     n_repeats or self.config.settings.split_repeats, seed)
+                                     n_repeats or self.config.settings.split_repeats, seed,
+                                     self.neuron_mask())
 
 
 def _epoch_data(source: ContextDecoder | EpochData, epoch: str) -> EpochData:
