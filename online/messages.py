@@ -101,10 +101,17 @@ class DecoderResult:
     confidence: float | None  # 0..1
     projection: float | None  # delay-window activity projected on the delay CD
     boundary: float | None
-    accuracy: dict[str, float | None] = field(default_factory=dict)  # cross-validated, per context
+    accuracy: dict[str, float | None] = field(default_factory=dict)  # balanced, cross-validated, per block
     trials_per_side: dict[str, int] = field(default_factory=dict)
-    cd_similarity: dict[str, float] = field(default_factory=dict)  # stored CD label -> dot with current CD
+    cd_similarity: dict[str, float] = field(default_factory=dict)
+    """"session/block" -> delay-CD similarity of this trial's block with that block, from halves of equal
+    trial counts (its ceiling under the same key in `cd_similarity_ceiling`)."""
     closed_loop: dict[str, Any] | None = None  # the decision sent into the trial, if any
+    block: str | None = None  # the trial's block (1, 2, 1', ...; None: decoders per context)
+    gated: bool = False  # decoder-gated: decoded, not trained on
+    cd_ceiling: float | None = None  # this block's delay-CD split-half ceiling
+    cd_similarity_ceiling: dict[str, float] = field(default_factory=dict)
+    """"session/block" -> sqrt(ceiling of this block x ceiling of that block) at the counts compared."""
 
     def encode(self, sender: Sender) -> Parts:
         return sender.event(TOPIC_DECODER, asdict(self))

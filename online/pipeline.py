@@ -300,8 +300,11 @@ class OnlinePipeline:
             except ValueError as exc:
                 raise MalformedInput(f"trial {trial}: {exc}") from None
             self.trial_stage.use_epoch_states(names)
+        block = data.get("block_label")
+        if block is not None and (not isinstance(block, str) or not block):
+            raise MalformedInput(f"trial {trial}: block_label must be a label such as 1', got {block!r}")
         self.stats.trial_starts += 1
-        self.trial_stage.set_context(trial, context)
+        self.trial_stage.set_context(trial, context, block, data.get("gated") is True)
 
     def on_trial_end(self, record: Mapping[str, Any]) -> PipelineOutput:
         """A finished trial's record. Returns the trials finalised by it (possibly none yet)."""

@@ -91,13 +91,22 @@ class DecoderSettings(_Section):
 
     delay_window_s: float = Field(0.6, gt=0, le=10)
     """Window before the go cue the coding direction is computed over (s)."""
-    min_trials_per_side: int = Field(10, ge=1, le=10_000)
-    """Correct trials per side needed before a context's decoder is trained."""
+    min_trials_per_side: int = Field(50, ge=1, le=10_000)
+    """Correct trials per side a block's decoder needs before it decodes (the paper uses sessions with at
+    least 50)."""
     trials_kept_per_side: int = Field(200, ge=2, le=100_000)
-    """A context's decoder trains on its most recent this many correct trials per side (bounded memory)."""
-    cd_method: CdMethod = "classic"
-    """How the coding direction is computed: classic (right-minus-left mean difference), lda (the paper's
-    code: per-bin LDA axes averaged) or lda_eigenvector (the textbook Fisher axis; noisy with few trials)."""
+    """A block's decoder trains on its most recent this many correct trials per side (bounded memory)."""
+    cd_method: CdMethod = "lda"
+    """How the coding direction is computed: lda (the paper's code: per-bin LDA axes averaged over the
+    window, orthogonalised against the trial average's singular vectors), classic (right-minus-left mean
+    difference) or lda_eigenvector (the textbook Fisher axis; noisy with few trials)."""
+    split_repeats: int = Field(10, ge=1, le=1000)
+    """Random train/test halves (per side) that accuracies and similarities are averaged over (the paper's
+    code uses 2)."""
+    reliability_min_r: float | None = Field(None, ge=-1, le=1)
+    """The paper's neuron filter: a neuron enters the CD only when the correlation of its concatenated
+    left/right trial-averaged activity between the first and the second half of a block's correct trials
+    is at least this (the paper uses 0.5); null keeps every neuron."""
 
     @model_validator(mode="after")
     def _keeps_enough(self) -> DecoderSettings:

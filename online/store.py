@@ -485,8 +485,9 @@ class CodingDirectionFile:
         merged = CodingDirectionStore(store.subject or self.subject)
         if self.path.exists():
             try:
-                for session, cd in self._read().entries():
-                    merged.put(session, cd)
+                disk = self._read()
+                for session, cd in disk.entries():
+                    merged.put(session, cd, disk.halves(session, cd))
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 self.readable = False
                 self.error = f"{self.path}: became unreadable ({exc}); not overwritten"
@@ -494,6 +495,6 @@ class CodingDirectionFile:
                 return False
         for session, cd in store.entries():
             if sessions is None or session in sessions:
-                merged.put(session, cd)
+                merged.put(session, cd, store.halves(session, cd))
         write_json_atomic(self.path, merged.to_dict(), indent=None)
         return True

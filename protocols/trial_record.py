@@ -207,9 +207,10 @@ class TrialScore:
 
 # -- the record ---------------------------------------------------------------------------------------------
 
-_OPTIONAL = ("pole", "lickport", "sounds", "outcome_before_abort", "aborted", "events_received",
-             "states_entered")
-"""Keys written only when set: the pole motor's move before a pole trial, the lickport motor's step
+_OPTIONAL = ("block", "block_label", "pole", "lickport", "sounds", "outcome_before_abort", "aborted",
+             "events_received", "states_entered")
+"""Keys written only when set: the trial's block (protocols/blocks.py), the pole motor's move before a
+pole trial, the lickport motor's step
 before a trial, the sounds a sound module
 played (sound.device hifi), the outcome training counted for
 a trial cut short, and what a killed session's journal held of its unfinished trial (recovery,
@@ -224,6 +225,11 @@ class TrialRecord:
     outcome: str
     """hit, error, no_response, aborted (cut short, or killed) or not_started (queued, never begun)."""
     context: str | None = None
+    block: int | None = None
+    """The visit to the context this trial belongs to: 1-based index in the subject's history, continuing
+    across sessions (protocols/blocks.py; None in lines written before blocks existed)."""
+    block_label: str | None = None
+    """The paper's label of that block: 1, 2, 1', 2', 1'', ..."""
     side: str | None = None
     subject: str | None = None
     trial_number: int | None = None
@@ -329,7 +335,7 @@ class TrialRecord:
         known = {f.name for f in fields(cls)} | {f.name for f in fields(TrialScore)} | {VERSION_KEY}
         return cls(
             trial=trial, outcome=str(_text(data, "outcome", required=True)), context=_text(data, "context"),
-            side=_text(data, "side"),
+            block=_int(data, "block"), block_label=_text(data, "block_label"), side=_text(data, "side"),
             subject=_text(data, "subject"), trial_number=_int(data, "trial_number"),
             cue=_text(data, "cue"), modality=_text(data, "modality"),
             contingency=_text(data, "contingency"), mode=_text(data, "mode"),

@@ -56,6 +56,7 @@ from online.process import load_roi_planes
 from online.suite2p_rois import is_suite2p_output
 from online.transport import LossyPublisher, TransportError
 from online.wire import TOPIC_STATE, TOPIC_TRIAL
+from protocols.blocks import Block
 from protocols.contexts import SIDES, Context, context_named, contexts_from_settings
 from protocols.directional_licking import (
     OUTCOME_EPOCH,
@@ -125,6 +126,7 @@ class PreparedTrial:
     pole: dict[str, Any] | None = None  # the pole motor's move before the trial
     lickport: dict[str, Any] | None = None  # the lickport motor's step before the trial
     abort_reason: str | None = None  # the fault that cut the trial short
+    block: Block | None = None  # the visit to the context this trial is in (protocols/blocks.py)
 
 
 @dataclass
@@ -506,6 +508,7 @@ class SessionRunner:
         with self._lock:
             stage, context_name, events = self.training.next_trial()
             learned = self.training.state.task_learned
+            block = self.record.blocks.enter(context_name)  # a context switch starts the next block
         context = context_named(context_name, self.contexts)
         spec = select_trial(self.record.history, trial_number=number, context=context, stage=stage,
                             rules=self.settings.task.selection, auto_reward=self.settings.task.auto_reward,
@@ -513,7 +516,8 @@ class SessionRunner:
         gate = self._decoder_gate(stage.delay_s)
         params = dataclasses.replace(self.params, decoder_gated_delay=gate) if gate else self.params
         machine = build_trial(spec, params)
-        prepared = PreparedTrial(number, spec, machine, [_event_dict(e) for e in events], gate=gate)
+        prepared = PreparedTrial(number, spec, machine, [_event_dict(e) for e in events], gate=gate,
+                                 block=block)
         for event in events:
             log.info("trial %d: %s", number, _describe_event(event))
         return prepared
@@ -536,7 +540,8 @@ class SessionRunner:
         self._store.journal(trial.number, "trial", **trial.spec.to_dict())
         self._publish(TOPIC_TRIAL, {  # the online module files the trial's frames under its context
             "kind": "start", "trial": trial.number, "context": trial.spec.context.name,
-            "side": trial.spec.side, "gated": trial.gate is not None, "epochs": epoch_states()})
+            **_block_fields(trial.block), "side": trial.spec.side, "gated": trial.gate is not None,
+            "epochs": epoch_states()})
         self._client.start_trial(trial.machine)
         trial.sent = True
 
@@ -675,6 +680,7 @@ class SessionRunner:
         record = TrialRecord(
             trial=trial.number, subject=self.options.subject,
             **spec_fields(trial.spec.to_dict() | ({"free_drop": scored.free_drop} if scored else {})),
+            **_block_fields(trial.block),
             score=TrialScore.from_scored(scored) if scored is not None else None,
             outcome=outcome, abort_reason=trial.abort_reason,
             stopped=outcome in ("aborted", "not_started") and trial.abort_reason is None,
@@ -876,6 +882,11 @@ def _event_dict(event: Any) -> dict[str, Any]:
 def _describe_event(event: Any) -> str:
     data = _event_dict(event)
     return " ".join(f"{k}={v}" for k, v in data.items())
+
+
+def _block_fields(block: Block | None) -> dict[str, Any]:
+    """The trial's block as record and message keys (`block`, `block_label`)."""
+    return {} if block is None else {"block": block.index, "block_label": block.label}
 
 
 def _closed_loop_record(gate: DecoderGate | None, result: TrialResult) -> dict[str, Any] | None:

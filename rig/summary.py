@@ -66,6 +66,7 @@ def summarize_session(folder: Path) -> dict[str, Any]:
     outcomes = Counter(r.outcome for r in records)
     tracker = PerformanceTracker()
     contexts: list[str] = []
+    blocks: dict[int, dict[str, Any]] = {}
     switches = []
     gaps_cycles: list[int] = []
     previous_end: float | None = None
@@ -75,6 +76,12 @@ def summarize_session(folder: Path) -> dict[str, Any]:
             tracker.add(scored)
         if record.context and record.context not in contexts:
             contexts.append(record.context)
+        if record.block is not None:  # the session's part of each block (a block may span sessions)
+            part = blocks.setdefault(record.block, {"block": record.block, "label": record.block_label,
+                                                    "context": record.context, "first_trial": record.trial,
+                                                    "trials": 0, "correct": 0})
+            part["trials"] += 1
+            part["correct"] += record.outcome == "hit"
         for event in record.training_events:
             if event.get("kind") == "context_switched":
                 switches.append({"trial": record.trial, "from": event.get("before"),
@@ -92,6 +99,7 @@ def summarize_session(folder: Path) -> dict[str, Any]:
         "perf100_by_context": by_context,
         "performance_by_context": {c: tracker.performance(context=c) for c in contexts},
         "context_switches": switches,
+        "blocks": list(blocks.values()),
         "dead_time_cycles": {"max": max(gaps_cycles) if gaps_cycles else None,
                              "mean": sum(gaps_cycles) / len(gaps_cycles) if gaps_cycles else None,
                              "nonzero": sum(1 for g in gaps_cycles if g != 0)},
@@ -153,6 +161,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     for context, perf in summary["perf100_by_context"].items():
         overall = summary["performance_by_context"][context]
         lines.append(f"  {context:<20} Perf100 {pct(perf):>5}   all trials {pct(overall):>5}")
+    for block in summary["blocks"]:
+        lines.append(f"  block {block['label']:<4} ({block['context']}) from trial {block['first_trial']}: "
+                     f"{block['trials']} trials, {block['correct']} correct")
     for switch in summary["context_switches"]:
         lines.append(f"  context switch before trial {switch['trial']}: {switch['from']} -> {switch['to']}"
                      f" ({switch['reason']})")

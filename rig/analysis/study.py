@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 
+from protocols.blocks import label_blocks
 from rig.analysis.learning import StudyTrial, learning_curve, trials_to_criterion
 from rig.analysis.neuron_ids import neuron_ids
 from rig.analysis.population import (
@@ -91,6 +92,25 @@ def _subject_neuron_ids(sessions: Sequence[SessionActivity]) -> tuple[dict[str, 
         matches = [(s.name, first_of_set[ids_by_set[s.name]], [(i, i) for i in range(s.n_rois)])
                    for s in sessions if first_of_set[ids_by_set[s.name]] != s.name]
     return neuron_ids(n_rois, matches), sum(len(m[2]) for m in matches)
+
+
+def with_blocks(sessions: Sequence[SessionActivity]) -> list[SessionActivity]:
+    """Sessions whose trials carry their block; trials recorded without one (older sessions) get the block
+    the sequence of contexts gives (`label_blocks`), which is what the rig assigns."""
+    if all(t.block for s in sessions for t in s.trials):
+        return list(sessions)
+    labelled = iter(b for b in label_blocks(t.context for s in sessions for t in s.trials))
+    current = next(labelled, None)
+    out = []
+    for s in sessions:
+        trials = []
+        for t in s.trials:
+            if current is not None and current.context != t.context:
+                current = next(labelled)
+            assert current is not None
+            trials.append(replace(t, block=current.index, block_label=current.label))
+        out.append(replace(s, trials=trials))
+    return out
 
 
 def _pieces(sessions: Sequence[SessionActivity]) -> list[Piece]:
@@ -167,6 +187,7 @@ def analyze_subject(subject_dir: Path, options: AnalysisOptions | None = None,
         progress.step(folder.name)
     if not sessions:
         raise DataError(f"{subject_dir}: no session has trials and traces to analyse")
+    sessions = with_blocks(sessions)
     ids, n_matched = _subject_neuron_ids(sessions)
     pieces = _pieces(sessions)
     block_order = list(dict.fromkeys(p.block for p in pieces))
