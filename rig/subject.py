@@ -28,13 +28,16 @@ class SubjectRecord:
     sessions: int = 0
     simulated_mouse: dict[str, Any] | None = None
     coding_directions: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] | None = None
+    """Species, sex, date of birth or age, genotype (`rig.subject_info.SubjectInfo` as JSON); None until
+    given."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": FORMAT_VERSION, "subject": self.subject, "training": self.training.to_dict(),
             "history": [t.to_dict() for t in self.history[-HISTORY_KEPT:]], "sessions": self.sessions,
             "simulated_mouse": self.simulated_mouse, "coding_directions": self.coding_directions,
-            "updated": datetime.now().isoformat(timespec="seconds"),
+            "info": self.info, "updated": datetime.now().isoformat(timespec="seconds"),
         }
 
 
@@ -56,6 +59,7 @@ def load_subject(root: Path, subject: str) -> SubjectRecord | None:
             sessions=int(data.get("sessions", 0)),
             simulated_mouse=data.get("simulated_mouse"),
             coding_directions=dict(data.get("coding_directions", {})),
+            info=data.get("info"),
         )
     except (KeyError, TypeError, ValueError, TrainingStateError) as exc:
         raise DataError(f"{path}: cannot read the subject's state ({exc}); fix or move the file") from exc

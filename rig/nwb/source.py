@@ -1,0 +1,193 @@
+"""What a session folder holds, read for export: every part but the trial records is optional.
+
+The rig writes `session.json`, `settings.yaml` and `trials.jsonl`; the online module, when it ran, writes
+ROIs, traces and decoder outputs (online/store.py). Readers here accept a folder with any of those parts
+missing, and layouts with one plane (files at the top of the folder) or several (a `plane<k>/` folder per
+plane, or one ROI file per plane `rois_plane<k>.npz`), so that an export never depends on which optional
+outputs a session produced.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from online.rois import RoiSet
+from online.store import (
+    DECISIONS_FILE,
+    DECODER_FILE,
+    REFERENCE_FILE,
+    ROIS_FILE,
+    TRACES_META_FILE,
+    TraceTable,
+    load_reference,
+    read_jsonl,
+    read_traces,
+)
+from protocols.trial_record import TrialRecord
+from rig.errors import UserError
+from rig.settings import Settings, load_settings
+from rig.store import SESSION_FILE, SETTINGS_FILE, SUBJECT_FILE, TRIALS_FILE, DataError, read_json
+
+log = logging.getLogger(__name__)
+
+DECONVOLVED_FILE = "deconvolved.f32"
+"""Deconvolved activity beside traces.f32: the same rows (one per index record), float32."""
+NEUROPIL_FILE = "neuropil.f32"
+FLUORESCENCE_FILE = "fluorescence.f32"
+ROI_MATCHES_FILE = "roi_matches.json"
+IMAGING_FOLDER = "imaging"
+_PLANE_DIR = re.compile(r"plane(\d+)")
+_PLANE_ROIS = re.compile(r"rois_plane(\d+)\.npz")
+
+
+@dataclass(frozen=True)
+class PlaneRois:
+    """One imaging plane's ROIs and mean (reference) image."""
+
+    plane: int
+    rois: RoiSet
+    reference: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class TraceSet:
+    """The per-frame traces of one trace folder: `dff` rows belong to `index` records (online/store.py);
+    `extra` holds the other per-frame arrays present beside it (deconvolved, neuropil, fluorescence)."""
+
+    table: TraceTable
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SessionFolder:
+    """A session as read from its folder."""
+
+    folder: Path
+    info: dict[str, Any]
+    settings: Settings
+    """The settings snapshot the session ran with (settings.yaml and rig.yaml of the folder)."""
+    trials: list[TrialRecord]
+    subject_record: dict[str, Any]
+    planes: list[PlaneRois]
+    traces: dict[int, TraceSet]
+    """Trace folders by the plane whose ROIs their columns start with (0 for the top folder)."""
+    decoder: list[dict[str, Any]]
+    decisions: list[dict[str, Any]]
+    coding_directions: list[dict[str, Any]]
+    roi_matches: dict[str, Any] | None
+    tiff_files: list[Path]
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    @property
+    def subject(self) -> str:
+        return str(self.info.get("subject") or self.folder.parent.name)
+
+    @property
+    def simulated(self) -> bool:
+        bpod = self.info.get("bpod")
+        return bool(bpod.get("simulated")) if isinstance(bpod, dict) else False
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [line for line in read_jsonl(path) if isinstance(line, dict)]
+
+
+def _load_rois(path: Path, plane: int) -> PlaneRois:
+    reference_path = path.parent / (REFERENCE_FILE if path.name == ROIS_FILE
+                                    else path.name.replace("rois", "reference").replace(".npz", ".npy"))
+    reference = load_reference(reference_path) if reference_path.is_file() else None
+    return PlaneRois(plane, RoiSet.load(path), reference)
+
+
+def _extra_arrays(folder: Path, table: TraceTable) -> dict[str, np.ndarray]:
+    """Per-frame float32 arrays beside traces.f32 with the same row layout, cut to the index's length."""
+    n_rois = table.dff.shape[1] if table.dff.ndim == 2 else 0
+    out = {}
+    for name, file in (("deconvolved", DECONVOLVED_FILE), ("neuropil", NEUROPIL_FILE),
+                       ("fluorescence", FLUORESCENCE_FILE)):
+        path = folder / file
+        if not path.is_file() or n_rois == 0:
+            continue
+        raw = np.fromfile(path, dtype="<f4")
+        n = min(raw.size // n_rois, len(table))
+        if n < len(table):
+            log.warning("%s has %d of %d frames; the missing ones are NaN", path, n, len(table))
+        data = np.full((len(table), n_rois), np.nan, np.float32)
+        data[:n] = raw[: n * n_rois].reshape(n, n_rois)
+        out[name] = data
+    return out
+
+
+def _read_planes(folder: Path) -> tuple[list[PlaneRois], dict[int, TraceSet]]:
+    planes: list[PlaneRois] = []
+    traces: dict[int, TraceSet] = {}
+    subfolders = sorted((int(m.group(1)), p) for p in folder.iterdir()
+                        if p.is_dir() and (m := _PLANE_DIR.fullmatch(p.name)))
+    if (folder / ROIS_FILE).is_file():
+        planes.append(_load_rois(folder / ROIS_FILE, 0))
+    for path in sorted(folder.glob("rois_plane*.npz")):
+        m = _PLANE_ROIS.fullmatch(path.name)
+        if m and int(m.group(1)) not in {p.plane for p in planes}:
+            planes.append(_load_rois(path, int(m.group(1))))
+    for plane, sub in subfolders:
+        if (sub / ROIS_FILE).is_file() and plane not in {p.plane for p in planes}:
+            planes.append(_load_rois(sub / ROIS_FILE, plane))
+    planes.sort(key=lambda p: p.plane)
+    for plane, sub in [(0, folder), *subfolders]:
+        if (sub / TRACES_META_FILE).is_file():
+            table = read_traces(sub)
+            traces[plane] = TraceSet(table, _extra_arrays(sub, table))
+    return planes, traces
+
+
+def _settings(folder: Path) -> Settings:
+    """The session's settings snapshot; the defaults (with a warning) when it cannot be read as today's
+    settings (a snapshot from an older version)."""
+    path = folder / SETTINGS_FILE
+    if path.is_file():
+        try:
+            return load_settings(path)
+        except UserError as exc:
+            log.warning("%s: not readable as settings (%s); the export uses the defaults for the valve "
+                        "calibration, wiring and imaging", path, exc)
+    return Settings()
+
+
+def read_session(folder: str | Path) -> SessionFolder:
+    """Read a session folder; a folder without session.json or trials.jsonl is a DataError naming it."""
+    folder = Path(folder)
+    info_path, trials_path = folder / SESSION_FILE, folder / TRIALS_FILE
+    if not info_path.is_file():
+        raise DataError(f"{folder} is not a session folder (no {SESSION_FILE})")
+    info = read_json(info_path)
+    settings = _settings(folder)
+    trials = [TrialRecord.from_json(line) for line in _jsonl(trials_path)]
+    subject_path = folder.parent / SUBJECT_FILE
+    subject_record = read_json(subject_path) if subject_path.is_file() else {}
+    planes, traces = _read_planes(folder)
+    cds: list[dict[str, Any]] = []
+    cd_path = folder.parent / "coding_directions.json"
+    if cd_path.is_file():
+        try:
+            data = json.loads(cd_path.read_text(encoding="utf-8"))
+            cds = [e for e in data.get("coding_directions", []) if e.get("session") == folder.name]
+        except (ValueError, AttributeError) as exc:
+            log.warning("%s: not readable (%s); the export has no coding directions", cd_path, exc)
+    matches_path = folder / ROI_MATCHES_FILE
+    matches = read_json(matches_path) if matches_path.is_file() else None
+    tiff_folder = folder / IMAGING_FOLDER
+    tiffs = sorted(tiff_folder.glob("*.tif")) if tiff_folder.is_dir() else []
+    return SessionFolder(folder, info, settings, trials, subject_record, planes, traces,
+                         _jsonl(folder / DECODER_FILE), _jsonl(folder / DECISIONS_FILE), cds, matches, tiffs)
