@@ -113,7 +113,8 @@ def ask_subject_info(current: Mapping[str, Any] | None, ask: Ask) -> SubjectInfo
                  ("date_of_birth", "date of birth (YYYY-MM-DD, empty if unknown): "),
                  ("genotype", "genotype: "), ("strain", "strain (empty if none): "))
     for key, question in questions:
-        if key in data and data[key] not in (None, ""):
+        answered = data.get(key) not in (None, "") or (key == "strain" and key in data)
+        if answered or (key == "date_of_birth" and data.get("age")):
             continue
         answer = ask(question).strip()
         if key == "species" and not answer:
@@ -128,7 +129,8 @@ def ask_subject_info(current: Mapping[str, Any] | None, ask: Ask) -> SubjectInfo
         except ValidationError as exc:
             error = exc.errors()[0]
             key = str(error["loc"][0]) if error["loc"] else "date_of_birth"
-            answer = ask(f"{key}: {error['msg'].removeprefix('Value error, ')}; {key}: ").strip()
+            problem = error["msg"].removeprefix("Value error, ")
+            answer = ask(f"{key}: {problem}; {key}: ").strip()
             data[key] = answer or None
 
 
