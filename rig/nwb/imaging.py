@@ -11,8 +11,9 @@ nearest placed frame. Host arrival times never enter.
 from __future__ import annotations
 
 import logging
+import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,22 +70,11 @@ def frame_times(index: np.ndarray, trial_starts: Mapping[int, float]) -> np.ndar
     return times
 
 
-def _plane_columns(planes: Sequence[PlaneRois], plane: int, width: int, own_folder: bool) -> slice:
-    """Which trace columns are `plane`'s ROIs: all of them in the plane's own trace folder, else its span
-    in the planes' concatenation (plane order), or all when the row holds one plane only."""
-    sizes = {p.plane: p.rois.n for p in planes}
-    if own_folder or width == sizes.get(plane):
-        return slice(0, width)
-    start = sum(n for p, n in sizes.items() if p < plane)
-    return slice(start, start + sizes[plane])
-
-
 def _segmentation(plane: PlaneRois, imaging_plane: ImagingPlane) -> PlaneSegmentation:
     seg = PlaneSegmentation(name=f"PlaneSegmentation{plane.plane}", imaging_plane=imaging_plane,
                             description=f"ROIs of plane {plane.plane} (online module; weighted pixel masks)")
-    rois = plane.rois
-    for i in range(rois.n):
-        y, x, lam = rois.roi(i)
+    for i in plane.indices:
+        y, x, lam = plane.rois.roi(int(i))
         seg.add_roi(pixel_mask=[(int(a), int(b), float(w)) for a, b, w in zip(x, y, lam, strict=True)])
     return seg
 
@@ -93,11 +83,18 @@ def _series_data(data: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(data, dtype=np.float32)
 
 
+def _take(data: np.ndarray, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """data[rows][:, columns], without a copy of all rows first when the columns are one span."""
+    if columns.size and np.array_equal(columns, np.arange(columns[0], columns[0] + columns.size)):
+        return data[rows, int(columns[0]): int(columns[0]) + columns.size]
+    return data[np.ix_(rows, columns)]
+
+
 def add_imaging(nwb: NWBFile, session: SessionFolder, trial_starts: Mapping[int, float],
                 meta: ImagingMetadata, imaging_settings: Any, link_base: Path) -> None:
     """Everything of the session's imaging that is on disk; nothing when the online module did not run.
     ScanImage files are linked by their path relative to `link_base`, the NWB file's folder."""
-    if not session.planes and not session.traces:
+    if not session.planes:
         return
     device = nwb.create_device(name="Microscope", description=meta.device)
     rate = float(imaging_settings.frame_rate_hz) / max(1, int(imaging_settings.planes))
@@ -106,34 +103,25 @@ def add_imaging(nwb: NWBFile, session: SessionFolder, trial_starts: Mapping[int,
     ophys.add(image_seg)
     fluorescence, dff_container = Fluorescence(name="Fluorescence"), DfOverF(name="DfOverF")
     images = Images(name="SummaryImages", description="each plane's registration reference (mean image)")
-    planes = session.planes or [PlaneRois(0, None, None)]  # type: ignore[arg-type]
-    tiff_counts: dict[int, list[int]] = {}
-    segmentations = {}
-    for plane in planes:
+    n_planes = len(session.planes)
+    for plane in session.planes:
         imaging_plane = _imaging_plane(nwb, device, plane.plane, rate, meta)
-        if plane.rois is not None:
-            seg = _segmentation(plane, imaging_plane)
-            image_seg.add_plane_segmentation(seg)
-            segmentations[plane.plane] = seg
+        seg = _segmentation(plane, imaging_plane)
+        image_seg.add_plane_segmentation(seg)
         if plane.reference is not None:
             images.add_image(GrayscaleImage(name=f"reference_plane{plane.plane}", data=plane.reference,
                                             description=f"registration reference of plane {plane.plane}"))
-        traces = session.traces.get(plane.plane) or session.traces.get(0)
+        traces = session.traces.get(plane.folder)
         if traces is None:
             continue
-        own_folder = plane.plane in session.traces and plane.plane != 0
-        rows = _plane_rows(traces, plane.plane, len(planes))
+        rows = _plane_rows(traces, plane.plane, n_planes)
         index = traces.table.index[rows]
         times = frame_times(index, trial_starts)
-        tiff_counts[plane.plane] = _frames_per_trial(index)
         _add_shifts(ophys, plane.plane, index, times)
-        if plane.plane in segmentations:
-            seg = segmentations[plane.plane]
-            columns = _plane_columns(session.planes, plane.plane, traces.table.dff.shape[1], own_folder)
-            region = seg.create_roi_table_region(description=f"the ROIs of plane {plane.plane}",
-                                                 region=list(range(plane.rois.n)))
-            _add_traces(fluorescence, dff_container, plane.plane, traces, rows, columns, region, times)
-        _add_two_photon_series(nwb, session, plane.plane, imaging_plane, times, tiff_counts[plane.plane],
+        region = seg.create_roi_table_region(description=f"the ROIs of plane {plane.plane}",
+                                             region=list(range(plane.indices.size)))
+        _add_traces(fluorescence, dff_container, plane.plane, traces, rows, plane.indices, region, times)
+        _add_two_photon_series(nwb, session, plane.plane, imaging_plane, times, _frames_per_trial(index),
                                imaging_settings, link_base)
     if images.images:
         ophys.add(images)
@@ -156,8 +144,9 @@ def _imaging_plane(nwb: NWBFile, device: Device, plane: int, rate: float,
 
 
 def _plane_rows(traces: TraceSet, plane: int, n_planes: int) -> np.ndarray:
+    """The records of `plane`'s frames (all of them when one plane is imaged)."""
     planes = traces.table.index["plane"]
-    if n_planes == 1 and not (planes == plane).any():
+    if n_planes == 1:
         return np.arange(len(traces.table))
     return np.flatnonzero(planes == plane)
 
@@ -179,8 +168,8 @@ def _add_shifts(ophys: Any, plane: int, index: np.ndarray, times: np.ndarray) ->
 
 
 def _add_traces(fluorescence: Fluorescence, dff_container: DfOverF, plane: int, traces: TraceSet,
-                rows: np.ndarray, columns: slice, region: Any, times: np.ndarray) -> None:
-    dff = _series_data(traces.table.dff[rows, columns])
+                rows: np.ndarray, columns: np.ndarray, region: Any, times: np.ndarray) -> None:
+    dff = _series_data(_take(traces.table.dff, rows, columns))
     dff_container.create_roi_response_series(
         name=f"DfOverFPlane{plane}", data=dff, rois=region, unit="n.a.", timestamps=times,
         description="dF/F of each ROI (neuropil-corrected, running baseline), as computed online")
@@ -189,8 +178,9 @@ def _add_traces(fluorescence: Fluorescence, dff_container: DfOverF, plane: int, 
                              ("deconvolved", "a.u.", "deconvolved activity (spike-rate proxy)")):
         if name in traces.extra:
             fluorescence.add_roi_response_series(RoiResponseSeries(
-                name=f"{name.capitalize()}Plane{plane}", data=_series_data(traces.extra[name][rows, columns]),
-                rois=region, unit=unit, timestamps=times, description=what))
+                name=f"{name.capitalize()}Plane{plane}",
+                data=_series_data(_take(traces.extra[name], rows, columns)), rois=region, unit=unit,
+                timestamps=times, description=what))
 
 
 def _add_two_photon_series(nwb: NWBFile, session: SessionFolder, plane: int, imaging_plane: ImagingPlane,
@@ -214,12 +204,28 @@ def _add_two_photon_series(nwb: NWBFile, session: SessionFolder, plane: int, ima
 
 
 def _roi_matches(matches: Mapping[str, Any]) -> DynamicTable:
-    """The session's ROIs matched to other sessions' (one row per match, columns as recorded)."""
-    rows = matches.get("matches") if isinstance(matches.get("matches"), list) else []
-    keys = sorted({k for r in rows if isinstance(r, Mapping) for k, v in r.items()
-                   if isinstance(v, int | float | str | bool)})
-    columns = [VectorData(name=k, description=f"match {k}", data=[r.get(k) if r.get(k) is not None else ""
-                                                                   for r in rows]) for k in keys]
+    """One row per ROI of this session matched to an ROI of an earlier one (roi_matches.json)."""
+    rows: list[tuple[int, str, int, float, float, float, float]] = []
+    for entry in matches.get("matches") or []:
+        if not isinstance(entry, Mapping) or "pairs" not in entry:
+            continue  # a session that could not be compared
+        overlap = list(entry.get("overlap") or [])
+        shift = list(entry.get("shift_px") or [math.nan, math.nan])
+        for k, (previous, current) in enumerate(entry["pairs"]):
+            rows.append((int(current), str(entry.get("session", "")), int(previous),
+                         float(overlap[k]) if k < len(overlap) else math.nan, float(shift[0]),
+                         float(shift[1]), float(entry.get("correlation") or math.nan)))
+    names = (("roi", "this session's ROI (rois.npz index: the plane segmentations' rows, planes in order)",
+              np.int64),
+             ("matched_session", "the earlier session", str),
+             ("matched_roi", "that session's ROI", np.int64),
+             ("overlap", "Jaccard overlap of the two masks after registration", float),
+             ("shift_dy", "shift moving this session's field onto that one (rows, px)", float),
+             ("shift_dx", "same, columns (px)", float),
+             ("correlation", "mean images' correlation after registration", float))
+    columns = [VectorData(name=name, description=what,
+                          data=[r[i] for r in rows] if rows else np.zeros(0, kind))
+               for i, (name, what, kind) in enumerate(names)]
     return DynamicTable(name="RoiMatches", columns=columns,
-                        description="this session's ROIs matched to the subject's other sessions "
-                                    f"({matches.get('method', 'mask overlap after registration')})")
+                        description="this session's ROIs matched one to one to the subject's earlier "
+                                    "sessions' (registered mean images, masks matched by overlap)")

@@ -2,9 +2,9 @@
 
 The rig writes `session.json`, `settings.yaml` and `trials.jsonl`; the online module, when it ran, writes
 ROIs, traces and decoder outputs (online/store.py). Readers here accept a folder with any of those parts
-missing, and layouts with one plane (files at the top of the folder) or several (a `plane<k>/` folder per
-plane, or one ROI file per plane `rois_plane<k>.npz`), so that an export never depends on which optional
-outputs a session produced.
+missing, and with one plane or several: one ROI set for all planes, one plane after another, at the top of
+the folder (the planes told apart by `roi_planes`), or a `plane<k>/` folder per plane with its own ROIs and
+traces. An export never depends on which optional outputs a session produced.
 """
 
 from __future__ import annotations
@@ -44,16 +44,20 @@ FLUORESCENCE_FILE = "fluorescence.f32"
 ROI_MATCHES_FILE = "roi_matches.json"
 IMAGING_FOLDER = "imaging"
 _PLANE_DIR = re.compile(r"plane(\d+)")
-_PLANE_ROIS = re.compile(r"rois_plane(\d+)\.npz")
 
 
 @dataclass(frozen=True)
 class PlaneRois:
-    """One imaging plane's ROIs and mean (reference) image."""
+    """One imaging plane's ROIs: which ROIs of a set (and columns of its traces) are this plane's, and the
+    plane's mean (reference) image."""
 
     plane: int
     rois: RoiSet
+    indices: np.ndarray
+    """ROIs of `rois` on this plane, which are also their columns in the traces beside it."""
     reference: np.ndarray | None
+    folder: Path
+    """Where the ROI file and its traces are (the session folder, or the plane's own folder)."""
 
 
 @dataclass(frozen=True)
@@ -76,8 +80,8 @@ class SessionFolder:
     trials: list[TrialRecord]
     subject_record: dict[str, Any]
     planes: list[PlaneRois]
-    traces: dict[int, TraceSet]
-    """Trace folders by the plane whose ROIs their columns start with (0 for the top folder)."""
+    traces: dict[Path, TraceSet]
+    """Traces by the folder they are in (the session folder, or a plane's own)."""
     decoder: list[dict[str, Any]]
     decisions: list[dict[str, Any]]
     coding_directions: list[dict[str, Any]]
@@ -104,13 +108,6 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
     return [line for line in read_jsonl(path) if isinstance(line, dict)]
 
 
-def _load_rois(path: Path, plane: int) -> PlaneRois:
-    reference_path = path.parent / (REFERENCE_FILE if path.name == ROIS_FILE
-                                    else path.name.replace("rois", "reference").replace(".npz", ".npy"))
-    reference = load_reference(reference_path) if reference_path.is_file() else None
-    return PlaneRois(plane, RoiSet.load(path), reference)
-
-
 def _extra_arrays(folder: Path, table: TraceTable) -> dict[str, np.ndarray]:
     """Per-frame float32 arrays beside traces.f32 with the same row layout, cut to the index's length."""
     n_rois = table.dff.shape[1] if table.dff.ndim == 2 else 0
@@ -130,26 +127,59 @@ def _extra_arrays(folder: Path, table: TraceTable) -> dict[str, np.ndarray]:
     return out
 
 
-def _read_planes(folder: Path) -> tuple[list[PlaneRois], dict[int, TraceSet]]:
+def roi_planes(rois: RoiSet, traces: TraceSet | None, meta: dict[str, Any]) -> np.ndarray:
+    """The plane of each ROI of a set that holds several planes' ROIs one plane after another: from the
+    traces' description (`plane_rois`, ROIs per plane) when it says, else from the traces themselves (a
+    plane frame's record updates that plane's columns only), else every ROI on plane 0."""
+    counts = meta.get("plane_rois")
+    if isinstance(counts, list) and sum(counts) == rois.n:
+        return np.repeat(np.arange(len(counts)), counts)
+    if traces is None or len(traces.table) < 2 or traces.table.dff.shape[1] != rois.n:
+        return np.zeros(rois.n, np.int64)
+    planes = traces.table.index["plane"].astype(np.int64)
+    kinds = np.unique(planes)
+    if kinds.size < 2:
+        return np.full(rois.n, int(kinds[0]) if kinds.size else 0, np.int64)
+    dff = traces.table.dff
+    changed = np.zeros((kinds.size, rois.n), np.int64)
+    for start in range(1, len(dff), 4096):
+        block = slice(start, min(start + 4096, len(dff)))
+        step = (dff[block] != dff[block.start - 1: block.stop - 1]) & np.isfinite(dff[block])
+        for k, plane in enumerate(kinds):
+            changed[k] += step[planes[block] == plane].sum(axis=0)
+    return kinds[np.argmax(changed, axis=0)]
+
+
+def _plane_reference(folder: Path, plane: int) -> np.ndarray | None:
+    for name in ((REFERENCE_FILE,) if plane == 0 else ()) + (f"reference_plane{plane}.npy",):
+        if (folder / name).is_file():
+            return load_reference(folder / name)
+    return None
+
+
+def _read_planes(folder: Path) -> tuple[list[PlaneRois], dict[Path, TraceSet]]:
+    """The planes' ROIs and the trace folders: the session folder (one ROI set for every plane, in plane
+    order) and any `plane<k>/` folder with its own ROI set and traces."""
+    traces: dict[Path, TraceSet] = {}
     planes: list[PlaneRois] = []
-    traces: dict[int, TraceSet] = {}
     subfolders = sorted((int(m.group(1)), p) for p in folder.iterdir()
                         if p.is_dir() and (m := _PLANE_DIR.fullmatch(p.name)))
-    if (folder / ROIS_FILE).is_file():
-        planes.append(_load_rois(folder / ROIS_FILE, 0))
-    for path in sorted(folder.glob("rois_plane*.npz")):
-        m = _PLANE_ROIS.fullmatch(path.name)
-        if m and int(m.group(1)) not in {p.plane for p in planes}:
-            planes.append(_load_rois(path, int(m.group(1))))
-    for plane, sub in subfolders:
-        if (sub / ROIS_FILE).is_file() and plane not in {p.plane for p in planes}:
-            planes.append(_load_rois(sub / ROIS_FILE, plane))
-    planes.sort(key=lambda p: p.plane)
-    for plane, sub in [(0, folder), *subfolders]:
+    for sub in [folder, *(p for _, p in subfolders)]:
         if (sub / TRACES_META_FILE).is_file():
             table = read_traces(sub)
-            traces[plane] = TraceSet(table, _extra_arrays(sub, table))
-    return planes, traces
+            traces[sub] = TraceSet(table, _extra_arrays(sub, table))
+    if (folder / ROIS_FILE).is_file():
+        rois = RoiSet.load(folder / ROIS_FILE)
+        top = traces.get(folder)
+        of_roi = roi_planes(rois, top, top.table.meta if top is not None else {})
+        for plane in np.unique(of_roi):
+            planes.append(PlaneRois(int(plane), rois, np.flatnonzero(of_roi == plane),
+                                    _plane_reference(folder, int(plane)), folder))
+    for plane, sub in subfolders:
+        if (sub / ROIS_FILE).is_file() and plane not in {p.plane for p in planes}:
+            rois = RoiSet.load(sub / ROIS_FILE)
+            planes.append(PlaneRois(plane, rois, np.arange(rois.n), _plane_reference(sub, 0), sub))
+    return sorted(planes, key=lambda p: p.plane), traces
 
 
 def _settings(folder: Path) -> Settings:
