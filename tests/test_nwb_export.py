@@ -185,3 +185,30 @@ def test_valve_volume_follows_the_calibration_curve() -> None:
     assert volume_ul(curve, 0.045) == pytest.approx(4.0)
     assert volume_ul(curve, 0.0) == 0.0
     assert volume_ul(curve, 0.09) == pytest.approx(8.5)  # the last segment extended
+
+
+def test_several_planes_in_one_roi_set_export_plane_by_plane(tmp_path: Path) -> None:
+    from bench.export import write_session
+
+    folder = write_session(tmp_path, trials=4, planes=3, per_plane=12, rate_hz=30.0)
+    path = export_session(folder).path
+    traces = read_traces(folder)
+    deconvolved = np.fromfile(folder / "deconvolved.f32", "<f4").reshape(traces.dff.shape)
+    rois = RoiSet.load(folder / "rois.npz")
+    with pynwb.NWBHDF5IO(str(path), "r") as io:
+        nwb = io.read()
+        segmentation = nwb.processing["ophys"]["ImageSegmentation"]
+        assert sorted(segmentation.plane_segmentations) == [f"PlaneSegmentation{p}" for p in range(3)]
+        for plane in range(3):
+            seg = segmentation[f"PlaneSegmentation{plane}"]
+            assert len(seg) == 12
+            y, x, _ = rois.roi(plane * 12)
+            first = np.array([tuple(m) for m in seg["pixel_mask"][0]], float)
+            assert np.array_equal(first[:, 0], x) and np.array_equal(first[:, 1], y)
+            rows = traces.index["plane"] == plane
+            columns = slice(plane * 12, plane * 12 + 12)
+            dff = nwb.processing["ophys"]["DfOverF"][f"DfOverFPlane{plane}"]
+            assert np.array_equal(dff.data[:], traces.dff[rows, columns])
+            assert np.array_equal(nwb.processing["ophys"]["Fluorescence"][f"DeconvolvedPlane{plane}"].data[:],
+                                  deconvolved[rows, columns])
+            assert nwb.imaging_planes[f"ImagingPlane{plane}"].imaging_rate == pytest.approx(10.0)
