@@ -74,3 +74,25 @@ def test_subject_record_keeps_the_description(tmp_path: Path) -> None:
     save_subject(tmp_path, SubjectRecord("m1", state, info=info))
     loaded = load_subject(tmp_path, "m1")
     assert loaded is not None and loaded.info == info
+
+
+def test_rig_run_on_a_real_rig_asks_what_is_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    from rig import cli
+    from rig.session import RunOptions
+    from rig.settings import load_settings
+
+    settings, options = load_settings(), RunOptions(subject="m1", data_root=tmp_path)
+    replies = iter(["", "F", "2026-01-02", "wild type", "", "23.0"])
+    monkeypatch.setattr(cli, "_interactive", lambda: True)
+    monkeypatch.setattr("builtins.input", lambda question: next(replies))
+    asked = cli._ask_subject_care(settings, options, None)
+    assert asked.weight_g == 23.0
+    assert asked.subject_info == {"species": "Mus musculus", "sex": "F", "date_of_birth": "2026-01-02",
+                                  "age": None, "genotype": "wild type", "strain": None}
+    monkeypatch.setattr(cli, "_interactive", lambda: False)
+    unasked = cli._ask_subject_care(settings, options, 21.0)
+    assert unasked.weight_g == 21.0 and unasked.subject_info is None
+    assert "no species, sex, birth or genotype" in caplog.text
+    with pytest.raises(UserError, match="weight"):
+        cli._ask_subject_care(settings, options, 250.0)

@@ -185,13 +185,18 @@ def _column(name: str, description: str, data: Sequence[Any], dtype: Any = float
     return VectorData(name=name, description=description, data=_data(data, dtype))
 
 
+def _field(trial: TrialRecord, name: str) -> Any:
+    """A record's field by name, whether this version of the record has it or keeps it among `extra`."""
+    return getattr(trial, name, None) if hasattr(trial, name) else trial.extra.get(name)
+
+
 def _trial_columns(trials: Sequence[TrialRecord], valves: Mapping[str, Any] | None) -> list[VectorData]:
     """The columns the field uses for this task, one value per trial."""
     def text(values: Sequence[Any]) -> list[str]:
         return ["" if v is None else str(v) for v in values]
 
     stage = [t.stage for t in trials]
-    block = [t.extra.get("block") for t in trials]
+    block = [_field(t, "block") for t in trials]
     return [
         _column("trial_number", "the rig's trial number in the session (1-based)", [t.trial for t in trials]),
         _column("trial_instruction", "side the cue instructs: left or right", text([t.side for t in trials])),
@@ -211,7 +216,7 @@ def _trial_columns(trials: Sequence[TrialRecord], valves: Mapping[str, Any] | No
         _column("block", "visit to a context (1, 2, ...; 0 when not recorded)",
                 [int(b) if isinstance(b, int) else 0 for b in block]),
         _column("block_label", "label of the block (e.g. 1, 2, 1')",
-                text([t.extra.get("block_label") for t in trials])),
+                text([_field(t, "block_label") for t in trials])),
         _column("cue", "sample cue", text([t.cue for t in trials])),
         _column("modality", "cue modality", text([t.modality for t in trials])),
         _column("contingency", "cue-to-side mapping", text([t.contingency for t in trials])),

@@ -199,8 +199,9 @@ def _add_two_photon_series(nwb: NWBFile, session: SessionFolder, plane: int, ima
         name=f"TwoPhotonSeriesPlane{plane}", imaging_plane=imaging_plane, external_file=paths,
         starting_frame=starting.tolist(), format="external", timestamps=times, unit="n.a.",
         dimension=[int(imaging_settings.frame_width), int(imaging_settings.frame_height)],
-        description=f"plane {plane}'s frames in the ScanImage files of the session folder (one per trial); "
-                    "paths relative to this NWB file"))
+        description=f"plane {plane}'s frames in the ScanImage files of the session folder (one per trial; "
+                    "with several planes the files interleave them: plane k is every n-th frame from the "
+                    "k-th, n planes); paths relative to this NWB file"))
 
 
 def _roi_matches(matches: Mapping[str, Any]) -> DynamicTable:
