@@ -135,7 +135,7 @@ def _region(name: str, description: str, rows: Sequence[int], table: Any) -> Dyn
 
 
 def _ragged(name: str, description: str, per_trial: Sequence[int], table: Any) -> tuple[Any, Any]:
-    target = _region(name, description, range(int(sum(per_trial))), table)
+    target = _region(name, description, np.arange(int(sum(per_trial))), table)
     index = VectorIndex(name=f"{name}_index", data=np.cumsum(per_trial, dtype=np.int64),
                         target=target)
     return target, index
@@ -176,12 +176,17 @@ def _task_arguments(timing: Mapping[str, Any]) -> TaskArgumentsTable:
                               columns=columns)
 
 
-def _data(values: Sequence[Any], dtype: Any = float) -> Any:
-    """A column's data: the values, or an empty array of `dtype` (an empty list has no type to write)."""
-    return list(values) if len(values) else np.zeros(0, dtype)
+def _data(values: Sequence[Any], dtype: Any = None) -> Any:
+    """A column's data: numbers as an array (a list is converted value by value when written), text as a
+    list, nothing as an empty array of `dtype` (an empty list has no type to write)."""
+    if not len(values):
+        return np.zeros(0, dtype or float)
+    if dtype is str or isinstance(values[0], str):
+        return list(values)
+    return np.asarray(values, dtype=dtype)
 
 
-def _column(name: str, description: str, data: Sequence[Any], dtype: Any = float) -> VectorData:
+def _column(name: str, description: str, data: Sequence[Any], dtype: Any = None) -> VectorData:
     return VectorData(name=name, description=description, data=_data(data, dtype))
 
 

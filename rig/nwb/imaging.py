@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from hdmf.common import DynamicTable, VectorData
+from hdmf.common import DynamicTable, VectorData, VectorIndex
 from pynwb import NWBFile, TimeSeries
 from pynwb.base import Images
 from pynwb.device import Device
@@ -70,13 +70,25 @@ def frame_times(index: np.ndarray, trial_starts: Mapping[int, float]) -> np.ndar
     return times
 
 
+PIXEL_MASK_DTYPE = np.dtype([("x", "<u4"), ("y", "<u4"), ("weight", "<f4")])
+
+
 def _segmentation(plane: PlaneRois, imaging_plane: ImagingPlane) -> PlaneSegmentation:
-    seg = PlaneSegmentation(name=f"PlaneSegmentation{plane.plane}", imaging_plane=imaging_plane,
-                            description=f"ROIs of plane {plane.plane} (online module; weighted pixel masks)")
-    for i in plane.indices:
-        y, x, lam = plane.rois.roi(int(i))
-        seg.add_roi(pixel_mask=[(int(a), int(b), float(w)) for a, b, w in zip(x, y, lam, strict=True)])
-    return seg
+    """The plane's ROIs as weighted pixel masks (x, y, weight), built as whole columns (one ROI at a time
+    through `add_roi` converts every pixel on its own)."""
+    rois = plane.rois
+    starts, stops = rois.roi_offsets[plane.indices], rois.roi_offsets[plane.indices + 1]
+    take = np.concatenate([np.arange(a, b) for a, b in zip(starts, stops, strict=True)]) if starts.size \
+        else np.zeros(0, np.int64)
+    masks = np.zeros(take.size, PIXEL_MASK_DTYPE)
+    masks["x"], masks["y"], masks["weight"] = rois.xpix[take], rois.ypix[take], rois.lam[take]
+    pixel_mask = VectorData(name="pixel_mask", data=masks,
+                            description="pixels of each ROI: x (column), y (row), weight")
+    index = VectorIndex(name="pixel_mask_index", data=np.cumsum(stops - starts).astype(np.int64),
+                        target=pixel_mask)
+    return PlaneSegmentation(name=f"PlaneSegmentation{plane.plane}", imaging_plane=imaging_plane,
+                             description=f"ROIs of plane {plane.plane} (online module; weighted pixel masks)",
+                             columns=[pixel_mask, index], id=list(range(plane.indices.size)))
 
 
 def _series_data(data: np.ndarray) -> np.ndarray:

@@ -22,13 +22,16 @@ from online.rois import RoiSet
 from online.store import (
     DECISIONS_FILE,
     DECODER_FILE,
+    INDEX_DTYPE,
     REFERENCE_FILE,
     ROIS_FILE,
+    TRACES_FILE,
+    TRACES_FORMAT,
+    TRACES_INDEX_FILE,
     TRACES_META_FILE,
     TraceTable,
     load_reference,
     read_jsonl,
-    read_traces,
 )
 from protocols.trial_record import TrialRecord
 from rig.errors import UserError
@@ -108,23 +111,45 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
     return [line for line in read_jsonl(path) if isinstance(line, dict)]
 
 
+def _map_traces(folder: Path) -> TraceTable:
+    """traces.f32 + traces_index.bin as `read_traces` gives them, the traces mapped rather than read: an
+    export takes each plane's rows and columns only."""
+    meta = json.loads((folder / TRACES_META_FILE).read_text())
+    if meta.get("format") != TRACES_FORMAT:
+        raise DataError(f"{folder / TRACES_META_FILE}: format {meta.get('format')!r}, expected "
+                        f"{TRACES_FORMAT!r}")
+    n_rois = int(meta["n_rois"])
+    index_path, traces_path = folder / TRACES_INDEX_FILE, folder / TRACES_FILE
+    rows = index_path.stat().st_size // INDEX_DTYPE.itemsize if index_path.is_file() else 0
+    stored = traces_path.stat().st_size // (4 * n_rois) if traces_path.is_file() else 0
+    n = min(rows, stored)
+    index = np.fromfile(index_path, dtype=INDEX_DTYPE, count=n) if n else np.zeros(0, INDEX_DTYPE)
+    dff = np.memmap(traces_path, dtype="<f4", mode="r", shape=(n, n_rois)) if n else \
+        np.zeros((0, n_rois), np.float32)
+    return TraceTable(index, dff, meta)
+
+
 def _extra_arrays(folder: Path, table: TraceTable) -> dict[str, np.ndarray]:
-    """Per-frame float32 arrays beside traces.f32 with the same row layout, cut to the index's length."""
+    """Per-frame float32 arrays beside traces.f32 with the same row layout (mapped), NaN-padded to the
+    index's length when one stopped short."""
     n_rois = table.dff.shape[1] if table.dff.ndim == 2 else 0
-    out = {}
+    out: dict[str, np.ndarray] = {}
     for name, file in (("deconvolved", DECONVOLVED_FILE), ("neuropil", NEUROPIL_FILE),
                        ("fluorescence", FLUORESCENCE_FILE)):
         path = folder / file
-        if not path.is_file() or n_rois == 0:
+        if not path.is_file() or n_rois == 0 or len(table) == 0:
             continue
-        raw = np.fromfile(path, dtype="<f4")
-        n = min(raw.size // n_rois, len(table))
+        n = min(path.stat().st_size // (4 * n_rois), len(table))
+        data = np.memmap(path, dtype="<f4", mode="r", shape=(n, n_rois)) if n else np.zeros((0, n_rois))
         if n < len(table):
             log.warning("%s has %d of %d frames; the missing ones are NaN", path, n, len(table))
-        data = np.full((len(table), n_rois), np.nan, np.float32)
-        data[:n] = raw[: n * n_rois].reshape(n, n_rois)
+            data = np.concatenate([data, np.full((len(table) - n, n_rois), np.nan, np.float32)])
         out[name] = data
     return out
+
+
+INFER_ROWS = 20_000
+"""Plane frames looked at to tell which plane each ROI is on (a few thousand volumes are plenty)."""
 
 
 def roi_planes(rois: RoiSet, traces: TraceSet | None, meta: dict[str, Any]) -> np.ndarray:
@@ -137,13 +162,14 @@ def roi_planes(rois: RoiSet, traces: TraceSet | None, meta: dict[str, Any]) -> n
     if traces is None or len(traces.table) < 2 or traces.table.dff.shape[1] != rois.n:
         return np.zeros(rois.n, np.int64)
     planes = traces.table.index["plane"].astype(np.int64)
-    kinds = np.unique(planes)
+    kinds = np.unique(planes[: INFER_ROWS])
     if kinds.size < 2:
         return np.full(rois.n, int(kinds[0]) if kinds.size else 0, np.int64)
     dff = traces.table.dff
+    n = min(len(dff), INFER_ROWS)
     changed = np.zeros((kinds.size, rois.n), np.int64)
-    for start in range(1, len(dff), 4096):
-        block = slice(start, min(start + 4096, len(dff)))
+    for start in range(1, n, 4096):
+        block = slice(start, min(start + 4096, n))
         step = (dff[block] != dff[block.start - 1: block.stop - 1]) & np.isfinite(dff[block])
         for k, plane in enumerate(kinds):
             changed[k] += step[planes[block] == plane].sum(axis=0)
@@ -166,7 +192,7 @@ def _read_planes(folder: Path) -> tuple[list[PlaneRois], dict[Path, TraceSet]]:
                         if p.is_dir() and (m := _PLANE_DIR.fullmatch(p.name)))
     for sub in [folder, *(p for _, p in subfolders)]:
         if (sub / TRACES_META_FILE).is_file():
-            table = read_traces(sub)
+            table = _map_traces(sub)
             traces[sub] = TraceSet(table, _extra_arrays(sub, table))
     if (folder / ROIS_FILE).is_file():
         rois = RoiSet.load(folder / ROIS_FILE)
