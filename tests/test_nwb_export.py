@@ -212,3 +212,15 @@ def test_several_planes_in_one_roi_set_export_plane_by_plane(tmp_path: Path) -> 
             assert np.array_equal(nwb.processing["ophys"]["Fluorescence"][f"DeconvolvedPlane{plane}"].data[:],
                                   deconvolved[rows, columns])
             assert nwb.imaging_planes[f"ImagingPlane{plane}"].imaging_rate == pytest.approx(10.0)
+
+
+def test_a_trial_cut_short_ends_at_its_last_state_or_event() -> None:
+    from protocols.trial_record import BpodRecord
+    from rig.nwb.behaviour import exported_trials, stop_s
+
+    cut = TrialRecord(trial=3, outcome="aborted", bpod=BpodRecord(
+        trial_start_s=100.0, states={"TrigTrialStart": [[0.0, 0.01]], "SamplePeriod": [[0.01, 1.2]]},
+        events={"Port1In": [1.5]}, aborted=True))
+    never = TrialRecord(trial=4, outcome="not_started")
+    assert exported_trials([cut, never]) == [cut]
+    assert stop_s(cut) == pytest.approx(101.5)

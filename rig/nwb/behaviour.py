@@ -46,10 +46,20 @@ RESPONSE_STATES = ("Reward", "TimeOut", "RewardOtherSide")
 
 
 def exported_trials(trials: Sequence[TrialRecord]) -> list[TrialRecord]:
-    """The trials with a Bpod record (start and stop on the session clock); a trial queued when the session
-    ended and never begun has none and is not a row of the trials table."""
-    return [t for t in trials if t.bpod is not None and t.trial_start_s is not None
-            and t.trial_end_s is not None]
+    """The trials with a Bpod record (a start on the session clock); a trial queued when the session ended
+    and never begun has none and is not a row of the trials table."""
+    return [t for t in trials if t.bpod is not None and t.trial_start_s is not None]
+
+
+def stop_s(trial: TrialRecord) -> float:
+    """A trial's end on the session clock; for one cut short without an end, its last state exit or event."""
+    assert trial.bpod is not None and trial.trial_start_s is not None
+    if trial.trial_end_s is not None:
+        return float(trial.trial_end_s)
+    times = [float(x) for visits in trial.bpod.states.values() for v in visits for x in v] + \
+        [float(x) for times in trial.bpod.events.values() for x in times]
+    finite = [x for x in times if math.isfinite(x)]
+    return float(trial.trial_start_s) + (max(finite) if finite else 0.0)
 
 
 @dataclass(frozen=True)
@@ -294,7 +304,8 @@ def add_behaviour(nwb: NWBFile, trials: Sequence[TrialRecord], timing: Mapping[s
     columns: list[Any] = [
         _column("start_time", "trial start (s, Bpod session clock)",
                 [float(t.trial_start_s) for t in trials]),
-        _column("stop_time", "trial end (s, Bpod session clock)", [float(t.trial_end_s) for t in trials]),
+        _column("stop_time", "trial end (s, Bpod session clock; a trial cut short: its last state or event)",
+                [stop_s(t) for t in trials]),
     ]
     for name, rows, table in (("states", states, states_table), ("events", events, events_table),
                               ("actions", actions, actions_table)):
