@@ -179,7 +179,7 @@ def _ask_supplementary_water(folder: Path, given_ul: float | None) -> None:
 
 def _cmd_export_nwb(args: argparse.Namespace) -> int:
     """Write a session (or every session of a subject not yet exported) as NWB files."""
-    from rig.nwb.writer import export_session, export_subject
+    from rig.nwb.writer import export_session, export_subject, session_folders
     from rig.store import SESSION_FILE
 
     path: Path = args.path
@@ -189,6 +189,9 @@ def _cmd_export_nwb(args: argparse.Namespace) -> int:
         done = [export_session(path, args.out)]
     elif args.out is not None:
         raise UserError("--out names one file: give a session folder with it, not a subject folder")
+    elif not session_folders(path):
+        raise UserError(f"{path}: neither a session folder (no {SESSION_FILE}) nor a subject folder with "
+                        "sessions")
     else:
         done = export_subject(path)
         if not done:

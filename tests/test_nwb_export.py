@@ -159,13 +159,18 @@ def test_decoding_round_trips(session: Path, exported: tuple[Path, Any]) -> None
         assert np.allclose(decisions["host_latency_ms"][:], [d["host_latency_ms"] for d in decided])
 
 
-def test_nwbinspector_finds_no_critical_issue_and_no_violation(exported: tuple[Path, Any]) -> None:
+def inspector_problems(path: Path) -> str:
+    """nwbinspector's critical issues, violations and check errors on a file, one line each."""
     inspector = pytest.importorskip("nwbinspector", reason="nwbinspector is not installed (the dev extras)")
-    path, _ = exported
     found = [m for m in inspector.inspect_nwbfile(nwbfile_path=str(path))
              if m.importance.name in ("CRITICAL", "BEST_PRACTICE_VIOLATION", "ERROR")]
-    assert not found, "\n".join(f"{m.importance.name} {m.check_function_name} {m.object_name}: {m.message}"
-                                for m in found)
+    return "\n".join(f"{m.importance.name} {m.check_function_name} {m.object_name}: {m.message}"
+                     for m in found)
+
+
+def test_nwbinspector_finds_no_critical_issue_and_no_violation(exported: tuple[Path, Any]) -> None:
+    path, _ = exported
+    assert inspector_problems(path) == ""
 
 
 def test_export_subject_writes_only_what_is_not_exported(session: Path, exported: tuple[Path, Any],
@@ -177,6 +182,13 @@ def test_export_subject_writes_only_what_is_not_exported(session: Path, exported
     out = session.parent.parent / "elsewhere.nwb"
     assert main(["export-nwb", str(session), "--out", str(out)]) == 0 and out.is_file()
     assert main(["export-nwb", str(session.parent), "--out", str(out)]) == 2
+    assert main(["export-nwb", str(tmp_path_empty(session))]) == 2
+
+
+def tmp_path_empty(session: Path) -> Path:
+    empty = session.parent.parent / "empty"
+    empty.mkdir(exist_ok=True)
+    return empty
 
 
 def test_valve_volume_follows_the_calibration_curve() -> None:
@@ -190,7 +202,7 @@ def test_valve_volume_follows_the_calibration_curve() -> None:
 def test_several_planes_in_one_roi_set_export_plane_by_plane(tmp_path: Path) -> None:
     from bench.export import write_session
 
-    folder = write_session(tmp_path, trials=4, planes=3, per_plane=12, rate_hz=30.0)
+    folder = write_session(tmp_path, trials=6, planes=3, per_plane=12, rate_hz=30.0)
     path = export_session(folder).path
     traces = read_traces(folder)
     deconvolved = np.fromfile(folder / "deconvolved.f32", "<f4").reshape(traces.dff.shape)
@@ -212,6 +224,7 @@ def test_several_planes_in_one_roi_set_export_plane_by_plane(tmp_path: Path) -> 
             assert np.array_equal(nwb.processing["ophys"]["Fluorescence"][f"DeconvolvedPlane{plane}"].data[:],
                                   deconvolved[rows, columns])
             assert nwb.imaging_planes[f"ImagingPlane{plane}"].imaging_rate == pytest.approx(10.0)
+    assert inspector_problems(path) == ""
 
 
 def test_a_trial_cut_short_ends_at_its_last_state_or_event() -> None:

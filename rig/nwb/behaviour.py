@@ -319,7 +319,8 @@ def add_behaviour(nwb: NWBFile, trials: Sequence[TrialRecord], timing: Mapping[s
 
 
 def _add_licks(nwb: NWBFile, trials: Sequence[TrialRecord], lick_events: Mapping[str, str]) -> None:
-    """One events table per side: each lick's onset (port in) and, when its port-out came, its duration."""
+    """One events table per side: each lick's onset (port in) and, when its port-out came, its duration. A
+    side never licked has no table (an empty table is a best-practice violation)."""
     for side, event in lick_events.items():
         onsets: list[float] = []
         durations: list[float] = []
@@ -333,6 +334,8 @@ def _add_licks(nwb: NWBFile, trials: Sequence[TrialRecord], lick_events: Mapping
                 after = [o for o in outs if o >= x]
                 onsets.append(t0 + x)
                 durations.append(after[0] - x if after else float("nan"))
+        if not onsets:
+            continue
         nwb.add_events_table(EventsTable(
             name=f"licks_{side}", description=f"licks on the {side} port ({event}), s on the session clock",
             columns=[TimestampVectorData(name="timestamp", description="lick onset (s)", data=_data(onsets)),

@@ -72,7 +72,9 @@ def build_nwb(session: SessionFolder, out: Path) -> NWBFile:
                                "upcoming lick direction is decoded online from delay activity.",
         keywords=["directional licking", "motor planning", "ALM", "two-photon", "Bpod",
                   *(["simulated"] if session.simulated else [])],
-        notes=care.describe(), source_script=f"rig export-nwb (rig {__version__})",
+        notes=f"{care.describe()}. Times are seconds on the Bpod session clock, which the rig resets when it "
+              "connects to the Bpod, moments after session_start_time.",
+        source_script=f"rig export-nwb (rig {__version__})",
         source_script_file_name="rig/nwb/writer.py", subject=make_subject(session, care),
     )
     wiring = settings.wiring
