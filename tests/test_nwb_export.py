@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 
 pynwb = pytest.importorskip("pynwb", reason="pynwb is not installed (pip install -e '.[dev]')")
 
@@ -60,6 +61,8 @@ def test_file_is_named_the_dandi_way_and_marked_simulated(session: Path, exporte
     assert "simulated" in list(nwb.keywords[:])
     assert nwb.subject.subject_id == "nwb-1" and nwb.subject.weight == "24.5 g"
     assert nwb.subject.species == "Mus musculus"
+    program = yaml.safe_load(nwb.lab_meta_data["task"].task_program.data)
+    assert program["task"]["timing"] == load_settings(session / "settings.yaml").task.timing.model_dump()
 
 
 def test_trials_states_events_and_actions_round_trip(session: Path, exported: tuple[Path, Any]) -> None:

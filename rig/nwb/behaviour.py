@@ -1,13 +1,14 @@
 """The behaviour of a session as NWB: the trials table, every Bpod state, event and output action with its
 time, and the licks of each side.
 
-States, events and actions use ndx-structured-behavior (0.2.0): its `Task` (types of states, events and
-actions, the task's arguments) and `TaskRecording` (one row per state visit, event and action), and its
-`TrialsTable`, whose `states`/`events`/`actions` columns point at each trial's rows. It is the NWB extension
-made for state-machine tasks (Bpod, BEADL) and the one DANDI's behaviour datasets of this kind use; core
-NWB has no state or action types. Its actions table stores times as float32 (0.1 ms steps only in the
-first ~800 s of a session): an action happens at its state's entry, so the exact time is also the entry of
-the state in the states table, which keeps float64.
+States, events and actions use ndx-structured-behavior (0.2.0), the NWB extension made for
+state-machine tasks (Bpod, BEADL); core NWB has no state or action types. Its `Task` holds the types of
+states, events and actions, the task's arguments (timing) and, as the task program, the task and context
+settings that the task code turns into each trial's state machine, with the JSON schema of their model;
+its `TaskRecording` has one row per state visit, event and action, and its `TrialsTable` points at each
+trial's rows. Its actions table stores times as float32 (0.1 ms steps only in the first ~800 s of a
+session): an action happens at its state's entry, so the exact time is also that state's entry in the
+states table, which keeps float64.
 
 All times are on the Bpod session clock: a trial's states and events are seconds from its start, and
 trial start plus that is the session time.
@@ -31,8 +32,10 @@ from ndx_structured_behavior import (
     Task,
     TaskArgumentsTable,
     TaskRecording,
+    TaskSchema,
     TrialsTable,
 )
+from ndx_structured_behavior import TaskProgram as NdxTaskProgram
 from pynwb import NWBFile
 from pynwb.event import DurationVectorData, EventsTable, TimestampVectorData
 
@@ -260,9 +263,22 @@ def _trial_columns(trials: Sequence[TrialRecord], valves: Mapping[str, Any] | No
     ]
 
 
+@dataclass(frozen=True)
+class TaskProgram:
+    """What the state machines were built from: the task's settings as the session ran them (text) and the
+    JSON schema of their model, which says what each key means."""
+
+    text: str
+    language: str
+    schema: str
+    schema_version: str
+
+
 def add_behaviour(nwb: NWBFile, trials: Sequence[TrialRecord], timing: Mapping[str, Any],
-                  valves: Mapping[str, Any] | None, lick_events: Mapping[str, str]) -> None:
-    """The task's types, its recording (states, events, actions), the trials table and the licks."""
+                  valves: Mapping[str, Any] | None, lick_events: Mapping[str, str],
+                  program: TaskProgram | None = None) -> None:
+    """The task's types and program, its recording (states, events, actions), the trials table, the
+    licks."""
     states, events, actions = _state_rows(trials), _event_rows(trials), _action_rows(trials)
     state_names = sorted(set(states.names))
     event_names = sorted(set(events.names))
@@ -270,8 +286,14 @@ def add_behaviour(nwb: NWBFile, trials: Sequence[TrialRecord], timing: Mapping[s
     state_types = _types_table(StateTypesTable, "state_name", state_names, "Bpod states of the task")
     event_types = _types_table(EventTypesTable, "event_name", event_names, "Bpod events (inputs, timers)")
     action_types = _types_table(ActionTypesTable, "action_name", action_names, "Bpod output actions")
+    extra: dict[str, Any] = {}
+    if program is not None:
+        schema = TaskSchema(name="task_schema", data=program.schema, version=program.schema_version,
+                            language="JSON Schema")
+        extra = {"task_schema": schema, "task_program": NdxTaskProgram(
+            name="task_program", data=program.text, language=program.language, schema=schema)}
     task = Task(event_types=event_types, state_types=state_types, action_types=action_types,
-                task_arguments=_task_arguments(timing))
+                task_arguments=_task_arguments(timing), **extra)
     nwb.add_lab_meta_data(task)
 
     state_index = {n: i for i, n in enumerate(state_names)}

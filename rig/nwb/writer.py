@@ -7,6 +7,7 @@ afterwards, written to a temporary name and renamed, so a failed export leaves n
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -14,13 +15,15 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from hdmf.common import DynamicTable, VectorData
 from pynwb import NWBHDF5IO, NWBFile
 
 from protocols.contexts import SIDES
+from protocols.settings import TaskSettings
 from rig import __version__
 from rig.errors import UserError
-from rig.nwb.behaviour import add_behaviour, exported_trials
+from rig.nwb.behaviour import TaskProgram, add_behaviour, exported_trials
 from rig.nwb.decoding import add_decoding
 from rig.nwb.imaging import ImagingMetadata, add_imaging
 from rig.nwb.metadata import (
@@ -32,6 +35,7 @@ from rig.nwb.metadata import (
     start_time,
 )
 from rig.nwb.source import SessionFolder, read_session
+from rig.settings import Settings
 from rig.store import SESSION_FILE
 from rig.water import session_water_ul, valve_curves
 
@@ -79,7 +83,7 @@ def build_nwb(session: SessionFolder, out: Path) -> NWBFile:
     )
     wiring = settings.wiring
     add_behaviour(nwb, trials, settings.task.timing.model_dump(), valve_curves(settings),
-                  {side: wiring.lick(side) for side in SIDES})
+                  {side: wiring.lick(side) for side in SIDES}, _task_program(settings))
     _add_water(nwb, care)
     trial_starts = {t.trial: float(t.trial_start_s) for t in trials if t.trial_start_s is not None}
     imaging_meta = ImagingMetadata(location=meta.imaging_location, indicator=meta.indicator,
@@ -88,6 +92,14 @@ def build_nwb(session: SessionFolder, out: Path) -> NWBFile:
     add_imaging(nwb, session, trial_starts, imaging_meta, settings.imaging, out.parent)
     add_decoding(nwb, session.decoder, session.decisions, session.coding_directions, trial_starts)
     return nwb
+
+
+def _task_program(settings: Settings) -> TaskProgram:
+    """The task and context settings (YAML, as in settings.yaml), with the JSON schema of the task's model."""
+    program = {"task": settings.task.model_dump(mode="json"),
+               "contexts": {name: c.model_dump(mode="json") for name, c in settings.contexts.items()}}
+    return TaskProgram(text=yaml.safe_dump(program, sort_keys=False), language="YAML",
+                       schema=json.dumps(TaskSettings.model_json_schema()), schema_version=__version__)
 
 
 def _add_water(nwb: NWBFile, care: SessionCare) -> None:
