@@ -13,6 +13,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -221,6 +222,24 @@ def _settings(folder: Path) -> Settings:
     return Settings()
 
 
+def _scanimage_files(folder: Path, info: dict[str, Any], settings: Settings) -> list[Path]:
+    """The session's ScanImage files: the simulated source's in `<session>/imaging/`; a real microscope's,
+    in `imaging.scanimage_folder`, those written while the session ran (by modification time, from its
+    start to a minute after its end)."""
+    own = folder / IMAGING_FOLDER
+    if own.is_dir():
+        return sorted(own.glob("*.tif"))
+    source = settings.imaging.scanimage_folder
+    if settings.imaging.source != "scanimage_folder" or source is None or not Path(source).is_dir():
+        return []
+    try:
+        start = datetime.fromisoformat(str(info.get("started"))).timestamp()
+        end = datetime.fromisoformat(str(info.get("ended"))).timestamp() + 60
+    except ValueError:
+        return []
+    return sorted(p for p in Path(source).glob("*.tif") if start <= p.stat().st_mtime <= end)
+
+
 def read_session(folder: str | Path) -> SessionFolder:
     """Read a session folder; a folder without session.json or trials.jsonl is a DataError naming it."""
     folder = Path(folder)
@@ -243,7 +262,6 @@ def read_session(folder: str | Path) -> SessionFolder:
             log.warning("%s: not readable (%s); the export has no coding directions", cd_path, exc)
     matches_path = folder / ROI_MATCHES_FILE
     matches = read_json(matches_path) if matches_path.is_file() else None
-    tiff_folder = folder / IMAGING_FOLDER
-    tiffs = sorted(tiff_folder.glob("*.tif")) if tiff_folder.is_dir() else []
+    tiffs = _scanimage_files(folder, info, settings)
     return SessionFolder(folder, info, settings, trials, subject_record, planes, traces,
                          _jsonl(folder / DECODER_FILE), _jsonl(folder / DECISIONS_FILE), cds, matches, tiffs)
