@@ -240,3 +240,20 @@ def test_a_trial_cut_short_ends_at_its_last_state_or_event() -> None:
     never = TrialRecord(trial=4, outcome="not_started")
     assert exported_trials([cut, never]) == [cut]
     assert stop_s(cut) == pytest.approx(101.5)
+
+
+def test_roi_matches_are_one_row_per_matched_roi(tmp_path: Path) -> None:
+    from bench.export import write_session
+
+    folder = write_session(tmp_path, trials=3, planes=1, per_plane=10, rate_hz=30.0)
+    (folder / "roi_matches.json").write_text(json.dumps({
+        "format": "roi-matches/1", "session": folder.name, "n_rois": 10, "matches": [
+            {"session": "2026-01-04_100000", "n_previous": 9, "n_current": 10, "n_matched": 2,
+             "shift_px": [1.5, -2.0], "correlation": 0.8, "pairs": [[0, 3], [4, 7]], "overlap": [0.7, 0.6]},
+            {"session": "2026-01-03_100000", "error": "another field size"}]}))
+    with pynwb.NWBHDF5IO(str(export_session(folder).path), "r") as io:
+        matches = io.read().processing["ophys"]["RoiMatches"].to_dataframe()
+    assert list(matches["roi"]) == [3, 7] and list(matches["matched_roi"]) == [0, 4]
+    assert list(matches["matched_session"]) == ["2026-01-04_100000"] * 2
+    assert list(matches["overlap"]) == pytest.approx([0.7, 0.6])
+    assert list(matches["shift_dx"]) == [-2.0, -2.0]
