@@ -147,6 +147,8 @@ def test_imaging_round_trips(session: Path, exported: tuple[Path, Any]) -> None:
     assert len(files) == TRIALS and all((path.parent / f).is_file() for f in files)
     assert np.array_equal(series.timestamps[:], dff.timestamps[:])
     assert nwb.imaging_planes["ImagingPlane0"].location == "MOs"
+    assert nwb.imaging_planes["ImagingPlane0"].imaging_rate == pytest.approx(traces.meta["frame_rate_hz"])
+    assert list(series.dimension[:]) == [rois.shape[1], rois.shape[0]]
 
 
 def test_decoding_round_trips(session: Path, exported: tuple[Path, Any]) -> None:

@@ -109,7 +109,7 @@ def add_imaging(nwb: NWBFile, session: SessionFolder, trial_starts: Mapping[int,
     if not session.planes:
         return
     device = nwb.create_device(name="Microscope", description=meta.device)
-    rate = float(imaging_settings.frame_rate_hz) / max(1, int(imaging_settings.planes))
+    nominal = float(imaging_settings.frame_rate_hz) / max(1, int(imaging_settings.planes))
     ophys = nwb.create_processing_module("ophys", "two-photon imaging: motion, ROIs, traces (online module)")
     image_seg = ImageSegmentation(name="ImageSegmentation")
     ophys.add(image_seg)
@@ -117,13 +117,15 @@ def add_imaging(nwb: NWBFile, session: SessionFolder, trial_starts: Mapping[int,
     images = Images(name="SummaryImages", description="each plane's registration reference (mean image)")
     n_planes = len(session.planes)
     for plane in session.planes:
+        traces = session.traces.get(plane.folder)
+        measured = traces.table.meta.get("frame_rate_hz") if traces is not None else None
+        rate = float(measured) if isinstance(measured, int | float) and measured > 0 else nominal
         imaging_plane = _imaging_plane(nwb, device, plane.plane, rate, meta)
         seg = _segmentation(plane, imaging_plane)
         image_seg.add_plane_segmentation(seg)
         if plane.reference is not None:
             images.add_image(GrayscaleImage(name=f"reference_plane{plane.plane}", data=plane.reference,
                                             description=f"registration reference of plane {plane.plane}"))
-        traces = session.traces.get(plane.folder)
         if traces is None:
             continue
         rows = _plane_rows(traces, plane.plane, n_planes)
@@ -134,7 +136,7 @@ def add_imaging(nwb: NWBFile, session: SessionFolder, trial_starts: Mapping[int,
                                              region=list(range(plane.indices.size)))
         _add_traces(fluorescence, dff_container, plane.plane, traces, rows, plane.indices, region, times)
         _add_two_photon_series(nwb, session, plane.plane, imaging_plane, times, _frames_per_trial(index),
-                               imaging_settings, link_base)
+                               plane.rois.shape, link_base)
     if images.images:
         ophys.add(images)
     if fluorescence.roi_response_series:
@@ -196,7 +198,7 @@ def _add_traces(fluorescence: Fluorescence, dff_container: DfOverF, plane: int, 
 
 
 def _add_two_photon_series(nwb: NWBFile, session: SessionFolder, plane: int, imaging_plane: ImagingPlane,
-                           times: np.ndarray, per_trial: list[int], imaging_settings: Any,
+                           times: np.ndarray, per_trial: list[int], shape: tuple[int, int],
                            link_base: Path) -> None:
     """Link the ScanImage files (one per trial in loop mode) when they are there and match the frames."""
     files = session.tiff_files
@@ -210,7 +212,7 @@ def _add_two_photon_series(nwb: NWBFile, session: SessionFolder, plane: int, ima
     nwb.add_acquisition(TwoPhotonSeries(
         name=f"TwoPhotonSeriesPlane{plane}", imaging_plane=imaging_plane, external_file=paths,
         starting_frame=starting.tolist(), format="external", timestamps=times, unit="n.a.",
-        dimension=[int(imaging_settings.frame_width), int(imaging_settings.frame_height)],
+        dimension=[int(shape[1]), int(shape[0])],
         description=f"plane {plane}'s frames in the ScanImage files of the session folder (one per trial; "
                     "with several planes the files interleave them: plane k is every n-th frame from the "
                     "k-th, n planes); paths relative to this NWB file"))
