@@ -89,7 +89,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     options = RunOptions(**subject, context=args.context, trials=args.trials, minutes=args.minutes,
                          speed=args.speed, data_root=args.data, status_stream=sys.stderr, rig_file=rig_file)
     real_rig = settings.bpod.port != "emulator"
-    if real_rig:
+    from rig.subject_info import check_supplement_ul, check_weight_g
+
+    if args.supplementary_water is not None:
+        check_supplement_ul(args.supplementary_water)  # before the session, not after it
+    if args.weight is not None:
+        options = replace(options, weight_g=check_weight_g(args.weight))
+    if real_rig:  # the simulated rig asks nothing
         options = _ask_subject_care(settings, options, args.weight)
     gui = None
     if not args.no_gui:
@@ -112,7 +118,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     summary = summarize_session(result.folder)
     sys.stdout.write(format_summary(summary) + "\n")
     sys.stdout.write(f"data: {result.folder}\n")
-    if real_rig:
+    if real_rig or args.supplementary_water is not None:
         _ask_supplementary_water(result.folder, args.supplementary_water)
     return EXIT_OK
 
