@@ -11,12 +11,13 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rig import __version__
 from rig.errors import SessionFault, UserError
 
 if TYPE_CHECKING:
+    from rig.session import RunOptions
     from rig.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     options = RunOptions(**subject, context=args.context, trials=args.trials, minutes=args.minutes,
                          speed=args.speed, data_root=args.data, status_stream=sys.stderr, rig_file=rig_file,
                          rois=args.rois)
+    real_rig = settings.bpod.port != "emulator"
+    from rig.subject_info import check_supplement_ul, check_weight_g
+
+    if args.supplementary_water is not None:
+        check_supplement_ul(args.supplementary_water)  # before the session, not after it
+    if args.weight is not None:
+        options = replace(options, weight_g=check_weight_g(args.weight))
+    if real_rig:  # the simulated rig asks nothing
+        options = _ask_subject_care(settings, options, args.weight)
     gui = None
     if not args.no_gui:
         from rig.monitor import display_available, monitor_command, start_monitor_process
@@ -106,8 +116,95 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
             stop_monitor_process(gui)
     sys.stderr.write("\n")
-    sys.stdout.write(format_summary(summarize_session(result.folder)) + "\n")
+    summary = summarize_session(result.folder)
+    sys.stdout.write(format_summary(summary) + "\n")
     sys.stdout.write(f"data: {result.folder}\n")
+    if real_rig or args.supplementary_water is not None:
+        _ask_supplementary_water(result.folder, args.supplementary_water)
+    return EXIT_OK
+
+
+def _interactive() -> bool:
+    return sys.stdin is not None and sys.stdin.isatty()
+
+
+def _ask_subject_care(settings: Settings, options: RunOptions, weight_g: float | None) -> RunOptions:
+    """On a real rig: the subject's description where subject.json lacks it, and its weight, asked at the
+    terminal (without one, what is missing is said and left unrecorded)."""
+    from dataclasses import replace
+
+    from rig.subject import load_subject
+    from rig.subject_info import ask_subject_info, ask_weight, check_weight_g, parse_subject_info
+
+    record = load_subject(Path(options.data_root or settings.data.root), options.subject)
+    info = record.info if record is not None else None
+    if weight_g is not None:
+        check_weight_g(weight_g)
+    if _interactive():
+        if info is None or _incomplete(info):
+            sys.stderr.write(f"subject {options.subject}: its description is not complete (for the data's "
+                             "export)\n")
+            info = ask_subject_info(info, input).to_json()
+        if weight_g is None:
+            weight_g = ask_weight(input)
+    else:
+        if info is None:
+            logger.warning("subject %s has no species, sex, birth or genotype in subject.json (info); run "
+                           "`rig run` at a terminal to give them", options.subject)
+        if weight_g is None:
+            logger.warning("the subject's weight is not recorded: give --weight G")
+    if info is not None:
+        parse_subject_info(info, f"subject {options.subject}")
+    return replace(options, weight_g=weight_g, subject_info=info)
+
+
+def _incomplete(info: dict[str, Any]) -> bool:
+    from pydantic import ValidationError
+
+    from rig.subject_info import SubjectInfo
+
+    try:
+        SubjectInfo.model_validate(info)
+    except ValidationError:
+        return True
+    return False
+
+
+def _ask_supplementary_water(folder: Path, given_ul: float | None) -> None:
+    """After a real session: the water given besides the valves', into session.json."""
+    from rig.store import read_json
+    from rig.subject_info import ask_supplementary_water, record_supplementary_water
+
+    if given_ul is None and not _interactive():
+        logger.warning("supplementary water not recorded: give --supplementary-water UL")
+        return
+    if given_ul is None:
+        delivered = (read_json(folder / "session.json").get("water") or {}).get("delivered_ul")
+        given_ul = ask_supplementary_water(input, delivered)
+    record_supplementary_water(folder, given_ul)
+
+
+def _cmd_export_nwb(args: argparse.Namespace) -> int:
+    """Write a session (or every session of a subject not yet exported) as NWB files."""
+    from rig.nwb.writer import export_session, export_subject, session_folders
+    from rig.store import SESSION_FILE
+
+    path: Path = args.path
+    if not path.is_dir():
+        raise UserError(f"{path}: no such folder (give a session folder or a subject folder)")
+    if (path / SESSION_FILE).is_file():
+        done = [export_session(path, args.out)]
+    elif args.out is not None:
+        raise UserError("--out names one file: give a session folder with it, not a subject folder")
+    elif not session_folders(path):
+        raise UserError(f"{path}: neither a session folder (no {SESSION_FILE}) nor a subject folder with "
+                        "sessions")
+    else:
+        done = export_subject(path)
+        if not done:
+            sys.stdout.write(f"{path}: every ended session is already exported\n")
+    for item in done:
+        sys.stdout.write(f"{item.session} -> {item.path} ({item.trials} trials, {item.planes} planes)\n")
     return EXIT_OK
 
 
@@ -406,6 +503,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "plane0..planeN) or rois.npz (overrides online.rois; default: detect)")
     _add_settings_and_rig(run)
     run.add_argument("--no-gui", action="store_true", help="do not open the monitoring window")
+    run.add_argument("--weight", metavar="G", type=_positive_float, default=None,
+                     help="the subject's weight before the session (g); asked on a real rig when missing")
+    run.add_argument("--supplementary-water", metavar="UL", type=float, default=None,
+                     help="water given after the session besides the valves' (uL); asked on a real rig "
+                          "when missing")
     run.set_defaults(func=_cmd_run)
 
     calibrate = sub.add_parser(
@@ -555,6 +657,16 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("session", metavar="SESSION_DIR", type=Path, help="the session's folder")
     summary.add_argument("--json", action="store_true", help="print one JSON object")
     summary.set_defaults(func=_cmd_summary)
+
+    export = sub.add_parser(
+        "export-nwb", help="write sessions as NWB files (DANDI naming)",
+        description="Write a session folder, or every ended session of a subject folder not yet exported, "
+                    "as NWB 2.x: <data root>/nwb/sub-<id>/sub-<id>_ses-<id>_behavior+ophys.nwb.")
+    export.add_argument("path", metavar="SESSION_DIR|SUBJECT_DIR", type=Path,
+                        help="a session folder, or a subject folder")
+    export.add_argument("--out", metavar="FILE", type=Path, default=None,
+                        help="the NWB file to write (one session only)")
+    export.set_defaults(func=_cmd_export_nwb)
 
     keys = sub.add_parser(
         "keys", help="make this machine's CURVE key pair (for endpoints off loopback)",

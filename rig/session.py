@@ -86,6 +86,7 @@ from rig.sound import CueActions, cue_actions, open_hifi_sound, sound_plays
 from rig.store import DiskFullError, SessionStore, SubjectLock, check_subject_id, recover_sessions
 from rig.subject import HISTORY_KEPT, SubjectRecord, load_subject, save_subject, subject_path
 from rig.summary import format_status
+from rig.water import trial_water_ul, valve_curves
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,10 @@ class RunOptions:
     """The rig file the settings were loaded with, for session.json (None: the built-in rig or one file)."""
     rois: Path | None = None
     """The session's ROIs (suite2p output or rois.npz) for the online module; None: online.rois."""
+    weight_g: float | None = None
+    """The subject's weight before the session (g), for session.json; None: not weighed."""
+    subject_info: dict[str, Any] | None = None
+    """The subject's description (`rig.subject_info.SubjectInfo` JSON) to keep in subject.json."""
 
 
 @dataclass
@@ -181,6 +186,8 @@ class SessionRunner:
         self._resume = threading.Event()
         self._end_reason = "completed"
         self._trials_done = 0
+        self._valves = valve_curves(settings)
+        self._water_ul = 0.0  # from the calibrated valve times of the trials recorded
         self._first_start_s: float | None = None
         self._last_result_end_s: float | None = None
         self._store: SessionStore | None = None
@@ -214,6 +221,8 @@ class SessionRunner:
             state = self._new_subject_state()
             stored = SubjectRecord(subject=subject, training=state)
             log.info("new subject %s: stage %s, context %s", subject, state.stage, state.context)
+        if self.options.subject_info is not None:
+            stored.info = dict(self.options.subject_info)
         self.record = stored
         self.training = Training(self.stages, switch, list(self.contexts), stored.training)
         if self.options.context is not None and self.options.context != self.training.context:
@@ -256,6 +265,7 @@ class SessionRunner:
                       "usb_port": self._sim.hifi_port if self._sim is not None else sound.usb_port,
                       "simulated": self._sim is not None},
             "start_context": self.training.context, "start_stage": self.training.stage.name,
+            "weight_g": self.options.weight_g, "water": {"delivered_ul": round(self._water_ul, 3)},
             "limits": {"trials": self.options.trials, "minutes": self.options.minutes},
             "imaging": self._imaging.health() if self._imaging is not None else None,
             "online": self._online.describe() if self._online is not None else None,
@@ -691,13 +701,14 @@ class SessionRunner:
             bpod=bpod, sounds=sounds,
             host_time=datetime.now().isoformat(timespec="milliseconds"),
             closed_loop=_closed_loop_record(trial.gate, result) if result is not None else None,
-            pole=trial.pole, lickport=trial.lickport,
+            pole=trial.pole, lickport=trial.lickport, outputs=_state_outputs(trial.machine),
             # training counted a trial cut short with the outcome it had reached
             outcome_before_abort=scored.outcome if scored is not None and outcome != scored.outcome
             and scored.outcome != "aborted" else None,
         )
         self._store.append_trial(record)
         self._trials_done += 1
+        self._water_ul += trial_water_ul(record, self._valves)
         if self._children is not None:
             self._children.report()  # a child's death or return into session.json
         self._save_subject()
@@ -887,6 +898,11 @@ def _describe_event(event: Any) -> str:
 def _block_fields(block: Block | None) -> dict[str, Any]:
     """The trial's block as record and message keys (`block`, `block_label`)."""
     return {} if block is None else {"block": block.index, "block_label": block.label}
+
+
+def _state_outputs(machine: StateMachine) -> dict[str, dict[str, Any]]:
+    """{state: {output: value}} of the states that set outputs: the record's `outputs`."""
+    return {s.name: dict(s.actions) for s in machine.states if s.actions}
 
 
 def _closed_loop_record(gate: DecoderGate | None, result: TrialResult) -> dict[str, Any] | None:

@@ -32,13 +32,17 @@ class SubjectRecord:
     coding_directions: dict[str, Any] = field(default_factory=dict)
     blocks: BlockHistory = field(default_factory=BlockHistory)
     """Every visit to a context so far, so a block continues into the next session while its context does."""
+    info: dict[str, Any] | None = None
+    """Species, sex, date of birth or age, genotype (`rig.subject_info.SubjectInfo` as JSON); None until
+    given."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": FORMAT_VERSION, "subject": self.subject, "training": self.training.to_dict(),
             "history": [t.to_dict() for t in self.history[-HISTORY_KEPT:]], "sessions": self.sessions,
             "simulated_mouse": self.simulated_mouse, "coding_directions": self.coding_directions,
-            "blocks": self.blocks.to_list(), "updated": datetime.now().isoformat(timespec="seconds"),
+            "blocks": self.blocks.to_list(), "info": self.info,
+            "updated": datetime.now().isoformat(timespec="seconds"),
         }
 
 
@@ -61,6 +65,7 @@ def load_subject(root: Path, subject: str) -> SubjectRecord | None:
             simulated_mouse=data.get("simulated_mouse"),
             coding_directions=dict(data.get("coding_directions", {})),
             blocks=BlockHistory.from_list(data.get("blocks")),
+            info=data.get("info"),
         )
     except (KeyError, TypeError, ValueError, TrainingStateError, BlockHistoryError) as exc:
         raise DataError(f"{path}: cannot read the subject's state ({exc}); fix or move the file") from exc

@@ -106,6 +106,7 @@ def summarize_session(folder: Path) -> dict[str, Any]:
         "early_lick_trials": sum(1 for r in records if r.score is not None and r.score.early_lick),
         "free_drop_trials": sum(1 for r in records if r.free_drop),
         "online": _online_summary(info.get("online")),
+        "weight_g": info.get("weight_g"), "water": dict(info.get("water") or {}),
         "child_events": list((info.get("children") or {}).get("events") or []),
         "roi_matches": match_summary(read_json(folder / ROI_MATCHES_FILE)
                                      if (folder / ROI_MATCHES_FILE).exists() else None),
@@ -172,6 +173,12 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"  host dead time between trials (Bpod clock, beyond the device's 1 cycle): "
                      f"max {dead['max']} cycles, "
                      f"mean {dead['mean']:.2f}, {dead['nonzero']} gaps not zero")
+    water = summary.get("water") or {}
+    if water.get("delivered_ul") is not None:
+        extra = water.get("supplementary_ul")
+        lines.append(f"  water from the valves {water['delivered_ul']:g} uL"
+                     + (f", supplementary {extra:g} uL" if extra is not None else "")
+                     + (f"; weight {summary['weight_g']:g} g" if summary.get("weight_g") is not None else ""))
     lines += _child_lines(summary)
     for match in summary.get("roi_matches", []):
         if "error" in match:
