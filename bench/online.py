@@ -218,9 +218,10 @@ def per_frame(n_frames: int, distinct: int) -> dict[str, Any]:
 # -- 3: replay --------------------------------------------------------------------------------------------
 
 
-def write_replay_files(folder: Path, files: int, frames_per_file: int) -> tuple[list[Path], Path]:
-    """Loop-mode ScanImage files of the full-size microscope, one per trial, and their ROIs (rois.npz)."""
-    sim = SimMicroscope(dataclasses.replace(FULL_SIZE, frames_per_acquisition=frames_per_file))
+def write_replay_files(folder: Path, files: int, frames_per_file: int,
+                       microscope: MicroscopeConfig = FULL_SIZE) -> tuple[list[Path], Path]:
+    """Loop-mode ScanImage files of the (full-size) microscope, one per trial, and their ROIs (rois.npz)."""
+    sim = SimMicroscope(dataclasses.replace(microscope, frames_per_acquisition=frames_per_file))
     imaging = folder / "imaging"
     period = frames_per_file / 30 + 0.5
     paths = []
@@ -228,7 +229,8 @@ def write_replay_files(folder: Path, files: int, frames_per_file: int) -> tuple[
         start = trial * period
         sim.start_trial(start, "tactile", "left", {"sample": 0.01, "delay": 1.31, "go": 2.61}, trial=trial)
         frames = sim.frames_until(start + period)
-        with ScanImageWriter.for_loop_trial(imaging, "sim", trial, template="compact",
+        with ScanImageWriter.for_loop_trial(imaging, "sim", trial, height=sim.height, width=sim.width,
+                                            frame_rate_hz=sim.config.frame_rate_hz, template="compact",
                                             acq_trigger_timestamp_s=0.0,
                                             first_frame_number=frames[0].frame_number + 1) as writer:
             for f in frames:

@@ -2,13 +2,14 @@
 
 512x512 int16 frames from the simulated microscope (rendered beforehand and cycled, so rendering is not
 timed), 500 ROIs of ~120 px (the simulator's footprints at radius 4.4 px) with their neuropil annuli.
-Per frame: `RigidRegistration.register` -> `TraceExtractor.extract` (with that shift) -> `DffTracker.update`.
-Each stage is timed with perf_counter_ns; "total" is the three together, per frame.
+Per frame: `RigidRegistration.register` -> `TraceExtractor.extract` (with that shift) -> `DffTracker.update`
+-> `OnlineDeconvolver.update` (OASIS AR(1) on the dF/F, the default settings; `--no-deconvolution` skips it).
+Each stage is timed with perf_counter_ns; "total" is the stages together, per frame.
 
 The naive baseline is measured in the same run on the same frames and ROIs: whole-frame phase correlation
 (numpy FFT of the full 512x512 float32 frame against the reference spectrum, whitened, integer peak), the
 frame rolled by that shift, every ROI and neuropil annulus read as one sparse product (a gather and a
-weighted `np.bincount`), then the same `DffTracker`. The speed-up is naive p50 / total p50.
+weighted `np.bincount`), then the same `DffTracker` and deconvolver. The speed-up is naive p50 / total p50.
 
 Registration error: the reference is built from the first `--reference-frames` frames (`build_reference`,
 as the live module does), and the error (shift + true displacement) is scored only on the other frames;
@@ -41,8 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.report import percentile, print_report  # noqa: E402
 from hardware.sim.microscope import SimMicroscope  # noqa: E402
+from online.deconvolution import OnlineDeconvolver, decay_factor  # noqa: E402
 from online.registration import RegistrationParams, RigidRegistration, build_reference  # noqa: E402
 from online.rois import RoiSet  # noqa: E402
+from online.settings import DeconvolutionSettings  # noqa: E402
 from online.traces import DffTracker, TraceExtractor  # noqa: E402
 
 
@@ -96,6 +99,7 @@ def main() -> int:
     parser.add_argument("--cold", action="store_true",
                         help="read frames straight from the cycled set (cold in DRAM) instead of copying "
                              "each into a receive buffer first, as the transport does on arrival")
+    parser.add_argument("--no-deconvolution", action="store_true", help="time the path without deconvolution")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object last")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -123,6 +127,10 @@ def main() -> int:
     registration = RigidRegistration(reference, RegistrationParams(crop_px=args.crop, upsample=args.upsample))
     extractor = TraceExtractor(rois, neuropil_coefficient=0.7, neuropil_sample_every=args.neuropil_every)
     dff = DffTracker(rois.n, sim.frame_rate_hz, baseline_window_s=30.0)
+    deconv = DeconvolutionSettings()
+    deconvolver = None if args.no_deconvolution else OnlineDeconvolver(
+        rois.n, decay_factor(deconv.tau_decay_s, sim.frame_rate_hz), min_spike_sd=deconv.min_spike_sd,
+        penalty_sd=deconv.penalty_sd)
     t_setup = time.perf_counter() - t0
     # The reference's own offset, from the frames it was built from (never from the scored ones).
     built_from = np.array([(s.dy + t[0], s.dx + t[1])
@@ -131,7 +139,8 @@ def main() -> int:
     offset = np.median(built_from, axis=0)
     scored, scored_truth = pixels[n_ref:], truth[n_ref:]
 
-    stages: dict[str, list[float]] = {"registration": [], "extraction": [], "dF/F": [], "total": []}
+    stages: dict[str, list[float]] = {"registration": [], "extraction": [], "dF/F": [], "deconvolution": [],
+                                      "total": []}
     cpu_total: list[float] = []
     errors = []
     clock, cpu = time.perf_counter_ns, time.thread_time_ns
@@ -147,21 +156,29 @@ def main() -> int:
         b = clock()
         traces = extractor.extract(frame, shift)
         c = clock()
-        dff.update(traces.f_corrected)
+        values = dff.update(traces.f_corrected)
         d = clock()
+        if deconvolver is not None:
+            deconvolver.update(values)
+        e = clock()
         cpu_total.append((cpu() - cpu0) / 1e6)
-        for name, ns in (("registration", b - a), ("extraction", c - b), ("dF/F", d - c), ("total", d - a)):
+        for name, ns in (("registration", b - a), ("extraction", c - b), ("dF/F", d - c),
+                         ("deconvolution", e - d), ("total", e - a)):
             stages[name].append(ns / 1e6)
         if i < len(scored):
             errors.append((shift.dy + scored_truth[i, 0], shift.dx + scored_truth[i, 1]))
     err = np.array(errors) - offset
 
     naive = NaivePipeline(reference, rois, sim.frame_rate_hz)
+    naive_deconvolver = None if deconvolver is None else OnlineDeconvolver(
+        rois.n, deconvolver.g, min_spike_sd=deconv.min_spike_sd, penalty_sd=deconv.penalty_sd)
     naive_ms: list[float] = []
     for i in range(args.naive_frames + 10):
         np.copyto(received, scored[i % len(scored)])
         a = clock()
-        naive.process(received)
+        values = naive.process(received)
+        if naive_deconvolver is not None:
+            naive_deconvolver.update(values)
         if i >= 10:  # warm-up
             naive_ms.append((clock() - a) / 1e6)
 
@@ -206,7 +223,8 @@ def main() -> int:
         (f"setup: build_reference, {n_ref} frames (s)", f"{figures['setup_reference_s']}"),
         ("setup: registration + extractor (s)", f"{figures['setup_registration_extractor_s']}"),
     ]
-    figures.update(cold_frames=bool(args.cold), upsample=args.upsample, neuropil_every=args.neuropil_every)
+    figures.update(cold_frames=bool(args.cold), upsample=args.upsample, neuropil_every=args.neuropil_every,
+                   deconvolution=deconvolver is not None)
     print_report(f"Online core, 512x512 int16, {args.frames} frames, crop {registration.crop_px} px, "
                  f"upsample {args.upsample}, neuropil every {args.neuropil_every} px, one core"
                  f"{', frames cold in DRAM' if args.cold else ''}",

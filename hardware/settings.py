@@ -364,6 +364,12 @@ class MicroscopeSimSettings(_Section):
     """Fraction of neurons whose delay activity depends on the upcoming lick direction."""
     context_overlap: float = Field(0.0, ge=0, le=1)
     """Overlap of the direction-selective populations of two contexts (0 = new pattern, 1 = the same)."""
+    day_shift_px: float = Field(3.0, ge=0, le=50)
+    """Largest rigid displacement of the field of view from one day (session of the subject) to another, per
+    axis (pixels at 512 px across); day 0, the subject's first session, is undisplaced."""
+    day_turnover: float = Field(0.05, ge=0, lt=1)
+    """Fraction of cells out of view on a day other than the first (out of focus or no longer expressing),
+    drawn afresh each day, so a few cells appear and disappear between sessions."""
 
 
 class SimSubjectSettings(_Section):

@@ -18,7 +18,8 @@ Parts = list[Any]
 
 @dataclass(frozen=True)
 class TraceFrame:
-    """One processed frame: its registration shift and every ROI's dF/F."""
+    """One processed frame: its registration shift, every ROI's dF/F and, when online deconvolution runs,
+    every ROI's deconvolved activity (a second array; a message without it reads as None)."""
 
     frame_index: int
     trial: int
@@ -28,19 +29,27 @@ class TraceFrame:
     shift_dx: float
     correlation: float
     dff: np.ndarray  # float32 (n_rois,)
+    deconvolved: np.ndarray | None = None  # float32 (n_rois,): this frame's spike estimate per ROI
 
     def encode(self, sender: Sender) -> Parts:
-        fields = {k: v for k, v in asdict(self).items() if k != "dff"}
-        return sender.message(TOPIC_TRACES, fields, [np.ascontiguousarray(self.dff, dtype=np.float32)])
+        fields = {k: v for k, v in asdict(self).items() if k not in ("dff", "deconvolved")}
+        arrays = [np.ascontiguousarray(self.dff, dtype=np.float32)]
+        if self.deconvolved is not None:
+            arrays.append(np.ascontiguousarray(self.deconvolved, dtype=np.float32))
+        return sender.message(TOPIC_TRACES, fields, arrays)
 
     @classmethod
     def from_message(cls, message: Message) -> TraceFrame:
-        _expect(message, TOPIC_TRACES, 1)
+        _expect(message, TOPIC_TRACES, 1, 2)
         f = message.fields
+        arrays = message.arrays
+        if len(arrays) == 2 and arrays[1].shape != arrays[0].shape:
+            raise WireError("malformed traces message: deconvolved and dF/F arrays differ in shape")
         try:
             return cls(int(f["frame_index"]), int(f["trial"]), float(f["timestamp_s"]),
                        None if f["time_in_trial_s"] is None else float(f["time_in_trial_s"]),
-                       float(f["shift_dy"]), float(f["shift_dx"]), float(f["correlation"]), message.arrays[0])
+                       float(f["shift_dy"]), float(f["shift_dx"]), float(f["correlation"]), arrays[0],
+                       arrays[1] if len(arrays) == 2 else None)
         except (KeyError, TypeError, ValueError) as exc:
             raise WireError(f"malformed traces message: {exc}") from exc
 
@@ -92,10 +101,17 @@ class DecoderResult:
     confidence: float | None  # 0..1
     projection: float | None  # delay-window activity projected on the delay CD
     boundary: float | None
-    accuracy: dict[str, float | None] = field(default_factory=dict)  # cross-validated, per context
+    accuracy: dict[str, float | None] = field(default_factory=dict)  # balanced, cross-validated, per block
     trials_per_side: dict[str, int] = field(default_factory=dict)
-    cd_similarity: dict[str, float] = field(default_factory=dict)  # stored CD label -> dot with current CD
+    cd_similarity: dict[str, float] = field(default_factory=dict)
+    """"session/block" -> delay-CD similarity of this trial's block with that block, from halves of equal
+    trial counts (its ceiling under the same key in `cd_similarity_ceiling`)."""
     closed_loop: dict[str, Any] | None = None  # the decision sent into the trial, if any
+    block: str | None = None  # the trial's block (1, 2, 1', ...; None: decoders per context)
+    gated: bool = False  # decoder-gated: decoded, not trained on
+    cd_ceiling: float | None = None  # this block's delay-CD split-half ceiling
+    cd_similarity_ceiling: dict[str, float] = field(default_factory=dict)
+    """"session/block" -> sqrt(ceiling of this block x ceiling of that block) at the counts compared."""
 
     def encode(self, sender: Sender) -> Parts:
         return sender.event(TOPIC_DECODER, asdict(self))
@@ -142,8 +158,11 @@ class HealthReport:
             raise WireError(f"malformed health message: {exc}") from exc
 
 
-def _expect(message: Message, topic: bytes, n_arrays: int) -> None:
+def _expect(message: Message, topic: bytes, n_arrays: int, most_arrays: int | None = None) -> None:
+    """The message's topic is `topic` and it has n_arrays (up to most_arrays, when given) arrays."""
     if message.topic != topic:
         raise WireError(f"expected a {topic.decode()} message, got {message.topic!r}")
-    if len(message.arrays) != n_arrays:
-        raise WireError(f"{topic.decode()} message has {len(message.arrays)} arrays, expected {n_arrays}")
+    most = n_arrays if most_arrays is None else most_arrays
+    if not n_arrays <= len(message.arrays) <= most:
+        expected = str(n_arrays) if most == n_arrays else f"{n_arrays} to {most}"
+        raise WireError(f"{topic.decode()} message has {len(message.arrays)} arrays, expected {expected}")

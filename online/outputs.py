@@ -16,7 +16,7 @@ from online.alignment import TrialEpochs
 from online.messages import DecoderResult, RoiSnapshot, TraceFrame
 from online.registration import Shift
 from online.rois import RoiSet
-from online.trial_stage import SIDES, TrialOutcome
+from online.trial_stage import SIDES, Prospective, TrialOutcome
 from online.wire import FrameHeader
 
 
@@ -45,11 +45,13 @@ class PipelineOutput:
         self.initialised = self.initialised or other.initialised
 
     def add_trace(self, header: FrameHeader, time_s: float | None, trial: int, shift: Shift,
-                  dff: np.ndarray) -> None:
+                  dff: np.ndarray, deconvolved: np.ndarray | None = None) -> None:
         """One processed frame as its TraceFrame, with the header it came with."""
         self.traces.append(TraceFrame(header.frame_index, trial, header.timestamp_s, time_s, float(shift.dy),
                                       float(shift.dx), float(shift.correlation),
-                                      dff.astype(np.float32, copy=False)))
+                                      dff.astype(np.float32, copy=False),
+                                      None if deconvolved is None else deconvolved.astype(np.float32,
+                                                                                            copy=False)))
         self.headers.append(header)
 
 
@@ -59,6 +61,7 @@ def trial_decoding(outcome: TrialOutcome, session: str, roi_set_id: str,
     record = outcome.record
     side, outcome_name, licked = record.get("side"), record.get("outcome"), record.get("licked_side")
     decode = outcome.decode
+    delay = outcome.similarity.get("delay", {})
     result = DecoderResult(
         trial=outcome.trial, context=outcome.context, actual_side=side if side in SIDES else None,
         licked_side=licked if licked in SIDES else None,
@@ -67,10 +70,9 @@ def trial_decoding(outcome: TrialOutcome, session: str, roi_set_id: str,
         confidence=round(decode.confidence, 6) if decode is not None else None,
         projection=float(decode.projection) if decode is not None else None,
         boundary=outcome.boundary, accuracy=dict(outcome.accuracy), trials_per_side=outcome.trials_per_side,
-        cd_similarity=dict(outcome.similarity.get("delay", {})), closed_loop=closed_loop)
-    prospective = {c: {"decoded": p.decoded, "correct": p.correct,
-                       "accuracy": round(p.correct / p.decoded, 4) if p.decoded else None}
-                   for c, p in outcome.prospective.items()}
+        cd_similarity={k: v["dot"] for k, v in delay.items()}, closed_loop=closed_loop,
+        block=outcome.block, gated=outcome.gated, cd_ceiling=outcome.ceiling.get("delay"),
+        cd_similarity_ceiling={k: v["ceiling"] for k, v in delay.items()})
     details: dict[str, Any] = {"n_frames": outcome.n_frames,
                                "epochs": epochs_dict(outcome.epochs) if outcome.epochs is not None else None}
     if outcome.decode_skipped is not None:
@@ -79,8 +81,21 @@ def trial_decoding(outcome: TrialOutcome, session: str, roi_set_id: str,
         details["training_skipped"] = outcome.training_skipped
     details["trained_epochs"] = outcome.trained_epochs
     line = {**asdict(result), "session": session, "roi_set_id": roi_set_id, "correct": outcome.correct,
-            "cd_similarity_by_epoch": outcome.similarity, "prospective": prospective, **details}
+            "cd_similarity_by_epoch": outcome.similarity, "cd_ceiling_by_epoch": outcome.ceiling,
+            "prospective": _prospective(outcome.prospective),
+            "prospective_gated": _prospective(outcome.prospective_gated), **details}
     return TrialDecoding(result, line, outcome.cds_changed)
+
+
+def _prospective(counts: dict[str, Prospective]) -> dict[str, dict[str, Any]]:
+    """Per block: held-out decodes of its correct trials, how many were right, the balanced accuracy."""
+    out = {}
+    for key, p in counts.items():
+        balanced = p.balanced_accuracy
+        out[key] = {"decoded": p.decoded, "correct": p.correct,
+                    "by_side": {s: list(v) for s, v in p.by_side.items()},
+                    "accuracy": round(balanced, 4) if balanced is not None else None}
+    return out
 
 
 def roi_snapshot(reference: np.ndarray, rois: RoiSet, roi_set_id: str) -> RoiSnapshot:

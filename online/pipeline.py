@@ -3,26 +3,28 @@ stages, in the order the data flows:
 
 1. Start-up (online/startup.py): frames are kept until the reference, ROIs and frame rate are known. A
    frame with NaN or infinite pixels is counted and refused (`MalformedInput`) at any time.
-2. The frame stage (online/frame_stage.py): register, extract, dF/F -> a `TraceFrame` (published, and
-   appended to disk by the caller).
+2. The frame stage (online/frame_stage.py): register, extract, dF/F, deconvolve -> a `TraceFrame` (both
+   published, and appended to disk by the caller).
 3. Alignment to trials through the trigger only (DESIGN.md, Clocks), here. `alignment="trigger"` (loop
    mode, and sources that stamp each frame with its trial and trigger): trial = `FrameHeader.trial`, time
    in trial = `timestamp_s - trigger_timestamp_s` (0 when the source gives no trigger time: in loop mode
    the acquisition starts at the trigger). `alignment="aux"` (continuous mode): a `ContinuousAligner` over
    the aux-trigger edges each frame reports (`aux_trigger_s`). Frame times are placed at the frame's
    centre (`frame_offset_s`, half a frame period by default), where its activity was sampled.
-4. The trial stage (online/trial_stage.py): the frame's dF/F joins its trial; a finished trial is decoded
+4. The trial stage (online/trial_stage.py): the frame's activity (settings online.decoder.input: its
+   deconvolved activity by default, or its dF/F) joins its trial; a finished trial is decoded
    and trains its context's decoder. When a closed loop is attached, it is pushed each frame of a trial in
    its delay, with the trial's context, current delay CD and frames so far.
 5. Outputs (online/outputs.py): traces and one `TrialDecoding` (DecoderResult + decoder.jsonl line) per
    finished trial.
 
 Several planes (`PipelineConfig.planes`, settings imaging.planes): each plane has its own start-up
-(reference, ROIs), registration, extraction and dF/F; the neuron index is the concatenation of the planes'
-ROIs in plane order. Plane frames are grouped into volumes (online/volumes.py); a complete volume is one
-time point of the population for alignment, decoding and the closed loop (at the per-plane rate, the volume
-rate). Each plane frame still gives its TraceFrame (its own shift), holding the whole population's dF/F:
-that plane's ROIs fresh, the other planes' from their latest frame. Frames of another channel than the
+(reference, ROIs), registration, extraction, dF/F and deconvolver; the neuron index is the concatenation
+of the planes' ROIs in plane order. Plane frames are grouped into volumes (online/volumes.py); a complete
+volume is one time point of the population for alignment, decoding and the closed loop (at the per-plane
+rate, the volume rate). Each plane frame still gives its TraceFrame (its own shift), holding the whole
+population's dF/F and deconvolved activity: that plane's ROIs fresh, the other planes' from their latest
+frame. Frames of another channel than the
 functional one are counted and skipped; a frame of a plane beyond the session's is counted and refused.
 
 Per event:
@@ -144,10 +146,13 @@ class OnlinePipeline:
         """The session's frame size: the given ROIs' or reference's, else fixed when setup completes."""
         self._volumes = VolumeAssembler(self.config.planes, by_trial=self.config.alignment == "trigger")
         self._row: np.ndarray | None = None
+        self._deconvolved_row: np.ndarray | None = None
         self._aligner: ContinuousAligner[tuple[Volume, bool]] | None = None
         self._offset_s = 0.0
         self._snapshot: RoiSnapshot | None = None
         self._ready_at: float | None = None
+        self._decode_deconvolved = self.config.online.decoder.input == "deconvolved"
+        """The decoders' input (settings online.decoder.input; they refuse "deconvolved" without it)."""
 
     # -- state --------------------------------------------------------------------------------------
 
@@ -178,6 +183,11 @@ class OnlinePipeline:
     def plane_stages(self) -> list[FrameStage]:
         """Each plane's frame stage (empty until ready)."""
         return [p.stage for p in self._planes if p.stage is not None]
+
+    @property
+    def plane_sets(self) -> list[tuple[RoiSet, np.ndarray]]:
+        """Each plane's ROIs and reference, in plane order (empty until ready)."""
+        return list(zip(self.plane_rois, self.plane_references, strict=True))
 
     @property
     def plane_columns(self) -> list[slice]:
@@ -317,6 +327,7 @@ class OnlinePipeline:
             plane.columns = slice(begin, begin + start.rois.n)
             begin += start.rois.n
         self._row = np.zeros(begin, np.float32)
+        self._deconvolved_row = np.zeros(begin, np.float32) if cfg.online.deconvolution.enabled else None
         self.frame_stage = self._planes[0].stage
         self.trial_stage.start(begin, DecoderConfig(cfg.online.decoder, bin_s=self.frame_period_s),
                                self.roi_set_id)
@@ -343,13 +354,16 @@ class OnlinePipeline:
     def _process(self, plane: _Plane, header: FrameHeader, pixels: np.ndarray,
                  aux: tuple[float, ...]) -> PipelineOutput:
         assert plane.stage is not None and self._row is not None
-        shift, dff = plane.stage.process(pixels)
+        shift, dff, deconvolved = plane.stage.process(pixels)
         self.stats.frames_processed += 1
         if len(self._planes) > 1:
             self._row[plane.columns] = dff
             dff = self._row.copy()
+            if deconvolved is not None and self._deconvolved_row is not None:
+                self._deconvolved_row[plane.columns] = deconvolved
+                deconvolved = self._deconvolved_row.copy()
         out = PipelineOutput()
-        for volume in self._volumes.add(PlaneFrame(header, shift, dff, aux)):
+        for volume in self._volumes.add(PlaneFrame(header, shift, dff, aux, deconvolved)):
             self._volume(volume, out)
         return out
 
@@ -366,7 +380,7 @@ class OnlinePipeline:
                 # the frame in frames_before_first_trigger and does not place it.
                 self.stats.frames_without_trial += len(volume.parts)
                 for part in volume.parts:
-                    out.add_trace(part.header, None, NO_TRIAL, part.shift, part.row)
+                    out.add_trace(part.header, None, NO_TRIAL, part.shift, part.row, part.deconvolved)
             for placed in self._aligner.add_frame(header.frame_index, header.timestamp_s, aux,
                                                   (volume, complete)):
                 self._place(placed.trial, placed.time_s, *placed.payload, out)
@@ -379,14 +393,16 @@ class OnlinePipeline:
 
     def _place(self, trial: int, time_s: float, volume: Volume, complete: bool, out: PipelineOutput) -> None:
         for part in volume.parts:
-            out.add_trace(part.header, time_s, trial, part.shift, part.row)
+            out.add_trace(part.header, time_s, trial, part.shift, part.row, part.deconvolved)
         stage = self.trial_stage
-        if complete and stage.add_frame(trial, time_s, volume.last.row):
+        last = volume.last
+        activity = last.deconvolved if last.deconvolved is not None and self._decode_deconvolved else last.row
+        if complete and stage.add_frame(trial, time_s, activity):
             loop = self.closed_loop
             if loop is not None and loop.wants_frame(trial, time_s):
                 header = volume.last.header
                 start_s = time_s - self._offset_s
-                loop.on_frame(trial, time_s, volume.last.row, frame_index=header.frame_index,
+                loop.on_frame(trial, time_s, activity, frame_index=header.frame_index,
                               frame_start_s=start_s, frame_end_s=start_s + self.frame_period_s,
                               t_ns=header.t_ns, cd=stage.cd_for_trial(trial), frames=stage.frames_of(trial))
         # A frame of a later trial (or past the response window) completes pending trials.
@@ -425,8 +441,11 @@ class OnlinePipeline:
             except ValueError as exc:
                 raise MalformedInput(f"trial {trial}: {exc}") from None
             self.trial_stage.use_epoch_states(names)
+        block = data.get("block_label")
+        if block is not None and (not isinstance(block, str) or not block):
+            raise MalformedInput(f"trial {trial}: block_label must be a label such as 1', got {block!r}")
         self.stats.trial_starts += 1
-        self.trial_stage.set_context(trial, context)
+        self.trial_stage.set_context(trial, context, block, data.get("gated") is True)
 
     def on_trial_end(self, record: Mapping[str, Any]) -> PipelineOutput:
         """A finished trial's record. Returns the trials finalised by it (possibly none yet)."""

@@ -32,7 +32,6 @@ status is 2. Text that is not UTF-8 costs nothing (a warning line, the frames ar
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import math
@@ -56,9 +55,17 @@ from online.errors import MalformedInput, PipelineError, UserInputError
 from online.messages import HealthReport
 from online.outputs import PipelineOutput
 from online.pipeline import OnlinePipeline
-from online.rois import RoiSet, load_suite2p
+from online.rois import RoiSet
 from online.settings import OnlineProcessSettings, read_process_settings
-from online.store import CodingDirectionFile, SessionOutputs, load_reference, read_jsonl, write_bytes_atomic
+from online.store import (
+    PLANE_REFERENCE_FILE,
+    PLANE_ROIS_FILE,
+    CodingDirectionFile,
+    SessionOutputs,
+    load_reference,
+    read_jsonl,
+)
+from online.suite2p_rois import is_suite2p_output, load_suite2p_output
 from online.transport import (
     LosslessReceiver,
     LossyPublisher,
@@ -97,53 +104,56 @@ EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 1, 2
 # -- inputs: settings and ROIs -----------------------------------------------------------------------------
 
 
-PLANE_ROIS, PLANE_REFERENCE = "rois_plane{}.npz", "reference_plane{}.npy"
-"""Several planes: each plane's ROIs and reference beside the session's rois.npz (all planes' ROIs in one set)
-and reference.npy (plane 0's), so a restarted module continues over the same ROIs (`--rois <session>`)."""
-
-
-def write_plane_rois(folder: Path, pipeline: OnlinePipeline) -> None:
-    """Each plane's ROIs and reference (PLANE_ROIS, PLANE_REFERENCE) when the session has several planes."""
-    if len(pipeline.plane_rois) < 2:
-        return
-    for z, (rois, reference) in enumerate(zip(pipeline.plane_rois, pipeline.plane_references, strict=True)):
-        tmp = folder / f".{PLANE_ROIS.format(z)}.tmp"
-        rois.save(tmp)
-        os.replace(tmp, folder / PLANE_ROIS.format(z))
-        buffer = io.BytesIO()
-        np.save(buffer, np.asarray(reference, np.float32))
-        write_bytes_atomic(folder / PLANE_REFERENCE.format(z), buffer.getvalue())
-
-
-def load_roi_source(path: str | Path) -> tuple[RoiSet | list[RoiSet], np.ndarray | list[np.ndarray] | None]:
-    """ROIs (and the reference they were drawn on, when known) from: a suite2p plane folder (stat.npy,
-    iscell.npy, ops.npy: meanImg is the reference), a suite2p folder of several planes (plane0, plane1, ...:
-    one ROI set and reference per plane, in plane order), a folder holding our rois.npz (+ reference.npy), or
-    a rois.npz file."""
+def load_roi_planes(path: str | Path) -> list[tuple[RoiSet, np.ndarray | None]]:
+    """Per plane, ROIs (and the reference they were drawn on, when known) from: suite2p output (a plane
+    folder with stat.npy, iscell.npy, ops.npy: meanImg is the reference; or the folder of its plane0..planeN;
+    online/suite2p_rois.py), a session folder of several planes (its rois_plane<z>.npz and
+    reference_plane<z>.npy, online/store.py), a folder holding our rois.npz (+ reference.npy), or a rois.npz
+    file."""
     path = Path(path)
+    if not path.exists():
+        raise UserInputError(f"ROIs {path} do not exist (--rois or online.rois)")
     try:
-        if path.is_dir() and (path / "stat.npy").exists():
-            return load_suite2p(path)
-        if path.is_dir() and (path / PLANE_ROIS.format(0)).exists():  # a session of several planes
-            sets: list[RoiSet] = []
-            while (path / PLANE_ROIS.format(len(sets))).exists():
-                sets.append(RoiSet.load(path / PLANE_ROIS.format(len(sets))))
-            refs = [path / PLANE_REFERENCE.format(z) for z in range(len(sets))]
-            return sets, [load_reference(r) for r in refs] if all(r.exists() for r in refs) else None
-        if path.is_dir() and (path / "plane0" / "stat.npy").exists():
-            planes = []
-            while (path / f"plane{len(planes)}" / "stat.npy").exists():
-                planes.append(load_suite2p(path / f"plane{len(planes)}"))
-            return [rois for rois, _ in planes], [reference for _, reference in planes]
+        if is_suite2p_output(path):
+            return [(plane.rois, plane.mean_image) for plane in load_suite2p_output(path)]
+        if path.is_dir() and (path / PLANE_ROIS_FILE.format(0)).exists():  # a session of several planes
+            planes: list[tuple[RoiSet, np.ndarray | None]] = []
+            while (path / PLANE_ROIS_FILE.format(z := len(planes))).exists():
+                reference = path / PLANE_REFERENCE_FILE.format(z)
+                planes.append((RoiSet.load(path / PLANE_ROIS_FILE.format(z)),
+                               load_reference(reference) if reference.exists() else None))
+            return planes
         npz = path / "rois.npz" if path.is_dir() else path
         if npz.suffix == ".npz" and npz.exists():
             rois = RoiSet.load(npz)
             ref = npz.with_name("reference.npy")
-            return rois, load_reference(ref) if ref.exists() else None
+            return [(rois, load_reference(ref) if ref.exists() else None)]
     except (OSError, ValueError) as exc:
         raise UserInputError(str(exc)) from exc
-    raise UserInputError(f"--rois {path}: expected a suite2p plane folder (stat.npy, iscell.npy, ops.npy), a "
-                         "folder with rois.npz, or a rois.npz file")
+    raise UserInputError(f"--rois {path}: expected suite2p output (a plane folder with stat.npy, iscell.npy, "
+                         "ops.npy, or the folder of plane0..planeN), a folder with rois.npz, or a rois.npz "
+                         "file")
+
+
+def load_roi_source(path: str | Path, planes: int = 1) -> tuple[list[RoiSet], list[np.ndarray | None]]:
+    """The ROIs and references (None where not known) of `load_roi_planes` for a session of `planes` planes,
+    one of each per plane: `select_planes`."""
+    found = select_planes(load_roi_planes(path), planes, path)
+    return [rois for rois, _ in found], [reference for _, reference in found]
+
+
+def select_planes(found: list[tuple[RoiSet, np.ndarray | None]], planes: int,
+                  path: str | Path) -> list[tuple[RoiSet, np.ndarray | None]]:
+    """The planes of given ROIs a session of `planes` planes uses: a session of one plane takes the first
+    (and logs so); a session of several needs one ROI set per plane (else UserInputError, one sentence)."""
+    if planes == 1 and len(found) > 1:
+        logger.warning("ROIs %s have %d planes; the session images one plane (imaging.planes): plane0's ROIs "
+                       "are used", path, len(found))
+        return found[:1]
+    if len(found) != planes:
+        raise UserInputError(f"ROIs {path} are of {len(found)} plane(s) but the session images {planes} "
+                             "(imaging.planes): give one ROI set per plane")
+    return found
 
 
 def pipeline_config(settings: OnlineProcessSettings, alignment: str) -> PipelineConfig:
@@ -214,8 +224,9 @@ class OnlineService:
         self.settings = settings
         self.options = options
         self.session = options.session_dir.name
-        rois, reference = (load_roi_source(options.rois) if options.rois is not None else (None, None))
+        given = options.rois if options.rois is not None else settings.online.rois
         self.config = pipeline_config(settings, options.alignment)
+        rois, reference = load_roi_source(given, self.config.planes) if given is not None else (None, None)
         self.outputs = SessionOutputs(options.session_dir)
         self.cd_file = (CodingDirectionFile.in_subject_dir(options.subject_dir)
                         if options.subject_dir is not None else None)
@@ -353,9 +364,8 @@ class OnlineService:
         pipeline, results = self.pipeline, self.results
         if out.initialised:
             assert pipeline.rois is not None and pipeline.reference is not None
-            write_plane_rois(self.outputs.folder, pipeline)
             self.outputs.write_rois(pipeline.rois, pipeline.reference, frame_rate_hz=pipeline.frame_rate_hz,
-                                    roi_set_id=pipeline.roi_set_id)
+                                    roi_set_id=pipeline.roi_set_id, planes=pipeline.plane_sets)
             self.publish_rois()
         for trace, header in zip(out.traces, out.headers, strict=True):
             self.outputs.append_trace(trace, header.channel, header.plane, header.t_ns, header.seq)
@@ -432,7 +442,6 @@ class OnlineService:
 def die_with_parent() -> None:
     """Ask the kernel for SIGTERM when the parent dies (even by kill -9). Linux only (prctl)."""
     import ctypes
-    import os
 
     parent = os.getppid()
     libc = ctypes.CDLL(None, use_errno=True)
@@ -563,7 +572,6 @@ def replay(path: str | Path, *, out: str | Path | None = None, rois: str | Path 
     files = scanimage_files(path)
     path = Path(path)
     out_dir = Path(out) if out is not None else (path if path.is_dir() else path.parent) / "online_replay"
-    roi_set, reference = load_roi_source(rois) if rois is not None else (None, None)
     records = read_trial_records(trials) if trials is not None else {}
     rate, planes = _file_format(files)
     if config is None:
@@ -572,6 +580,7 @@ def replay(path: str | Path, *, out: str | Path | None = None, rois: str | Path 
         logger.info("replay: the files image %d plane(s) at %.3f Hz per plane, settings say %d: replaying "
                     "the files'", planes, rate, config.planes)
         config = replace(config, planes=planes, frame_rate_hz=rate)
+    roi_set, reference = load_roi_source(rois, config.planes) if rois is not None else (None, None)
     stops: list[ReplayStop] = []
     warnings: list[str] = []
     outputs = SessionOutputs(out_dir)
@@ -584,9 +593,8 @@ def replay(path: str | Path, *, out: str | Path | None = None, rois: str | Path 
         nonlocal decoded
         if result.initialised:
             assert pipeline.rois is not None and pipeline.reference is not None
-            write_plane_rois(outputs.folder, pipeline)
             outputs.write_rois(pipeline.rois, pipeline.reference, frame_rate_hz=pipeline.frame_rate_hz,
-                               roi_set_id=pipeline.roi_set_id)
+                               roi_set_id=pipeline.roi_set_id, planes=pipeline.plane_sets)
         for trace, header in zip(result.traces, result.headers, strict=True):
             outputs.append_trace(trace, header.channel, header.plane, header.t_ns)
         for decoding in result.trials:
@@ -733,14 +741,19 @@ def _file_trial(f: Any, file: Path, counter: int) -> tuple[int, float | None]:
     return int(number), trigger
 
 
+def replay_config(settings_path: str | None, alignment: str) -> PipelineConfig | None:
+    """The replay's pipeline configuration from the online-settings JSON; None: replay's defaults."""
+    if settings_path is not None:
+        return pipeline_config(read_process_settings(Path(settings_path)), alignment)
+    if alignment != "trigger":
+        return PipelineConfig(alignment=alignment)  # type: ignore[arg-type]
+    return None
+
+
 def main_replay(argv_path: str, out: str | None, rois: str | None, trials: str | None,
                 settings_path: str | None, alignment: str) -> int:
     try:
-        config = None
-        if settings_path is not None:
-            config = pipeline_config(read_process_settings(Path(settings_path)), alignment)
-        elif alignment != "trigger":
-            config = PipelineConfig(alignment=alignment)  # type: ignore[arg-type]
+        config = replay_config(settings_path, alignment)
         summary = replay(argv_path, out=out, rois=rois, trials=trials, config=config)
     except (UserInputError, PipelineError) as exc:
         print(f"online replay: {exc}", file=sys.stderr)

@@ -51,18 +51,62 @@ class RegistrationSettings(_Section):
     """Side of the centre crop registered (a smaller crop is faster; the whole frame moves rigidly)."""
 
 
+class RoiMatchSettings(_Section):
+    """Matching ROIs across sessions: mean images registered, masks matched by overlap
+    (online/roi_match.py)."""
+
+    min_overlap: float = Field(0.5, gt=0, le=1)
+    """Smallest Jaccard index (intersection over union of two masks' bodies, after registration) of a
+    match."""
+    max_shift_px: float = Field(40.0, ge=0, le=512)
+    """Largest field-of-view displacement between two sessions searched, per axis (px)."""
+    previous_sessions: int = Field(5, ge=0, le=1000)
+    """The subject's most recent earlier sessions matched to each new one (0: none)."""
+DecoderInput = Literal["deconvolved", "dff"]
+"""What the decoders see per frame: each ROI's deconvolved activity (online/deconvolution.py) or its dF/F."""
+
+
+class DeconvolutionSettings(_Section):
+    """Online spike deconvolution of every ROI's dF/F (OASIS's AR(1) model, online/deconvolution.py); the
+    result is published and saved beside dF/F (deconvolved.f32)."""
+
+    enabled: bool = True
+    """Deconvolve every frame (needed by online.decoder.input: deconvolved)."""
+    tau_decay_s: float = Field(0.6, ge=0.01, le=30)
+    """The indicator's decay time constant (s); with the per-plane frame rate it gives the AR(1) factor
+    g = exp(-1 / (tau x rate)). The simulated indicator decays in 0.5-1 s (GCaMP6s about 1-1.5 s, GCaMP6f
+    about 0.4 s); the short end of the range is better than too long a decay, which hides the spikes of
+    sustained firing (the decoders' coding directions drift from the true ones)."""
+    min_spike_sd: float = Field(1.0, ge=0, le=20)
+    """Smallest spike, in noise SDs of the ROI's dF/F (OASIS's s_min; the noise is estimated per ROI)."""
+    penalty_sd: float = Field(0.0, ge=0, le=20)
+    """L1 sparsity penalty, in noise SDs (OASIS's lambda; 0: none, the spike size floor alone)."""
+
+
 class DecoderSettings(_Section):
     """Preparatory (delay-epoch) decoding of the upcoming lick direction."""
 
+    input: DecoderInput = "deconvolved"
+    """The activity the decoders train and decode on: deconvolved (as the paper does) or dff."""
+
     delay_window_s: float = Field(0.6, gt=0, le=10)
     """Window before the go cue the coding direction is computed over (s)."""
-    min_trials_per_side: int = Field(10, ge=1, le=10_000)
-    """Correct trials per side needed before a context's decoder is trained."""
+    min_trials_per_side: int = Field(50, ge=1, le=10_000)
+    """Correct trials per side a block's decoder needs before it decodes (the paper uses sessions with at
+    least 50)."""
     trials_kept_per_side: int = Field(200, ge=2, le=100_000)
-    """A context's decoder trains on its most recent this many correct trials per side (bounded memory)."""
-    cd_method: CdMethod = "classic"
-    """How the coding direction is computed: classic (right-minus-left mean difference), lda (the paper's
-    code: per-bin LDA axes averaged) or lda_eigenvector (the textbook Fisher axis; noisy with few trials)."""
+    """A block's decoder trains on its most recent this many correct trials per side (bounded memory)."""
+    cd_method: CdMethod = "lda"
+    """How the coding direction is computed: lda (the paper's code: per-bin LDA axes averaged over the
+    window, orthogonalised against the trial average's singular vectors), classic (right-minus-left mean
+    difference) or lda_eigenvector (the textbook Fisher axis; noisy with few trials)."""
+    split_repeats: int = Field(10, ge=1, le=1000)
+    """Random train/test halves (per side) that accuracies and similarities are averaged over (the paper's
+    code uses 2)."""
+    reliability_min_r: float | None = Field(None, ge=-1, le=1)
+    """The paper's neuron filter: a neuron enters the CD only when the correlation of its concatenated
+    left/right trial-averaged activity between the first and the second half of a block's correct trials
+    is at least this (the paper uses 0.5); null keeps every neuron."""
 
     @model_validator(mode="after")
     def _keeps_enough(self) -> DecoderSettings:
@@ -99,12 +143,27 @@ class OnlineSettings(_Section):
     """F_cell - this x F_neuropil."""
     dff_baseline_window_s: float = Field(30.0, gt=0, le=3600)
     """Running-baseline window for dF/F (s)."""
+    rois: Path | None = Field(None, strict=False)
+    """The session's ROIs instead of detecting them on the reference: suite2p output (a plane folder with
+    stat.npy, iscell.npy, ops.npy, or the folder of its plane0..planeN) or a rois.npz; relative to the
+    working directory. `rig run --rois` overrides it; null: detect."""
+    roi_match: RoiMatchSettings = Field(default_factory=RoiMatchSettings)
+    """Matching a session's ROIs to the subject's previous sessions (roi_matches.json)."""
+    deconvolution: DeconvolutionSettings = Field(default_factory=DeconvolutionSettings)
+    """Online spike deconvolution of dF/F."""
     registration: RegistrationSettings = Field(default_factory=RegistrationSettings)
     """Motion correction."""
     decoder: DecoderSettings = Field(default_factory=DecoderSettings)
     """Preparatory decoding."""
     closed_loop: ClosedLoopSettings = Field(default_factory=ClosedLoopSettings)
     """Closed-loop output."""
+
+    @model_validator(mode="after")
+    def _decoder_input_exists(self) -> OnlineSettings:
+        if self.decoder.input == "deconvolved" and not self.deconvolution.enabled:
+            raise ValueError("online.decoder.input is 'deconvolved' but online.deconvolution.enabled is "
+                             "false: enable deconvolution or set online.decoder.input to 'dff'")
+        return self
 
 
 class OnlineLinkSettings(_Section):

@@ -3,17 +3,23 @@
 Per session (`<data_root>/<subject>/<YYYY-MM-DD_HHMMSS>/`, the folder the rig made):
 
 - `rois.npz` (`RoiSet.save`) and `reference.npy`: written once, when the reference is ready, through a
-  temporary file and an atomic rename (a reader never sees half a file).
+  temporary file and an atomic rename (a reader never sees half a file). With several planes `rois.npz`
+  holds every plane's ROIs, one plane's after another's (the neuron index), and `reference.npy` is plane
+  0's; each plane's own ROIs and reference are `rois_plane<z>.npz` and `reference_plane<z>.npy`.
 - `traces.f32`: per processed frame, n_rois float32 dF/F values (little-endian), nothing else, appended.
   `traces_index.bin`: one fixed-size record per frame (`INDEX_DTYPE`: frame_index, trial, channel, plane,
   timestamp_s, time_in_trial_s (NaN when not in a trial), shift_dy, shift_dx, correlation, seq (the
   frame's number on the lossless path, modulo 2^32: a restarted module's lost frames are the numbers
   missing between two runs), t_ns),
-  appended after the frame's traces row. `traces.json` describes both (format, n_rois, dtypes, record
-  size), written before the first frame. Both binary files are opened unbuffered, so every frame reaches
-  the OS at once: a killed process loses nothing, and `fsync` runs about once a second (an OS crash loses
-  at most that). A torn last record is detected by its size and ignored by `read_traces`, which also
-  trims both files to the frames present in both.
+  appended after the frame's traces row. `deconvolved.f32`: the same layout, each ROI's deconvolved
+  activity (online/deconvolution.py) per frame, when online deconvolution runs; opened with the first frame
+  that has it (rows of earlier frames, or of a run without it, are NaN), its row written before the index
+  record like the dF/F row. `traces.json` describes them (format, n_rois, `plane_rois`: the ROIs of each
+  plane in plane order, dtypes, record size, the deconvolved file once there is one), written before the
+  first frame. The binary files are opened unbuffered, so every frame reaches the OS at once: a killed
+  process loses nothing, and `fsync` runs about once a second (an OS crash loses at most that). A torn
+  last record is detected by its size and ignored by `read_traces`, which reads the frames present in both
+  traces.f32 and the index (a restarted writer trims the files to them).
 - `decoder.jsonl`: one line per trial end (the published `DecoderResult` plus details), fsynced.
 - `decisions.jsonl`: closed-loop decisions, one line when a decision is sent (`"kind": "sent"`, or
   `"failed"`), one when the trial record shows where it landed (`"landed"`, or `"not_landed"`), and one per
@@ -34,7 +40,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +55,10 @@ logger = logging.getLogger(__name__)
 
 ROIS_FILE = "rois.npz"
 REFERENCE_FILE = "reference.npy"
+PLANE_ROIS_FILE, PLANE_REFERENCE_FILE = "rois_plane{}.npz", "reference_plane{}.npy"
+"""Several planes: plane z's own ROIs and reference (`.format(z)`)."""
 TRACES_FILE = "traces.f32"
+DECONVOLVED_FILE = "deconvolved.f32"
 TRACES_INDEX_FILE = "traces_index.bin"
 TRACES_META_FILE = "traces.json"
 DECODER_FILE = "decoder.jsonl"
@@ -187,15 +196,20 @@ def read_jsonl(path: Path) -> list[Any]:
 
 
 class TraceWriter:
-    """Appends each frame's dF/F row to traces.f32 and its record to traces_index.bin (module docstring)."""
+    """Appends each frame's dF/F row to traces.f32, its deconvolved row (if any) to deconvolved.f32 and its
+    record to traces_index.bin (module docstring)."""
 
     def __init__(self, folder: Path, n_rois: int, *, roi_set_id: str = "", frame_rate_hz: float | None = None,
-                 sync_s: float = SYNC_INTERVAL_S) -> None:
+                 plane_rois: Sequence[int] | None = None, sync_s: float = SYNC_INTERVAL_S) -> None:
+        """`plane_rois`: the ROIs of each plane, in plane order, adding up to n_rois (None: one plane)."""
         if n_rois < 1:
             raise ValueError(f"n_rois must be at least 1, got {n_rois}")
+        planes = [n_rois] if plane_rois is None else [int(n) for n in plane_rois]
+        if sum(planes) != n_rois or min(planes) < 1:
+            raise ValueError(f"plane_rois {planes} must be positive and add up to n_rois ({n_rois})")
         self.folder = Path(folder)
         self.n_rois = n_rois
-        meta_path = self.folder / TRACES_META_FILE
+        meta_path = self._meta_path = self.folder / TRACES_META_FILE
         if meta_path.exists():  # appending to an existing session (a restarted online process)
             meta = json.loads(meta_path.read_text())
             if meta.get("n_rois") != n_rois:
@@ -204,7 +218,7 @@ class TraceWriter:
             _trim_to_common_length(self.folder, n_rois)
         else:
             write_json_atomic(meta_path, {
-                "format": TRACES_FORMAT, "n_rois": n_rois, "traces_file": TRACES_FILE,
+                "format": TRACES_FORMAT, "n_rois": n_rois, "plane_rois": planes, "traces_file": TRACES_FILE,
                 "traces_dtype": TRACE_DTYPE.str, "index_file": TRACES_INDEX_FILE,
                 "index_dtype": [[name, INDEX_DTYPE.fields[name][0].str] for name in INDEX_DTYPE.names],
                 "index_record_bytes": INDEX_DTYPE.itemsize, "roi_set_id": roi_set_id,
@@ -213,6 +227,8 @@ class TraceWriter:
             })
         self._traces = open(self.folder / TRACES_FILE, "ab", buffering=0)  # noqa: SIM115
         self._index = open(self.folder / TRACES_INDEX_FILE, "ab", buffering=0)  # noqa: SIM115
+        self._rows_before = (self.folder / TRACES_FILE).stat().st_size // (n_rois * TRACE_DTYPE.itemsize)
+        self._deconvolved: Any = None  # deconvolved.f32, opened with the first frame that has it
         self._record = np.zeros(1, INDEX_DTYPE)
         self._sync_s = sync_s
         self._last_sync = time.monotonic()
@@ -231,6 +247,8 @@ class TraceWriter:
         r["shift_dy"], r["shift_dx"], r["correlation"] = trace.shift_dy, trace.shift_dx, trace.correlation
         r["t_ns"] = t_ns
         r["seq"] = seq & 0xFFFFFFFF
+        if trace.deconvolved is not None or self._deconvolved is not None:
+            self._write_deconvolved(trace.deconvolved)
         self._traces.write(row.tobytes())
         self._index.write(r.tobytes())
         self.frames += 1
@@ -238,8 +256,35 @@ class TraceWriter:
         if now - self._last_sync >= self._sync_s:
             self.sync()
 
+    def _write_deconvolved(self, values: np.ndarray | None) -> None:
+        """This frame's deconvolved row (NaN when it has none); the file opened, and padded with NaN rows
+        for the frames already written, the first time."""
+        if values is None:
+            row = np.full(self.n_rois, np.nan, TRACE_DTYPE)
+        else:
+            row = np.ascontiguousarray(values, dtype=TRACE_DTYPE)
+            if row.shape != (self.n_rois,):
+                raise ValueError(f"deconvolved row has shape {row.shape}, expected ({self.n_rois},)")
+        if self._deconvolved is None:
+            path = self.folder / DECONVOLVED_FILE
+            size = path.stat().st_size if path.exists() else 0
+            if size % row.nbytes:  # a torn row of an earlier run
+                os.truncate(path, size - size % row.nbytes)
+            self._deconvolved = open(path, "ab", buffering=0)  # noqa: SIM115
+            missing = self._rows_before + self.frames - size // row.nbytes
+            if missing > 0:
+                self._deconvolved.write(np.full(missing * self.n_rois, np.nan, TRACE_DTYPE).tobytes())
+            meta = json.loads(self._meta_path.read_text())
+            if meta.get("deconvolved_file") != DECONVOLVED_FILE:
+                meta["deconvolved_file"] = DECONVOLVED_FILE
+                write_json_atomic(self._meta_path, meta)
+        self._deconvolved.write(row.tobytes())
+
+    def _files(self) -> list[Any]:
+        return [self._traces, self._index] + ([self._deconvolved] if self._deconvolved is not None else [])
+
     def sync(self) -> None:
-        for f in (self._traces, self._index):
+        for f in self._files():
             if not f.closed:
                 os.fsync(f.fileno())
         self._last_sync = time.monotonic()
@@ -247,29 +292,32 @@ class TraceWriter:
     def close(self) -> None:
         if not self._traces.closed:
             self.sync()
-            self._traces.close()
-            self._index.close()
+            for f in self._files():
+                f.close()
 
 
 def _trim_to_common_length(folder: Path, n_rois: int) -> None:
-    """Cut a torn last record (a crash mid-append) off both files, so appending continues aligned."""
-    traces, index = folder / TRACES_FILE, folder / TRACES_INDEX_FILE
+    """Cut a torn last record (a crash mid-append) off the files, so appending continues aligned (a shorter
+    deconvolved.f32 is padded when it is next appended to)."""
+    traces, index, deconvolved = folder / TRACES_FILE, folder / TRACES_INDEX_FILE, folder / DECONVOLVED_FILE
     row = n_rois * TRACE_DTYPE.itemsize
     n = min((traces.stat().st_size if traces.exists() else 0) // row,
             (index.stat().st_size if index.exists() else 0) // INDEX_DTYPE.itemsize)
-    for path, size in ((traces, n * row), (index, n * INDEX_DTYPE.itemsize)):
-        if path.exists() and path.stat().st_size != size:
+    for path, size in ((traces, n * row), (index, n * INDEX_DTYPE.itemsize), (deconvolved, n * row)):
+        if path.exists() and path.stat().st_size > size:  # (traces and index are never shorter)
             logger.warning("%s: trimming a torn record (%d -> %d bytes)", path, path.stat().st_size, size)
             os.truncate(path, size)
 
 
 @dataclass(frozen=True)
 class TraceTable:
-    """A session's traces as read back: `index` (structured, `INDEX_DTYPE`) and `dff` (frames x ROIs)."""
+    """A session's traces as read back: `index` (structured, `INDEX_DTYPE`), `dff` (frames x ROIs) and
+    `deconvolved` (frames x ROIs, NaN rows where a frame has none; None without deconvolved.f32)."""
 
     index: np.ndarray
     dff: np.ndarray
     meta: dict[str, Any]
+    deconvolved: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.index.shape[0])
@@ -291,7 +339,13 @@ def read_traces(folder: str | Path) -> TraceTable:
         else np.zeros(0, np.uint8)
     n = min(raw.size // n_rois, index.size // INDEX_DTYPE.itemsize)
     records = index[: n * INDEX_DTYPE.itemsize].view(INDEX_DTYPE)
-    return TraceTable(records, raw[: n * n_rois].reshape(n, n_rois), meta)
+    deconvolved = None
+    if (folder / DECONVOLVED_FILE).exists():
+        values = np.fromfile(folder / DECONVOLVED_FILE, dtype=TRACE_DTYPE)
+        rows = min(n, values.size // n_rois)
+        deconvolved = np.full((n, n_rois), np.nan, TRACE_DTYPE)
+        deconvolved[:rows] = values[: rows * n_rois].reshape(rows, n_rois)
+    return TraceTable(records, raw[: n * n_rois].reshape(n, n_rois), meta, deconvolved)
 
 
 def index_length(folder: str | Path) -> int:
@@ -327,21 +381,31 @@ class SessionOutputs:
         self.decisions = JsonlWriter(self.folder / DECISIONS_FILE)
 
     def write_rois(self, rois: RoiSet, reference: np.ndarray, *, frame_rate_hz: float | None = None,
-                   roi_set_id: str = "") -> None:
-        """rois.npz + reference.npy (atomic), and open the trace files for that ROI set."""
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{ROIS_FILE}.", suffix=".tmp")
+                   roi_set_id: str = "", planes: Sequence[tuple[RoiSet, np.ndarray]] = ()) -> None:
+        """rois.npz + reference.npy (atomic), each plane's files when `planes` has several (their ROIs and
+        reference; `rois` is then their concatenation), and open the trace files for that ROI set."""
+        self._save_rois(rois, ROIS_FILE)
+        write_bytes_atomic(self.folder / REFERENCE_FILE, _npy_bytes(np.asarray(reference, dtype=np.float32)))
+        if len(planes) > 1:
+            for z, (plane_rois, plane_reference) in enumerate(planes):
+                self._save_rois(plane_rois, PLANE_ROIS_FILE.format(z))
+                write_bytes_atomic(self.folder / PLANE_REFERENCE_FILE.format(z),
+                                   _npy_bytes(np.asarray(plane_reference, dtype=np.float32)))
+        if self.traces is None:
+            counts = [r.n for r, _ in planes] if len(planes) > 1 else None
+            self.traces = TraceWriter(self.folder, rois.n, roi_set_id=roi_set_id, frame_rate_hz=frame_rate_hz,
+                                      plane_rois=counts)
+
+    def _save_rois(self, rois: RoiSet, name: str) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{name}.", suffix=".tmp")
         os.close(fd)
         try:
             rois.save(tmp)
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
-            os.replace(tmp, self.folder / ROIS_FILE)
+            os.replace(tmp, self.folder / name)
         finally:
             Path(tmp).unlink(missing_ok=True)
-        buffer = _npy_bytes(np.asarray(reference, dtype=np.float32))
-        write_bytes_atomic(self.folder / REFERENCE_FILE, buffer)
-        if self.traces is None:
-            self.traces = TraceWriter(self.folder, rois.n, roi_set_id=roi_set_id, frame_rate_hz=frame_rate_hz)
 
     def append_trace(self, trace: TraceFrame, channel: int = 0, plane: int = 0, t_ns: int = 0,
                      seq: int = 0) -> None:
@@ -439,8 +503,9 @@ class CodingDirectionFile:
         merged = CodingDirectionStore(store.subject or self.subject)
         if self.path.exists():
             try:
-                for session, cd in self._read().entries():
-                    merged.put(session, cd)
+                disk = self._read()
+                for session, cd in disk.entries():
+                    merged.put(session, cd, disk.halves(session, cd))
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 self.readable = False
                 self.error = f"{self.path}: became unreadable ({exc}); not overwritten"
@@ -448,6 +513,6 @@ class CodingDirectionFile:
                 return False
         for session, cd in store.entries():
             if sessions is None or session in sessions:
-                merged.put(session, cd)
+                merged.put(session, cd, store.halves(session, cd))
         write_json_atomic(self.path, merged.to_dict(), indent=None)
         return True

@@ -23,13 +23,16 @@ from online.wire import FrameHeader
 
 @dataclass(frozen=True, eq=False)
 class PlaneFrame:
-    """One processed plane frame: its header, shift, and the population row after its update."""
+    """One processed plane frame: its header, shift, and the population rows (dF/F, deconvolved) after its
+    update."""
 
     header: FrameHeader
     shift: Shift
     row: np.ndarray
     """dF/F of every ROI of every plane (float32), this plane's fresh, the others' from their last frame."""
     aux: tuple[float, ...]
+    deconvolved: np.ndarray | None = None
+    """Deconvolved activity of every ROI of every plane, as `row` (None when deconvolution is off)."""
 
 
 @dataclass(eq=False)

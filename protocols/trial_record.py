@@ -207,11 +207,12 @@ class TrialScore:
 
 # -- the record ---------------------------------------------------------------------------------------------
 
-_OPTIONAL = ("pole", "lickport", "sounds", "outcome_before_abort", "aborted", "events_received",
-             "states_entered")
-"""Keys written only when set: the pole motor's move before a pole trial, the lickport motor's step
+_OPTIONAL = ("block", "block_label", "pole", "lickport", "sounds", "outputs", "outcome_before_abort",
+             "aborted", "events_received", "states_entered")
+"""Keys written only when set: the trial's block (protocols/blocks.py), the pole motor's move before a
+pole trial, the lickport motor's step
 before a trial, the sounds a sound module
-played (sound.device hifi), the outcome training counted for
+played (sound.device hifi), the output actions of the trial's states, the outcome training counted for
 a trial cut short, and what a killed session's journal held of its unfinished trial (recovery,
 rig/store.py)."""
 
@@ -224,6 +225,11 @@ class TrialRecord:
     outcome: str
     """hit, error, no_response, aborted (cut short, or killed) or not_started (queued, never begun)."""
     context: str | None = None
+    block: int | None = None
+    """The visit to the context this trial belongs to: 1-based index in the subject's history, continuing
+    across sessions (protocols/blocks.py; None in lines written before blocks existed)."""
+    block_label: str | None = None
+    """The paper's label of that block: 1, 2, 1', 2', 1'', ..."""
     side: str | None = None
     subject: str | None = None
     trial_number: int | None = None
@@ -258,6 +264,10 @@ class TrialRecord:
     """The sounds the sound module played (sound.device hifi; None otherwise, and in older lines), in order:
     sound, the state that played it, onset_s (its entry), ack_s (the module's answer) and cut_s (the stop
     that cut it, or None), in seconds from trial start on the Bpod clock (rig/sound.py)."""
+    outputs: Mapping[str, Mapping[str, Any]] | None = None
+    """The output actions of the trial's state machine, {state: {output: value}} for each state that sets
+    one (None in older lines): with the visits in `bpod.States`, when each output was set and for how long
+    (valve open times, hence the water given)."""
     outcome_before_abort: str | None = None
     aborted: bool | None = None
     events_received: tuple[Mapping[str, Any], ...] | None = None
@@ -329,7 +339,7 @@ class TrialRecord:
         known = {f.name for f in fields(cls)} | {f.name for f in fields(TrialScore)} | {VERSION_KEY}
         return cls(
             trial=trial, outcome=str(_text(data, "outcome", required=True)), context=_text(data, "context"),
-            side=_text(data, "side"),
+            block=_int(data, "block"), block_label=_text(data, "block_label"), side=_text(data, "side"),
             subject=_text(data, "subject"), trial_number=_int(data, "trial_number"),
             cue=_text(data, "cue"), modality=_text(data, "modality"),
             contingency=_text(data, "contingency"), mode=_text(data, "mode"),
@@ -342,6 +352,7 @@ class TrialRecord:
             bpod=BpodRecord.from_json(bpod, trial) if bpod is not None else None,
             host_time=_text(data, "host_time"), closed_loop=_mapping(data, "closed_loop"),
             pole=_mapping(data, "pole"), lickport=_mapping(data, "lickport"), sounds=_objects(data, "sounds"),
+            outputs=_mapping(data, "outputs"),
             outcome_before_abort=_text(data, "outcome_before_abort"), aborted=_flag(data, "aborted", None),
             events_received=_objects(data, "events_received"),
             states_entered=_objects(data, "states_entered"),

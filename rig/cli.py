@@ -11,12 +11,13 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rig import __version__
 from rig.errors import SessionFault, UserError
 
 if TYPE_CHECKING:
+    from rig.session import RunOptions
     from rig.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -86,7 +87,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     rig_file = _rig_file(args)
     subject = {"subject": args.subject} if args.subject is not None else {}  # "" is refused, not defaulted
     options = RunOptions(**subject, context=args.context, trials=args.trials, minutes=args.minutes,
-                         speed=args.speed, data_root=args.data, status_stream=sys.stderr, rig_file=rig_file)
+                         speed=args.speed, data_root=args.data, status_stream=sys.stderr, rig_file=rig_file,
+                         rois=args.rois)
+    real_rig = settings.bpod.port != "emulator"
+    from rig.subject_info import check_supplement_ul, check_weight_g
+
+    if args.supplementary_water is not None:
+        check_supplement_ul(args.supplementary_water)  # before the session, not after it
+    if args.weight is not None:
+        options = replace(options, weight_g=check_weight_g(args.weight))
+    if real_rig:  # the simulated rig asks nothing
+        options = _ask_subject_care(settings, options, args.weight)
     gui = None
     if not args.no_gui:
         from rig.monitor import display_available, monitor_command, start_monitor_process
@@ -105,8 +116,95 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
             stop_monitor_process(gui)
     sys.stderr.write("\n")
-    sys.stdout.write(format_summary(summarize_session(result.folder)) + "\n")
+    summary = summarize_session(result.folder)
+    sys.stdout.write(format_summary(summary) + "\n")
     sys.stdout.write(f"data: {result.folder}\n")
+    if real_rig or args.supplementary_water is not None:
+        _ask_supplementary_water(result.folder, args.supplementary_water)
+    return EXIT_OK
+
+
+def _interactive() -> bool:
+    return sys.stdin is not None and sys.stdin.isatty()
+
+
+def _ask_subject_care(settings: Settings, options: RunOptions, weight_g: float | None) -> RunOptions:
+    """On a real rig: the subject's description where subject.json lacks it, and its weight, asked at the
+    terminal (without one, what is missing is said and left unrecorded)."""
+    from dataclasses import replace
+
+    from rig.subject import load_subject
+    from rig.subject_info import ask_subject_info, ask_weight, check_weight_g, parse_subject_info
+
+    record = load_subject(Path(options.data_root or settings.data.root), options.subject)
+    info = record.info if record is not None else None
+    if weight_g is not None:
+        check_weight_g(weight_g)
+    if _interactive():
+        if info is None or _incomplete(info):
+            sys.stderr.write(f"subject {options.subject}: its description is not complete (for the data's "
+                             "export)\n")
+            info = ask_subject_info(info, input).to_json()
+        if weight_g is None:
+            weight_g = ask_weight(input)
+    else:
+        if info is None:
+            logger.warning("subject %s has no species, sex, birth or genotype in subject.json (info); run "
+                           "`rig run` at a terminal to give them", options.subject)
+        if weight_g is None:
+            logger.warning("the subject's weight is not recorded: give --weight G")
+    if info is not None:
+        parse_subject_info(info, f"subject {options.subject}")
+    return replace(options, weight_g=weight_g, subject_info=info)
+
+
+def _incomplete(info: dict[str, Any]) -> bool:
+    from pydantic import ValidationError
+
+    from rig.subject_info import SubjectInfo
+
+    try:
+        SubjectInfo.model_validate(info)
+    except ValidationError:
+        return True
+    return False
+
+
+def _ask_supplementary_water(folder: Path, given_ul: float | None) -> None:
+    """After a real session: the water given besides the valves', into session.json."""
+    from rig.store import read_json
+    from rig.subject_info import ask_supplementary_water, record_supplementary_water
+
+    if given_ul is None and not _interactive():
+        logger.warning("supplementary water not recorded: give --supplementary-water UL")
+        return
+    if given_ul is None:
+        delivered = (read_json(folder / "session.json").get("water") or {}).get("delivered_ul")
+        given_ul = ask_supplementary_water(input, delivered)
+    record_supplementary_water(folder, given_ul)
+
+
+def _cmd_export_nwb(args: argparse.Namespace) -> int:
+    """Write a session (or every session of a subject not yet exported) as NWB files."""
+    from rig.nwb.writer import export_session, export_subject, session_folders
+    from rig.store import SESSION_FILE
+
+    path: Path = args.path
+    if not path.is_dir():
+        raise UserError(f"{path}: no such folder (give a session folder or a subject folder)")
+    if (path / SESSION_FILE).is_file():
+        done = [export_session(path, args.out)]
+    elif args.out is not None:
+        raise UserError("--out names one file: give a session folder with it, not a subject folder")
+    elif not session_folders(path):
+        raise UserError(f"{path}: neither a session folder (no {SESSION_FILE}) nor a subject folder with "
+                        "sessions")
+    else:
+        done = export_subject(path)
+        if not done:
+            sys.stdout.write(f"{path}: every ended session is already exported\n")
+    for item in done:
+        sys.stdout.write(f"{item.session} -> {item.path} ({item.trials} trials, {item.planes} planes)\n")
     return EXIT_OK
 
 
@@ -204,10 +302,11 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from rig.online_child import run_online_module
 
     options = ["--exit-with-parent", "--alignment", args.alignment]
-    for flag, value in (("--rois", args.rois), ("--out", args.out), ("--trials", args.trials)):
+    for flag, value in (("--rois", args.rois), ("--out", args.out), ("--trials", args.trials),
+                        ("--workers", args.workers), ("--scheduler", args.scheduler)):
         if value is not None:
             options += [flag, str(value)]
-    return run_online_module(_load(args), ["replay", str(args.path)], options)
+    return run_online_module(_load(args), ["replay", *map(str, args.path)], options)
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
@@ -218,6 +317,66 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
     summary = summarize_session(args.session)
     sys.stdout.write((json.dumps(summary, indent=2) if args.json else format_summary(summary)) + "\n")
+    return EXIT_OK
+
+
+def _cmd_simulate_study(args: argparse.Namespace) -> int:
+    """One `rig run` per simulated day on the emulator, contexts by the schedule or at criterion."""
+    from rig.bench import EMULATOR_PORT
+    from rig.study import StudyDay, StudyError, StudyPlan, parse_schedule, run_study, write_study_settings
+
+    settings = _load(args)
+    if settings.bpod.port != EMULATOR_PORT or settings.imaging.source != "simulated":
+        raise StudyError("simulate-study runs on the simulated rig only: these settings name a real Bpod "
+                         f"({settings.bpod.port!r}) or imaging source ({settings.imaging.source!r})")
+    contexts = list(settings.contexts)
+    if args.schedule is not None:
+        days = parse_schedule(args.schedule, contexts)
+    elif args.days is not None:
+        if not settings.task.context_switch.enabled:
+            raise StudyError("--days without --schedule lets the rig switch contexts at criterion, but "
+                             "task.context_switch.enabled is false in the settings")
+        days = [StudyDay(i + 1, None) for i in range(args.days)]
+    else:
+        raise StudyError("give --schedule CONTEXT:DAYS,... or --days N (contexts switched at criterion)")
+    data = Path(args.data if args.data is not None else settings.data.root)
+    study_settings = write_study_settings(args.settings, data / args.subject,
+                                          switch_at_criterion=args.schedule is None)
+    plan = StudyPlan(args.subject, days, args.trials_per_session, args.speed, data,
+                     settings=study_settings, rig_file=_rig_file(args))
+    results = run_study(plan, status=sys.stderr)
+    for result in results:
+        sys.stdout.write(f"day {result.day.number:3d}  {result.day.context or '(at criterion)':<20} "
+                         f"{result.seconds:6.1f} s  {result.session}\n")
+    sys.stdout.write(f"subject: {data / args.subject}\n")
+    return EXIT_OK
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    """A subject's study as in the paper: figures, an HTML report and result.json in --out."""
+    import json
+
+    from rig.analysis.figures import all_figures
+    from rig.analysis.report import write_report
+    from rig.analysis.study import AnalysisOptions, analyze_subject
+
+    try:
+        options = AnalysisOptions(method=args.method, min_trials_per_side=args.min_trials_per_side,
+                                  n_repeats=args.repeats, source=args.activity)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    out = args.out if args.out is not None else args.subject_dir / "analysis"
+    result = analyze_subject(args.subject_dir, options, status=sys.stderr)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "result.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+    figures = all_figures(result, out)
+    report = write_report(result, figures, out)
+    if args.json:
+        keys = ("subject", "sessions", "neurons", "blocks", "trials_to_criterion", "cd_similarity",
+                "cross_decoding", "cross_decoding_sessions", "memory_trace")
+        sys.stdout.write(json.dumps({k: result[k] for k in keys}) + "\n")
+    else:
+        sys.stdout.write(f"report: {report}\nfigures: {', '.join(str(p) for p in figures.values())}\n")
     return EXIT_OK
 
 
@@ -339,8 +498,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="emulator clock speed, times real time (overrides bpod.emulator_speed)",
     )
     run.add_argument("--data", metavar="DIR", type=Path, default=None, help="data root (overrides data.root)")
+    run.add_argument("--rois", metavar="DIR", type=Path, default=None,
+                     help="the session's ROIs: suite2p output (a plane folder, or the folder of "
+                          "plane0..planeN) or rois.npz (overrides online.rois; default: detect)")
     _add_settings_and_rig(run)
     run.add_argument("--no-gui", action="store_true", help="do not open the monitoring window")
+    run.add_argument("--weight", metavar="G", type=_positive_float, default=None,
+                     help="the subject's weight before the session (g); asked on a real rig when missing")
+    run.add_argument("--supplementary-water", metavar="UL", type=float, default=None,
+                     help="water given after the session besides the valves' (uL); asked on a real rig "
+                          "when missing")
     run.set_defaults(func=_cmd_run)
 
     calibrate = sub.add_parser(
@@ -406,7 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
     online.add_argument("--subject-dir", metavar="DIR", type=Path, default=None,
                         help="<data_root>/<subject>: where the subject's coding directions are kept")
     online.add_argument("--rois", metavar="DIR", type=Path, default=None,
-                        help="suite2p plane folder, or a folder/file with rois.npz (default: detect)")
+                        help="suite2p output (a plane folder, or the folder of plane0..planeN), or a "
+                             "folder/file with rois.npz (default: online.rois, else detect)")
     online.add_argument("--app-port", metavar="PATH", default=None,
                         help="the Bpod's APP serial port (firmware 23), for the closed loop")
     online.add_argument("--alignment", choices=("trigger", "aux"), default="trigger",
@@ -416,8 +584,13 @@ def build_parser() -> argparse.ArgumentParser:
     replay = sub.add_parser(
         "replay", help="run the online pipeline over recorded ScanImage files",
         description="The online pipeline over a ScanImage file or a folder of per-trial files, as fast as it "
-                    "can, with the online settings of a settings.yaml.")
-    replay.add_argument("path", metavar="PATH", type=Path, help="a ScanImage .tif file or a folder of them")
+                    "can, with the online settings of a settings.yaml. Several sessions (session folders, a "
+                    "subject folder, several PATHs) run in parallel on Dask distributed: a local cluster of "
+                    "worker processes, or an existing cluster with --scheduler.",
+        fromfile_prefix_chars="@")
+    replay.add_argument("path", metavar="PATH", type=Path, nargs="+",
+                        help="a ScanImage .tif file or a folder of them; or several, session folders, "
+                             "subject folders (@FILE: paths from FILE, one per line)")
     _add_settings_and_rig(replay)
     replay.add_argument("--rois", metavar="DIR", type=Path, default=None,
                         help="suite2p plane folder, or rois.npz")
@@ -426,12 +599,74 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--trials", metavar="TRIALS_JSONL", type=Path, default=None,
                         help="the session's trials.jsonl: decode trials too")
     replay.add_argument("--alignment", choices=("trigger", "aux"), default="trigger")
+    cluster = replay.add_mutually_exclusive_group()
+    cluster.add_argument("--workers", metavar="N", type=_positive_int, default=None,
+                         help="several sessions: worker processes of the local cluster (default: one per "
+                              "core)")
+    cluster.add_argument("--scheduler", metavar="tcp://HOST:PORT", default=None,
+                         help="several sessions: the scheduler of an existing Dask cluster to run them on")
     replay.set_defaults(func=_cmd_replay)
+
+    study = sub.add_parser(
+        "simulate-study",
+        help="simulate days of training: one rig run per day on the emulator",
+        description=(
+            "Run one simulated session per day for one subject on the emulator, the simulated mouse "
+            "carrying its learning and its field of view from day to day. Contexts follow --schedule "
+            "(CONTEXT:DAYS,...) or, with --days N, the rig switches them at criterion."
+        ),
+    )
+    study.add_argument("--subject", metavar="ID", required=True, help="subject ID (a new or simulated one)")
+    study.add_argument("--schedule", metavar="PLAN", default=None,
+                       help="contexts by day, e.g. tactile:3,tactile-reversed:4,tactile:2")
+    study.add_argument("--days", metavar="N", type=_positive_int, default=None,
+                       help="N days, contexts switched by the rig at criterion (instead of --schedule)")
+    study.add_argument("--trials-per-session", metavar="N", type=_positive_int, default=150,
+                       help="trials per day (default: 150)")
+    study.add_argument("--speed", metavar="X", type=_positive_float, default=50.0,
+                       help="emulator clock speed, times real time (default: 50)")
+    study.add_argument("--data", metavar="DIR", type=Path, default=None,
+                       help="data root (overrides data.root)")
+    _add_settings_and_rig(study)
+    study.set_defaults(func=_cmd_simulate_study)
+
+    analyze = sub.add_parser(
+        "analyze",
+        help="a subject's sessions analysed as in the paper: figures and an HTML report",
+        description=(
+            "Read every session of a subject and report learning per context, trials to criterion, CD "
+            "similarity across blocks with split-half ceilings, cross-decoding by block and by session, "
+            "the memory trace and per-context PSTHs. Recomputed from the session files alone."
+        ),
+    )
+    analyze.add_argument("subject_dir", metavar="SUBJECT_DIR", type=Path, help="the subject's data folder")
+    analyze.add_argument("--out", metavar="DIR", type=Path, default=None,
+                         help="where the figures and report go (default: SUBJECT_DIR/analysis)")
+    analyze.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    analyze.add_argument("--method", choices=["lda", "classic", "lda_eigenvector"], default="lda",
+                         help="how a CD is computed (default: lda, the paper's)")
+    analyze.add_argument("--min-trials-per-side", metavar="N", type=_positive_int, default=50,
+                         help="correct trials per side a block or session needs (default: 50)")
+    analyze.add_argument("--repeats", metavar="N", type=_positive_int, default=10,
+                         help="random halves per comparison (default: 10)")
+    analyze.add_argument("--activity", choices=["deconvolved", "dff"], default="deconvolved",
+                         help="the activity analysed (default: deconvolved, dF/F where a session has none)")
+    analyze.set_defaults(func=_cmd_analyze)
 
     summary = sub.add_parser("summary", help="summarise a finished (or running) session from its folder")
     summary.add_argument("session", metavar="SESSION_DIR", type=Path, help="the session's folder")
     summary.add_argument("--json", action="store_true", help="print one JSON object")
     summary.set_defaults(func=_cmd_summary)
+
+    export = sub.add_parser(
+        "export-nwb", help="write sessions as NWB files (DANDI naming)",
+        description="Write a session folder, or every ended session of a subject folder not yet exported, "
+                    "as NWB 2.x: <data root>/nwb/sub-<id>/sub-<id>_ses-<id>_behavior+ophys.nwb.")
+    export.add_argument("path", metavar="SESSION_DIR|SUBJECT_DIR", type=Path,
+                        help="a session folder, or a subject folder")
+    export.add_argument("--out", metavar="FILE", type=Path, default=None,
+                        help="the NWB file to write (one session only)")
+    export.set_defaults(func=_cmd_export_nwb)
 
     keys = sub.add_parser(
         "keys", help="make this machine's CURVE key pair (for endpoints off loopback)",

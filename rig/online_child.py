@@ -419,7 +419,8 @@ class OnlineProcess:
         """For session.json."""
         with self._lock:
             return {"pid": self.pid, "pids": list(self.pids), "exit_status": self.exit_status,
-                    "log": str(self.log_path), "app_port": self.app_port, "restarts": self.restarts,
+                    "log": str(self.log_path), "app_port": self.app_port,
+                    "rois": str(self.rois) if self.rois is not None else None, "restarts": self.restarts,
                     "max_restarts": self.max_restarts, "gaps": [g.to_dict() for g in self.gaps]}
 
 

@@ -51,8 +51,12 @@ from hardware.zaber.axis import AxisSettings, ZaberStage
 from hardware.zaber.emulator import ZaberEmulatorServer
 from hardware.zaber.lickport import ZaberLickportMotor
 from hardware.zaber.pole import ZaberPoleMotor
+from online.errors import UserInputError
+from online.process import load_roi_planes, select_planes
+from online.suite2p_rois import is_suite2p_output
 from online.transport import LossyPublisher, TransportError
 from online.wire import TOPIC_STATE, TOPIC_TRIAL
+from protocols.blocks import Block
 from protocols.contexts import SIDES, Context, context_named, contexts_from_settings
 from protocols.directional_licking import (
     OUTCOME_EPOCH,
@@ -75,12 +79,14 @@ from rig.control import ControlRequestError, ControlServer, link_security
 from rig.errors import SessionFault, UserError
 from rig.imaging import ImagingSource, open_imaging
 from rig.online_child import OnlineProcess
+from rig.roi_matches import match_session
 from rig.settings import Settings, dump_settings_files
 from rig.simulated_rig import SimulatedRig
 from rig.sound import CueActions, cue_actions, open_hifi_sound, sound_plays
 from rig.store import DiskFullError, SessionStore, SubjectLock, check_subject_id, recover_sessions
 from rig.subject import HISTORY_KEPT, SubjectRecord, load_subject, save_subject, subject_path
 from rig.summary import format_status
+from rig.water import trial_water_ul, valve_curves
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +110,12 @@ class RunOptions:
     """The monitor window's process, if `rig run` started one: watched, never waited for."""
     rig_file: Path | None = None
     """The rig file the settings were loaded with, for session.json (None: the built-in rig or one file)."""
+    rois: Path | None = None
+    """The session's ROIs (suite2p output or rois.npz) for the online module; None: online.rois."""
+    weight_g: float | None = None
+    """The subject's weight before the session (g), for session.json; None: not weighed."""
+    subject_info: dict[str, Any] | None = None
+    """The subject's description (`rig.subject_info.SubjectInfo` JSON) to keep in subject.json."""
 
 
 @dataclass
@@ -119,6 +131,7 @@ class PreparedTrial:
     pole: dict[str, Any] | None = None  # the pole motor's move before the trial
     lickport: dict[str, Any] | None = None  # the lickport motor's step before the trial
     abort_reason: str | None = None  # the fault that cut the trial short
+    block: Block | None = None  # the visit to the context this trial is in (protocols/blocks.py)
 
 
 @dataclass
@@ -173,6 +186,8 @@ class SessionRunner:
         self._resume = threading.Event()
         self._end_reason = "completed"
         self._trials_done = 0
+        self._valves = valve_curves(settings)
+        self._water_ul = 0.0  # from the calibrated valve times of the trials recorded
         self._first_start_s: float | None = None
         self._last_result_end_s: float | None = None
         self._store: SessionStore | None = None
@@ -206,6 +221,8 @@ class SessionRunner:
             state = self._new_subject_state()
             stored = SubjectRecord(subject=subject, training=state)
             log.info("new subject %s: stage %s, context %s", subject, state.stage, state.context)
+        if self.options.subject_info is not None:
+            stored.info = dict(self.options.subject_info)
         self.record = stored
         self.training = Training(self.stages, switch, list(self.contexts), stored.training)
         if self.options.context is not None and self.options.context != self.training.context:
@@ -248,6 +265,7 @@ class SessionRunner:
                       "usb_port": self._sim.hifi_port if self._sim is not None else sound.usb_port,
                       "simulated": self._sim is not None},
             "start_context": self.training.context, "start_stage": self.training.stage.name,
+            "weight_g": self.options.weight_g, "water": {"delivered_ul": round(self._water_ul, 3)},
             "limits": {"trials": self.options.trials, "minutes": self.options.minutes},
             "imaging": self._imaging.health() if self._imaging is not None else None,
             "online": self._online.describe() if self._online is not None else None,
@@ -269,9 +287,11 @@ class SessionRunner:
         with ExitStack() as stack:
             port = self.settings.bpod.port
             if self.simulated:
-                rig = SimulatedRig(self.settings, self.speed, self.record.simulated_mouse)
+                rig = SimulatedRig(self.settings, self.speed, self.record.simulated_mouse,
+                                   day=self.record.sessions)  # the field of view moves from day to day
                 self._sim = stack.enter_context(rig)
                 port = self._sim.port
+            rois = self._given_rois()  # a wrong ROI folder is one sentence before anything is written
             client = BpodClient(port, timeout_s=self.settings.bpod.timeout_s)
             client.connect()
             stack.callback(client.close)
@@ -300,7 +320,7 @@ class SessionRunner:
             if self.settings.online.enabled and self.settings.online.start_with_rig:
                 self._online = stack.enter_context(OnlineProcess(
                     self.settings, self._store.folder, self.data_root / self.options.subject,
-                    app_port=self._app_port()))
+                    app_port=self._app_port(), rois=rois))
             self._imaging = stack.enter_context(open_imaging(self.settings, self._store.folder, self._sim))
             self._store.write_session_info(self._session_info(started))  # with the imaging source's plan
             self._children = stack.enter_context(ChildWatcher(  # stops after the children (finally below)
@@ -323,6 +343,7 @@ class SessionRunner:
                 self._imaging.stop()  # final frame counts for session.json (the stack's stop is a no-op)
                 if self._online is not None:
                     self._online.stop()  # after the last frames; its exit status goes into session.json
+                    self._match_rois()
                 self.record.sessions += 1
                 self._save_subject()
                 self._store.write_session_info(self._session_info(started, datetime.now()))
@@ -406,6 +427,50 @@ class SessionRunner:
                 trial.not_started, trial.abort_reason = True, self._fault.reason
                 self._finish(trial, None)
 
+    def _match_rois(self) -> None:
+        """This session's ROIs matched to the subject's earlier sessions (roi_matches.json); a failure is
+        logged, never the end of the session's bookkeeping."""
+        assert self._store is not None
+        try:
+            match_session(self._store.folder, self.settings.online.roi_match)
+        except Exception:  # the trials are safe on disk; a match can be made again later from the files
+            log.exception("matching this session's ROIs to earlier sessions failed")
+
+    def _given_rois(self) -> Path | None:
+        """The ROIs for the online module (--rois, else online.rois), read and checked against the frame
+        size here, so ROIs that are unreadable or of another field are one sentence before the session."""
+        online = self.settings.online
+        path = self.options.rois if self.options.rois is not None else online.rois
+        if path is not None and not (online.enabled and online.start_with_rig):
+            log.warning("ROIs %s are not used: the rig starts no online module (online.enabled, "
+                        "online.start_with_rig)", path)
+            return None
+        if path is None:
+            return None
+        try:
+            planes = load_roi_planes(path)
+        except UserInputError as exc:
+            raise UserError(str(exc)) from None
+        scope = self._sim.scope if self._sim is not None else None
+        if scope is not None:
+            size, source = (scope.effective.height, scope.effective.width), "the simulated microscope's"
+        else:
+            imaging = self.settings.imaging
+            size, source = (imaging.frame_height, imaging.frame_width), "imaging's"
+        where = " (suite2p ops.npy Ly, Lx)" if is_suite2p_output(path) else ""
+        for plane, (rois, _) in enumerate(planes):
+            if tuple(rois.shape) != size:
+                raise UserError(f"ROIs {path} (plane {plane}) are for {rois.shape[0]}x{rois.shape[1]} frames"
+                                f"{where} but {source} frames are {size[0]}x{size[1]}: ROIs of another field "
+                                "of view or zoom")
+        try:
+            planes = select_planes(planes, self.settings.imaging.planes, path)
+        except UserInputError as exc:
+            raise UserError(str(exc)) from None
+        log.info("ROIs from %s: %s", path,
+                 ", ".join(f"plane {k} {rois.n} ROIs" for k, (rois, _) in enumerate(planes)))
+        return Path(path)
+
     def _open_sound(self, client: BpodClient, stack: ExitStack) -> None:
         """sound.device hifi: the HiFi module the Bpod found, loaded with the task's tones, and the task's
         cue outputs from it; a module that is missing is one clear error before the session begins."""
@@ -457,6 +522,7 @@ class SessionRunner:
         with self._lock:
             stage, context_name, events = self.training.next_trial()
             learned = self.training.state.task_learned
+            block = self.record.blocks.enter(context_name)  # a context switch starts the next block
         context = context_named(context_name, self.contexts)
         spec = select_trial(self.record.history, trial_number=number, context=context, stage=stage,
                             rules=self.settings.task.selection, auto_reward=self.settings.task.auto_reward,
@@ -464,7 +530,8 @@ class SessionRunner:
         gate = self._decoder_gate(stage.delay_s)
         params = dataclasses.replace(self.params, decoder_gated_delay=gate) if gate else self.params
         machine = build_trial(spec, params)
-        prepared = PreparedTrial(number, spec, machine, [_event_dict(e) for e in events], gate=gate)
+        prepared = PreparedTrial(number, spec, machine, [_event_dict(e) for e in events], gate=gate,
+                                 block=block)
         for event in events:
             log.info("trial %d: %s", number, _describe_event(event))
         return prepared
@@ -487,7 +554,8 @@ class SessionRunner:
         self._store.journal(trial.number, "trial", **trial.spec.to_dict())
         self._publish(TOPIC_TRIAL, {  # the online module files the trial's frames under its context
             "kind": "start", "trial": trial.number, "context": trial.spec.context.name,
-            "side": trial.spec.side, "gated": trial.gate is not None, "epochs": epoch_states()})
+            **_block_fields(trial.block), "side": trial.spec.side, "gated": trial.gate is not None,
+            "epochs": epoch_states()})
         self._client.start_trial(trial.machine)
         trial.sent = True
 
@@ -626,6 +694,7 @@ class SessionRunner:
         record = TrialRecord(
             trial=trial.number, subject=self.options.subject,
             **spec_fields(trial.spec.to_dict() | ({"free_drop": scored.free_drop} if scored else {})),
+            **_block_fields(trial.block),
             score=TrialScore.from_scored(scored) if scored is not None else None,
             outcome=outcome, abort_reason=trial.abort_reason,
             stopped=outcome in ("aborted", "not_started") and trial.abort_reason is None,
@@ -636,13 +705,14 @@ class SessionRunner:
             bpod=bpod, sounds=sounds,
             host_time=datetime.now().isoformat(timespec="milliseconds"),
             closed_loop=_closed_loop_record(trial.gate, result) if result is not None else None,
-            pole=trial.pole, lickport=trial.lickport,
+            pole=trial.pole, lickport=trial.lickport, outputs=_state_outputs(trial.machine),
             # training counted a trial cut short with the outcome it had reached
             outcome_before_abort=scored.outcome if scored is not None and outcome != scored.outcome
             and scored.outcome != "aborted" else None,
         )
         self._store.append_trial(record)
         self._trials_done += 1
+        self._water_ul += trial_water_ul(record, self._valves)
         if self._children is not None:
             self._children.report()  # a child's death or return into session.json
         self._save_subject()
@@ -827,6 +897,16 @@ def _event_dict(event: Any) -> dict[str, Any]:
 def _describe_event(event: Any) -> str:
     data = _event_dict(event)
     return " ".join(f"{k}={v}" for k, v in data.items())
+
+
+def _block_fields(block: Block | None) -> dict[str, Any]:
+    """The trial's block as record and message keys (`block`, `block_label`)."""
+    return {} if block is None else {"block": block.index, "block_label": block.label}
+
+
+def _state_outputs(machine: StateMachine) -> dict[str, dict[str, Any]]:
+    """{state: {output: value}} of the states that set outputs: the record's `outputs`."""
+    return {s.name: dict(s.actions) for s in machine.states if s.actions}
 
 
 def _closed_loop_record(gate: DecoderGate | None, result: TrialResult) -> dict[str, Any] | None:

@@ -30,8 +30,9 @@ from rig.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def simulated_microscope_config(settings: Settings) -> MicroscopeConfig:
-    """The simulated microscope of settings.sim.microscope, at the frame format of settings.imaging (its
+def simulated_microscope_config(settings: Settings, day: int = 0) -> MicroscopeConfig:
+    """The simulated microscope of settings.sim.microscope on imaging `day` (the subject's earlier sessions:
+    the field shifts and a few cells change from day to day), at the frame format of settings.imaging (its
     planes, one channel: the simulator renders no more). It keeps no per-frame ground truth: in a
     session nothing reads it, and at ~4 KB a frame (200 neurons) it would grow by megabytes per hundred
     trials in the microscope process; each frame still carries its own truth."""
@@ -42,16 +43,16 @@ def simulated_microscope_config(settings: Settings) -> MicroscopeConfig:
     return MicroscopeConfig.from_settings(
         settings.sim.microscope, seed=settings.sim.seed, height=imaging.frame_height,
         width=imaging.frame_width, frame_rate_hz=imaging.frame_rate_hz, planes=imaging.planes,
-        dtype=imaging.dtype, truth_history_frames=0)
+        dtype=imaging.dtype, truth_history_frames=0, day=day)
 
 
 def build_simulated_scope(settings: Settings, speed: float, world: World,
                           clock: Callable[[], int] | None = None,
-                          cpu_budget: float = DEFAULT_CPU_BUDGET) -> SimScope:
+                          cpu_budget: float = DEFAULT_CPU_BUDGET, day: int = 0) -> SimScope:
     """The simulated microscope for a `SimulatedRig`: settings.sim.microscope and settings.imaging, wired as
     settings.wiring, reduced by `plan_for_speed` so that it keeps up with a session at `speed`; `clock`
-    reads the engine's cycle (see `SimScope.now_cycle`)."""
-    config = simulated_microscope_config(settings)
+    reads the engine's cycle (see `SimScope.now_cycle`); `day` as in `simulated_microscope_config`."""
+    config = simulated_microscope_config(settings, day)
     wiring = settings.wiring
     scope = SimScope.for_speed(
         config, world, speed, cpu_budget, clock=clock, imaging_trigger=wiring.imaging_trigger,
@@ -64,9 +65,11 @@ def build_simulated_scope(settings: Settings, speed: float, world: World,
 
 
 class SimulatedRig:
-    """Started before the session connects, stopped after it disconnects."""
+    """Started before the session connects, stopped after it disconnects. `day`: the subject's earlier
+    sessions, for the microscope's field of view that day."""
 
-    def __init__(self, settings: Settings, speed: float, mouse_state: dict[str, Any] | None = None) -> None:
+    def __init__(self, settings: Settings, speed: float, mouse_state: dict[str, Any] | None = None,
+                 day: int = 0) -> None:
         self.settings = settings
         self.speed = speed
         self.server = EmulatorServer(firmware=settings.bpod.firmware, model=settings.bpod.model, speed=speed)
@@ -87,7 +90,8 @@ class SimulatedRig:
             mapping = trained_mapping({trained.cue_for(side): side for side in ("left", "right")})
         # The microscope (sized for `speed`) listens to the world before the mouse, which feeds it its plans.
         firmware = self.server.firmware
-        self.scope = (build_simulated_scope(settings, speed, self.server.world, clock=lambda: firmware.cycle)
+        self.scope = (build_simulated_scope(settings, speed, self.server.world, clock=lambda: firmware.cycle,
+                                            day=day)
                       if settings.imaging.source == "simulated" else None)
         self.hifi, self.hearing = self._plug_in_hifi()
         self.mouse = SimulatedMouse(

@@ -1,6 +1,7 @@
 """A subject's persistent state (`<root>/<subject>/subject.json`), carried from session to session.
 
-It holds the training state (stage, context, counts), the recent scored trials that trial selection
+It holds the training state (stage, context, counts), the subject's blocks (each visit to a context,
+protocols/blocks.py), the recent scored trials that trial selection
 looks back on (antibias, auto-reward), and, for simulated subjects, what the simulated mouse has
 learned, so that the next session continues exactly where this one stopped.
 """
@@ -12,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from protocols.blocks import BlockHistory, BlockHistoryError
 from protocols.outcome import ScoredTrial
 from protocols.training import SubjectTrainingState, TrainingStateError
 from rig.store import SUBJECT_FILE, DataError, check_subject_id, read_json, write_json_atomic
@@ -28,12 +30,18 @@ class SubjectRecord:
     sessions: int = 0
     simulated_mouse: dict[str, Any] | None = None
     coding_directions: dict[str, Any] = field(default_factory=dict)
+    blocks: BlockHistory = field(default_factory=BlockHistory)
+    """Every visit to a context so far, so a block continues into the next session while its context does."""
+    info: dict[str, Any] | None = None
+    """Species, sex, date of birth or age, genotype (`rig.subject_info.SubjectInfo` as JSON); None until
+    given."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": FORMAT_VERSION, "subject": self.subject, "training": self.training.to_dict(),
             "history": [t.to_dict() for t in self.history[-HISTORY_KEPT:]], "sessions": self.sessions,
             "simulated_mouse": self.simulated_mouse, "coding_directions": self.coding_directions,
+            "blocks": self.blocks.to_list(), "info": self.info,
             "updated": datetime.now().isoformat(timespec="seconds"),
         }
 
@@ -56,8 +64,10 @@ def load_subject(root: Path, subject: str) -> SubjectRecord | None:
             sessions=int(data.get("sessions", 0)),
             simulated_mouse=data.get("simulated_mouse"),
             coding_directions=dict(data.get("coding_directions", {})),
+            blocks=BlockHistory.from_list(data.get("blocks")),
+            info=data.get("info"),
         )
-    except (KeyError, TypeError, ValueError, TrainingStateError) as exc:
+    except (KeyError, TypeError, ValueError, TrainingStateError, BlockHistoryError) as exc:
         raise DataError(f"{path}: cannot read the subject's state ({exc}); fix or move the file") from exc
 
 

@@ -1,7 +1,8 @@
 """What a session did, from its files alone: trials, outcomes, Perf100 per context, context switches,
 the dead time between trials measured from the Bpod's own timestamps, and the times a child process
 (online module, frame source, monitor) died: the online module's gaps with their frames lost and trials
-affected, from session.json."""
+affected, from session.json; and how many of its ROIs were found again in earlier sessions
+(roi_matches.json)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 from online.store import JsonLinesError, read_jsonl
 from protocols.outcome import PerformanceTracker, ScoredTrial
 from protocols.trial_record import TrialRecord, TrialRecordError
+from rig.roi_matches import ROI_MATCHES_FILE, match_summary
 from rig.store import SESSION_FILE, TRIALS_FILE, DataError, read_json
 
 CYCLE_S = 1e-4
@@ -64,6 +66,7 @@ def summarize_session(folder: Path) -> dict[str, Any]:
     outcomes = Counter(r.outcome for r in records)
     tracker = PerformanceTracker()
     contexts: list[str] = []
+    blocks: dict[int, dict[str, Any]] = {}
     switches = []
     gaps_cycles: list[int] = []
     previous_end: float | None = None
@@ -73,6 +76,12 @@ def summarize_session(folder: Path) -> dict[str, Any]:
             tracker.add(scored)
         if record.context and record.context not in contexts:
             contexts.append(record.context)
+        if record.block is not None:  # the session's part of each block (a block may span sessions)
+            part = blocks.setdefault(record.block, {"block": record.block, "label": record.block_label,
+                                                    "context": record.context, "first_trial": record.trial,
+                                                    "trials": 0, "correct": 0})
+            part["trials"] += 1
+            part["correct"] += record.outcome == "hit"
         for event in record.training_events:
             if event.get("kind") == "context_switched":
                 switches.append({"trial": record.trial, "from": event.get("before"),
@@ -90,13 +99,17 @@ def summarize_session(folder: Path) -> dict[str, Any]:
         "perf100_by_context": by_context,
         "performance_by_context": {c: tracker.performance(context=c) for c in contexts},
         "context_switches": switches,
+        "blocks": list(blocks.values()),
         "dead_time_cycles": {"max": max(gaps_cycles) if gaps_cycles else None,
                              "mean": sum(gaps_cycles) / len(gaps_cycles) if gaps_cycles else None,
                              "nonzero": sum(1 for g in gaps_cycles if g != 0)},
         "early_lick_trials": sum(1 for r in records if r.score is not None and r.score.early_lick),
         "free_drop_trials": sum(1 for r in records if r.free_drop),
         "online": _online_summary(info.get("online")),
+        "weight_g": info.get("weight_g"), "water": dict(info.get("water") or {}),
         "child_events": list((info.get("children") or {}).get("events") or []),
+        "roi_matches": match_summary(read_json(folder / ROI_MATCHES_FILE)
+                                     if (folder / ROI_MATCHES_FILE).exists() else None),
     }
 
 
@@ -149,6 +162,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     for context, perf in summary["perf100_by_context"].items():
         overall = summary["performance_by_context"][context]
         lines.append(f"  {context:<20} Perf100 {pct(perf):>5}   all trials {pct(overall):>5}")
+    for block in summary["blocks"]:
+        lines.append(f"  block {block['label']:<4} ({block['context']}) from trial {block['first_trial']}: "
+                     f"{block['trials']} trials, {block['correct']} correct")
     for switch in summary["context_switches"]:
         lines.append(f"  context switch before trial {switch['trial']}: {switch['from']} -> {switch['to']}"
                      f" ({switch['reason']})")
@@ -157,5 +173,19 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"  host dead time between trials (Bpod clock, beyond the device's 1 cycle): "
                      f"max {dead['max']} cycles, "
                      f"mean {dead['mean']:.2f}, {dead['nonzero']} gaps not zero")
+    water = summary.get("water") or {}
+    if water.get("delivered_ul") is not None:
+        extra = water.get("supplementary_ul")
+        lines.append(f"  water from the valves {water['delivered_ul']:g} uL"
+                     + (f", supplementary {extra:g} uL" if extra is not None else "")
+                     + (f"; weight {summary['weight_g']:g} g" if summary.get("weight_g") is not None else ""))
     lines += _child_lines(summary)
+    for match in summary.get("roi_matches", []):
+        if "error" in match:
+            lines.append(f"  ROIs not matched to session {match['session']}: {match['error']}")
+        else:
+            dy, dx = match["shift_px"]
+            lines.append(f"  ROIs matched to session {match['session']}: {match['n_matched']} of "
+                         f"{match['n_current']} (it had {match['n_previous']}), field shift ({dy:.1f}, "
+                         f"{dx:.1f}) px")
     return "\n".join(lines)

@@ -70,7 +70,9 @@ def simulate(context: str, trial_seed: int, n_trials: int = 110, lead_s: float =
     rng = np.random.default_rng(trial_seed)
     aligner = LoopAligner(frame_offset_s=DT / 2)  # a frame at its centre
     trials = AlignedTrials(N_NEURONS)
-    decoder = ContextDecoder(context, N_NEURONS, DecoderConfig(bin_s=DT), roi_set_id=ROI_SET)
+    # about 50 correct trials per side: fewer than the default 50 on one side
+    config = DecoderConfig(DecoderSettings(min_trials_per_side=10), bin_s=DT)
+    decoder = ContextDecoder(context, N_NEURONS, config, roi_set_id=ROI_SET)
     correct = []
     t = lead_s
     for _ in range(n_trials):
@@ -231,7 +233,8 @@ def test_store_keeps_cds_as_json_and_recognises_the_returning_context(sessions: 
 
 
 def test_incremental_updates_equal_the_batch_results(sessions: dict[str, Session]) -> None:
-    decoder = ContextDecoder("tactile", N_NEURONS, DecoderConfig(bin_s=DT), roi_set_id=ROI_SET)
+    decoder = ContextDecoder("tactile", N_NEURONS, DecoderConfig(DecoderSettings(min_trials_per_side=10),
+                                                                 bin_s=DT), roi_set_id=ROI_SET)
     correct = sessions["A"].correct
     for k, (side, trial) in enumerate(correct):
         decoder.add_trial(side, trial)
@@ -253,20 +256,23 @@ def test_incremental_updates_equal_the_batch_results(sessions: dict[str, Session
                                lda_cd(batch.right_bins, batch.left_bins).vector, atol=1e-10)
     right_avg, left_avg = decoder.trial_average()
     np.testing.assert_allclose(right_avg, batch.right_bins.mean(axis=0))
-    assert decoder.accuracy() == decoding_accuracy(batch)
+    assert decoder.accuracy() == decoding_accuracy(batch, "lda")  # the default method, 10 repeats
 
 
 def test_the_cd_method_of_the_settings_is_the_one_the_decoder_uses(sessions: dict[str, Session]) -> None:
-    classic = ContextDecoder("tactile", N_NEURONS, DecoderConfig(bin_s=DT))
-    lda = ContextDecoder("tactile", N_NEURONS, DecoderConfig(DecoderSettings(cd_method="lda"), bin_s=DT))
+    few = {"min_trials_per_side": 10}
+    classic = ContextDecoder("tactile", N_NEURONS, DecoderConfig(DecoderSettings(cd_method="classic", **few),
+                                                                 bin_s=DT))
+    lda = ContextDecoder("tactile", N_NEURONS, DecoderConfig(DecoderSettings(**few), bin_s=DT))
     for side, trial in sessions["A"].correct:
         classic.add_trial(side, trial)
         lda.add_trial(side, trial)
-    assert DecoderSettings().cd_method == "classic" and classic.coding_direction().method == "classic"
+    assert DecoderSettings().cd_method == "lda" and classic.coding_direction().method == "classic"
     cd = lda.coding_direction()
     assert cd.method == "lda"
     np.testing.assert_allclose(cd.vector, classic.coding_direction("delay", "lda").vector, atol=1e-12)
     assert not np.allclose(cd.vector, classic.coding_direction().vector)
+    assert DecoderSettings().min_trials_per_side == 50  # the paper's sessions have at least 50 per side
     assert lda.decode_trial(sessions["A"].correct[0][1]) == cd.decode(
         sessions["A"].correct[0][1].mean_in(lda.windows["delay"]))
 

@@ -35,7 +35,8 @@ def _features(config: DecoderConfig, rng: np.random.Generator, side: str) -> dic
 
 
 def test_a_decoder_keeps_the_most_recent_trials_per_side_and_its_cd_is_theirs() -> None:
-    config = DecoderConfig(DecoderSettings(min_trials_per_side=5, trials_kept_per_side=KEPT), bin_s=0.1)
+    settings = DecoderSettings(min_trials_per_side=5, trials_kept_per_side=KEPT, cd_method="classic")
+    config = DecoderConfig(settings, bin_s=0.1)
     decoder = ContextDecoder("tactile", N_NEURONS, config)
     rng = np.random.default_rng(0)
     fed: dict[str, list[np.ndarray]] = {"right": [], "left": []}
@@ -75,7 +76,8 @@ def _pipeline(trials_kept_per_side: int) -> tuple[OnlinePipeline, np.ndarray]:
              for y in range(4, 28, 8) for x in range(4, 28, 6)]
     rois = RoiSet.from_masks((size, size), [{"ypix": ys, "xpix": xs} for ys, xs in masks])
     reference = np.random.default_rng(2).uniform(50.0, 150.0, (size, size)).astype(np.float32)
-    decoder = DecoderSettings(min_trials_per_side=3, trials_kept_per_side=trials_kept_per_side)
+    decoder = DecoderSettings(min_trials_per_side=3, trials_kept_per_side=trials_kept_per_side,
+                              split_repeats=2)
     config = PipelineConfig(OnlineSettings(decoder=decoder), frame_rate_hz=10.0, measure_frame_rate=False)
     pipeline = OnlinePipeline(config, rois=rois, reference=reference, session="s")
     for index in range(20):  # initialises on the first usable frames, with the given reference and ROIs

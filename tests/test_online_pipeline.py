@@ -225,7 +225,9 @@ def test_coding_directions_match_the_ground_truth(sessions: Sessions) -> None:
               for epoch in ("sample", "delay", "response")}
     log.info("CD cosine with ground truth: %s", cosine)
     assert cosine["delay"] >= 0.9
-    assert cosine["sample"] >= 0.85 and cosine["response"] >= 0.85
+    # deconvolved activity (the default input) follows the rates less closely in the short, strong sample
+    # and response epochs than dF/F did (0.96 then; 0.85-0.95 now)
+    assert cosine["sample"] >= 0.8 and cosine["response"] >= 0.8
 
 
 def test_cd_dot_products_across_contexts_and_sessions_via_coding_directions_json(sessions: Sessions) -> None:
@@ -260,6 +262,10 @@ def test_session_files_hold_every_frame_and_trial(sessions: Sessions) -> None:
     run = sessions.first
     assert len(table) == len(run.traces)
     np.testing.assert_array_equal(table.dff, np.array([t.dff for t in run.traces], np.float32))
+    # deconvolution is on by default: published beside dF/F and saved beside it (deconvolved.f32)
+    assert table.deconvolved is not None and table.meta["deconvolved_file"] == "deconvolved.f32"
+    published = np.array([t.deconvolved for t in run.traces], np.float32)
+    np.testing.assert_array_equal(table.deconvolved, published)
     assert table.index["trial"][0] == 1 and table.index["frame_index"][5] == 5
     assert table.meta["n_rois"] == N_NEURONS
     assert (folder / "rois.npz").exists() and np.load(folder / "reference.npy").shape == (SIZE, SIZE)
@@ -388,20 +394,20 @@ def test_malformed_events_and_frames_are_refused_with_a_reason() -> None:
 
 def test_the_online_settings_reach_registration_and_the_decoders() -> None:
     """online.registration.crop_px is the side of the centre crop registered; online.decoder.cd_method the
-    CD the decoders compute (classic unless the settings say otherwise)."""
+    CD the decoders compute (the paper's lda unless the settings say otherwise)."""
     sim = small_sim()
     sim.start_trial(0.1, "tactile", "left", EPOCHS, trial=1)
     frames = sim.frames_until(1.0)
     default = small_pipeline(sim)
-    cropped = small_pipeline(sim, registration={"crop_px": 32}, decoder={"cd_method": "lda"})
+    cropped = small_pipeline(sim, registration={"crop_px": 32}, decoder={"cd_method": "classic"})
     for pipeline in (default, cropped):
         for i, f in enumerate(frames):
             pipeline.process_frame(header(f, i, size=64), f.pixels)
     assert default.frame_stage is not None and cropped.frame_stage is not None
     assert default.frame_stage.registration.crop_px == 64  # 128 by default, clipped to the 64 px frame
     assert cropped.frame_stage.registration.crop_px == 32
-    assert default.decoder_config is not None and default.decoder_config.method == "classic"
-    assert cropped.decoder_config is not None and cropped.decoder_config.method == "lda"
+    assert default.decoder_config is not None and default.decoder_config.method == "lda"
+    assert cropped.decoder_config is not None and cropped.decoder_config.method == "classic"
 
 
 def test_rois_of_another_frame_size_are_refused() -> None:

@@ -17,7 +17,8 @@ from hardware.scanimage.reader import ScanImageFile
 from hardware.sim.loop_tiff import LoopTiffFiles
 from hardware.sim.microscope import MicroscopeConfig, SimFrame, SimMicroscope
 from online.config import PipelineConfig
-from online.errors import MalformedInput, PipelineError
+from online.errors import MalformedInput, PipelineError, UserInputError
+from online.frame_stage import FrameStage
 from online.messages import DecoderResult, TraceFrame
 from online.outputs import PipelineOutput
 from online.pipeline import OnlinePipeline
@@ -151,6 +152,32 @@ def test_every_plane_gets_its_rois_registration_and_traces(run: Run) -> None:
         assert np.median(r) > 0.6, (z, np.median(r))
 
 
+def test_each_plane_frame_carries_its_own_deconvolution_and_the_others_latest(run: Run) -> None:
+    p = run.pipeline
+    stages = p.plane_stages
+    assert len({id(s.deconvolver) for s in stages}) == PLANES  # one deconvolver (own state) per plane
+    assert all(s.deconvolver is not None and s.deconvolver.n == 20 for s in stages)
+    assert all(t.deconvolved is not None and t.deconvolved.shape == (N_NEURONS,) for t in run.traces)
+    pairs = sorted(zip(run.headers, run.traces, strict=True), key=lambda ht: ht[0].seq)
+    for (_, before), (h, now) in zip(pairs[:400], pairs[1:401], strict=True):
+        others = np.ones(N_NEURONS, bool)
+        others[p.plane_columns[h.plane]] = False
+        assert before.deconvolved is not None and now.deconvolved is not None
+        np.testing.assert_array_equal(now.deconvolved[others], before.deconvolved[others])
+    # A plane's columns are what a frame stage of that plane alone makes of that plane's frames.
+    z = 3
+    alone = FrameStage(p.plane_references[z], p.plane_rois[z], p.frame_rate_hz, p.config.online,
+                       p.config.registration)
+    mine = [(h, t) for h, t in pairs if h.plane == z][:150]
+    for h, t in mine:
+        _, dff, deconvolved = alone.process(run.frames[h.seq].pixels)
+        assert t.deconvolved is not None and deconvolved is not None
+        np.testing.assert_allclose(t.dff[p.plane_columns[z]], dff, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(t.deconvolved[p.plane_columns[z]], deconvolved, rtol=1e-5, atol=1e-6)
+    assert max(float(np.abs(t.deconvolved[p.plane_columns[z]]).max()) for _, t in mine  # type: ignore[index]
+               ) > 0  # (spikes were found, so the comparison is not of zeros)
+
+
 def test_decoding_runs_over_every_planes_neurons(run: Run) -> None:
     p = run.pipeline
     decoder = p.decoders["tactile"]
@@ -245,6 +272,11 @@ def test_five_plane_scanimage_files_are_read_and_replayed(tmp_path: Path) -> Non
     table = read_traces(tmp_path / "out")
     assert sorted(set(table.index["plane"].tolist())) == list(range(PLANES))
     assert table.dff.shape[0] == summary.frames
+    assert table.deconvolved is not None and table.deconvolved.shape == table.dff.shape
+    assert np.isfinite(table.deconvolved).all()
+    counts = table.meta["plane_rois"]
+    assert len(counts) == PLANES and sum(counts) == table.dff.shape[1]
+    assert [RoiSet.load(tmp_path / "out" / f"rois_plane{z}.npz").n for z in range(PLANES)] == counts
     done = json.loads((tmp_path / "out" / SUMMARY_FILE).read_text())
     assert done["pipeline"]["planes"] == PLANES and len(done["pipeline"]["rois_per_plane"]) == PLANES
     # The recording says how many planes it has (settings of one plane: still every plane replayed), and a
@@ -296,8 +328,10 @@ def test_a_suite2p_folder_of_planes_gives_a_roi_set_and_reference_per_plane(tmp_
         stat = [{"ypix": y, "xpix": x, "lam": lam} for y, x, lam in (rois.roi(i) for i in range(rois.n))]
         ops = {"meanImg": run.sim.template(z), "Ly": SIZE, "Lx": SIZE}
         write_suite2p(root / f"plane{z}", stat, np.ones((rois.n, 2)), ops)
-    sets, references = load_roi_source(root)
+    sets, references = load_roi_source(root, 3)
     assert isinstance(sets, list) and [s.n for s in sets] == [20, 20, 20]
+    with pytest.raises(UserInputError, match="are of 3 plane"):
+        load_roi_source(root, 5)  # a session of 5 planes needs 5 ROI sets
     assert isinstance(references, list) and np.array_equal(references[2], run.sim.template(2))
     pipeline = OnlinePipeline(config(planes=3), rois=sets, reference=references)
     assert pipeline.shape == (SIZE, SIZE) and not pipeline.ready
@@ -364,3 +398,63 @@ def test_continuous_mode_places_each_volume_on_the_trial_of_its_first_plane(run:
     placed = [(t.frame_index, t.trial) for t in traces if t.trial]
     assert placed and all(first_plane[i].trial == trial for i, trial in placed)
     assert {trial for _, trial in placed} == {1, 2, 3, 4}
+
+
+def day_sim(day: int) -> SimMicroscope:
+    return SimMicroscope(MicroscopeConfig(height=SIZE, width=SIZE, n_neurons=N_NEURONS, planes=PLANES, seed=0,
+                                          day=day, day_shift_px=8.0, day_turnover=0.2))
+
+
+def test_a_later_day_moves_every_plane_by_one_shift_and_each_plane_loses_its_own_cells() -> None:
+    from online.roi_match import register_fields
+
+    first, later = day_sim(0), day_sim(1)
+    shifts = {f.day.shift for f in later.fields}
+    assert len(shifts) == 1 and max(abs(v) for v in shifts.pop()) > 1.0  # the volume moves as a whole
+    assert all(f.day.visible.all() for f in first.fields)
+    gone = [~f.day.visible for f in later.fields]
+    assert all(0 < g.sum() < 20 for g in gone) and len({g.tobytes() for g in gone}) > 1
+    for z in range(PLANES):  # each plane's image and masks moved by the day's shift
+        dy, dx, _ = register_fields(first.template(z), later.template(z), 20.0)
+        np.testing.assert_allclose([dy, dx], np.negative(later.fields[z].day.shift), atol=0.5)
+        moved = np.subtract([m.med for m in later.plane_masks(z)], [m.med for m in first.plane_masks(z)])
+        assert np.abs(np.median(moved, axis=0) - later.fields[z].day.shift).max() <= 1.0
+    # One plane: the day is the one-plane simulator's as before.
+    one = SimMicroscope(MicroscopeConfig(height=SIZE, width=SIZE, n_neurons=N_NEURONS, seed=0, day=1,
+                                         day_shift_px=8.0, day_turnover=0.2))
+    assert one.field.day.shift == later.fields[0].day.shift
+
+
+def test_sessions_of_several_planes_are_matched_plane_by_plane(tmp_path: Path) -> None:
+    from online.store import SessionOutputs
+    from rig.roi_matches import match_session
+
+    folders = []
+    for day, name in ((0, "2026-01-01_100000"), (1, "2026-01-02_100000")):
+        sim = day_sim(day)
+        sets = [RoiSet.from_masks((SIZE, SIZE), sim.plane_masks(z)) for z in range(PLANES)]
+        templates = [sim.template(z) for z in range(PLANES)]
+        folder = tmp_path / "m" / name
+        outputs = SessionOutputs(folder)
+        outputs.write_rois(RoiSet.concatenate(sets), templates[0], planes=list(zip(sets, templates,
+                                                                                    strict=True)))
+        outputs.close()
+        (folder / "session.json").write_text("{}")
+        assert json.loads((folder / "traces.json").read_text())["plane_rois"] == [20] * PLANES
+        folders.append(folder)
+    result = match_session(folders[1])
+    assert result is not None and result["n_rois"] == N_NEURONS
+    [match] = result["matches"]
+    assert len(match["planes"]) == PLANES and match["n_current"] == match["n_previous"] == N_NEURONS
+    truth = np.negative(day_sim(1).field.day.shift)
+    for plane in match["planes"]:
+        np.testing.assert_allclose(plane["shift_px"], truth, atol=0.5)
+    pairs = np.array(match["pairs"])
+    assert match["n_matched"] == sum(p["n_matched"] for p in match["planes"]) >= 0.6 * N_NEURONS
+    # Indices into rois.npz: a cell matched to itself, on its own plane (20 ROIs a plane).
+    assert (pairs[:, 0] == pairs[:, 1]).mean() > 0.95
+    assert {int(i) // 20 for i in pairs[:, 1]} == set(range(PLANES))
+    # Sessions of other plane counts are not compared.
+    (folders[0] / "rois_plane4.npz").unlink()
+    [other] = match_session(folders[1])["matches"]  # type: ignore[index]
+    assert "4 plane(s), this one 5" in other["error"]

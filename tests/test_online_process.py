@@ -145,6 +145,9 @@ def test_the_live_module_end_to_end_over_zeromq(tmp_path: Path) -> None:
 
     table = read_traces(session)
     assert len(table) == sent_frames and table.dff.shape[1] == snapshot.n_rois
+    # deconvolved activity (on by default) travels beside dF/F and is saved beside it, frame for frame
+    assert all(t.deconvolved is not None for t in traces) and table.deconvolved is not None
+    np.testing.assert_array_equal(table.deconvolved, np.array([t.deconvolved for t in traces]))
     assert RoiSet.load(session / "rois.npz").n == snapshot.n_rois and (session / "reference.npy").exists()
     lines = read_jsonl(session / "decoder.jsonl")
     assert [line["trial"] for line in lines] == list(range(1, N_TRIALS + 1))
@@ -162,7 +165,7 @@ def test_a_module_that_cannot_start_is_reported_with_its_log(tmp_path: Path) -> 
     settings, _ = make_settings(tmp_path)
     process = OnlineProcess(settings, tmp_path / "session", None,
                             rois=tmp_path / "no-such-suite2p-folder")
-    with pytest.raises(OnlineProcessError, match="(?s)exited with status 2.*expected a suite2p plane folder"):
+    with pytest.raises(OnlineProcessError, match="(?s)exited with status 2.*no-such-suite2p-folder do not"):
         process.start()
     assert process.exit_status == 2 and not process.running
 

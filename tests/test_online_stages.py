@@ -65,7 +65,7 @@ def test_the_frame_stage_registers_and_gives_each_roi_its_dff() -> None:
     stage = FrameStage(image, rois, 10.0, OnlineSettings(), RegistrationParams(crop_px=48))
     assert stage.registration.crop_px == 48
     moved = np.roll(image, (2, -1), axis=(0, 1))  # the content moves by (+2, -1): registration says (-2, +1)
-    shift, dff = stage.process(moved)
+    shift, dff, _ = stage.process(moved)
     assert (round(shift.dy), round(shift.dx)) == (-2, 1) and shift.correlation > 0.5
     assert dff.shape == (rois.n,) and np.isfinite(dff).all()
 
@@ -99,17 +99,27 @@ def test_the_trial_stage_decodes_each_trial_held_out_then_trains_on_it() -> None
 
 
 def test_the_outputs_shape_a_trial_into_its_result_and_decoder_line() -> None:
+    prospective = Prospective()
+    for side, right in (("left", True), ("left", True), ("left", False), ("right", True)):
+        prospective.add(side, right)
+    similarity = {"dot": 0.9, "ceiling": 0.95, "ceiling_a": 0.96, "ceiling_b": 0.94, "n_right": 25,
+                  "n_left": 25}
     outcome = TrialOutcome(3, "tactile", {"trial": 3, "side": "left", "outcome": "hit", "licked_side": "up"},
-                           correct=True, n_frames=12, trained_epochs=["delay"],
-                           similarity={"delay": {"s0/tactile": 0.9}}, accuracy={"tactile": 0.8},
-                           trials_per_side={"left": 5, "right": 4},
-                           prospective={"tactile": Prospective(decoded=4, correct=3)}, cds_changed=True)
+                           correct=True, block="1'", n_frames=12, trained_epochs=["delay"],
+                           similarity={"delay": {"s0/1": similarity}}, ceiling={"delay": 0.97},
+                           accuracy={"1'": 0.8}, trials_per_side={"left": 5, "right": 4},
+                           prospective={"1'": prospective}, cds_changed=True)
     decoding = trial_decoding(outcome, "s1", "rois-x", closed_loop=None)
     result, line = decoding.result, decoding.record
     assert result.trial == 3 and result.actual_side == "left" and result.licked_side is None
-    assert result.decoded_side is None and result.cd_similarity == {"s0/tactile": 0.9}
+    assert result.decoded_side is None and result.block == "1'" and not result.gated
+    assert result.cd_similarity == {"s0/1": 0.9} and result.cd_similarity_ceiling == {"s0/1": 0.95}
+    assert result.cd_ceiling == 0.97 and line["cd_similarity_by_epoch"]["delay"]["s0/1"] == similarity
     assert line["session"] == "s1" and line["roi_set_id"] == "rois-x" and line["n_frames"] == 12
-    assert line["prospective"] == {"tactile": {"decoded": 4, "correct": 3, "accuracy": 0.75}}
+    # balanced: (2/3 + 1/1) / 2, where the pooled fraction would be 3/4
+    assert line["prospective"] == {"1'": {"decoded": 4, "correct": 3, "accuracy": 0.8333,
+                                          "by_side": {"left": [3, 2], "right": [1, 1]}}}
+    assert line["prospective_gated"] == {}
     assert line["epochs"] is None and "decode_skipped" not in line and decoding.cds_changed
     out = PipelineOutput()
     out.add_trace(header(7), 0.75, 1, Shift(1.0, -2.0, 0.9), np.array([0.5, 1.5]))

@@ -77,6 +77,9 @@ def test_session_writes_every_trial_and_the_next_session_resumes(settings: Setti
     resumed = json.loads((tmp_path / "m1" / "subject.json").read_text())
     assert resumed["training"]["total_trials"] == 30 and resumed["sessions"] == 2
     assert resumed["training"]["trials_in_context"] == subject["training"]["trials_in_context"] + 5
+    # the same context the next day: the block goes on (block 1, labelled 1, on every trial of both)
+    assert all((r["block"], r["block_label"]) == (1, "1") for r in records + trials_of(second))
+    assert resumed["blocks"] == subject["blocks"] == [{"block": 1, "context": "tactile", "label": "1"}]
     assert abs(mapping["pole_posterior"] - 0.5) > 0.3 and abs(mapping["pole_anterior"] - 0.5) > 0.3
     assert set(resumed["simulated_mouse"]["mapping"]) == set(mapping)
 
@@ -161,6 +164,15 @@ def test_context_switch_by_command_lands_on_a_trial_boundary(settings: Settings,
     assert session.result is not None
     summary = summarize_session(session.result.folder)
     assert summary["context_switches"][0]["trial"] == first_new + 1
+    assert [(b["label"], b["context"], b["first_trial"]) for b in summary["blocks"]] == \
+        [("1", "tactile", 1), ("2", "auditory", first_new + 1)]
+    # each visit is a block: 1 then 2, and a return to tactile the next session is block 3, labelled 1'
+    assert [(r["block"], r["block_label"]) for r in records] == \
+        [(1, "1")] * first_new + [(2, "2")] * (len(records) - first_new)
+    back = trials_of(run(settings, tmp_path, subject="m3", trials=2, context="tactile"))
+    assert [(r["context"], r["block"], r["block_label"]) for r in back] == [("tactile", 3, "1'")] * 2
+    subject = json.loads((tmp_path / "m3" / "subject.json").read_text())
+    assert [b["label"] for b in subject["blocks"]] == ["1", "2", "1'"]
 
 
 def test_bad_control_requests_are_refused_and_the_session_goes_on(settings: Settings, tmp_path: Path) -> None:

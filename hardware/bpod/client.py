@@ -50,8 +50,14 @@ DEFAULT_BAUDRATE = 1_312_500
 READ_POLL_S = 0.05
 # A queued trial's start arrives a cycle plus the USB link after the previous trial ends. Firmware 23 never
 # starts one whose transfer was still being read when that trial ended (its `startFlag == true` typo): it
-# is loaded and waits for `R`. This long after the end, with nothing received, the client sends `R`.
-START_WAIT_S = 0.01
+# is loaded and waits for `R`. This long after the end, with nothing received, the client sends `R`. An `R`
+# that reaches a device whose trial did start restarts that trial (the firmware sets startFlag whatever it
+# is doing), so the wait is long against a real start (a cycle and a USB frame) and against a device that
+# is slow to answer (an emulator on a loaded host); the quirk costs that much dead time when it happens.
+START_WAIT_S = 0.25
+QUIRK_WINDOW_S = 0.25
+"""The quirk needs the transfer in progress at the trial's end: a state machine written this long before the
+end arrived was read in full long before (a few kB over USB take milliseconds), so no `R` follows it."""
 
 
 class BpodError(RuntimeError):
@@ -515,7 +521,7 @@ class BpodClient:
                     self._trials_finished += 1
                     self._entered_by_finished = {self._trials_finished: self._entered}
                     self._recorder = None
-                    if self._pending:
+                    if self._pending and time.monotonic() - self._last_sent_s < QUIRK_WINDOW_S:
                         self._watch_start(START_WAIT_S, self._received)
             self._cond.notify_all()
         for fn, args in callbacks:

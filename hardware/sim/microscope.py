@@ -19,7 +19,9 @@ in order (plane 0 holds the first of them), each plane its own field of view (ow
 vessels). The planes of a volume are scanned one after the other, each a frame of 1 / frame_rate_hz: a
 frame's `plane` is its z index and its `frame_index` the time point (volume) within the acquisition, as
 ScanImage numbers them; its `timestamp_s` is the plane frame's own start. The brain moves rigidly: every
-plane is displaced by the same motion at its own time.
+plane is displaced by the same motion at its own time. On a later `day` every plane's field is displaced
+by the same day shift (the volume is put back under the objective as a whole), and each plane's cells go
+out of view on their own (`FieldOfView.day` of `fields[z]`).
 
 Ground truth is kept for tests and benchmarks: masks (suite2p-like ypix/xpix/lam), per-frame spikes,
 calcium, noiseless dF/F and displacement, and the per-context coding directions.
@@ -53,7 +55,7 @@ Mode = Literal["loop", "continuous"]
 
 @dataclass(frozen=True)
 class MicroscopeConfig:
-    """Everything that shapes a simulated acquisition. The first six fields mirror settings sim.microscope."""
+    """Everything that shapes a simulated acquisition. The first eight fields mirror sim.microscope."""
 
     n_neurons: int = 200
     noise: float = 0.1
@@ -61,6 +63,10 @@ class MicroscopeConfig:
     neuron_radius_px: float = 5.0
     selective_fraction: float = 0.3
     context_overlap: float = 0.2
+    day_shift_px: float = 3.0
+    day_turnover: float = 0.05
+    day: int = 0
+    """Imaging day (the subject's earlier sessions): the field's displacement and cells in view that day."""
     height: int = 512
     width: int = 512
     frame_rate_hz: float = 30.0
@@ -109,7 +115,8 @@ class MicroscopeConfig:
     def optics_params(self) -> OpticsParams:
         return OpticsParams(height=self.height, width=self.width, reference_size_px=self.reference_size_px,
                             neuron_radius_px=self.neuron_radius_px, motion_px=self.motion_px,
-                            noise=self.noise, dtype=self.dtype)
+                            noise=self.noise, dtype=self.dtype, day=self.day,
+                            day_shift_px=self.day_shift_px, day_turnover=self.day_turnover)
 
 
 @dataclass(frozen=True)
@@ -224,9 +231,15 @@ class SimMicroscope:
         self.plane_neurons = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
         """Each plane's neurons (plane z holds neurons plane_neurons[z]: neuron order is plane order)."""
         resting = self.population.resting_dff
-        self.fields = [FieldOfView(config.optics_params(), s.stop - s.start,
-                                   named_rng(config.seed, "field" if z == 0 else f"field:plane{z}"),
-                                   resting[s]) for z, s in enumerate(self.plane_neurons)]
+        self.fields: list[FieldOfView] = []
+        for z, s in enumerate(self.plane_neurons):
+            # The day moves the volume as a whole (plane 0's displacement for every plane); each plane's
+            # cells leave the view on their own.
+            suffix = "" if z == 0 else f":plane{z}"
+            self.fields.append(FieldOfView(
+                config.optics_params(), s.stop - s.start, named_rng(config.seed, "field" + suffix),
+                resting[s], named_rng(config.seed, f"day:{config.day}" + suffix),
+                self.fields[0].day.shift if z else None))
         self.field = self.fields[0]
         self._rng = named_rng(config.seed, "acquisition")
         self.motion = BrainMotion(config.optics_params().motion_max_px, self._rng)

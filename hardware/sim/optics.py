@@ -8,6 +8,11 @@ frame's sub-pixel displacement, shot noise from a pre-generated pool, and the in
 Positions and shapes are drawn in units of the reference frame (512 px across by default) from a
 generator that does not depend on the frame size, so a smaller frame (chosen to keep up with a fast
 session) shows the same neurons at lower resolution.
+
+Across days (`OpticsParams.day`) the same anatomy is imaged again, as when a mouse is put back under the
+objective: the whole field is displaced rigidly by a few pixels, and a few cells are out of view (out of
+the focal plane, or no longer expressing). Both are drawn from a generator of their own per (seed, day), so
+a day's field is reproducible and day 0 is the undisplaced field with every cell in view.
 """
 
 from __future__ import annotations
@@ -50,12 +55,21 @@ class OpticsParams:
     neuropil_coupling: float = 0.5
     """Neuropil dF/F per unit of mean cell dF/F."""
     dtype: str = "int16"
+    day: int = 0
+    """Imaging day (the subject's earlier sessions): selects the day's displacement and cells in view."""
+    day_shift_px: float = 3.0
+    """Largest rigid displacement of the field on a day other than day 0, per axis (reference px)."""
+    day_turnover: float = 0.05
+    """Fraction of cells out of view on a day other than day 0 (drawn independently per day)."""
 
     def __post_init__(self) -> None:
         if self.height < 8 or self.width < 8:
             raise ValueError(f"frame must be at least 8x8 pixels, got {self.height}x{self.width}")
         if self.dtype not in ("int16", "uint16"):
             raise ValueError(f"dtype must be 'int16' or 'uint16', got {self.dtype!r}")
+        if self.day < 0 or self.day_shift_px < 0 or not 0 <= self.day_turnover < 1:
+            raise ValueError(f"need day >= 0, day_shift_px >= 0 and 0 <= day_turnover < 1, got {self.day}, "
+                             f"{self.day_shift_px}, {self.day_turnover}")
 
     @property
     def scale(self) -> tuple[float, float]:
@@ -66,6 +80,31 @@ class OpticsParams:
     def motion_max_px(self) -> tuple[float, float]:
         sy, sx = self.scale
         return self.motion_px * sy, self.motion_px * sx
+
+
+@dataclass(frozen=True)
+class DayView:
+    """How one day's field differs from day 0's: its rigid displacement and which cells are in view."""
+
+    shift: tuple[float, float]
+    """(dy, dx) frame px: the day's content is displaced by this much relative to day 0's."""
+    visible: np.ndarray
+    """(n_neurons,) bool: cells in view on this day."""
+
+
+def day_view(params: OpticsParams, n_neurons: int, rng: np.random.Generator,
+             shift: tuple[float, float] | None = None) -> DayView:
+    """The day's displacement (uniform within +/- day_shift_px per axis, or `shift`: another plane's, the
+    volume moves as a whole) and cells in view (each out of view with probability day_turnover), from the
+    day's own generator; day 0 is undisplaced with every cell."""
+    if params.day == 0:
+        return DayView((0.0, 0.0), np.ones(n_neurons, bool))
+    if shift is None:
+        sy, sx = params.scale
+        dy, dx = rng.uniform(-params.day_shift_px, params.day_shift_px, 2)
+        shift = (float(dy * sy), float(dx * sx))
+    visible = rng.random(n_neurons) >= params.day_turnover
+    return DayView(shift, visible)
 
 
 def gaussian_blur(image: np.ndarray, sigma_px: tuple[float, float]) -> np.ndarray:
@@ -95,16 +134,23 @@ def place_neurons(n: int, radius_norm: float, rng: np.random.Generator) -> np.nd
 
 
 class FieldOfView:
-    """Static anatomy plus the per-frame renderer; masks are in frame pixels at zero displacement."""
+    """Static anatomy plus the per-frame renderer; masks are in frame pixels at zero displacement.
+
+    `day_rng` draws the day's `DayView` (`day_view`; `day_shift` gives its displacement instead, that of
+    another plane of the same volume); the anatomy is drawn from `rng` alone, so every day shows the same
+    cells and background. `masks` are the footprints where the day shows them (displaced by `day.shift`; all
+    cells, also those out of view: see `day.visible`)."""
 
     def __init__(self, params: OpticsParams, n_neurons: int, rng: np.random.Generator,
-                 resting_dff: np.ndarray) -> None:
+                 resting_dff: np.ndarray, day_rng: np.random.Generator | None = None,
+                 day_shift: tuple[float, float] | None = None) -> None:
         self.params = params
+        self.day = day_view(params, n_neurons, day_rng if day_rng is not None else np.random.default_rng(0),
+                            day_shift)
         h, w = params.height, params.width
         sy, sx = params.scale
         my, mx = params.motion_max_px
-        self.pad = int(math.ceil(max(my, mx))) + 2
-        p = self.pad
+        p = int(math.ceil(max(my, mx))) + 2
         hp, wp = h + 2 * p, w + 2 * p
         ref = params.reference_size_px
         radius_norm = params.neuron_radius_px / ref
@@ -113,19 +159,30 @@ class FieldOfView:
         axes = params.neuron_radius_px * np.clip(1 + 0.15 * rng.standard_normal((n_neurons, 2)), 0.7, 1.4)
         angles = rng.uniform(0, math.pi, n_neurons)
         self.resting_brightness = params.brightness * np.exp(0.3 * rng.standard_normal(n_neurons))
-        self.masks = [self._footprint(c, a, t) for c, a, t in zip(centres, axes, angles, strict=True)]
-        # Sparse render structure: unique padded pixels, and per (neuron, pixel) entry its slot and weight.
-        flat = [((m.ypix + p) * wp + (m.xpix + p)) for m in self.masks]
-        entry_flat = np.concatenate(flat)
-        self._entry_neuron = np.concatenate([np.full(f.size, i) for i, f in enumerate(flat)])
-        self._unique, self._entry_slot = np.unique(entry_flat, return_inverse=True)
-        lam = np.concatenate([m.lam for m in self.masks])
-        self._entry_weight = lam * self.resting_brightness[self._entry_neuron]
+        anatomy = [self._footprint(c, a, t) for c, a, t in zip(centres, axes, angles, strict=True)]
+        shift = np.array([self.day.shift[0] / h, self.day.shift[1] / w])
+        self.masks = anatomy if not shift.any() else [
+            self._footprint(c + shift, a, t) for c, a, t in zip(centres, axes, angles, strict=True)]
         # Neuropil: smooth background with fine texture, darkened by vessels.
         coarse = _standardise(gaussian_blur(rng.standard_normal((hp, wp)), (12 * sy, 12 * sx)))
         fine = _standardise(gaussian_blur(rng.standard_normal((hp, wp)), (1.5 * sy, 1.5 * sx)))
         background = params.brightness * 0.4 * np.clip(1 + 0.25 * coarse + 0.1 * fine, 0.2, None)
         background *= 1 - 0.85 * self._vessels(hp, wp, rng)
+        # The day's displacement needs a wider margin: the same canvas, extended by reflection (the few
+        # pixels of new tissue at an edge are not drawn from the anatomy's generator: it stays as on day 0).
+        extra = int(math.ceil(max(abs(self.day.shift[0]), abs(self.day.shift[1]))))
+        if extra:
+            background = np.pad(background, extra, mode="reflect")
+        self.pad = p = p + extra
+        hp, wp = h + 2 * p, w + 2 * p
+        # Sparse render structure: unique padded pixels, and per (neuron, pixel) entry its slot and weight.
+        flat = [((m.ypix + p) * wp + (m.xpix + p)) for m in anatomy]
+        entry_flat = np.concatenate(flat)
+        self._entry_neuron = np.concatenate([np.full(f.size, i) for i, f in enumerate(flat)])
+        self._unique, self._entry_slot = np.unique(entry_flat, return_inverse=True)
+        lam = np.concatenate([m.lam for m in anatomy])
+        in_view = self.day.visible[self._entry_neuron]
+        self._entry_weight = lam * self.resting_brightness[self._entry_neuron] * in_view
         self._neuropil_map = (params.neuropil_coupling * background).astype(np.float32)
         cells = np.zeros(hp * wp)
         np.add.at(cells, entry_flat, self._entry_weight)
@@ -196,10 +253,10 @@ class FieldOfView:
     # -- frames ----------------------------------------------------------------------------------
 
     def template(self) -> np.ndarray:
-        """Noiseless image at rest, zero displacement, no PMT offset (float32): the registration target."""
-        canvas = self._compose(self._resting_dff, 0.0).copy()
-        p = self.pad
-        return canvas[p:p + self.params.height, p:p + self.params.width].copy()
+        """Noiseless image at rest, zero displacement (the day's field), no PMT offset (float32): the
+        registration target."""
+        self._sample(self._compose(self._resting_dff, 0.0), (0.0, 0.0), 1.0)
+        return self._out.copy()
 
     def _compose(self, dff: np.ndarray, neuropil_level: float) -> np.ndarray:
         c = self._canvas
@@ -210,6 +267,22 @@ class FieldOfView:
         self._canvas_flat[self._unique] += values.astype(np.float32)
         return c
 
+    def _sample(self, canvas: np.ndarray, shift: tuple[float, float], gain: float) -> None:
+        """Into `_out`: the canvas bilinearly cropped with its content displaced by `shift` plus the day's
+        displacement, times gain. Output pixel (y, x) samples canvas (y + pad - dy, x + pad - dx)."""
+        h, w, p = self.params.height, self.params.width, self.pad
+        oy, ox = p - shift[0] - self.day.shift[0], p - shift[1] - self.day.shift[1]
+        y0, x0 = int(math.floor(oy)), int(math.floor(ox))
+        ty, tx = np.float32(oy - y0), np.float32(ox - x0)
+        g = np.float32(gain)
+        rows, rows2, out = self._rows, self._rows2, self._out
+        np.multiply(canvas[y0:y0 + h, x0:x0 + w + 1], (1 - ty) * g, out=rows)
+        np.multiply(canvas[y0 + 1:y0 + 1 + h, x0:x0 + w + 1], ty * g, out=rows2)
+        np.add(rows, rows2, out=rows)
+        np.multiply(rows[:, :w], 1 - tx, out=out)
+        np.multiply(rows[:, 1:], tx, out=rows2[:, :w])
+        np.add(out, rows2[:, :w], out=out)
+
     def neuropil_level(self, dff: np.ndarray) -> float:
         """Neuropil modulation: mean cell activity relative to rest (the neuropil is the cells' neurites)."""
         return float(np.mean(dff)) - self._resting_mean_dff
@@ -218,20 +291,9 @@ class FieldOfView:
                rng: np.random.Generator) -> np.ndarray:
         """One frame: cells at `dff`, content displaced by `shift` (dy, dx) px, brightness x gain, noise."""
         prm = self.params
-        h, w, p = prm.height, prm.width, self.pad
-        canvas = self._compose(dff, self.neuropil_level(dff))
-        # Output pixel (y, x) samples canvas (y + p - dy, x + p - dx): the content moves by +shift.
-        oy, ox = p - shift[0], p - shift[1]
-        y0, x0 = int(math.floor(oy)), int(math.floor(ox))
-        ty, tx = np.float32(oy - y0), np.float32(ox - x0)
-        g = np.float32(gain)
-        rows, rows2, out, sd = self._rows, self._rows2, self._out, self._sd
-        np.multiply(canvas[y0:y0 + h, x0:x0 + w + 1], (1 - ty) * g, out=rows)
-        np.multiply(canvas[y0 + 1:y0 + 1 + h, x0:x0 + w + 1], ty * g, out=rows2)
-        np.add(rows, rows2, out=rows)
-        np.multiply(rows[:, :w], 1 - tx, out=out)
-        np.multiply(rows[:, 1:], tx, out=rows2[:, :w])
-        np.add(out, rows2[:, :w], out=out)
+        h, w = prm.height, prm.width
+        out, sd = self._out, self._sd
+        self._sample(self._compose(dff, self.neuropil_level(dff)), shift, gain)
         # Shot noise (variance proportional to intensity) plus a read-noise floor; pool at a random offset.
         if prm.noise > 0:
             start = int(rng.integers(0, self._noise_pool.size - h * w + 1))

@@ -1,5 +1,5 @@
-"""One context's decoder, updated trial by trial from correct trials (bounded memory), and decoding
-across contexts."""
+"""One block's decoder (a visit to a context, protocols/blocks.py), updated trial by trial from correct
+trials (bounded memory), and decoding across blocks."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from online.decoding.batch import (
     EpochData,
     accuracy,
     decoding_accuracy,
+    masked_vector,
     split_half_similarity,
     split_halves,
     train,
@@ -34,6 +35,7 @@ from online.decoding.directions import (
     unit,
 )
 from online.decoding.projection import RunningProjection
+from online.decoding.reliability import reliable_neurons
 from online.settings import DecoderSettings
 
 logger = logging.getLogger(__name__)
@@ -172,7 +174,12 @@ class _EpochStore:
 
 
 class ContextDecoder:
-    """One context's CDs (sample, delay, response), updated trial by trial from correct trials.
+    """One block's CDs (sample, delay, response), updated trial by trial from correct trials.
+
+    `block` is the block's label (1, 2, 1', ...): a return to a context is a new block and gets a new
+    decoder, so 1 and 1' can be compared. Without a block the decoder is its context's (older records).
+    With online.decoder.reliability_min_r set, only reliable neurons (online/decoding/reliability.py)
+    enter the CDs (the others get weight 0).
 
     Feed only correct trials (`add_trial`): the CD is defined on them. An update stores the trial's window
     means and bins (the most recent `trials_kept_per_side` per side) and keeps per-side sums over them, so
@@ -181,10 +188,11 @@ class ContextDecoder:
     have `min_trials_per_side` trials."""
 
     def __init__(self, context: str, n_neurons: int, config: DecoderConfig | None = None,
-                 roi_set_id: str | None = None) -> None:
+                 roi_set_id: str | None = None, block: str | None = None) -> None:
         if n_neurons < 1:
             raise ValueError(f"n_neurons must be at least 1, got {n_neurons}")
         self.context = context
+        self.block = block
         self.n_neurons = n_neurons
         self.config = config or DecoderConfig()
         self.roi_set_id = roi_set_id
@@ -193,7 +201,20 @@ class ContextDecoder:
                                            self.config.settings.trials_kept_per_side)
                         for epoch, window in self.windows.items()}
         self._cache: dict[tuple[str, str], CodingDirection] = {}
+        self._mask: np.ndarray | None = None
         self.skipped: dict[str, int] = dict.fromkeys(EPOCHS, 0)
+
+    @property
+    def key(self) -> str:
+        """The block's label, or the context's name for a decoder without a block."""
+        return self.block if self.block is not None else self.context
+
+    @property
+    def name(self) -> str:
+        """For logs: block 1' (tactile), or context 'tactile'."""
+        if self.block is not None:
+            return f"block {self.block} ({self.context})"
+        return f"context {self.context!r}"
 
     # -- updates -------------------------------------------------------------------------------------
 
@@ -207,20 +228,22 @@ class ContextDecoder:
             feature = features.get(epoch)
             if feature is None:
                 self.skipped[epoch] += 1
-                logger.info("context %r: trial %s does not cover the %s window; not used for that CD",
-                            self.context, trial, epoch)
+                logger.info("%s: trial %s does not cover the %s window; not used for that CD",
+                            self.name, trial, epoch)
                 continue
             n_bins = self.windows[epoch].n_bins(self.config.bin_s)
             if feature.mean.shape != (self.n_neurons,) or feature.bins.shape != (n_bins, self.n_neurons):
-                raise ValueError(f"context {self.context!r}, trial {trial}: {epoch} feature shapes "
+                raise ValueError(f"{self.name}, trial {trial}: {epoch} feature shapes "
                                  f"{feature.mean.shape}, {feature.bins.shape} do not match the decoder")
             was_ready = self.ready(epoch)
             store.add(side, feature, trial)
             taken.append(epoch)
             if not was_ready and self.ready(epoch):
-                logger.info("context %r: %s decoder ready (%d right, %d left correct trials)", self.context,
-                            epoch, store.count("right"), store.count("left"))
+                logger.info("%s: %s decoder ready (%d right, %d left correct trials)", self.name, epoch,
+                            store.count("right"), store.count("left"))
         self._cache = {k: v for k, v in self._cache.items() if k[0] not in taken}
+        if taken:
+            self._mask = None
         return taken
 
     def add_trial(self, side: str, trial: TrialFrames) -> list[str]:
@@ -242,12 +265,27 @@ class ContextDecoder:
         store = self._stores[_check_epoch(epoch)]
         need = max(self.config.settings.min_trials_per_side, 2)
         state = "ready" if self.ready(epoch) else f"not ready (needs {need} correct trials per side)"
-        return (f"context {self.context!r} {epoch} decoder {state}: {store.count('right')} right, "
+        return (f"{self.name} {epoch} decoder {state}: {store.count('right')} right, "
                 f"{store.count('left')} left correct trials")
 
     def data(self, epoch: str = "delay") -> EpochData:
         """The stored training trials (copies) for batch analysis."""
         return self._stores[_check_epoch(epoch)].data()
+
+    def neuron_mask(self) -> np.ndarray | None:
+        """The neurons that enter the CDs (online.decoder.reliability_min_r over every epoch's trials), or
+        None when the filter is off (every neuron)."""
+        min_r = self.config.settings.reliability_min_r
+        if min_r is None:
+            return None
+        if self._mask is None:
+            try:
+                self._mask = reliable_neurons([self.data(e) for e in EPOCHS], min_r)
+            except ValueError:
+                return np.zeros(self.n_neurons, dtype=bool)
+            logger.info("%s: %d of %d neurons reliable (split-half r >= %s)", self.name,
+                        int(self._mask.sum()), self.n_neurons, min_r)
+        return self._mask
 
     # -- coding directions and decoding ----------------------------------------------------------------
 
@@ -265,7 +303,10 @@ class ContextDecoder:
         if cd is None:
             store = self._stores[epoch]
             r, lf = store.sides["right"], store.sides["left"]
-            if method == "classic":
+            mask = self.neuron_mask()
+            if mask is not None:
+                vector = unit(masked_vector(store.data(), method, mask))
+            elif method == "classic":
                 vector = unit(r.mean_sum / r.means.n - lf.mean_sum / lf.means.n)
             elif method == "lda":  # per-bin unit mean differences, averaged: the paper's code, from sums
                 per_bin = r.bin_sum / r.means.n - lf.bin_sum / lf.means.n
@@ -280,7 +321,7 @@ class ContextDecoder:
                 raise DecoderNotReady(f"{self.status(epoch)}, but right and left trials do not differ")
             boundary = Boundary.fit(r.means.array @ vector, lf.means.array @ vector)
             cd = CodingDirection(vector, boundary, self.context, epoch, method, r.means.n, lf.means.n,
-                                 self.roi_set_id)
+                                 self.roi_set_id, self.block)
             self._cache[key] = cd
         return cd
 
@@ -311,19 +352,22 @@ class ContextDecoder:
         cd = self.coding_direction(epoch, method)
         return RunningProjection(cd, self.windows[epoch].length_s if window_s is None else window_s)
 
-    def accuracy(self, epoch: str = "delay", method: Method | str | None = None, n_repeats: int = 10,
+    def accuracy(self, epoch: str = "delay", method: Method | str | None = None, n_repeats: int | None = None,
                  seed: int = 0) -> float:
-        """Held-out decoding accuracy (repeated 50/50 splits per side)."""
+        """Held-out balanced decoding accuracy (online.decoder.split_repeats random halves per side)."""
         if not self.ready(epoch):
             raise DecoderNotReady(self.status(epoch))
-        return decoding_accuracy(self.data(epoch), method or self.config.method, n_repeats, seed)
+        return decoding_accuracy(self.data(epoch), method or self.config.method,
+                                 n_repeats or self.config.settings.split_repeats, seed, self.neuron_mask())
 
     def split_half_similarity(self, epoch: str = "delay", method: Method | str | None = None,
-                              n_repeats: int = 10, seed: int = 0) -> float:
-        """Noise ceiling of CD similarity within this session."""
+                              n_repeats: int | None = None, seed: int = 0) -> float:
+        """Noise ceiling of CD similarity within this block (disjoint halves)."""
         if not self.ready(epoch):
             raise DecoderNotReady(self.status(epoch))
-        return split_half_similarity(self.data(epoch), method or self.config.method, n_repeats, seed)
+        return split_half_similarity(self.data(epoch), method or self.config.method,
+                                     n_repeats or self.config.settings.split_repeats, seed,
+                                     self.neuron_mask())
 
 
 def _epoch_data(source: ContextDecoder | EpochData, epoch: str) -> EpochData:

@@ -127,6 +127,24 @@ class LdaResult:
     """Per-bin LDA axes (bins x neurons)."""
 
 
+def lda_vector(right_bins: np.ndarray, left_bins: np.ndarray, axis: LdaAxis | str = "right_singular",
+               ) -> np.ndarray:
+    """The paper's CD alone (= `lda_cd(...).vector`, without the basis): the unit mean of the per-bin LDA
+    axes, or the window's unit mean difference when no bin is selective."""
+    right_bins, left_bins = np.asarray(right_bins, dtype=float), np.asarray(left_bins, dtype=float)
+    if axis == "right_singular":  # per-bin unit mean differences, vectorised
+        per_bin = right_bins.mean(axis=0) - left_bins.mean(axis=0)
+        norms = np.linalg.norm(per_bin, axis=1, keepdims=True)
+        weights = np.divide(per_bin, norms, out=np.zeros_like(per_bin), where=norms > 0)
+    else:
+        weights = np.array([fisher_lda_direction(right_bins[:, b], left_bins[:, b], axis)
+                            for b in range(right_bins.shape[1])])
+    averaged = weights.mean(axis=0)
+    if not np.any(averaged):
+        averaged = right_bins.mean(axis=(0, 1)) - left_bins.mean(axis=(0, 1))
+    return unit(averaged)
+
+
 def lda_cd(right_bins: np.ndarray, left_bins: np.ndarray, n_singular: int | None = None,
            axis: LdaAxis | str = "right_singular") -> LdaResult:
     """The paper's CD from binned window activity (trials x bins x neurons per side): per-bin LDA axes
@@ -163,6 +181,9 @@ class CodingDirection:
     n_left: int = 0
     roi_set_id: str | None = None
     """Which neurons the vector's entries are (e.g. a hash of the ROI masks); CDs compare only within one."""
+    block: str | None = None
+    """The block (visit to the context, protocols/blocks.py: 1, 2, 1', ...) it was trained on; None for
+    CDs stored before blocks existed (one per context)."""
 
     def __post_init__(self) -> None:
         vector = np.array(self.vector, dtype=float)  # a copy: the caller's array stays writeable and ours not
@@ -193,7 +214,7 @@ class CodingDirection:
         """Plain JSON-able data (lists of floats) for subject.json."""
         return {"context": self.context, "epoch": self.epoch, "method": self.method,
                 "n_neurons": self.n_neurons, "roi_set_id": self.roi_set_id, "n_right": self.n_right,
-                "n_left": self.n_left, "vector": [float(x) for x in self.vector],
+                "n_left": self.n_left, "block": self.block, "vector": [float(x) for x in self.vector],
                 "boundary": self.boundary.to_dict()}
 
     @classmethod
@@ -204,7 +225,13 @@ class CodingDirection:
                              f"but holds {vector.size} weights")
         return cls(vector, Boundary.from_dict(data["boundary"]), str(data["context"]),
                    str(data.get("epoch", "delay")), str(data.get("method", "classic")),
-                   int(data.get("n_right", 0)), int(data.get("n_left", 0)), data.get("roi_set_id"))
+                   int(data.get("n_right", 0)), int(data.get("n_left", 0)), data.get("roi_set_id"),
+                   None if data.get("block") is None else str(data["block"]))
+
+    @property
+    def key(self) -> str:
+        """What it is the CD of: its block's label, or its context's name for a CD without a block."""
+        return self.block if self.block is not None else self.context
 
 
 def cd_similarity(a: CodingDirection | np.ndarray, b: CodingDirection | np.ndarray) -> float:

@@ -136,6 +136,30 @@ class ImagingSettings(_Section):
 
 
 # --------------------------------------------------------------------------------------------------------
+# metadata (for the NWB export)
+
+
+class MetadataSettings(_Section):
+    """Who ran the experiment and what the data files do not say about it, for `rig export-nwb`. The
+    subject's species, sex, birth and genotype are the subject's own (subject.json `info`)."""
+
+    lab: str | None = Field(None, max_length=200)
+    """Lab name."""
+    institution: str | None = Field(None, max_length=200)
+    """Institution."""
+    experimenter: list[str] = Field(default_factory=list)
+    """Experimenters, as 'Last, First'."""
+    indicator: str = Field("GCaMP6s", min_length=1, max_length=100)
+    """Calcium indicator imaged."""
+    excitation_lambda_nm: float = Field(920.0, gt=0, le=2000)
+    """Two-photon excitation wavelength (nm)."""
+    emission_lambda_nm: float = Field(510.0, gt=0, le=2000)
+    """Emission wavelength of the functional channel (nm)."""
+    imaging_location: str = Field("MOs", min_length=1, max_length=100)
+    """Imaged area as an Allen CCF acronym (ALM lies in MOs, the secondary motor area)."""
+
+
+# --------------------------------------------------------------------------------------------------------
 # data, network
 
 
@@ -324,6 +348,8 @@ class Settings(_Section):
     """ZeroMQ endpoints."""
     checks: ChecksSettings = Field(default_factory=ChecksSettings)
     """The self-test's cables and timeouts (`rig check-hardware`)."""
+    metadata: MetadataSettings = Field(default_factory=MetadataSettings)
+    """Lab, experimenters and optics, for the NWB export."""
 
     @model_validator(mode="after")
     def _check_loopbacks(self) -> Settings:

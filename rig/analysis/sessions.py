@@ -1,0 +1,206 @@
+"""A subject's sessions as the analysis reads them: per trial what the rig ran and scored, and the online
+module's traces binned on a go-cue-aligned grid, rebuilt from traces.f32 (or deconvolved.f32) and
+trials.jsonl alone, so no result depends on a live process having run.
+
+Each ROI is sampled when its plane is scanned; a trace row holds every ROI, the plane's own fresh and the
+others' from their last frame, so a ROI's samples are the rows of its own plane (every row with one plane).
+A bin is the mean of the samples whose trial time falls in it; a bin with no sample is NaN.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from online.alignment import TrialEpochs
+from online.store import read_jsonl, read_traces
+from protocols.trial_record import TrialRecord, TrialRecordError
+from rig.roi_matches import ROI_MATCHES_FILE
+from rig.store import SESSION_FILE, TRIALS_FILE, DataError
+
+logger = logging.getLogger(__name__)
+
+DECONVOLVED_FILE = "deconvolved.f32"
+
+
+@dataclass(frozen=True)
+class TrialInfo:
+    """One trial as the analysis groups it."""
+
+    trial: int
+    block: int
+    block_label: str
+    context: str
+    side: str
+    outcome: str
+    gated: bool
+    """The decoder's decision fed back into this trial: never used to train (selection bias)."""
+    go_s: float | None
+    """Go cue in trial time (s from the trial trigger), from the Bpod's states."""
+
+
+@dataclass(frozen=True, eq=False)
+class SessionActivity:
+    """One session: its trials and their activity (trials x bins x ROIs, NaN where nothing was sampled)."""
+
+    folder: Path
+    trials: list[TrialInfo]
+    activity: np.ndarray
+    bin_s: float
+    bin_centres_s: np.ndarray
+    """Bin centres relative to the go cue (s)."""
+    source: str
+    """Which trace the activity is: deconvolved or dff."""
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    @property
+    def n_rois(self) -> int:
+        return int(self.activity.shape[2])
+
+    def window(self, start_s: float, stop_s: float) -> np.ndarray:
+        """Bins whose centre lies in [start, stop) relative to the go cue (trials x bins x ROIs)."""
+        keep = (self.bin_centres_s >= start_s) & (self.bin_centres_s < stop_s)
+        return self.activity[:, keep, :]
+
+
+def is_session(folder: Path) -> bool:
+    return (folder / SESSION_FILE).is_file() and (folder / TRIALS_FILE).is_file()
+
+
+def session_folders(subject_dir: Path) -> list[Path]:
+    """The subject's session folders, oldest first (their names are their start times)."""
+    subject_dir = Path(subject_dir)
+    if not subject_dir.is_dir():
+        raise DataError(f"{subject_dir}: not a folder")
+    folders = sorted(p for p in subject_dir.iterdir() if p.is_dir() and is_session(p))
+    if not folders:
+        raise DataError(f"{subject_dir}: no session folders (a session folder holds {SESSION_FILE} and "
+                        f"{TRIALS_FILE})")
+    return folders
+
+
+def _trial_info(record: TrialRecord, data: dict) -> TrialInfo | None:
+    if record.context is None or record.side is None:
+        return None
+    block = data.get("block")
+    label = data.get("block_label")
+    closed_loop = record.closed_loop or {}
+    states = record.bpod.states if record.bpod is not None else {}
+    go_s = TrialEpochs.from_states(states).go_s if states else None
+    return TrialInfo(record.trial, int(block) if isinstance(block, int) else 0,
+                     str(label) if label is not None else record.context, record.context, record.side,
+                     record.outcome, bool(closed_loop.get("gated", False)), go_s)
+
+
+def read_trial_infos(folder: Path) -> list[TrialInfo]:
+    path = folder / TRIALS_FILE
+    infos = []
+    for number, data in enumerate(read_jsonl(path), 1):
+        try:
+            record = TrialRecord.from_json(data)
+        except TrialRecordError as exc:
+            raise DataError(f"{path}: record {number}: {exc}") from None
+        info = _trial_info(record, data)
+        if info is not None:
+            infos.append(info)
+    return infos
+
+
+def roi_planes(folder: Path, n_rois: int) -> np.ndarray | None:
+    """The plane of each ROI, when the session says (traces.json `roi_planes`); None for one plane."""
+    meta = json.loads((folder / "traces.json").read_text())
+    counts = meta.get("plane_rois")
+    if not counts or len(counts) < 2:
+        return None
+    planes = np.repeat(np.arange(len(counts)), counts)
+    if planes.size != n_rois:
+        raise DataError(f"{folder / 'traces.json'}: plane_rois add up to {planes.size} ROIs, the traces hold "
+                        f"{n_rois}")
+    return planes
+
+
+def load_session(folder: Path, *, source: str = "deconvolved", before_go_s: float = 4.2,
+                 after_go_s: float = 2.0) -> SessionActivity:
+    """Trials and binned activity of one session folder. `source` deconvolved falls back to dF/F (with a
+    warning) where the session has no deconvolved trace."""
+    folder = Path(folder)
+    trials = read_trial_infos(folder)
+    try:
+        table = read_traces(folder)
+    except (FileNotFoundError, ValueError) as exc:
+        raise DataError(f"{folder}: no traces to analyse ({exc})") from None
+    values, used = table.dff, "dff"
+    if source == "deconvolved":
+        path = folder / DECONVOLVED_FILE
+        if path.is_file():
+            raw = np.fromfile(path, dtype=np.float32)
+            n = min(raw.size // table.dff.shape[1], len(table))
+            values, used = raw[: n * table.dff.shape[1]].reshape(n, -1), "deconvolved"
+        else:
+            logger.warning("%s: no %s; analysing dF/F", folder.name, DECONVOLVED_FILE)
+    elif source != "dff":
+        raise ValueError(f"source must be 'deconvolved' or 'dff', got {source!r}")
+    index = table.index[: len(values)]
+    rate = table.meta.get("frame_rate_hz")
+    if not rate or rate <= 0:
+        raise DataError(f"{folder / 'traces.json'}: no frame_rate_hz; the bins cannot be laid out")
+    bin_s = 1.0 / float(rate)
+    first = -int(np.ceil(before_go_s / bin_s))
+    n_bins = int(np.ceil(after_go_s / bin_s)) - first
+    centres = (np.arange(n_bins) + first + 0.5) * bin_s
+    n_rois = values.shape[1]
+    activity = np.full((len(trials), n_bins, n_rois), np.nan, dtype=np.float32)
+    go = {t.trial: t.go_s for t in trials}
+    row_of_trial = {t.trial: i for i, t in enumerate(trials)}
+    trial_col = index["trial"].astype(np.int64)
+    rel = index["time_in_trial_s"] - np.array([go.get(int(k)) or np.nan for k in trial_col], dtype=float)
+    # a sample on a bin edge (to rounding) belongs to the bin it starts
+    bins = np.where(np.isfinite(rel), np.floor(np.nan_to_num(rel) / bin_s + 1e-6), -10**9).astype(np.int64)
+    bins -= first
+    rows = np.array([row_of_trial.get(int(k), -1) for k in trial_col], dtype=np.int64)
+    ok = (rows >= 0) & (bins >= 0) & (bins < n_bins)
+    planes = roi_planes(folder, n_rois)
+    groups: Iterator[tuple[np.ndarray, np.ndarray]]
+    if planes is None:
+        groups = iter([(ok, np.arange(n_rois))])
+    else:
+        groups = ((ok & (index["plane"] == p), np.flatnonzero(planes == p)) for p in np.unique(planes))
+    for rows_mask, cols in groups:
+        flat = rows[rows_mask] * n_bins + bins[rows_mask]
+        sums = np.zeros((len(trials) * n_bins, cols.size))
+        counts = np.zeros(len(trials) * n_bins)
+        np.add.at(sums, flat, values[rows_mask][:, cols])
+        np.add.at(counts, flat, 1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = (sums / counts[:, None]).reshape(len(trials), n_bins, cols.size)
+        activity[:, :, cols] = mean
+    return SessionActivity(folder, trials, activity, bin_s, centres, used)
+
+
+def read_roi_matches(folder: Path) -> list[tuple[str, str, list[tuple[int, int]]]]:
+    """The session's ROI matches to earlier sessions (roi_matches.json, pairs [earlier ROI, this ROI]) as
+    (this session, earlier session, [(this ROI, earlier ROI), ...]); an earlier session that could not be
+    compared (an entry with an error) has none."""
+    path = Path(folder) / ROI_MATCHES_FILE
+    if not path.is_file():
+        return []
+    try:
+        data = json.loads(path.read_text())
+        return [(Path(folder).name, str(m["session"]),
+                 [(int(this), int(earlier)) for earlier, this in m["pairs"]])
+                for m in data["matches"] if "error" not in m]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{path}: not a ROI match file ({exc})") from None
+
+
+def load_subject(subject_dir: Path, sessions: Sequence[Path] | None = None,
+                 **options) -> list[SessionActivity]:
+    return [load_session(folder, **options) for folder in (sessions or session_folders(subject_dir))]
