@@ -119,36 +119,51 @@ def test_water_from_the_valves_is_recorded_and_exported(session: Path, exported:
 
 
 def test_imaging_round_trips(session: Path, exported: tuple[Path, Any]) -> None:
+    """Every plane of the session (settings imaging.planes, told apart by traces.json plane_rois): its
+    ROIs, dF/F and deconvolved columns over its own frames, shifts, files and rate."""
     path, nwb = exported
-    rois = RoiSet.load(session / "rois.npz")
-    seg = nwb.processing["ophys"]["ImageSegmentation"]["PlaneSegmentation0"]
-    assert len(seg) == rois.n
-    for i in (0, rois.n // 2, rois.n - 1):
-        y, x, lam = rois.roi(i)
-        mask = np.array(seg["pixel_mask"][i].tolist() if hasattr(seg["pixel_mask"][i], "tolist")
-                        else seg["pixel_mask"][i])
-        got = np.array([tuple(m) for m in mask], float)
-        assert np.array_equal(got[:, 0], x) and np.array_equal(got[:, 1], y)
-        assert np.allclose(got[:, 2], lam)
     traces = read_traces(session)
-    dff = nwb.processing["ophys"]["DfOverF"]["DfOverFPlane0"]
-    assert dff.data.shape == traces.dff.shape
-    assert np.array_equal(dff.data[:], traces.dff)
+    counts = traces.meta["plane_rois"]
+    assert len(counts) == load_settings(session / "settings.yaml").imaging.planes > 1
+    assert traces.deconvolved is not None
     starts = {r.trial: r.trial_start_s for r in _records(session) if r.bpod is not None}
-    index = traces.index
-    placed = index["trial"] > 0
-    expected = np.array([starts[int(k)] for k in index["trial"][placed]]) + index["time_in_trial_s"][placed]
-    assert np.allclose(dff.timestamps[:][placed], expected, rtol=0, atol=1e-9)
-    assert np.all(np.diff(dff.timestamps[:]) > 0)
-    shifts = nwb.processing["ophys"]["MotionShiftsPlane0"]
-    assert np.allclose(shifts.data[:, 1], index["shift_dx"])
-    series = nwb.acquisition["TwoPhotonSeriesPlane0"]
-    files = list(series.external_file[:])
-    assert len(files) == TRIALS and all((path.parent / f).is_file() for f in files)
-    assert np.array_equal(series.timestamps[:], dff.timestamps[:])
-    assert nwb.imaging_planes["ImagingPlane0"].location == "MOs"
-    assert nwb.imaging_planes["ImagingPlane0"].imaging_rate == pytest.approx(traces.meta["frame_rate_hz"])
-    assert list(series.dimension[:]) == [rois.shape[1], rois.shape[0]]
+    begin = 0
+    for plane, count in enumerate(counts):
+        rois = RoiSet.load(session / f"rois_plane{plane}.npz")
+        assert rois.n == count
+        seg = nwb.processing["ophys"]["ImageSegmentation"][f"PlaneSegmentation{plane}"]
+        assert len(seg) == rois.n
+        for i in (0, rois.n // 2, rois.n - 1):
+            y, x, lam = rois.roi(i)
+            mask = np.array(seg["pixel_mask"][i].tolist() if hasattr(seg["pixel_mask"][i], "tolist")
+                            else seg["pixel_mask"][i])
+            got = np.array([tuple(m) for m in mask], float)
+            assert np.array_equal(got[:, 0], x) and np.array_equal(got[:, 1], y)
+            assert np.allclose(got[:, 2], lam)
+        rows = np.flatnonzero(traces.index["plane"] == plane)
+        columns = slice(begin, begin + count)
+        begin += count
+        dff = nwb.processing["ophys"]["DfOverF"][f"DfOverFPlane{plane}"]
+        assert np.array_equal(dff.data[:], traces.dff[rows][:, columns])
+        deconvolved = nwb.processing["ophys"]["Fluorescence"][f"DeconvolvedPlane{plane}"]
+        assert np.array_equal(deconvolved.data[:], traces.deconvolved[rows][:, columns])
+        index = traces.index[rows]
+        placed = index["trial"] > 0
+        trial_starts = np.array([starts[int(k)] for k in index["trial"][placed]])
+        expected = trial_starts + index["time_in_trial_s"][placed]
+        assert np.allclose(dff.timestamps[:][placed], expected, rtol=0, atol=1e-9)
+        assert np.all(np.diff(dff.timestamps[:]) > 0)
+        shifts = nwb.processing["ophys"][f"MotionShiftsPlane{plane}"]
+        assert np.allclose(shifts.data[:, 1], index["shift_dx"])
+        series = nwb.acquisition[f"TwoPhotonSeriesPlane{plane}"]
+        files = list(series.external_file[:])
+        assert len(files) == TRIALS and all((path.parent / f).is_file() for f in files)
+        assert np.array_equal(series.timestamps[:], dff.timestamps[:])
+        assert nwb.imaging_planes[f"ImagingPlane{plane}"].location == "MOs"
+        assert nwb.imaging_planes[f"ImagingPlane{plane}"].imaging_rate == pytest.approx(
+            traces.meta["frame_rate_hz"])
+        assert list(series.dimension[:]) == [rois.shape[1], rois.shape[0]]
+    assert begin == traces.dff.shape[1]
 
 
 def test_decoding_round_trips(session: Path, exported: tuple[Path, Any]) -> None:
