@@ -40,18 +40,25 @@ def test_sessions_match_their_rois_to_earlier_days_and_take_suite2p_rois(tmp_pat
                                             width=SIZE)
     truth = np.subtract(*(SimMicroscope(config, day=d).field.day.shift for d in (0, 1)))
     assert np.abs(truth).max() > 1.0
-    np.testing.assert_allclose(match["shift_px"], truth, atol=0.5)
+    np.testing.assert_allclose(match["shift_px"], truth, atol=0.5)  # (plane 0's; every plane moves so)
     assert match["n_matched"] >= 0.5 * min(match["n_current"], match["n_previous"])
     text = format_summary(summarize_session(second))
     assert f"ROIs matched to session {first.name}: {match['n_matched']} of {match['n_current']}" in text
 
-    # suite2p output made from the first day's ROIs and mean image: the third session uses exactly those
+    # suite2p output made from the first day's ROIs and mean image of each plane: the third session uses
+    # exactly those
+    planes = settings.imaging.planes
+    assert planes > 1 and len(match["planes"]) == planes  # matched plane by plane, each moved by the day
+    for by_plane in match["planes"]:
+        np.testing.assert_allclose(by_plane["shift_px"], truth, atol=0.5)
     rois = RoiSet.load(first / "rois.npz")
-    stat = [{"ypix": y, "xpix": x, "lam": lam, "med": [int(y.mean()), int(x.mean())]}
-            for y, x, lam in (rois.roi(i) for i in range(rois.n))]
-    mean = np.load(first / "reference.npy")
-    plane = write_suite2p(tmp_path / "s2p" / "suite2p" / "plane0", stat, np.ones((rois.n, 2)),
-                          {"meanImg": mean, "Ly": SIZE, "Lx": SIZE})
+    for z in range(planes):
+        plane_rois = RoiSet.load(first / f"rois_plane{z}.npz")
+        stat = [{"ypix": y, "xpix": x, "lam": lam, "med": [int(y.mean()), int(x.mean())]}
+                for y, x, lam in (plane_rois.roi(i) for i in range(plane_rois.n))]
+        mean = np.load(first / f"reference_plane{z}.npy")
+        plane = write_suite2p(tmp_path / "s2p" / "suite2p" / f"plane{z}", stat, np.ones((plane_rois.n, 2)),
+                              {"meanImg": mean, "Ly": SIZE, "Lx": SIZE})
     third = run(rois=plane.parent.parent)
     assert json.loads((third / "session.json").read_text())["online"]["rois"] == str(plane.parent.parent)
     used = RoiSet.load(third / "rois.npz")
