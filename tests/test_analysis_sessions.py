@@ -25,7 +25,8 @@ def _session(folder, trials: int = 3, planes: int = 1, n_rois: int = 4, drop_tri
                 "bpod": {"States": {"ResponseCue": [[GO_S, GO_S + 0.1]]}, "Events": {}}}
                for t in range(1, trials + 1)]
     (folder / "trials.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    writer = TraceWriter(folder, n_rois, roi_set_id="r1", frame_rate_hz=RATE)
+    writer = TraceWriter(folder, n_rois, roi_set_id="r1", frame_rate_hz=RATE,
+                         plane_rois=[n_rois // planes] * planes)
     plane_of_roi = np.repeat(np.arange(planes), n_rois // planes)
     frame = 0
     for t in range(1, trials + 1):
@@ -39,10 +40,6 @@ def _session(folder, trials: int = 3, planes: int = 1, n_rois: int = 4, drop_tri
                 writer.append(TraceFrame(frame, t, 0.0, time_s, 0.0, 0.0, 1.0, row), plane=plane)
             frame += 1
     writer.close()
-    if planes > 1:
-        meta = json.loads((folder / "traces.json").read_text())
-        meta["plane_rois"] = [n_rois // planes] * planes
-        (folder / "traces.json").write_text(json.dumps(meta))
     return folder
 
 

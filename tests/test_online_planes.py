@@ -458,3 +458,15 @@ def test_sessions_of_several_planes_are_matched_plane_by_plane(tmp_path: Path) -
     (folders[0] / "rois_plane4.npz").unlink()
     [other] = match_session(folders[1])["matches"]  # type: ignore[index]
     assert "4 plane(s), this one 5" in other["error"]
+
+
+def test_traces_json_says_the_rois_of_each_plane(tmp_path: Path) -> None:
+    from online.store import TraceWriter
+
+    (tmp_path / "one").mkdir()
+    TraceWriter(tmp_path / "one", 10).close()
+    TraceWriter(tmp_path, 10, plane_rois=[4, 6]).close()
+    assert json.loads((tmp_path / "traces.json").read_text())["plane_rois"] == [4, 6]
+    assert json.loads((tmp_path / "one" / "traces.json").read_text())["plane_rois"] == [10]
+    with pytest.raises(ValueError, match="add up to n_rois"):
+        TraceWriter(tmp_path / "one", 10, plane_rois=[4, 5])

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from online.rois import RoiSet
 from online.store import read_traces
 from rig.control import send_request
 from rig.free_endpoints import free_network_overrides
@@ -35,7 +37,13 @@ def test_online_module_runs_beside_the_session_and_saves_its_outputs(tmp_path: P
     assert (result.folder / "traces.f32").stat().st_size > 0 and (result.folder / "rois.npz").exists()
     planes = settings.imaging.planes
     assert planes == 5 and (result.folder / f"rois_plane{planes - 1}.npz").exists()
-    assert sorted(set(read_traces(result.folder).index["plane"].tolist())) == list(range(planes))
+    traces = read_traces(result.folder)
+    assert sorted(set(traces.index["plane"].tolist())) == list(range(planes))
+    # traces.json says each plane's ROIs (those of its own file); every plane frame has deconvolved activity
+    counts = traces.meta["plane_rois"]
+    assert counts == [RoiSet.load(result.folder / f"rois_plane{z}.npz").n for z in range(planes)]
+    assert sum(counts) == traces.dff.shape[1]
+    assert traces.deconvolved is not None and np.isfinite(traces.deconvolved).all()
     summary = json.loads((result.folder / "online_summary.json").read_text())
     assert summary["events_receiver"]["gaps"] == 0 and summary["events_receiver"]["malformed"] == 0
     assert summary["frames_receiver"]["gaps"] == 0

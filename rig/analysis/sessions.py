@@ -115,7 +115,7 @@ def read_trial_infos(folder: Path) -> list[TrialInfo]:
 
 
 def roi_planes(folder: Path, n_rois: int) -> np.ndarray | None:
-    """The plane of each ROI, when the session says (traces.json `roi_planes`); None for one plane."""
+    """The plane of each ROI, when the session says (traces.json `plane_rois`); None for one plane."""
     meta = json.loads((folder / "traces.json").read_text())
     counts = meta.get("plane_rois")
     if not counts or len(counts) < 2:
