@@ -218,6 +218,8 @@ class SessionRunner:
         if not self.simulated:
             return SubjectTrainingState(stage=self.stages[0].name, context=context)
         sim = self.settings.sim.subject
+        if sim.naive:
+            return SubjectTrainingState(stage=self.stages[0].name, context=context)
         trained = self.options.context is None or self.options.context == sim.trained_context
         return SubjectTrainingState(stage=sim.stage, context=self.options.context or sim.trained_context,
                                     task_learned=sim.task_learned,
@@ -269,7 +271,7 @@ class SessionRunner:
         with ExitStack() as stack:
             port = self.settings.bpod.port
             if self.simulated:
-                rig = SimulatedRig(self.settings, self.speed, self.record.simulated_mouse)
+                rig = SimulatedRig(self.settings, self.speed, self.data_root / self.options.subject)
                 self._sim = stack.enter_context(rig)
                 port = self._sim.port
             client = BpodClient(port, timeout_s=self.settings.bpod.timeout_s)
@@ -296,6 +298,8 @@ class SessionRunner:
             self._store = SessionStore.create(self.data_root, self.options.subject, started, experiment_yaml,
                                               self._session_info(started), rig_yaml=rig_yaml)
             stack.callback(self._store.close)
+            if self._sim is not None:
+                self._sim.record_truth(self._store.folder)
             self._subject_lock.name_session(self._store.folder)
             if self.settings.online.enabled and self.settings.online.start_with_rig:
                 self._online = stack.enter_context(OnlineProcess(
@@ -654,7 +658,7 @@ class SessionRunner:
     def _save_subject(self) -> None:
         assert self._store is not None
         if self._sim is not None:
-            self.record.simulated_mouse = self._sim.mouse_state()
+            self._sim.save()  # the simulated subject's own state and the session's ground truth
         self._store.durable_write(subject_path(self.data_root, self.options.subject),
                                   lambda: save_subject(self.data_root, self.record))
 

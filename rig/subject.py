@@ -1,8 +1,9 @@
 """A subject's persistent state (`<root>/<subject>/subject.json`), carried from session to session.
 
 It holds the training state (stage, context, counts), the recent scored trials that trial selection
-looks back on (antibias, auto-reward), and, for simulated subjects, what the simulated mouse has
-learned, so that the next session continues exactly where this one stopped.
+looks back on (antibias, auto-reward), so that the next session continues exactly where this one
+stopped. A simulated subject's mouse keeps its own state beside it (`<subject>/sim/subject-state.json`,
+hardware/sim/subject_file.py).
 """
 
 from __future__ import annotations
@@ -26,14 +27,13 @@ class SubjectRecord:
     training: SubjectTrainingState
     history: list[ScoredTrial] = field(default_factory=list)
     sessions: int = 0
-    simulated_mouse: dict[str, Any] | None = None
     coding_directions: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": FORMAT_VERSION, "subject": self.subject, "training": self.training.to_dict(),
             "history": [t.to_dict() for t in self.history[-HISTORY_KEPT:]], "sessions": self.sessions,
-            "simulated_mouse": self.simulated_mouse, "coding_directions": self.coding_directions,
+            "coding_directions": self.coding_directions,
             "updated": datetime.now().isoformat(timespec="seconds"),
         }
 
@@ -54,7 +54,6 @@ def load_subject(root: Path, subject: str) -> SubjectRecord | None:
             training=SubjectTrainingState.from_dict(data["training"]),
             history=[ScoredTrial.from_dict(t) for t in data.get("history", [])],
             sessions=int(data.get("sessions", 0)),
-            simulated_mouse=data.get("simulated_mouse"),
             coding_directions=dict(data.get("coding_directions", {})),
         )
     except (KeyError, TypeError, ValueError, TrainingStateError) as exc:
