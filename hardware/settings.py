@@ -399,7 +399,7 @@ class SimSubjectSettings(_Section):
     """Learning-rate gain per switch of mapping (relearning gets faster each time)."""
     pattern_drift: float = Field(0.1, ge=0, le=1)
     """Fraction of a stored pattern's variance that is new when its mapping returns."""
-    pattern_trace: float = Field(0.3, ge=0, le=2)
+    pattern_trace: float = Field(0.05, ge=0, le=2)
     """Weight of the pattern learned in between added to a returning pattern (the memory trace)."""
 
 

@@ -80,7 +80,7 @@ class SimulatedRig:
     """Started before the session connects, stopped after it disconnects.
 
     The mouse is the subject of `subject_dir` (hardware/sim/subject.py): its latent states, mappings and
-    bias are read from `<subject_dir>/sim/subject-state.json` (a new subject starts as settings.sim.subject
+    bias are read from `<subject_dir>/SUBJECT_STATE_FILE` (a new subject starts as settings.sim.subject
     says) and written back by `save()`, so each session is the next day of the same mouse. The pattern the
     population expresses is the mouse's, never the rig's context label; `record_truth(folder)` writes the
     ground truth there (hardware/sim/subject_file.py)."""

@@ -2,8 +2,8 @@
 
 It holds the training state (stage, context, counts), the recent scored trials that trial selection
 looks back on (antibias, auto-reward), so that the next session continues exactly where this one
-stopped. A simulated subject's mouse keeps its own state beside it (`<subject>/sim/subject-state.json`,
-hardware/sim/subject_file.py).
+stopped. A simulated subject's mouse keeps its own state beside it, in the subject's sim/ folder
+(hardware/sim/subject_file.py).
 """
 
 from __future__ import annotations

@@ -91,7 +91,7 @@ class _EventQueue:
 
     def set_trial_info(self, context: str | None = None, upcoming_side: str | None = None,
                        cue: str | None = None) -> None:
-        self.events.append(("set_trial_info", context, upcoming_side, cue))
+        self.events.append(("set_trial_info", context, upcoming_side, *((cue,) if cue is not None else ())))
 
     def mark_epoch(self, bpod_time_s: float, event: str) -> None:
         self.events.append(("mark_epoch", bpod_time_s, event))
