@@ -202,7 +202,6 @@ class Subject:
         self.day = 0
         self.trials = 0
         self.switches = 0
-        self.session_trials = 0
         self.session_rewards = 0
         self.last_switch: Switch | None = None
 
@@ -261,7 +260,7 @@ class Subject:
     def new_day(self) -> None:
         """A new session: thirsty again, and yesterday's last outcome no longer steers the choice."""
         self.day += 1
-        self.session_trials = self.session_rewards = 0
+        self.session_rewards = 0
         self.last = None
 
     # -- a trial --------------------------------------------------------------------------------------
@@ -275,7 +274,6 @@ class Subject:
         self.bias += (m.side_bias - self.bias) / tau + p.bias_drift_sd * math.sqrt(2.0 / tau) * z
         self.bias = float(np.clip(self.bias, -MAX_BIAS, MAX_BIAS))
         self.trials += 1
-        self.session_trials += 1
         if u_engage >= self.engagement:
             return Choice(None, lapse=True)
         if u_lapse < m.lapse:
