@@ -13,7 +13,8 @@ The mouse never knows the rig's context. It holds latent task states, each a cue
   tones) counts as evidence for a new state. Hence after an uncued switch the old state, its pattern and
   its mapping persist for a few trials, and a new state is then learned over hundreds of trials.
 - The pattern expressed is the state's pattern blended with the one in force before it, weighted by how
-  well the state's mapping has been learned: a new pattern emerges as the mouse learns, and a return
+  well the state's mapping has been learned in this visit (its best, so errors before a switch do not
+  bring the old pattern back): a new pattern emerges as the mouse learns, and a return
   (its mapping kept at `retention` of its confidence) re-activates the stored pattern as it relearns.
 - A return changes the stored pattern a little (`pattern_drift` of its variance is new) and adds a trace
   of the state learned in between (`pattern_trace`), the paper's memory trace; each switch makes learning
@@ -125,6 +126,9 @@ class LatentState:
     visits: int = 1
     pattern: dict[str, float] = field(default_factory=dict)
     """Recipe: component name -> weight (unit norm over orthogonal components)."""
+    expressed: float = 0.0
+    """Share of its own pattern in what the population expresses: the highest confidence reached in this
+    visit (errors that unlearn the mapping before a switch do not bring the old pattern back)."""
 
     @property
     def pattern_key(self) -> str:
@@ -133,7 +137,7 @@ class LatentState:
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "mapping": dict(self.mapping), "counts": dict(self.counts),
-                "visits": self.visits, "pattern": dict(self.pattern)}
+                "visits": self.visits, "pattern": dict(self.pattern), "expressed": self.expressed}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LatentState:
@@ -144,7 +148,7 @@ class LatentState:
         if not pattern:
             raise ValueError(f"state {data.get('id')}: empty pattern")
         return cls(int(data["id"]), mapping, {str(k): int(v) for k, v in data["counts"].items()},
-                   int(data["visits"]), pattern)
+                   int(data["visits"]), pattern, float(data["expressed"]))
 
 
 @dataclass(frozen=True)
@@ -193,6 +197,7 @@ class Subject:
             first.mapping[cue] = float(p)
             if p != 0.5:
                 first.counts[cue] = TRAINED_CUE_TRIALS
+        first.expressed = self.confidence(first)
         self.states: dict[int, LatentState] = {1: first}
         self.active = 1
         self.previous: int | None = None
@@ -242,7 +247,7 @@ class Subject:
         state = self.state
         if not self.params.new_patterns:
             return Expression("s1", {"s1": 1.0}, 1.0)
-        own = round(self.confidence(state) * BLEND_STEPS) / BLEND_STEPS
+        own = round(state.expressed * BLEND_STEPS) / BLEND_STEPS
         if self.previous is None or own >= 1.0:
             return Expression(state.pattern_key, dict(state.pattern), 1.0)
         before = self.states[self.previous]
@@ -306,6 +311,7 @@ class Subject:
         target = self.mouse.max_confidence if rewarded_side == "right" else 1.0 - self.mouse.max_confidence
         state.mapping[cue] += self.learning_rate * (target - state.mapping[cue])
         state.counts[cue] = state.counts.get(cue, 0) + 1
+        state.expressed = max(state.expressed, self.confidence(state))
         best = max(self.evidence, key=self.evidence.__getitem__, default=None)
         if best is not None and self.evidence[best] >= self.params.switch_evidence:
             self.last_switch = self._switch(None if best == "new" else int(best))
@@ -353,6 +359,8 @@ class Subject:
                     recipe[k] = recipe.get(k, 0.0) + p.pattern_trace * w
                 back.pattern = _normalised(recipe)
             kind = "return"
+        arriving = self.states[to]
+        arriving.expressed = self.confidence(arriving)
         switch = Switch(kind, leaving.id, to)
         self.previous, self.active = leaving.id, to
         self.switches += 1
