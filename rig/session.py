@@ -215,10 +215,8 @@ class SessionRunner:
 
     def _new_subject_state(self) -> SubjectTrainingState:
         context = self.options.context or self.settings.task.default_context
-        if not self.simulated:
-            return SubjectTrainingState(stage=self.stages[0].name, context=context)
         sim = self.settings.sim.subject
-        if sim.naive:
+        if not self.simulated or sim.naive:  # a naive simulated subject starts where a real one does
             return SubjectTrainingState(stage=self.stages[0].name, context=context)
         trained = self.options.context is None or self.options.context == sim.trained_context
         return SubjectTrainingState(stage=sim.stage, context=self.options.context or sim.trained_context,
