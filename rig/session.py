@@ -232,9 +232,9 @@ class SessionRunner:
 
     def _new_subject_state(self) -> SubjectTrainingState:
         context = self.options.context or self.settings.task.default_context
-        if not self.simulated:
-            return SubjectTrainingState(stage=self.stages[0].name, context=context)
         sim = self.settings.sim.subject
+        if not self.simulated or sim.naive:  # a naive simulated subject starts where a real one does
+            return SubjectTrainingState(stage=self.stages[0].name, context=context)
         trained = self.options.context is None or self.options.context == sim.trained_context
         return SubjectTrainingState(stage=sim.stage, context=self.options.context or sim.trained_context,
                                     task_learned=sim.task_learned,
@@ -287,8 +287,7 @@ class SessionRunner:
         with ExitStack() as stack:
             port = self.settings.bpod.port
             if self.simulated:
-                rig = SimulatedRig(self.settings, self.speed, self.record.simulated_mouse,
-                                   day=self.record.sessions)  # the field of view moves from day to day
+                rig = SimulatedRig(self.settings, self.speed, self.data_root / self.options.subject)
                 self._sim = stack.enter_context(rig)
                 port = self._sim.port
             rois = self._given_rois()  # a wrong ROI folder is one sentence before anything is written
@@ -316,6 +315,8 @@ class SessionRunner:
             self._store = SessionStore.create(self.data_root, self.options.subject, started, experiment_yaml,
                                               self._session_info(started), rig_yaml=rig_yaml)
             stack.callback(self._store.close)
+            if self._sim is not None:
+                self._sim.record_truth(self._store.folder)
             self._subject_lock.name_session(self._store.folder)
             if self.settings.online.enabled and self.settings.online.start_with_rig:
                 self._online = stack.enter_context(OnlineProcess(
@@ -720,7 +721,7 @@ class SessionRunner:
     def _save_subject(self) -> None:
         assert self._store is not None
         if self._sim is not None:
-            self.record.simulated_mouse = self._sim.mouse_state()
+            self._sim.save()  # the simulated subject's own state and the session's ground truth
         self._store.durable_write(subject_path(self.data_root, self.options.subject),
                                   lambda: save_subject(self.data_root, self.record))
 

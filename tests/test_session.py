@@ -34,6 +34,12 @@ def settings() -> Settings:
     return load_settings(overrides={**free_network_overrides(), **behaviour_only})
 
 
+def sim_mapping(subject_dir: Path) -> dict[str, float]:
+    """P(right | cue) of the simulated mouse's latent state in force, as saved for its next session."""
+    state = json.loads((subject_dir / "sim" / "subject-state.json").read_text())
+    return next(s["mapping"] for s in state["states"] if s["id"] == state["active"])
+
+
 def run(settings: Settings, data: Path, **options: Any) -> SessionResult:
     opts = RunOptions(data_root=data, speed=options.pop("speed", SPEED), handle_signals=False, **options)
     return SessionRunner(settings, opts).run()
@@ -70,7 +76,7 @@ def test_session_writes_every_trial_and_the_next_session_resumes(settings: Setti
     assert yaml.safe_load((first.folder / "rig.yaml").read_text())["bpod"]["port"] == "emulator"
     subject = json.loads((tmp_path / "m1" / "subject.json").read_text())
     assert subject["training"]["total_trials"] == 25 and subject["sessions"] == 1
-    mapping = subject["simulated_mouse"]["mapping"]
+    mapping = sim_mapping(tmp_path / "m1")
 
     second = run(settings, tmp_path, subject="m1", trials=5)
     assert len(trials_of(second)) == 5
@@ -81,7 +87,7 @@ def test_session_writes_every_trial_and_the_next_session_resumes(settings: Setti
     assert all((r["block"], r["block_label"]) == (1, "1") for r in records + trials_of(second))
     assert resumed["blocks"] == subject["blocks"] == [{"block": 1, "context": "tactile", "label": "1"}]
     assert abs(mapping["pole_posterior"] - 0.5) > 0.3 and abs(mapping["pole_anterior"] - 0.5) > 0.3
-    assert set(resumed["simulated_mouse"]["mapping"]) == set(mapping)
+    assert set(sim_mapping(tmp_path / "m1")) == set(mapping)
 
 
 def test_summary_reports_trials_perf_and_switches(settings: Settings, tmp_path: Path) -> None:

@@ -131,10 +131,11 @@ def test_a_second_run_for_a_running_subject_is_refused_and_other_subjects_run_be
         sentence = _last_line(err)
         assert "already in a session" in sentence and str(folder) in sentence
         assert f"pid {first.pid}" in sentence and socket.gethostname() in sentence
-        # the first session's folder, subject.json and the lock; the first session may be mid-way through
-        # replacing subject.json (its temporary file), which is not the second run's doing
+        # the first session's folder, subject.json, the simulated mouse's sim/ and the lock; the first
+        # session may be mid-way through replacing subject.json (its temporary file), which is not the
+        # second run's doing
         entries = {p.name for p in (data / "m").iterdir() if not p.name.endswith(".tmp")}
-        assert "Traceback" not in err and entries == {folder.name, "subject.json", "session.lock"}
+        assert "Traceback" not in err and entries == {folder.name, "subject.json", "sim", "session.lock"}
         live = json.loads((folder / "session.json").read_text())
         assert live["end_reason"] is None and "recovered_at" not in live
         assert all(r["outcome"] in ANSWERED for r in _lines(folder / "trials.jsonl"))
