@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rig import __version__
 from rig.errors import SessionFault, UserError
@@ -86,7 +86,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     rig_file = _rig_file(args)
     subject = {"subject": args.subject} if args.subject is not None else {}  # "" is refused, not defaulted
     options = RunOptions(**subject, context=args.context, trials=args.trials, minutes=args.minutes,
-                         speed=args.speed, data_root=args.data, status_stream=sys.stderr, rig_file=rig_file)
+                         speed=args.speed, data_root=args.data, status_stream=sys.stderr, rig_file=rig_file,
+                         weight_g=args.weight)
     gui = None
     if not args.no_gui:
         from rig.monitor import display_available, monitor_command, start_monitor_process
@@ -104,10 +105,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
             from rig.monitor import stop_monitor_process
 
             stop_monitor_process(gui)
+    _summary_figure(result.folder, settings, gui)
     sys.stderr.write("\n")
     sys.stdout.write(format_summary(summarize_session(result.folder)) + "\n")
     sys.stdout.write(f"data: {result.folder}\n")
     return EXIT_OK
+
+
+def _summary_figure(folder: Path, settings: Settings, gui: Any) -> None:
+    """The session's summary.png: the monitor saves it when the session ends; the rig draws it when no
+    monitor ran (or the monitor did not)."""
+    from rig.session_figure import FIGURE_FILE, save_session_figure
+
+    if gui is None or not (folder / FIGURE_FILE).is_file():
+        save_session_figure(folder, settings.wiring)
 
 
 def _seconds_list(text: str) -> tuple[float, ...]:
@@ -331,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--minutes", metavar="M", type=_positive_float, default=None, help="stop after M minutes"
     )
+    run.add_argument("--weight", metavar="G", type=_positive_float, default=None,
+                     help="the subject's weight before the session (g): in the monitor and session.json")
     run.add_argument(
         "--speed",
         metavar="X",

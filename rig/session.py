@@ -104,6 +104,8 @@ class RunOptions:
     """The monitor window's process, if `rig run` started one: watched, never waited for."""
     rig_file: Path | None = None
     """The rig file the settings were loaded with, for session.json (None: the built-in rig or one file)."""
+    weight_g: float | None = None
+    """The subject's weight before the session (g), for the monitor and session.json."""
 
 
 @dataclass
@@ -190,6 +192,9 @@ class SessionRunner:
         self._online: OnlineProcess | None = None
         self._children: ChildWatcher | None = None
         self._closed_loop = settings.online.closed_loop.enabled
+        self._machines: dict[int, StateMachine] = {}  # trial -> its state machine, while it may run
+        self._water_ul = 0.0  # delivered this session: rewards and manual drops (calibrated volumes)
+        self._started: datetime | None = None
         self._subject_lock: SubjectLock | None = None
         self._fault: SessionFault | None = None
         self.training: Training
@@ -248,6 +253,7 @@ class SessionRunner:
                       "usb_port": self._sim.hifi_port if self._sim is not None else sound.usb_port,
                       "simulated": self._sim is not None},
             "start_context": self.training.context, "start_stage": self.training.stage.name,
+            "weight_g": self.options.weight_g, "water_ul": round(self._water_ul, 3),
             "limits": {"trials": self.options.trials, "minutes": self.options.minutes},
             "imaging": self._imaging.health() if self._imaging is not None else None,
             "online": self._online.describe() if self._online is not None else None,
@@ -265,7 +271,7 @@ class SessionRunner:
     def _run(self) -> SessionResult:
         security = link_security(self.settings.network)  # before anything starts
         self._load_subject()
-        started = datetime.now()
+        started = self._started = datetime.now()
         with ExitStack() as stack:
             port = self.settings.bpod.port
             if self.simulated:
@@ -326,6 +332,8 @@ class SessionRunner:
                 self.record.sessions += 1
                 self._save_subject()
                 self._store.write_session_info(self._session_info(started, datetime.now()))
+                self._publish(TOPIC_TRIAL, {"kind": "session-end", "session": str(self._store.folder),
+                                            "end_reason": self._end_reason, "status": self.status()})
         return SessionResult(self._store.folder, self._trials_done, self._end_reason)
 
     def _loop(self) -> None:
@@ -484,7 +492,8 @@ class SessionRunner:
             trial.pole = move.to_record()
         if self._sim is not None:
             self._sim.set_trial_context(trial.number, trial.spec.context.name)  # for the simulated microscope
-        self._store.journal(trial.number, "trial", **trial.spec.to_dict())
+        self._machines[trial.number] = trial.machine
+        self._store.journal(trial.number, "trial", source="task", **trial.spec.to_dict())
         self._publish(TOPIC_TRIAL, {  # the online module files the trial's frames under its context
             "kind": "start", "trial": trial.number, "context": trial.spec.context.name,
             "side": trial.spec.side, "gated": trial.gate is not None, "epochs": epoch_states()})
@@ -643,12 +652,15 @@ class SessionRunner:
         )
         self._store.append_trial(record)
         self._trials_done += 1
+        with self._lock:
+            self._water_ul += record.reward_ul or 0.0
+        machine = self._machines.pop(trial.number, None)
         if self._children is not None:
             self._children.report()  # a child's death or return into session.json
         self._save_subject()
         if result is not None:  # the record as written: one shape on disk and on the wire
             self._publish(TOPIC_TRIAL, {"kind": "end", "trial": trial.number, "record": record.to_json(),
-                                        "status": self.status()})
+                                        "status": self.status(), "outputs": state_outputs(machine)})
         self._status(trial, outcome)
 
     def _save_subject(self) -> None:
@@ -662,14 +674,17 @@ class SessionRunner:
 
     def _on_event(self, event: TrialEvent) -> None:
         if self._store is not None and self._client is not None:
-            self._store.journal(self._client.trials_started, "event", name=event.name, time_s=event.time_s)
+            source = "closed loop" if "SoftCode" in event.name else "task"  # the decoder's decisions
+            self._store.journal(self._client.trials_started, "event", name=event.name, time_s=event.time_s,
+                                source=source)
 
     def _on_state(self, state: str, time_s: float) -> None:
         if self._client is None:
             return
         number = self._client.trials_started
         if self._store is not None:
-            self._store.journal(number, "state", name=state, time_s=time_s)
+            outputs = state_outputs(self._machines.get(number)).get(state, {})
+            self._store.journal(number, "state", name=state, time_s=time_s, source="task", outputs=outputs)
         self._publish(TOPIC_STATE, {"trial": number, "state": state, "time_s": time_s})
 
     def _publish(self, topic: bytes, data: dict[str, Any]) -> None:
@@ -684,6 +699,15 @@ class SessionRunner:
     def _handle_control(self, command: str, args: dict[str, Any]) -> dict[str, Any]:
         if command == "status":
             return self.status()
+        reply = self._control(command, args)
+        if command != "soft-code" and self._store is not None:  # soft codes are journaled as Bpod events
+            trial = self._client.trials_started if self._client is not None else 0
+            fields = {k: v for k, v in args.items() if k != "source"}
+            self._store.journal(trial, "control", command=command, source=args.get("source", "experimenter"),
+                                **fields, **{k: v for k, v in reply.items() if k in ("open_s", "volume_ul")})
+        return reply
+
+    def _control(self, command: str, args: dict[str, Any]) -> dict[str, Any]:
         if command == "switch-context":
             name = args["context"]
             if not isinstance(name, str) or name not in self.contexts:
@@ -709,6 +733,8 @@ class SessionRunner:
             return self._set_closed_loop(args["enabled"])
         if command == "soft-code":
             return self._soft_code(args)
+        if command == "valve":
+            return self._valve(args["side"], args["action"])
         raise ControlRequestError(f"command {command!r} is not available in this session yet")
 
     def _app_port(self) -> str | None:
@@ -768,6 +794,40 @@ class SessionRunner:
             raise ControlRequestError(str(exc)) from None
         return {"trial": client.trials_started, "t_ns": time.time_ns()}
 
+    def _valve(self, side: str, action: str) -> dict[str, Any]:
+        """Open a reward valve by hand (the Bpod's output override, between or during trials): one calibrated
+        drop, counted as water given, or a flush of session.flush_s (not counted: it fills or rinses the
+        line). The valve is closed by a timer, so the control thread answers at once."""
+        client = self._client
+        if client is None or not client.connected:
+            raise ControlRequestError("the Bpod is not connected")
+        line = self.settings.wiring.left_valve if side == "left" else self.settings.wiring.right_valve
+        drop = action == "drop"
+        open_s = self.params.valve_s(side) if drop else self.settings.session.flush_s  # type: ignore[arg-type]
+        try:
+            client.override_output(line, 1)
+        except BpodConnectionError:
+            raise
+        except BpodError as exc:
+            raise ControlRequestError(str(exc)) from None
+
+        def close() -> None:
+            try:
+                client.override_output(line, 0)  # back to the state machine
+            except BpodError as exc:
+                log.error("could not close the %s valve after a manual %s: %s", side, action, exc)
+
+        timer = threading.Timer(open_s / (self.speed if self.simulated else 1.0), close)
+        timer.daemon = True
+        timer.start()
+        volume = self.settings.task.reward_volume_ul if drop else None
+        if volume is not None:
+            with self._lock:
+                self._water_ul += volume
+        log.info("manual %s on the %s valve (%s, %.3f s)", action, side, line, open_s)
+        what = "one drop" if drop else f"a {open_s:g} s flush"
+        return {"message": f"{what} from the {side} valve", "open_s": open_s, "volume_ul": volume}
+
     def status(self) -> dict[str, Any]:
         if not hasattr(self, "training"):
             return {"subject": self.options.subject, "trials": 0, "starting": True}
@@ -778,6 +838,8 @@ class SessionRunner:
             "stopping": self._stop.is_set(), "session": str(self._store.folder) if self._store else None,
             "pending_context": self.training.state.pending_context, "closed_loop": self._closed_loop,
             "children": self._children.status() if self._children is not None else None,
+            "rig": self.settings.rig.name, "started": self._started.isoformat() if self._started else None,
+            "water_ul": round(self._water_ul, 3), "weight_g": self.options.weight_g,
         }
 
     def request_stop(self, reason: str) -> None:
@@ -818,6 +880,14 @@ class SessionRunner:
         elif trial.number % 25 == 0 or trial.training_events:
             stream.write(line + "\n")
         stream.flush()
+
+
+def state_outputs(machine: StateMachine | None) -> dict[str, dict[str, Any]]:
+    """What each state of a trial sets on its output lines (state -> {output: value}), for the journal
+    and the monitor's timeline; empty for a trial whose machine is not known."""
+    if machine is None:
+        return {}
+    return {state.name: dict(state.actions) for state in machine.states if state.actions}
 
 
 def _event_dict(event: Any) -> dict[str, Any]:
