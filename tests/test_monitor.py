@@ -355,7 +355,9 @@ def test_panels_show_messages_from_real_sockets(
     point = traces.mapFromScene(traces.plot.vb.mapViewToScene(QtCore.QPointF(-0.5, 7.1)))
     qtbot.mouseClick(traces.viewport(), QtCore.Qt.MouseButton.LeftButton, pos=point)
     qtbot.waitUntil(lambda: model.imaging.selected == 7, timeout=2000)
-    assert len(traces.highlight.xData) == 60
+    assert list(traces.highlight.yData) == [7, 7, 8, 8, 7]  # the heatmap frames the ROI's row
+    window.controls.traces_mode.setCurrentText("lines")  # ... the lines draw its trace again on top
+    assert traces.mode == "lines" and len(traces.highlight.xData) == 60
     assert len(window.frame.selected_outline.xData) == 13
     # ... and by clicking an ROI on the frame (the frame is drawn shifted by (+1, -2))
     cy, cx = model.imaging.rois.centroids[12]
@@ -414,12 +416,13 @@ def test_controls_send_commands_and_show_replies(
         assert bar.currentMessage() == "stop cancelled"
     finally:
         fake.server.close()
+    monitor = {"source": "monitor"}  # the session logs each request with where it came from
     assert fake.commands == [
-        ("switch-context", {"context": "auditory"}),
-        ("pause", {}),
-        ("resume", {}),
-        ("stop", {}),
-        ("closed-loop", {"enabled": True}),
+        ("switch-context", {"context": "auditory", **monitor}),
+        ("pause", monitor),
+        ("resume", monitor),
+        ("stop", monitor),
+        ("closed-loop", {"enabled": True, **monitor}),
     ]
 
 
