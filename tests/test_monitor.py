@@ -30,6 +30,7 @@ from rig.free_endpoints import free_network, free_network_overrides
 from rig.monitor import display_available, start_monitor_process, stop_monitor_process
 from rig.monitor.model import BehaviourModel, MonitorModel, TraceBuffer, TrialRow
 from rig.monitor.panels import closed_outlines
+from rig.monitor.panels.header import BACKGROUNDS
 from rig.monitor.window import MonitorWindow
 from rig.settings import Settings, load_settings
 
@@ -92,7 +93,7 @@ def disk_trial(n: int, wiring: WiringSettings, **kwargs: Any) -> dict[str, Any]:
             wiring.lick("right"): licks["right"],
             "Tup": [0.01],
         },
-        "States": {"ResponseCue": [[go, go + 0.1]]},
+        "States": {"SamplePeriod": [[1.0, 1.3]], "DelayPeriod": [[1.3, go]], "ResponseCue": [[go, go + 0.1]]},
         "trial_start_s": start,
         "trial_end_s": end,
         "state_sequence": record.pop("state_sequence"),
@@ -638,3 +639,212 @@ def test_frame_panel_draws_a_ramp_as_grey_levels_between_the_fixed_levels(qtbot:
     np.testing.assert_allclose(grey, expected, atol=1.0)
     assert set(grey[:17]) == {0} and set(grey[48:]) == {255}
     assert np.all(np.diff(grey[16:49]) > 0)  # strictly brighter with the pixel value
+
+
+# ---------------------------------------------------------------------------------------------- session view
+
+
+def _timed_trial(n: int, **kwargs: Any) -> dict[str, Any]:
+    """A published trial with a Bpod record whose every state is known (for the timeline)."""
+    record = published_trial(n, **kwargs)
+    record["bpod"]["States"] = {
+        "TrigTrialStart": [[0.0, 0.1]], "SamplePeriod": [[1.0, 1.3]], "DelayPeriod": [[1.3, 2.6]],
+        "ResponseCue": [[2.6, 2.7]], "AnswerPeriod": [[2.7, 2.9]], "Reward": [[2.9, 2.93]],
+    }
+    record["bpod"]["Events"]["BNC1High"] = [0.0]
+    record["reward_ul"] = 2.5 if kwargs.get("outcome", "hit") == "hit" else 0.0
+    return record
+
+
+OUTPUTS = {"TrigTrialStart": {"BNC1": 1}, "ResponseCue": {"PWM1": 255}, "Reward": {"Valve1": 1}}
+
+
+def test_header_timeline_end_criteria_and_summary_figure(qtbot: Any, tmp_path: Path) -> None:
+    settings = load_settings(overrides={**free_network_overrides(), "session.end_trials": 4,
+                                        "session.end_water_ul": 100.0})
+    w = MonitorWindow(settings, confirm_stop=False, status_poll_s=None)
+    qtbot.addWidget(w)
+    w.resize(1600, 1000)
+    w.show()
+    ports = settings.wiring
+    lines = "".join(json.dumps(disk_trial(n, ports)) + "\n" for n in (1, 2, 3))
+    (tmp_path / "trials.jsonl").write_text(lines)
+
+    def session_status(n: int) -> dict[str, Any]:
+        return {**status(n, context="tactile-reversed", session=str(tmp_path)), "rig": "box-3",
+                "water_ul": 2.5 * n + 2.5, "weight_g": 21.4, "started": "2026-01-01T10:00:00"}
+
+    with LossyPublisher(settings.network.events_pub, source="rig", hwm=1000) as rig:
+        def send(n: int) -> None:
+            record = _timed_trial(n, context="tactile-reversed")
+            rig.send_event(TOPIC_TRIAL, {"kind": "end", "trial": n, "record": record,
+                                         "status": session_status(n), "outputs": OUTPUTS})
+
+        wait_for_subscription(qtbot, lambda: send(1), lambda: 1 in w.model.behaviour.rows)
+        w.refresh()
+        header = w.header
+        assert header.subject.text() == "m1"
+        details = header.details.text()
+        for text in ("box-3", "directional licking", "tactile-reversed", "full", "<b>1</b>", "5 uL",
+                     "21.4 g"):
+            assert text in details
+        assert header.info is not None and header.info.level == "running"
+        assert "trials 1/4" in header.criteria.text()
+
+        timeline = w.timeline
+        assert timeline.rows == ["states", "BNC1", "Port1", "BNC1", "PWM1", "Valve1"]  # inputs, then outputs
+        assert len(timeline.bars.opts["x0"]) == 6 and len(timeline.outputs.opts["x0"]) == 3
+        assert timeline.show_state_at(2.0) == "DelayPeriod" and timeline.hover.isVisible()
+        assert "DelayPeriod" in timeline.hover.textItem.toPlainText()
+        assert timeline.show_state_at(0.5) is None and not timeline.hover.isVisible()
+
+        for n in (2, 3, 4):
+            send(n)
+        qtbot.waitUntil(lambda: 4 in w.model.behaviour.rows, timeout=5000)
+        w.refresh()
+        assert header.info.level == "met" and "end criteria met: trials 4/4" in header.criteria.text()
+        assert BACKGROUNDS["met"] in header.styleSheet()
+        assert "Last trial: 4" in timeline.plot.titleLabel.text
+
+        ended = {**session_status(4), "stopping": True}
+        wait_for_subscription(
+            qtbot, lambda: rig.send_event(TOPIC_TRIAL, {"kind": "session-end", "session": str(tmp_path),
+                                                        "status": ended}),
+            lambda: w.model.behaviour.ended_at is not None)
+    qtbot.waitUntil(lambda: (tmp_path / "summary.png").is_file(), timeout=15000)  # saved by the monitor
+    assert (tmp_path / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    w.refresh()
+    assert "(ended)" in w.header.details.text()
+
+
+def _trace_parts(sender: Any, trace: TraceFrame, plane: int, deconvolved: np.ndarray | None = None) -> Any:
+    """A traces message as the online module sends it for one plane (dF/F, and deconvolved beside it)."""
+    fields = {k: getattr(trace, k) for k in ("frame_index", "trial", "timestamp_s", "time_in_trial_s",
+                                             "shift_dy", "shift_dx", "correlation")}
+    arrays = [trace.dff] + ([deconvolved] if deconvolved is not None else [])
+    return sender.message(b"traces", {**fields, "plane": plane}, arrays)
+
+
+def test_psth_heatmap_planes_and_registration(qtbot: Any, window: MonitorWindow, settings: Settings) -> None:
+    """Two planes of traces over four trials: ROI 3 of plane 0 fires in the late delay of left trials only.
+    Its PSTH shows it, the heatmap puts it on top, the plane selector appears, registration is plotted."""
+    model = window.model
+    n_rois = {0: 12, 1: 5}
+    rng = np.random.default_rng(3)
+    net = settings.network
+    sides = ["left", "right", "left", "right"]
+    with (LossyPublisher(net.online_results, source="online", hwm=5000) as online,
+          LossyPublisher(net.events_pub, source="rig", hwm=1000) as rig):
+        wait_for_subscription(qtbot, lambda: online.send_parts(circle_rois(12).encode(online.sender)),
+                              lambda: model.imaging.rois is not None)
+        index = 0
+        for trial, side in enumerate(sides, 1):
+            for k in range(120):  # 4 s at 30 Hz
+                t = k / 30
+                for plane, n in n_rois.items():
+                    dff = rng.normal(0, 0.05, n).astype(np.float32)
+                    if plane == 0 and side == "left" and 1.6 <= t < 2.6:
+                        dff[3] += 1.0
+                    trace = TraceFrame(index, trial, index / 30, t, 0.5 * trial, -0.2, 0.95 - 0.01 * trial,
+                                       dff)
+                    online.send_parts(_trace_parts(online.sender, trace, plane, deconvolved=np.abs(dff)))
+                index += 1
+                if k % 40 == 0:
+                    time.sleep(0.002)
+            qtbot.waitUntil(lambda i=index: len(model.imaging.planes) == 2 and
+                            model.imaging.planes[1].traces._count >= min(i, 900) - 5, timeout=5000)
+            record = published_trial(trial, side=side, outcome="hit")
+            rig.send_event(TOPIC_TRIAL, {"kind": "end", "trial": trial, "record": record,
+                                         "status": status(trial)})
+        qtbot.waitUntil(lambda: model.imaging.planes[0].psth.trials("tactile", "right", "hit") == 2,
+                        timeout=5000)
+    window.refresh()
+
+    psth = model.imaging.planes[0].psth
+    assert psth.trials("tactile", "left", "hit") == 2 and psth.groups == ["tactile"]
+    assert psth.epochs() == pytest.approx((0.3, 1.3))  # sample 1.0-1.3 s, delay to the go cue at 2.6 s
+    panel = window.psth
+    assert panel.group.currentText() == "tactile"
+    assert panel.shown_rois[0] == 3  # the most left-selective ROI
+    left = panel.curves[("go", "left", "hit")].yData
+    right = panel.curves[("go", "right", "hit")].yData
+    assert left.max() > 0.5 and right.max() < 0.3
+    assert panel.epochs["go"][1].getRegion() == pytest.approx((-1.3, 0.0))
+    panel.activity.setCurrentIndex(1)  # the deconvolved activity published beside dF/F
+    assert panel.accumulator() is model.imaging.planes[0].deconvolved_psth
+    assert panel.curves[("go", "left", "hit")].yData.max() > 0.5
+
+    traces = window.traces
+    assert traces.mode == "heatmap" and traces.order[0] == 3
+    assert traces.heatmap.image.shape[0] == 12 and traces.heatmap.isVisible()
+    assert traces.heatmap.image[0].max() > 0.5  # the top row is ROI 3's
+    window.controls.traces_order.setCurrentText("ROI number")
+    assert list(traces.order) == list(range(12))
+    traces.set_order(custom=np.arange(12)[::-1])  # a chosen order
+    assert traces.order[0] == 11
+    window.controls.traces_mode.setCurrentText("lines")
+    assert not traces.heatmap.isVisible() and traces.point_count > 0
+
+    controls = window.controls
+    assert not controls.plane.isHidden() and controls.plane.count() == 2
+    registration = window.registration
+    assert len(registration.curves["dy"].yData) > 10
+    assert registration.curves["dy"].yData.max() == pytest.approx(2.0)  # 0.5 x trial 4
+    assert registration.curves["correlation"].yData.min() == pytest.approx(0.91)
+    controls.plane.activated.emit(1)  # as choosing plane 1 in the selector does
+    assert model.imaging.plane == 1 and model.imaging.traces.n_rois == 5
+    window.refresh()
+    assert traces.point_count and window.psth.shown_rois.size == 0  # no selective ROI on plane 1
+    assert model.imaging.rois is None  # plane 1's ROIs were never sent
+
+
+def test_controls_follow_a_real_session_and_the_valve_is_logged(
+    qtbot: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rig.store import read_jsonl
+    from tests.test_session import SessionThread
+
+    settings = load_settings(overrides={**free_network_overrides(), "online.enabled": False,
+                                        "imaging.source": "none", "session.flush_s": 0.2})
+    session = SessionThread(settings, tmp_path, subject="m-monitor", context="tactile-reversed", speed=20.0,
+                            trials=500)
+    w = MonitorWindow(settings, status_poll_s=0.1)
+    qtbot.addWidget(w)
+    w.show()
+    controls = w.controls
+    try:
+        qtbot.waitUntil(lambda: w.model.behaviour.status.get("context") == "tactile-reversed", timeout=15000)
+        assert controls.context.currentText() == "tactile-reversed"  # what runs, not the first in the list
+        qtbot.mouseClick(controls.drop["left"], QtCore.Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: "valve: one drop from the left valve" in w.statusBar().currentMessage(),
+                        timeout=5000)
+        no, yes = QtWidgets.QMessageBox.StandardButton.No, QtWidgets.QMessageBox.StandardButton.Yes
+        answers = iter([no, yes, yes])  # flush: no, then yes; stop: yes
+        monkeypatch.setattr(QtWidgets.QMessageBox, "question", lambda *a, **k: next(answers))
+        qtbot.mouseClick(controls.flush["right"], QtCore.Qt.MouseButton.LeftButton)
+        assert w.statusBar().currentMessage() == "flush cancelled"
+        qtbot.mouseClick(controls.flush["right"], QtCore.Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: "0.2 s flush from the right valve" in w.statusBar().currentMessage(),
+                        timeout=5000)
+        qtbot.mouseClick(controls.pause, QtCore.Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: controls.resume.isEnabled() and not controls.pause.isEnabled(), timeout=5000)
+        controls.context.setCurrentText("auditory")  # a choice being made is not undone by status polls
+        qtbot.wait(300)
+        assert controls.context.currentText() == "auditory"
+        qtbot.mouseClick(controls.switch, QtCore.Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: "running tactile-reversed" in controls.pending.text(), timeout=5000)
+        assert controls.context.currentText() == "auditory"
+        qtbot.mouseClick(controls.resume, QtCore.Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: controls.pause.isEnabled() and not controls.resume.isEnabled(), timeout=5000)
+        qtbot.mouseClick(controls.stop, QtCore.Qt.MouseButton.LeftButton)
+        folder = session.join().folder
+    finally:
+        w.shutdown()
+        if session.thread.is_alive():
+            session.runner.request_stop("test")
+            session.join()
+    controls_logged = [(line["command"], line.get("action"), line["source"])
+                       for line in read_jsonl(folder / "events.jsonl") if line["kind"] == "control"]
+    assert controls_logged == [("valve", "drop", "monitor"), ("valve", "flush", "monitor"),
+                               ("pause", None, "monitor"), ("switch-context", None, "monitor"),
+                               ("resume", None, "monitor"), ("stop", None, "monitor")]

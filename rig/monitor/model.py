@@ -14,6 +14,7 @@ Each part counts `version`s per panel so the window redraws only what changed si
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -697,8 +698,9 @@ class MonitorModel:
             header = FrameHeader.from_message(message)
             self.imaging.add_frame(header, message.arrays[0], now)
         elif topic == TOPIC_TRACES:
-            trace = TraceFrame.from_message(message)
-            deconvolved = message.arrays[1] if len(message.arrays) > 1 else None  # beside dF/F, if published
+            # dF/F first; the deconvolved activity beside it when the module publishes it
+            deconvolved = message.arrays[1] if len(message.arrays) > 1 else None
+            trace = TraceFrame.from_message(dataclasses.replace(message, arrays=message.arrays[:1]))
             self.imaging.add_traces(trace, self._trace_time(trace), now, plane=_plane_of(message),
                                     deconvolved=deconvolved)
         elif topic == TOPIC_ROIS:

@@ -13,8 +13,19 @@ from rig.monitor.panels.style import SIDE_COLOURS, add_plot, message_item, show_
 from rig.monitor.psth import OUTCOMES, PsthAccumulator
 
 TOP_NEURONS = 10
+SELECTIVE_SD = 0.5
+"""An ROI counts as selective from this left-right difference (in its standard deviations): the PSTH of
+the top ROIs is not diluted by unselective ones."""
 NEURONS = ("left-selective", "right-selective", "selected ROI")
 EPOCH_BRUSH = (255, 255, 255, 22)
+
+
+def _nanmean_rows(values: np.ndarray) -> np.ndarray:
+    """Mean over the columns of each row, ignoring NaN (NaN for a row without values), without warnings."""
+    finite = np.isfinite(values)
+    counts = finite.sum(axis=1)
+    sums = np.where(finite, values, 0.0).sum(axis=1)
+    return np.divide(sums, counts, out=np.full(len(values), np.nan), where=counts > 0)
 
 
 class PsthPanel(QtWidgets.QWidget):
@@ -96,8 +107,7 @@ class PsthPanel(QtWidgets.QWidget):
             if mean is None:
                 curve.setData([], [])
                 continue
-            with np.errstate(invalid="ignore"):
-                y = np.nanmean(mean[:, rois], axis=1)
+            y = _nanmean_rows(mean[:, rois])
             keep = np.isfinite(y)
             curve.setData(psth.centres(alignment)[keep], y[keep])
             drawn += int(keep.any())
@@ -132,7 +142,7 @@ class PsthPanel(QtWidgets.QWidget):
             return np.empty(0, dtype=int)
         selectivity = psth.selectivity(group) * (1 if choice == "left-selective" else -1)
         order = np.argsort(-selectivity)[:TOP_NEURONS]
-        return order[selectivity[order] > 0]
+        return order[selectivity[order] > SELECTIVE_SD]
 
     def _shade(self, psth: PsthAccumulator) -> None:
         epochs = psth.epochs()
