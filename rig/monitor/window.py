@@ -153,8 +153,12 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self.behaviour = BehaviourPanel(self.model.behaviour, contexts, criterion)
         self.timeline = TimelinePanel(self.model.behaviour)
         self.health = HealthPanel(self.model)
-        self.panels = (self.header, self.frame, self.traces, self.registration, self.psth, self.decoding,
-                       self.behaviour, self.timeline, self.health)
+        self.panels = (self.header, self.frame, self.traces, self.health)  # every tick
+        # the panels that change at trial ends (or drift slowly): one of them per tick, in turn, so that a
+        # trial's end is drawn over a few ticks and never makes one tick long
+        self.slow_panels = (self.behaviour, self.psth, self.timeline, self.decoding, self.registration)
+        self._slow_turn = 0
+        self.last_slow: QtWidgets.QWidget | None = None
         central = QtWidgets.QWidget()
         grid = QtWidgets.QGridLayout(central)
         grid.setContentsMargins(2, 2, 2, 2)
@@ -205,17 +209,26 @@ class MonitorWindow(QtWidgets.QMainWindow):
         try:
             self.feeds.poll(self.model, now)
             self._housekeeping(now)
-            self.refresh(now)
+            self.refresh(now, spread=True)
         except Exception:  # a drawing bug must not stop the display loop (logged, not on every tick)
             self._failures += 1
             if self._failures <= 3 or self._failures % 250 == 0:
                 log.exception("monitor refresh failed (%d so far)", self._failures)
         self.tick_ms.append((time.perf_counter() - started) * 1000)
 
-    def refresh(self, now: float | None = None) -> None:
+    def refresh(self, now: float | None = None, spread: bool = False) -> None:
+        """Redraw what changed: every panel, or (`spread`, the display tick) the fast ones and one of the
+        slow ones in turn."""
         now = time.monotonic() if now is None else now
         for panel in self.panels:
             panel.refresh(now)
+        if spread:
+            self.last_slow = self.slow_panels[self._slow_turn % len(self.slow_panels)]
+            self._slow_turn += 1
+            self.last_slow.refresh(now)
+        else:
+            for panel in self.slow_panels:
+                panel.refresh(now)
         imaging = self.model.imaging
         if imaging.plane_version != self._planes_shown:
             self._planes_shown = imaging.plane_version
