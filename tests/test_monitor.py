@@ -692,7 +692,8 @@ def test_header_timeline_end_criteria_and_summary_figure(qtbot: Any, tmp_path: P
         assert "trials 1/4" in header.criteria.text()
 
         timeline = w.timeline
-        assert timeline.rows == ["states", "BNC1", "Port1", "BNC1", "PWM1", "Valve1"]  # inputs, then outputs
+        assert timeline.rows == ["states", "BNC1 in", "Port1 in", "BNC1 out", "PWM1 out", "Valve1 out"]
+        assert [label.textItem.toPlainText() for label in timeline.labels] == ["DelayPeriod"]  # wide enough
         assert len(timeline.bars.opts["x0"]) == 6 and len(timeline.outputs.opts["x0"]) == 3
         assert timeline.show_state_at(2.0) == "DelayPeriod" and timeline.hover.isVisible()
         assert "DelayPeriod" in timeline.hover.textItem.toPlainText()
@@ -788,6 +789,7 @@ def test_psth_heatmap_planes_and_registration(qtbot: Any, window: MonitorWindow,
     controls = window.controls
     assert not controls.plane.isHidden() and controls.plane.count() == 2
     registration = window.registration
+    registration.refresh(time.monotonic() + 1.0)  # it redraws twice a second at most: the newest points
     assert len(registration.curves["dy"].yData) > 10
     assert registration.curves["dy"].yData.max() == pytest.approx(2.0)  # 0.5 x trial 4
     assert registration.curves["correlation"].yData.min() == pytest.approx(0.91)

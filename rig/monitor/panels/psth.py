@@ -17,7 +17,8 @@ SELECTIVE_SD = 0.5
 """An ROI counts as selective from this left-right difference (in its standard deviations): the PSTH of
 the top ROIs is not diluted by unselective ones."""
 NEURONS = ("left-selective", "right-selective", "selected ROI")
-EPOCH_BRUSH = (255, 255, 255, 22)
+EPOCH_BRUSHES = ((255, 255, 255, 38), (255, 255, 255, 16))
+"""Shading of the sample epoch, then the delay."""
 
 
 def _nanmean_rows(values: np.ndarray) -> np.ndarray:
@@ -47,17 +48,19 @@ class PsthPanel(QtWidgets.QWidget):
                 bar.addWidget(QtWidgets.QLabel(label))
             bar.addWidget(widget)
         bar.addStretch(1)
+        left, right = swatch(SIDE_COLOURS["left"], "—"), swatch(SIDE_COLOURS["right"], "—")
+        key = QtWidgets.QLabel(f"{left} left {right} right · hits solid, errors dashed")
+        key.setTextFormat(QtCore.Qt.TextFormat.RichText)
+        bar.addWidget(key)
         self.plots = pg.GraphicsLayoutWidget()
         layout = QtWidgets.QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(0)
         layout.addLayout(bar)
         layout.addWidget(self.plots, 1)
-        key = (f"{swatch(SIDE_COLOURS['left'], '—')} left {swatch(SIDE_COLOURS['right'], '—')} right"
-               " &nbsp; hits solid, errors dashed")
         self.axes = {
-            "sample": add_plot(self.plots, f"Aligned to sample onset &nbsp; {key}", 0, 0),
-            "go": add_plot(self.plots, "Aligned to the go cue", 0, 1),
+            "sample": add_plot(self.plots, "Sample onset", 0, 0),
+            "go": add_plot(self.plots, "Go cue", 0, 1),
         }
         self.curves: dict[tuple[str, str, str], pg.PlotCurveItem] = {}
         self.epochs: dict[str, list[pg.LinearRegionItem]] = {}
@@ -65,8 +68,8 @@ class PsthPanel(QtWidgets.QWidget):
             plot.setLabel("bottom", f"time from {'sample onset' if alignment == 'sample' else 'go cue'} (s)")
             plot.addItem(pg.InfiniteLine(0, angle=90, pen=pg.mkPen((200, 200, 200), width=1)))
             self.epochs[alignment] = []
-            for _ in range(2):
-                region = pg.LinearRegionItem((0, 0), movable=False, brush=pg.mkBrush(EPOCH_BRUSH),
+            for brush in EPOCH_BRUSHES:
+                region = pg.LinearRegionItem((0, 0), movable=False, brush=pg.mkBrush(brush),
                                              pen=pg.mkPen(None))
                 region.setZValue(-10)
                 plot.addItem(region)
@@ -114,8 +117,8 @@ class PsthPanel(QtWidgets.QWidget):
         self._shade(psth)
         self._autoscale()
         trials = {s: sum(psth.trials(group, s, o) for o in OUTCOMES) for s in ("left", "right")}
-        self.axes["go"].setTitle(f"<span style='font-size:10pt'>Aligned to the go cue &nbsp; "
-                                 f"{trials['left']} left / {trials['right']} right trials</span>")
+        self.axes["go"].setTitle(f"<span style='font-size:10pt'>Go cue &nbsp; {trials['left']} left / "
+                                 f"{trials['right']} right trials</span>")
         choice = NEURONS[self.neurons.currentIndex()]
         text = "" if drawn else ("select an ROI" if choice == "selected ROI" and self.model.selected is None
                                  else "waiting for trials with traces")

@@ -25,6 +25,7 @@ class RegistrationPanel(pg.GraphicsLayoutWidget):
         self.correlation.setLabel("bottom", "session time (min)")
         self.correlation.setXLink(self.shift)
         self.correlation.setYRange(0, 1.02, padding=0)
+        self.correlation.getAxis("left").setTicks([[(0.0, "0"), (0.5, "0.5"), (1.0, "1")]])
         self.curves = {
             "dy": self.shift.plot([], [], pen=pg.mkPen(DY, width=1.5)),
             "dx": self.shift.plot([], [], pen=pg.mkPen(DX, width=1.5)),

@@ -22,6 +22,8 @@ KNOWN_STATES = {"Reward": (70, 200, 100), "TimeOut": (235, 70, 70), "NoResponse"
                 "ResponseCue": (255, 255, 255)}
 INPUT_COLOUR = (230, 230, 230)
 OUTPUT_COLOUR = (0, 240, 255)
+LABEL_PX_PER_CHAR = 8.0
+"""A state bar is labelled with its name when it is this many pixels wide per character of it."""
 
 
 def state_colour(name: str) -> tuple[int, int, int]:
@@ -30,7 +32,7 @@ def state_colour(name: str) -> tuple[int, int, int]:
 
 
 class TimelinePanel(pg.GraphicsLayoutWidget):
-    """States (top row), then one row per input line and per output line."""
+    """States (top row), then one row per input line ("Port1 in") and per output line ("Valve1 out")."""
 
     def __init__(self, model: BehaviourModel) -> None:
         super().__init__()
@@ -51,6 +53,7 @@ class TimelinePanel(pg.GraphicsLayoutWidget):
         self.message = message_item(self.plot)
         self.timeline: TrialTimeline | None = None
         self.rows: list[str] = []
+        self.labels: list[pg.TextItem] = []
         self._drawn: tuple[int, int] | None = None
         self.scene().sigMouseMoved.connect(self._moved)
 
@@ -70,7 +73,18 @@ class TimelinePanel(pg.GraphicsLayoutWidget):
             self.outputs.setOpts(x0=[], width=[], y0=[], height=[])
             self.ticks.setData([], [])
             return
-        self.rows = ["states"] + [m.line for m in timeline.inputs] + [m.line for m in timeline.outputs]
+        self.rows = (["states"] + [f"{m.line} in" for m in timeline.inputs]
+                     + [f"{m.line} out" for m in timeline.outputs])
+        for label in self.labels:
+            self.plot.removeItem(label)
+        self.labels = []
+        px_per_s = max(self.plot.vb.width(), 200.0) / max(timeline.duration_s, 1.0)
+        for bar in timeline.bars:  # the bars wide enough carry their names; hovering names every bar
+            if (bar.end_s - bar.start_s) * px_per_s >= len(bar.name) * LABEL_PX_PER_CHAR:
+                label = pg.TextItem(bar.name, color=(0, 0, 0), anchor=(0.5, 0.5))
+                label.setPos((bar.start_s + bar.end_s) / 2, 0.0)
+                self.plot.addItem(label, ignoreBounds=True)
+                self.labels.append(label)
         bars = timeline.bars
         self.bars.setOpts(
             x0=[b.start_s for b in bars], width=[max(b.end_s - b.start_s, 1e-3) for b in bars],
