@@ -596,6 +596,22 @@ def test_rig_run_opens_and_closes_the_monitor_when_a_display_is_set(tmp_path: Pa
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(pid)
+    assert len(list((tmp_path / "data").glob("*/*/summary.png"))) == 1  # by the monitor, or else the rig
+
+
+def test_rig_run_without_a_monitor_draws_the_summary_figure(tmp_path: Path) -> None:
+    settings_file = tmp_path / "rig.yaml"
+    overrides = {"network": free_network(), "online": {"enabled": False}, "imaging": {"source": "none"}}
+    settings_file.write_text(json.dumps(overrides), encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "rig", "run", "--no-gui", "--trials", "2", "--speed", "50", "--weight", "19.5",
+         "--data", str(tmp_path / "data"), "--settings", str(settings_file)],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr
+    (folder,) = (tmp_path / "data").glob("*/*/")
+    assert (folder / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((folder / "session.json").read_text())["weight_g"] == 19.5
 
 
 # ---------------------------------------------------------------------------------------------- pixels
