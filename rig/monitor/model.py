@@ -5,9 +5,12 @@ stream or the online module's results and updates one of two parts:
 
 - `BehaviourModel`: one `TrialRow` per finished trial (from the live `trial` events, or read back from
   the session's trials.jsonl when the monitor (re)opens or a live event was dropped), Perf100 per context
-  through the session, context switches, per-side performance, the session status and the Bpod state.
-- `ImagingModel`: the newest display frame with its registration shift and display levels, the ROI
-  snapshot, a ring buffer of every ROI's dF/F for the last seconds, decoder results and health.
+  through the session, context switches, per-side performance, the session status, the Bpod state, the
+  last trial's timeline (timeline.py) and the session's end.
+- `ImagingModel`: the newest display frame of the shown plane with its registration shift and display
+  levels; per plane the ROI snapshot, a ring buffer of every ROI's dF/F for the last seconds, the PSTHs
+  (psth.py) and the registration history; decoder results and health. Messages without a `plane` field
+  are plane 0.
 
 Each part counts `version`s per panel so the window redraws only what changed since its last tick.
 """
