@@ -155,8 +155,10 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self.health = HealthPanel(self.model)
         self.panels = (self.header, self.frame, self.traces, self.health)  # every tick
         # the panels that change at trial ends (or drift slowly): one of them per tick, in turn, so that a
-        # trial's end is drawn over a few ticks and never makes one tick long
-        self.slow_panels = (self.behaviour, self.psth, self.timeline, self.decoding, self.registration)
+        # trial's end is drawn over a few ticks and never makes one tick long (the behaviour panel, one of
+        # its plots per turn, gets every other turn)
+        b = self.behaviour
+        self.slow_panels = (b, self.psth, b, self.timeline, b, self.decoding, b, self.registration)
         self._slow_turn = 0
         self.last_slow: QtWidgets.QWidget | None = None
         central = QtWidgets.QWidget()
@@ -225,9 +227,9 @@ class MonitorWindow(QtWidgets.QMainWindow):
         if spread:
             self.last_slow = self.slow_panels[self._slow_turn % len(self.slow_panels)]
             self._slow_turn += 1
-            self.last_slow.refresh(now)
+            getattr(self.last_slow, "refresh_step", self.last_slow.refresh)(now)
         else:
-            for panel in self.slow_panels:
+            for panel in dict.fromkeys(self.slow_panels):
                 panel.refresh(now)
         imaging = self.model.imaging
         if imaging.plane_version != self._planes_shown:
