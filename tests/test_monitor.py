@@ -866,3 +866,40 @@ def test_controls_follow_a_real_session_and_the_valve_is_logged(
     assert controls_logged == [("valve", "drop", "monitor"), ("valve", "flush", "monitor"),
                                ("pause", None, "monitor"), ("switch-context", None, "monitor"),
                                ("resume", None, "monitor"), ("stop", None, "monitor")]
+
+
+def test_header_levels_and_elapsed_time() -> None:
+    from datetime import datetime
+
+    from rig.monitor.header import format_elapsed, header_info
+    from rig.settings.schema import SessionSettings
+
+    model = BehaviourModel()
+    for n in range(1, 10):
+        model.add_record(_timed_trial(n))
+    limits = SessionSettings(end_trials=100, end_minutes=30.0, end_water_ul=25.0)
+    at = datetime(2026, 1, 1, 10, 20, 0)
+    model.set_status({"trials": 9, "started": "2026-01-01T10:00:00"})  # no water in the status: the rewards
+    info = header_info(model, limits, at)
+    assert info.water_ul == pytest.approx(22.5) and info.level == "near"  # 22.5 of 25 uL
+    assert info.criteria[0] == "water 22/25 uL" and format_elapsed(info.elapsed_s) == "20:00"
+    model.set_status({"trials": 9, "started": "2026-01-01T10:00:00", "water_ul": 10.0})
+    assert header_info(model, limits, at).level == "running"  # 20 of 30 min, 10 of 25 uL, 9 of 100 trials
+    assert header_info(model, limits, datetime(2026, 1, 1, 10, 31)).level == "met"
+    assert header_info(model, SessionSettings(), at).criteria == ()
+    model.end_session({"trials": 9, "started": "2026-01-01T10:00:00"}, at=at)
+    assert header_info(model, limits, datetime(2026, 1, 1, 12, 0)).elapsed_s == 1200.0  # stopped at the end
+
+
+def test_a_trial_end_is_drawn_over_several_ticks(window: MonitorWindow) -> None:
+    window.timer.stop()
+    window.refresh()
+    window.model.behaviour.add_record(published_trial(1))
+    behaviour = window.behaviour
+    drawn = []
+    for _ in range(len(window.slow_panels)):
+        window.refresh(spread=True)
+        drawn.append(len(behaviour._pending))
+    assert max(drawn) == 3 and drawn[-1] == 0  # one plot per turn, all four within one rotation
+    assert all(0 <= a - b <= 1 for a, b in zip([4, *drawn], drawn, strict=False))
+    assert behaviour.lick_rows == 1 and window.timeline.timeline is not None
