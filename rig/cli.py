@@ -239,7 +239,11 @@ def _cmd_control(args: argparse.Namespace) -> int:
     from rig.control import link_security, send_request
 
     settings = _load(args)
-    extra = {"context": args.name} if args.command == "switch-context" else {}
+    extra: dict[str, str] = {}
+    if args.command == "switch-context":
+        extra = {"context": args.name}
+    elif args.command == "valve":
+        extra = {"side": args.side, "action": "flush" if args.flush else "drop"}
     reply = send_request(settings.network.control, args.command, security=link_security(settings.network),
                          **extra)
     if not reply.get("ok"):
@@ -463,10 +467,15 @@ def build_parser() -> argparse.ArgumentParser:
                        ("pause", "pause the running session after the current trial"),
                        ("resume", "resume a paused session"),
                        ("stop", "stop the running session after the current trial"),
-                       ("status", "print the running session's status")):
+                       ("status", "print the running session's status"),
+                       ("valve", "open a reward valve of the running session for one calibrated drop (a free "
+                                 "drop) or, with --flush, for session.flush_s")):
         control = sub.add_parser(name, help=text, description=text)
         if name == "switch-context":
             control.add_argument("name", metavar="NAME", help="context name (from settings.yaml contexts)")
+        if name == "valve":
+            control.add_argument("side", choices=("left", "right"), help="which valve")
+            control.add_argument("--flush", action="store_true", help="a flush instead of one drop")
         _add_settings_and_rig(control, "network.control")
         control.set_defaults(func=_cmd_control, command=name)
     return parser

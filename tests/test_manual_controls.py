@@ -4,6 +4,8 @@ of events.jsonl, the water count in the status, and the summary figure."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,8 @@ from rig.session_figure import FIGURE_FILE, decoder_curves, save_session_figure
 from rig.settings import Settings, load_settings
 from rig.store import read_jsonl
 from tests.test_session import SessionThread
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -37,7 +41,7 @@ def test_valve_requests_are_checked_before_anything_acts() -> None:
 
 def test_manual_valve_is_logged_with_its_source_and_counted_as_water(settings: Settings,
                                                                     tmp_path: Path) -> None:
-    session = SessionThread(settings, tmp_path, subject="m-valve", trials=12, speed=40.0, weight_g=21.5)
+    session = SessionThread(settings, tmp_path, subject="m-valve", trials=500, speed=40.0, weight_g=21.5)
     session.wait_for_trials(2)
     endpoint = settings.network.control
     drop = send_request(endpoint, "valve", side="left", action="drop", source="monitor")
@@ -45,15 +49,21 @@ def test_manual_valve_is_logged_with_its_source_and_counted_as_water(settings: S
     assert drop["open_s"] == pytest.approx(settings.reward_valve_time_s("left"))
     flush = send_request(endpoint, "valve", side="right", action="flush")
     assert flush["ok"] and flush["open_s"] == 0.5 and flush["volume_ul"] is None
+    settings_file = tmp_path / "network.yaml"
+    settings_file.write_text(json.dumps({"network": settings.network.model_dump(mode="json")}))
+    cli = subprocess.run([sys.executable, "-m", "rig", "valve", "left", "--settings", str(settings_file)],
+                         capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert cli.returncode == 0 and "one drop from the left valve" in cli.stdout, cli.stderr
     assert send_request(endpoint, "pause", source="monitor")["ok"]
     assert send_request(endpoint, "resume")["ok"]
     status = send_request(endpoint, "status")
     assert status["rig"] == settings.rig.name and status["weight_g"] == 21.5 and status["started"]
+    assert send_request(endpoint, "stop")["ok"]
     result = session.join()
     records = list(read_jsonl(result.folder / "trials.jsonl"))
     rewards = sum(r["reward_ul"] for r in records)
     info = json.loads((result.folder / "session.json").read_text())
-    assert info["water_ul"] == pytest.approx(rewards + settings.task.reward_volume_ul)  # rewards + one drop
+    assert info["water_ul"] == pytest.approx(rewards + 2 * settings.task.reward_volume_ul)  # + two drops
     assert info["weight_g"] == 21.5
 
     lines = list(read_jsonl(result.folder / "events.jsonl"))
@@ -61,7 +71,8 @@ def test_manual_valve_is_logged_with_its_source_and_counted_as_water(settings: S
                          for line in lines)
     controls = [line for line in lines if line["kind"] == "control"]
     assert [(c["command"], c["source"]) for c in controls] == [
-        ("valve", "monitor"), ("valve", "experimenter"), ("pause", "monitor"), ("resume", "experimenter")]
+        ("valve", "monitor"), ("valve", "experimenter"), ("valve", "experimenter"), ("pause", "monitor"),
+        ("resume", "experimenter"), ("stop", "experimenter")]
     assert controls[0]["side"] == "left" and controls[0]["action"] == "drop"
     assert controls[0]["volume_ul"] == settings.task.reward_volume_ul and controls[1]["open_s"] == 0.5
     states = [line for line in lines if line["kind"] == "state"]
