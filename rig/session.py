@@ -192,7 +192,7 @@ class SessionRunner:
         self._online: OnlineProcess | None = None
         self._children: ChildWatcher | None = None
         self._closed_loop = settings.online.closed_loop.enabled
-        self._machines: dict[int, StateMachine] = {}  # trial -> its state machine, while it may run
+        self._outputs: dict[int, dict[str, dict[str, Any]]] = {}  # trial -> what its states set (running)
         self._water_ul = 0.0  # delivered this session: rewards and manual drops (calibrated volumes)
         self._started: datetime | None = None
         self._subject_lock: SubjectLock | None = None
@@ -492,7 +492,7 @@ class SessionRunner:
             trial.pole = move.to_record()
         if self._sim is not None:
             self._sim.set_trial_context(trial.number, trial.spec.context.name)  # for the simulated microscope
-        self._machines[trial.number] = trial.machine
+        self._outputs[trial.number] = state_outputs(trial.machine)  # once: the reader thread only looks up
         self._store.journal(trial.number, "trial", source="task", **trial.spec.to_dict())
         self._publish(TOPIC_TRIAL, {  # the online module files the trial's frames under its context
             "kind": "start", "trial": trial.number, "context": trial.spec.context.name,
@@ -654,13 +654,13 @@ class SessionRunner:
         self._trials_done += 1
         with self._lock:
             self._water_ul += record.reward_ul or 0.0
-        machine = self._machines.pop(trial.number, None)
+        outputs = self._outputs.pop(trial.number, {})
         if self._children is not None:
             self._children.report()  # a child's death or return into session.json
         self._save_subject()
         if result is not None:  # the record as written: one shape on disk and on the wire
             self._publish(TOPIC_TRIAL, {"kind": "end", "trial": trial.number, "record": record.to_json(),
-                                        "status": self.status(), "outputs": state_outputs(machine)})
+                                        "status": self.status(), "outputs": outputs})
         self._status(trial, outcome)
 
     def _save_subject(self) -> None:
@@ -683,7 +683,7 @@ class SessionRunner:
             return
         number = self._client.trials_started
         if self._store is not None:
-            outputs = state_outputs(self._machines.get(number)).get(state, {})
+            outputs = self._outputs.get(number, {}).get(state, {})
             self._store.journal(number, "state", name=state, time_s=time_s, source="task", outputs=outputs)
         self._publish(TOPIC_STATE, {"trial": number, "state": state, "time_s": time_s})
 
@@ -882,11 +882,9 @@ class SessionRunner:
         stream.flush()
 
 
-def state_outputs(machine: StateMachine | None) -> dict[str, dict[str, Any]]:
+def state_outputs(machine: StateMachine) -> dict[str, dict[str, Any]]:
     """What each state of a trial sets on its output lines (state -> {output: value}), for the journal
-    and the monitor's timeline; empty for a trial whose machine is not known."""
-    if machine is None:
-        return {}
+    and the monitor's timeline."""
     return {state.name: dict(state.actions) for state in machine.states if state.actions}
 
 
