@@ -903,3 +903,27 @@ def test_a_trial_end_is_drawn_over_several_ticks(window: MonitorWindow) -> None:
     assert max(drawn) == 3 and drawn[-1] == 0  # one plot per turn, all four within one rotation
     assert all(0 <= a - b <= 1 for a, b in zip([4, *drawn], drawn, strict=False))
     assert behaviour.lick_rows == 1 and window.timeline.timeline is not None
+
+
+def test_psth_accumulator_bins_aligns_and_ranks() -> None:
+    from rig.monitor.psth import PENDING_TRIALS, PsthAccumulator, TrialAlignment
+
+    psth = PsthAccumulator(bin_s=0.5, windows={"sample": (0.0, 2.0), "go": (-1.0, 1.0)})
+    for trial, side in ((1, "left"), (2, "right")):
+        for k in range(40):  # 4 s at 10 Hz; ROI 0 is 2.0 from 0.5 s before the go cue (at 3 s) on left trials
+            t = k / 10
+            psth.add(trial, t, np.array([2.0 if side == "left" and 2.5 <= t < 3.0 else 0.0, t], np.float32))
+        assert psth.finish(TrialAlignment(trial, "blockA", side, "hit", sample_s=1.0, delay_s=1.5, go_s=3.0))
+    assert not psth.finish(TrialAlignment(1, "blockA", "left", "hit", 1.0, 1.5, 3.0))  # its samples are used
+    go = psth.mean("go", "blockA", "left", "hit")
+    assert go is not None and go.shape == (4, 2)
+    np.testing.assert_allclose(go[:, 0], [0.0, 2.0, 0.0, 0.0])  # the bin [-0.5, 0) before the go cue
+    np.testing.assert_allclose(psth.mean("sample", "blockA", "right", "hit")[:, 1], [1.2, 1.7, 2.2, 2.7])
+    assert psth.epochs() == pytest.approx((0.5, 1.5))
+    selectivity = psth.selectivity("blockA")
+    assert selectivity[0] > 1.0 and selectivity[1] == pytest.approx(0.0)
+    assert psth.selectivity("blockB").tolist() == [0.0, 0.0]  # no trials of that group yet
+    assert not psth.finish(TrialAlignment(9, "blockA", None, "hit", 1.0, 1.5, 3.0))  # no samples, no side
+    for trial in range(10, 11 + PENDING_TRIALS):
+        psth.add(trial, 0.1, np.zeros(2, np.float32))
+    assert not psth.finish(TrialAlignment(10, "blockA", "left", "hit", 0.0, 0.5, 1.0))  # dropped: too old

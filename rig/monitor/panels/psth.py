@@ -120,8 +120,12 @@ class PsthPanel(QtWidgets.QWidget):
         self.axes["go"].setTitle(f"<span style='font-size:10pt'>Go cue &nbsp; {trials['left']} left / "
                                  f"{trials['right']} right trials</span>")
         choice = NEURONS[self.neurons.currentIndex()]
-        text = "" if drawn else ("select an ROI" if choice == "selected ROI" and self.model.selected is None
-                                 else "waiting for trials with traces")
+        if drawn:
+            text = ""
+        elif choice == "selected ROI":
+            text = "select an ROI" if self.model.selected is None else "waiting for trials with traces"
+        else:
+            text = f"no {choice} ROIs yet" if sum(trials.values()) else "waiting for trials with traces"
         show_message(self.message, self.axes["sample"], text)
 
     def _update_groups(self, psth: PsthAccumulator) -> None:
@@ -143,9 +147,14 @@ class PsthPanel(QtWidgets.QWidget):
             return np.array([roi] if roi is not None and roi < psth.n_rois else [], dtype=int)
         if psth.n_rois == 0:
             return np.empty(0, dtype=int)
-        selectivity = psth.selectivity(group) * (1 if choice == "left-selective" else -1)
-        order = np.argsort(-selectivity)[:TOP_NEURONS]
-        return order[selectivity[order] > SELECTIVE_SD]
+        sign = 1 if choice == "left-selective" else -1
+        for where in (group, None):  # this group's selective ROIs; early in a new one, the session's
+            selectivity = psth.selectivity(where) * sign
+            order = np.argsort(-selectivity)[:TOP_NEURONS]
+            chosen = order[selectivity[order] > SELECTIVE_SD]
+            if len(chosen):
+                return chosen
+        return chosen
 
     def _shade(self, psth: PsthAccumulator) -> None:
         epochs = psth.epochs()
