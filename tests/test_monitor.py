@@ -773,6 +773,12 @@ def test_psth_heatmap_planes_and_registration(qtbot: Any, window: MonitorWindow,
             record = published_trial(trial, side=side, outcome="hit")
             rig.send_event(TOPIC_TRIAL, {"kind": "end", "trial": trial, "record": record,
                                          "status": status(trial)})
+        psth = model.imaging.planes[0].psth
+        qtbot.waitUntil(lambda: psth.trials("tactile", "left", "hit") == 2, timeout=5000)
+        assert model.imaging.planes[0].psth.trials("tactile", "right", "hit") == 1  # trial 4 may go on
+        for plane, n in n_rois.items():  # the next trial's first frame: trial 4 is complete
+            trace = TraceFrame(index, 5, index / 30, 0.0, 2.0, -0.2, 0.91, np.zeros(n, np.float32))
+            online.send_parts(_trace_parts(online.sender, trace, plane))
         qtbot.waitUntil(lambda: model.imaging.planes[0].psth.trials("tactile", "right", "hit") == 2,
                         timeout=5000)
     window.refresh()
@@ -927,3 +933,27 @@ def test_psth_accumulator_bins_aligns_and_ranks() -> None:
     for trial in range(10, 11 + PENDING_TRIALS):
         psth.add(trial, 0.1, np.zeros(2, np.float32))
     assert not psth.finish(TrialAlignment(10, "blockA", "left", "hit", 0.0, 0.5, 1.0))  # dropped: too old
+
+
+def test_psth_waits_for_traces_that_run_behind_the_trials() -> None:
+    """The online module runs behind (a backlog): the trials' records come before their traces. Each trial
+    is binned whole, when its traces move on to the next trial, and the last one at the session's end."""
+    from online.wire import Message, Sender, decode_message
+
+    model = MonitorModel()
+    sender = Sender("online")
+    for n in (1, 2, 3):
+        end = {"kind": "end", "record": published_trial(n, side="left")}
+        model.apply(Message(TOPIC_TRIAL, {"v": 1, "seq": n, "t_ns": 0, "data": end}))
+    psth = model.imaging.planes[0].psth
+    for n in (1, 2, 3):
+        for k in range(120):
+            trace = TraceFrame(k, n, k / 30, k / 30, 0.0, 0.0, 1.0, np.full(3, float(n), np.float32))
+            model.apply(decode_message(_trace_parts(sender, trace, plane=0)))
+        assert psth.trials("tactile", "left", "hit") == n - 1  # this trial may still have traces to come
+    ended = {"kind": "session-end", "status": {}}
+    model.apply(Message(TOPIC_TRIAL, {"v": 1, "seq": 9, "t_ns": 0, "data": ended}))
+    assert psth.trials("tactile", "left", "hit") == 3
+    go = psth.mean("go", "tactile", "left", "hit")
+    assert go is not None and np.nanmax(go[:, 0]) == pytest.approx(2.0)  # the mean of trials 1..3, each whole
+    assert model.behaviour.ended_at is not None

@@ -456,6 +456,7 @@ class PlaneData:
         self.psth = PsthAccumulator()
         self.deconvolved_psth = PsthAccumulator()
         self.registration = RegistrationHistory()
+        self.last_trial: int | None = None  # the trial of the newest traces
 
 
 class ImagingModel:
@@ -540,6 +541,7 @@ class ImagingModel:
     def add_traces(self, trace: TraceFrame, t_s: float, now: float, plane: int = 0,
                    deconvolved: np.ndarray | None = None) -> None:
         data = self._plane(plane)
+        data.last_trial = trace.trial
         dff = np.asarray(trace.dff, dtype=np.float32)
         data.traces.append(t_s, dff)
         data.registration.add(t_s, trace.shift_dy, trace.shift_dx, trace.correlation)
@@ -561,12 +563,16 @@ class ImagingModel:
         if self.selected is not None and self.selected >= self.traces.n_rois:
             self.select(None)
 
-    def trial_done(self, row: TrialRow) -> None:
-        """A trial's record came: its waiting samples go into every plane's PSTHs."""
+    def trial_done(self, row: TrialRow, plane: int | None = None, force: bool = False) -> None:
+        """A trial's record is in: its samples go into the PSTHs of every plane whose traces have moved on
+        to a later trial (a plane still behind bins it when its traces move on: `plane`), or of every
+        plane (`force`, at the session's end)."""
         alignment = row.alignment()
-        for data in self.planes.values():
-            data.psth.finish(alignment)
-            data.deconvolved_psth.finish(alignment)
+        for number, data in self.planes.items():
+            moved_on = data.last_trial is not None and data.last_trial > row.trial
+            if force or number == plane or (plane is None and moved_on):
+                data.psth.finish(alignment)
+                data.deconvolved_psth.finish(alignment)
 
     def set_rois(self, rois: RoiSnapshot, now: float, plane: int = 0) -> None:
         data = self._plane(plane)
@@ -694,6 +700,8 @@ class MonitorModel:
             elif data.get("kind") == "session-end":
                 status = data.get("status")
                 self.behaviour.end_session(status if isinstance(status, Mapping) else {})
+                if self.behaviour.last_row is not None:  # its traces will not move on to a later trial
+                    self.imaging.trial_done(self.behaviour.last_row, force=True)
         elif topic == TOPIC_STATE:
             data = Event.from_message(message).data
             self.behaviour.set_state(int(data["trial"]), str(data["state"]), now)
@@ -704,8 +712,11 @@ class MonitorModel:
             # dF/F first; the deconvolved activity beside it when the module publishes it
             deconvolved = message.arrays[1] if len(message.arrays) > 1 else None
             trace = TraceFrame.from_message(dataclasses.replace(message, arrays=message.arrays[:1]))
-            self.imaging.add_traces(trace, self._trace_time(trace), now, plane=_plane_of(message),
-                                    deconvolved=deconvolved)
+            plane = _plane_of(message)
+            before = self.imaging.planes[plane].last_trial if plane in self.imaging.planes else None
+            self.imaging.add_traces(trace, self._trace_time(trace), now, plane=plane, deconvolved=deconvolved)
+            if before is not None and before != trace.trial and before in self.behaviour.rows:
+                self.imaging.trial_done(self.behaviour.rows[before], plane)  # traces behind the trials
         elif topic == TOPIC_ROIS:
             self.imaging.set_rois(RoiSnapshot.from_message(message), now, plane=_plane_of(message))
         elif topic == TOPIC_DECODER:

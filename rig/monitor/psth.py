@@ -2,15 +2,18 @@
 receives traces: mean activity (dF/F, or deconvolved activity) aligned to the sample onset and to the go
 cue, for left and right trials, hits and errors, per context or block.
 
-A trial's samples wait (keyed by trial, in the trial's own time) until its record says where the sample
-and the go cue were; they are then binned and added to running sums, so the cost per trial is fixed and
-memory is the bins, not the session. Selectivity (left vs right hits in the last second of the delay, in
-units of each ROI's standard deviation) orders the heatmap and picks the neurons the PSTH panel shows.
+A trial's samples wait (keyed by trial, in the trial's own time) until both its record (where the sample
+and the go cue were) and its samples are in: at the record when the traces keep up, at the first sample of
+a later trial when the online module runs behind. They are then binned and added to running sums, so the
+cost per trial is fixed and memory is the bins, not the session. Selectivity (left vs right hits in the
+last second of the delay, in units of each ROI's standard deviation) orders the heatmap and picks the
+neurons the PSTH panel shows.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -24,6 +27,8 @@ SELECTIVITY_WINDOW_S = (-1.0, 0.0)
 PENDING_TRIALS = 6
 """Trials whose samples wait for their record; older ones are dropped (their record never came)."""
 OUTCOMES = ("hit", "error")
+FINISHED_KEPT = 64
+"""Binned trials remembered, so that a trial is never counted twice."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,7 @@ class PsthAccumulator:
         self.version = 0
         self.groups: list[str] = []
         self._pending: dict[int, tuple[list[float], list[np.ndarray]]] = {}
+        self._finished: deque[int] = deque(maxlen=FINISHED_KEPT)  # trials binned: later samples are late
         self._reset(0)
 
     def _reset(self, n_rois: int) -> None:
@@ -69,7 +75,7 @@ class PsthAccumulator:
 
     def add(self, trial: int, time_in_trial_s: float | None, activity: np.ndarray) -> None:
         """One frame's activity of every ROI, at its time in `trial`."""
-        if time_in_trial_s is None or not math.isfinite(time_in_trial_s):
+        if time_in_trial_s is None or not math.isfinite(time_in_trial_s) or trial in self._finished:
             return
         if activity.shape != (self.n_rois,):
             self._reset(int(activity.shape[0]))
@@ -83,6 +89,8 @@ class PsthAccumulator:
     def finish(self, trial: TrialAlignment) -> bool:
         """Bin the waiting samples of a trial that ended; False if it has none or no usable condition."""
         pending = self._pending.pop(trial.trial, None)
+        if pending is not None:
+            self._finished.append(trial.trial)
         if pending is None or trial.side not in ("left", "right") or trial.outcome not in OUTCOMES:
             return False
         times, activity = np.asarray(pending[0]), np.stack(pending[1]).astype(np.float64)
