@@ -194,6 +194,7 @@ class SessionRunner:
         self._closed_loop = settings.online.closed_loop.enabled
         self._outputs: dict[int, dict[str, dict[str, Any]]] = {}  # trial -> what its states set (running)
         self._water_ul = 0.0  # delivered this session: rewards and manual drops (calibrated volumes)
+        self._valve_timers: list[threading.Timer] = []  # manual valves open now, each closed by its timer
         self._started: datetime | None = None
         self._subject_lock: SubjectLock | None = None
         self._fault: SessionFault | None = None
@@ -281,6 +282,7 @@ class SessionRunner:
             client = BpodClient(port, timeout_s=self.settings.bpod.timeout_s)
             client.connect()
             stack.callback(client.close)
+            stack.callback(self._close_valves)  # before the client closes: no valve is left open
             self._open_sound(client, stack)
             sim = self._sim
             self._pole_motor = self._open_stage(ZaberPoleMotor, self.settings.pole_motor,
@@ -819,6 +821,8 @@ class SessionRunner:
 
         timer = threading.Timer(open_s / (self.speed if self.simulated else 1.0), close)
         timer.daemon = True
+        with self._lock:
+            self._valve_timers = [t for t in self._valve_timers if t.is_alive()] + [timer]
         timer.start()
         volume = self.settings.task.reward_volume_ul if drop else None
         if volume is not None:
@@ -827,6 +831,15 @@ class SessionRunner:
         log.info("manual %s on the %s valve (%s, %.3f s)", action, side, line, open_s)
         what = "one drop" if drop else f"a {open_s:g} s flush"
         return {"message": f"{what} from the {side} valve", "open_s": open_s, "volume_ul": volume}
+
+    def _close_valves(self) -> None:
+        """At the session's end: a manual valve still open is closed now, not when its timer runs."""
+        with self._lock:
+            timers, self._valve_timers = self._valve_timers, []
+        for timer in timers:
+            if timer.is_alive():
+                timer.cancel()
+                timer.function(*timer.args, **timer.kwargs)
 
     def status(self) -> dict[str, Any]:
         if not hasattr(self, "training"):

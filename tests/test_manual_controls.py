@@ -96,3 +96,28 @@ def test_summary_figure_from_a_session_folder(settings: Settings, tmp_path: Path
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
     assert not list(folder.glob(".*partial"))
 
+
+
+def test_a_valve_still_open_at_the_end_of_the_session_is_closed(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from hardware.bpod.client import BpodClient
+
+    calls: list[tuple[str, int]] = []
+    override = BpodClient.override_output
+
+    def recorded(self: BpodClient, channel: str, value: int) -> None:
+        calls.append((channel, value))
+        override(self, channel, value)
+
+    monkeypatch.setattr(BpodClient, "override_output", recorded)
+    long_flush = load_settings(overrides={**free_network_overrides(), "online.enabled": False,
+                                          "imaging.source": "none", "session.flush_s": 30.0})
+    session = SessionThread(long_flush, tmp_path, subject="m-flush", trials=500, speed=10.0)
+    session.wait_for_trials(1)
+    endpoint = long_flush.network.control
+    assert send_request(endpoint, "valve", side="right", action="flush")["open_s"] == 30.0
+    assert send_request(endpoint, "stop")["ok"]
+    session.join()
+    right = long_flush.wiring.right_valve
+    assert calls == [(right, 1), (right, 0)]  # closed when the session ended, not 3 s later by its timer
+    assert not session.runner._valve_timers
