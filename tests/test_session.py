@@ -16,6 +16,7 @@ import pytest
 import yaml
 import zmq
 
+from hardware.sim.subject_file import SUBJECT_STATE_FILE
 from rig.control import send_request
 from rig.errors import UserError
 from rig.free_endpoints import free_network, free_network_overrides
@@ -23,6 +24,8 @@ from rig.session import RunOptions, SessionResult, SessionRunner
 from rig.settings import Settings, load_settings
 from rig.store import read_jsonl
 from rig.summary import CYCLE_S, summarize_session
+
+SIM_FOLDER = SUBJECT_STATE_FILE.parts[0]  # the simulated mouse's own state beside the sessions
 
 SPEED = 100.0
 
@@ -267,10 +270,11 @@ def test_kill_9_loses_nothing_and_the_next_run_resumes(tmp_path: Path) -> None:
     try:
         subject_dir = tmp_path / "data" / "k9"
         deadline = time.monotonic() + 30
-        while not subject_dir.exists() or not any(p.is_dir() for p in subject_dir.iterdir()):
+        while not subject_dir.exists() or not any(p.is_dir() and p.name != SIM_FOLDER
+                                                  for p in subject_dir.iterdir()):
             assert time.monotonic() < deadline
             time.sleep(0.02)
-        (folder,) = [p for p in subject_dir.iterdir() if p.is_dir()]
+        (folder,) = [p for p in subject_dir.iterdir() if p.is_dir() and p.name != SIM_FOLDER]
         _wait_for_lines(folder / "trials.jsonl", 4, proc)
         time.sleep(0.05)
     finally:
@@ -301,10 +305,11 @@ def test_sigterm_ends_the_session_cleanly_after_the_current_trial(tmp_path: Path
     subject_dir = tmp_path / "data" / "term"
     try:
         deadline = time.monotonic() + 30
-        while not subject_dir.exists() or not any(p.is_dir() for p in subject_dir.iterdir()):
+        while not subject_dir.exists() or not any(p.is_dir() and p.name != SIM_FOLDER
+                                                  for p in subject_dir.iterdir()):
             assert time.monotonic() < deadline
             time.sleep(0.02)
-        (folder,) = [p for p in subject_dir.iterdir() if p.is_dir()]
+        (folder,) = [p for p in subject_dir.iterdir() if p.is_dir() and p.name != SIM_FOLDER]
         _wait_for_lines(folder / "trials.jsonl", 2, proc)
         os.kill(proc.pid, signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
