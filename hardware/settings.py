@@ -347,6 +347,14 @@ class MouseSimSettings(_Section):
     """How fast the cue-to-side mapping is learned, per rewarded trial."""
     lapse: float = Field(0.05, ge=0, le=1)
     """Probability of a random choice or no lick regardless of learning."""
+    side_bias_drift: float = Field(0.15, ge=0, le=1)
+    """Standard deviation of the side bias's slow walk around side_bias (over a few hundred trials)."""
+    win_stay: float = Field(0.15, ge=0, le=1)
+    """Pull toward the last side after a reward (fraction of the way to certainty)."""
+    lose_shift: float = Field(0.15, ge=0, le=1)
+    """Pull toward the other side after an error."""
+    satiety_rewards: float = Field(400, ge=0)
+    """Rewards in a session after which half the trials are ignored (sated)."""
 
 
 class MicroscopeSimSettings(_Section):
@@ -373,8 +381,9 @@ class MicroscopeSimSettings(_Section):
 
 
 class SimSubjectSettings(_Section):
-    """Where a NEW simulated subject starts: simulated mice arrive trained, so a demo session shows the
-    trained task and a context switch within a few hundred trials. Real subjects start at the first stage."""
+    """The simulated subject: where a NEW one starts (simulated mice arrive trained, so a demo session shows
+    the trained task and a context switch within a few hundred trials; real subjects start at the first
+    stage), and its latent task states (each a mapping and a population pattern, learned from reward)."""
 
     stage: str = "full"
     """Training stage of a new simulated subject (a name from task.stages)."""
@@ -384,6 +393,20 @@ class SimSubjectSettings(_Section):
     """The context whose cue-to-side mapping the simulated mouse already knows (and starts in)."""
     trials_in_context: int = Field(250, ge=0)
     """Trials it is credited with in that context, counted towards task.context_switch.min_trials."""
+    naive: bool = False
+    """A naive subject instead: it knows no mapping and starts at the first stage of task.stages."""
+    new_patterns: bool = True
+    """False: every mapping the mouse learns shares one population pattern (the 'no new pattern' subject)."""
+    switch_evidence: float = Field(12.0, gt=0)
+    """Evidence (nats) from rewards that the mouse needs to believe another mapping is in force."""
+    retention: float = Field(0.3, ge=0, le=1)
+    """Fraction of a mapping's confidence kept while another mapping is in force."""
+    savings: float = Field(0.5, ge=0)
+    """Learning-rate gain per switch of mapping (relearning gets faster each time)."""
+    pattern_drift: float = Field(0.1, ge=0, le=1)
+    """Fraction of a stored pattern's variance that is new when its mapping returns."""
+    pattern_trace: float = Field(0.05, ge=0, le=2)
+    """Weight of the pattern learned in between added to a returning pattern (the memory trace)."""
 
 
 class SimSettings(_Section):

@@ -115,6 +115,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             from rig.monitor import stop_monitor_process
 
             stop_monitor_process(gui)
+    _summary_figure(result.folder, settings, gui)
     sys.stderr.write("\n")
     summary = summarize_session(result.folder)
     sys.stdout.write(format_summary(summary) + "\n")
@@ -206,6 +207,15 @@ def _cmd_export_nwb(args: argparse.Namespace) -> int:
     for item in done:
         sys.stdout.write(f"{item.session} -> {item.path} ({item.trials} trials, {item.planes} planes)\n")
     return EXIT_OK
+
+
+def _summary_figure(folder: Path, settings: Settings, gui: Any) -> None:
+    """The session's summary.png: the monitor saves it when the session ends; the rig draws it when no
+    monitor ran (or the monitor did not)."""
+    from rig.session_figure import FIGURE_FILE, save_session_figure
+
+    if gui is None or not (folder / FIGURE_FILE).is_file():
+        save_session_figure(folder, settings.wiring)
 
 
 def _seconds_list(text: str) -> tuple[float, ...]:
@@ -387,7 +397,11 @@ def _cmd_control(args: argparse.Namespace) -> int:
     from rig.control import link_security, send_request
 
     settings = _load(args)
-    extra = {"context": args.name} if args.command == "switch-context" else {}
+    extra: dict[str, str] = {}
+    if args.command == "switch-context":
+        extra = {"context": args.name}
+    elif args.command == "valve":
+        extra = {"side": args.side, "action": "flush" if args.flush else "drop"}
     reply = send_request(settings.network.control, args.command, security=link_security(settings.network),
                          **extra)
     if not reply.get("ok"):
@@ -504,7 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_and_rig(run)
     run.add_argument("--no-gui", action="store_true", help="do not open the monitoring window")
     run.add_argument("--weight", metavar="G", type=_positive_float, default=None,
-                     help="the subject's weight before the session (g); asked on a real rig when missing")
+                     help="the subject's weight before the session (g), in the monitor and session.json; "
+                          "asked on a real rig when missing")
     run.add_argument("--supplementary-water", metavar="UL", type=float, default=None,
                      help="water given after the session besides the valves' (uL); asked on a real rig "
                           "when missing")
@@ -685,10 +700,15 @@ def build_parser() -> argparse.ArgumentParser:
                        ("pause", "pause the running session after the current trial"),
                        ("resume", "resume a paused session"),
                        ("stop", "stop the running session after the current trial"),
-                       ("status", "print the running session's status")):
+                       ("status", "print the running session's status"),
+                       ("valve", "open a reward valve of the running session for one calibrated drop (a free "
+                                 "drop) or, with --flush, for session.flush_s")):
         control = sub.add_parser(name, help=text, description=text)
         if name == "switch-context":
             control.add_argument("name", metavar="NAME", help="context name (from settings.yaml contexts)")
+        if name == "valve":
+            control.add_argument("side", choices=("left", "right"), help="which valve")
+            control.add_argument("--flush", action="store_true", help="a flush instead of one drop")
         _add_settings_and_rig(control, "network.control")
         control.set_defaults(func=_cmd_control, command=name)
     return parser

@@ -1,4 +1,6 @@
-"""The session's control socket: switch context, pause, resume, stop, status.
+"""The session's control socket: switch context, pause, resume, stop, status, closed loop, soft codes and
+the manual valve (a free drop or a flush). Any request may say who sent it (`source`), which the session
+logs with what the request did.
 
 A REP socket served by its own thread, so requests are answered while the trial loop waits on the
 Bpod. Requests and replies are JSON objects: `{"command": "switch-context", "context": "auditory"}`
@@ -44,8 +46,13 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "stop": (),
     "closed-loop": ("enabled",),
     "soft-code": ("number",),
+    "valve": ("side", "action"),
 }
 OPTIONAL_FIELDS: dict[str, tuple[str, ...]] = {"soft-code": ("trial",)}
+SOURCES = ("experimenter", "monitor", "closed loop")
+"""Who may send a request (its optional `source`, logged with what it did; default experimenter)."""
+VALVE_ACTIONS = ("drop", "flush")
+"""`valve` actions: one calibrated reward drop (a free drop), or the valve open for session.flush_s."""
 POLL_MS = 100
 MAX_REQUEST_BYTES = 64 * 1024
 """The largest request that is parsed; a bigger one (up to MAX_MESSAGE_BYTES) gets an error reply."""
@@ -63,6 +70,9 @@ FIELD_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "enabled": (lambda v: isinstance(v, bool), "true or false"),
     "number": (_is_whole, "a whole number"),
     "trial": (_is_whole, "a whole number"),
+    "side": (lambda v: v in ("left", "right"), "left or right"),
+    "action": (lambda v: v in VALVE_ACTIONS, " or ".join(VALVE_ACTIONS)),
+    "source": (lambda v: v in SOURCES, ", ".join(SOURCES)),
 }
 """The type each command field must have, with how the error names it."""
 
@@ -110,7 +120,7 @@ def parse_request(raw: bytes) -> tuple[str, dict[str, Any]]:
     missing = [key for key in COMMANDS[command] if key not in request]
     if missing:
         raise ControlRequestError(f"command {command!r} needs {', '.join(repr(k) for k in missing)}")
-    for key in (*COMMANDS[command], *OPTIONAL_FIELDS.get(command, ())):
+    for key in (*COMMANDS[command], *OPTIONAL_FIELDS.get(command, ()), "source"):
         check, kind = FIELD_TYPES[key]
         if key in request and not check(request[key]):
             raise ControlRequestError(f"{key!r} must be {kind}, got {short_repr(request[key])}")

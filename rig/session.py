@@ -187,7 +187,6 @@ class SessionRunner:
         self._end_reason = "completed"
         self._trials_done = 0
         self._valves = valve_curves(settings)
-        self._water_ul = 0.0  # from the calibrated valve times of the trials recorded
         self._first_start_s: float | None = None
         self._last_result_end_s: float | None = None
         self._store: SessionStore | None = None
@@ -205,6 +204,10 @@ class SessionRunner:
         self._online: OnlineProcess | None = None
         self._children: ChildWatcher | None = None
         self._closed_loop = settings.online.closed_loop.enabled
+        self._outputs: dict[int, dict[str, dict[str, Any]]] = {}  # trial -> what its states set (running)
+        self._water_ul = 0.0  # this session: calibrated volumes of the valve states, manual drops
+        self._valve_timers: list[threading.Timer] = []  # manual valves open now, each closed by its timer
+        self._started: datetime | None = None
         self._subject_lock: SubjectLock | None = None
         self._fault: SessionFault | None = None
         self.training: Training
@@ -232,9 +235,9 @@ class SessionRunner:
 
     def _new_subject_state(self) -> SubjectTrainingState:
         context = self.options.context or self.settings.task.default_context
-        if not self.simulated:
-            return SubjectTrainingState(stage=self.stages[0].name, context=context)
         sim = self.settings.sim.subject
+        if not self.simulated or sim.naive:  # a naive simulated subject starts where a real one does
+            return SubjectTrainingState(stage=self.stages[0].name, context=context)
         trained = self.options.context is None or self.options.context == sim.trained_context
         return SubjectTrainingState(stage=sim.stage, context=self.options.context or sim.trained_context,
                                     task_learned=sim.task_learned,
@@ -283,18 +286,18 @@ class SessionRunner:
     def _run(self) -> SessionResult:
         security = link_security(self.settings.network)  # before anything starts
         self._load_subject()
-        started = datetime.now()
+        started = self._started = datetime.now()
         with ExitStack() as stack:
             port = self.settings.bpod.port
             if self.simulated:
-                rig = SimulatedRig(self.settings, self.speed, self.record.simulated_mouse,
-                                   day=self.record.sessions)  # the field of view moves from day to day
+                rig = SimulatedRig(self.settings, self.speed, self.data_root / self.options.subject)
                 self._sim = stack.enter_context(rig)
                 port = self._sim.port
             rois = self._given_rois()  # a wrong ROI folder is one sentence before anything is written
             client = BpodClient(port, timeout_s=self.settings.bpod.timeout_s)
             client.connect()
             stack.callback(client.close)
+            stack.callback(self._close_valves)  # before the client closes: no valve is left open
             self._open_sound(client, stack)
             sim = self._sim
             self._pole_motor = self._open_stage(ZaberPoleMotor, self.settings.pole_motor,
@@ -316,6 +319,8 @@ class SessionRunner:
             self._store = SessionStore.create(self.data_root, self.options.subject, started, experiment_yaml,
                                               self._session_info(started), rig_yaml=rig_yaml)
             stack.callback(self._store.close)
+            if self._sim is not None:
+                self._sim.record_truth(self._store.folder)
             self._subject_lock.name_session(self._store.folder)
             if self.settings.online.enabled and self.settings.online.start_with_rig:
                 self._online = stack.enter_context(OnlineProcess(
@@ -347,6 +352,8 @@ class SessionRunner:
                 self.record.sessions += 1
                 self._save_subject()
                 self._store.write_session_info(self._session_info(started, datetime.now()))
+                self._publish(TOPIC_TRIAL, {"kind": "session-end", "session": str(self._store.folder),
+                                            "end_reason": self._end_reason, "status": self.status()})
         return SessionResult(self._store.folder, self._trials_done, self._end_reason)
 
     def _loop(self) -> None:
@@ -551,7 +558,8 @@ class SessionRunner:
             trial.pole = move.to_record()
         if self._sim is not None:
             self._sim.set_trial_context(trial.number, trial.spec.context.name)  # for the simulated microscope
-        self._store.journal(trial.number, "trial", **trial.spec.to_dict())
+        self._outputs[trial.number] = state_outputs(trial.machine)  # once: the reader thread only looks up
+        self._store.journal(trial.number, "trial", source="task", **trial.spec.to_dict())
         self._publish(TOPIC_TRIAL, {  # the online module files the trial's frames under its context
             "kind": "start", "trial": trial.number, "context": trial.spec.context.name,
             **_block_fields(trial.block), "side": trial.spec.side, "gated": trial.gate is not None,
@@ -705,26 +713,28 @@ class SessionRunner:
             bpod=bpod, sounds=sounds,
             host_time=datetime.now().isoformat(timespec="milliseconds"),
             closed_loop=_closed_loop_record(trial.gate, result) if result is not None else None,
-            pole=trial.pole, lickport=trial.lickport, outputs=_state_outputs(trial.machine),
+            pole=trial.pole, lickport=trial.lickport, outputs=self._outputs.get(trial.number, {}),
             # training counted a trial cut short with the outcome it had reached
             outcome_before_abort=scored.outcome if scored is not None and outcome != scored.outcome
             and scored.outcome != "aborted" else None,
         )
         self._store.append_trial(record)
         self._trials_done += 1
-        self._water_ul += trial_water_ul(record, self._valves)
+        with self._lock:
+            self._water_ul += trial_water_ul(record, self._valves)
+        outputs = self._outputs.pop(trial.number, {})
         if self._children is not None:
             self._children.report()  # a child's death or return into session.json
         self._save_subject()
         if result is not None:  # the record as written: one shape on disk and on the wire
             self._publish(TOPIC_TRIAL, {"kind": "end", "trial": trial.number, "record": record.to_json(),
-                                        "status": self.status()})
+                                        "status": self.status(), "outputs": outputs})
         self._status(trial, outcome)
 
     def _save_subject(self) -> None:
         assert self._store is not None
         if self._sim is not None:
-            self.record.simulated_mouse = self._sim.mouse_state()
+            self._sim.save()  # the simulated subject's own state and the session's ground truth
         self._store.durable_write(subject_path(self.data_root, self.options.subject),
                                   lambda: save_subject(self.data_root, self.record))
 
@@ -732,14 +742,17 @@ class SessionRunner:
 
     def _on_event(self, event: TrialEvent) -> None:
         if self._store is not None and self._client is not None:
-            self._store.journal(self._client.trials_started, "event", name=event.name, time_s=event.time_s)
+            source = "closed loop" if "SoftCode" in event.name else "task"  # the decoder's decisions
+            self._store.journal(self._client.trials_started, "event", name=event.name, time_s=event.time_s,
+                                source=source)
 
     def _on_state(self, state: str, time_s: float) -> None:
         if self._client is None:
             return
         number = self._client.trials_started
         if self._store is not None:
-            self._store.journal(number, "state", name=state, time_s=time_s)
+            outputs = self._outputs.get(number, {}).get(state, {})
+            self._store.journal(number, "state", name=state, time_s=time_s, source="task", outputs=outputs)
         self._publish(TOPIC_STATE, {"trial": number, "state": state, "time_s": time_s})
 
     def _publish(self, topic: bytes, data: dict[str, Any]) -> None:
@@ -754,6 +767,15 @@ class SessionRunner:
     def _handle_control(self, command: str, args: dict[str, Any]) -> dict[str, Any]:
         if command == "status":
             return self.status()
+        reply = self._control(command, args)
+        if command != "soft-code" and self._store is not None:  # soft codes are journaled as Bpod events
+            trial = self._client.trials_started if self._client is not None else 0
+            fields = {k: v for k, v in args.items() if k != "source"}
+            self._store.journal(trial, "control", command=command, source=args.get("source", "experimenter"),
+                                **fields, **{k: v for k, v in reply.items() if k in ("open_s", "volume_ul")})
+        return reply
+
+    def _control(self, command: str, args: dict[str, Any]) -> dict[str, Any]:
         if command == "switch-context":
             name = args["context"]
             if not isinstance(name, str) or name not in self.contexts:
@@ -779,6 +801,8 @@ class SessionRunner:
             return self._set_closed_loop(args["enabled"])
         if command == "soft-code":
             return self._soft_code(args)
+        if command == "valve":
+            return self._valve(args["side"], args["action"])
         raise ControlRequestError(f"command {command!r} is not available in this session yet")
 
     def _app_port(self) -> str | None:
@@ -838,6 +862,51 @@ class SessionRunner:
             raise ControlRequestError(str(exc)) from None
         return {"trial": client.trials_started, "t_ns": time.time_ns()}
 
+    def _valve(self, side: str, action: str) -> dict[str, Any]:
+        """Open a reward valve by hand (the Bpod's output override, between or during trials): one calibrated
+        drop, counted as water given, or a flush of session.flush_s (not counted: it fills or rinses the
+        line). The valve is closed by a timer, so the control thread answers at once."""
+        client = self._client
+        if client is None or not client.connected:
+            raise ControlRequestError("the Bpod is not connected")
+        line = self.settings.wiring.left_valve if side == "left" else self.settings.wiring.right_valve
+        drop = action == "drop"
+        open_s = self.params.valve_s(side) if drop else self.settings.session.flush_s  # type: ignore[arg-type]
+        try:
+            client.override_output(line, 1)
+        except BpodConnectionError:
+            raise
+        except BpodError as exc:
+            raise ControlRequestError(str(exc)) from None
+
+        def close() -> None:
+            try:
+                client.override_output(line, 0)  # back to the state machine
+            except BpodError as exc:
+                log.error("could not close the %s valve after a manual %s: %s", side, action, exc)
+
+        timer = threading.Timer(open_s / (self.speed if self.simulated else 1.0), close)
+        timer.daemon = True
+        with self._lock:
+            self._valve_timers = [t for t in self._valve_timers if t.is_alive()] + [timer]
+        timer.start()
+        volume = self.settings.task.reward_volume_ul if drop else None
+        if volume is not None:
+            with self._lock:
+                self._water_ul += volume
+        log.info("manual %s on the %s valve (%s, %.3f s)", action, side, line, open_s)
+        what = "one drop" if drop else f"a {open_s:g} s flush"
+        return {"message": f"{what} from the {side} valve", "open_s": open_s, "volume_ul": volume}
+
+    def _close_valves(self) -> None:
+        """At the session's end: a manual valve still open is closed now, not when its timer runs."""
+        with self._lock:
+            timers, self._valve_timers = self._valve_timers, []
+        for timer in timers:
+            if timer.is_alive():
+                timer.cancel()
+                timer.function(*timer.args, **timer.kwargs)
+
     def status(self) -> dict[str, Any]:
         if not hasattr(self, "training"):
             return {"subject": self.options.subject, "trials": 0, "starting": True}
@@ -848,6 +917,8 @@ class SessionRunner:
             "stopping": self._stop.is_set(), "session": str(self._store.folder) if self._store else None,
             "pending_context": self.training.state.pending_context, "closed_loop": self._closed_loop,
             "children": self._children.status() if self._children is not None else None,
+            "rig": self.settings.rig.name, "started": self._started.isoformat() if self._started else None,
+            "water_ul": round(self._water_ul, 3), "weight_g": self.options.weight_g,
         }
 
     def request_stop(self, reason: str) -> None:
@@ -890,6 +961,12 @@ class SessionRunner:
         stream.flush()
 
 
+def state_outputs(machine: StateMachine) -> dict[str, dict[str, Any]]:
+    """What each state of a trial sets on its output lines (state -> {output: value}), for the journal
+    and the monitor's timeline."""
+    return {state.name: dict(state.actions) for state in machine.states if state.actions}
+
+
 def _event_dict(event: Any) -> dict[str, Any]:
     return {k: getattr(event, k) for k in event.__dataclass_fields__}
 
@@ -902,11 +979,6 @@ def _describe_event(event: Any) -> str:
 def _block_fields(block: Block | None) -> dict[str, Any]:
     """The trial's block as record and message keys (`block`, `block_label`)."""
     return {} if block is None else {"block": block.index, "block_label": block.label}
-
-
-def _state_outputs(machine: StateMachine) -> dict[str, dict[str, Any]]:
-    """{state: {output: value}} of the states that set outputs: the record's `outputs`."""
-    return {s.name: dict(s.actions) for s in machine.states if s.actions}
 
 
 def _closed_loop_record(gate: DecoderGate | None, result: TrialResult) -> dict[str, Any] | None:

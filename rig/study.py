@@ -9,6 +9,7 @@ before it stay on disk.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import subprocess
 import sys
@@ -70,11 +71,16 @@ def parse_schedule(text: str, known_contexts: Sequence[str]) -> list[StudyDay]:
 
 def write_study_settings(source: Path | None, subject_dir: Path, *, switch_at_criterion: bool) -> Path:
     """The settings every day runs with, kept beside the subject's sessions: the user's settings, with the
-    rig's automatic context switching off when a schedule decides the contexts."""
+    rig's automatic context switching off when a schedule decides the contexts, and a fixed simulator seed
+    (from the subject's name) where the settings ask for a fresh one, so every day images the same mouse."""
     raw = read_settings_file(source if source is not None else DEFAULT_SETTINGS_PATH)
     task = dict(raw.get("task") or {})
     task["context_switch"] = {**dict(task.get("context_switch") or {}), "enabled": switch_at_criterion}
     raw["task"] = task
+    sim = dict(raw.get("sim") or {})
+    if "seed" in sim and sim["seed"] is None:  # a fresh seed a day would give the mouse new neurons each day
+        sim["seed"] = int.from_bytes(hashlib.sha256(subject_dir.name.encode()).digest()[:4], "little")
+        raw["sim"] = sim
     parse_settings(raw, source)  # refused here, once, rather than on every day
     subject_dir.mkdir(parents=True, exist_ok=True)
     path = subject_dir / STUDY_SETTINGS_FILE

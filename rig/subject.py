@@ -1,9 +1,9 @@
 """A subject's persistent state (`<root>/<subject>/subject.json`), carried from session to session.
 
 It holds the training state (stage, context, counts), the subject's blocks (each visit to a context,
-protocols/blocks.py), the recent scored trials that trial selection
-looks back on (antibias, auto-reward), and, for simulated subjects, what the simulated mouse has
-learned, so that the next session continues exactly where this one stopped.
+protocols/blocks.py), the recent scored trials that trial selection looks back on (antibias, auto-reward),
+so that the next session continues exactly where this one stopped. A simulated subject's mouse keeps its
+own state beside it, in the subject's sim/ folder (hardware/sim/subject_file.py).
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ class SubjectRecord:
     training: SubjectTrainingState
     history: list[ScoredTrial] = field(default_factory=list)
     sessions: int = 0
-    simulated_mouse: dict[str, Any] | None = None
     coding_directions: dict[str, Any] = field(default_factory=dict)
     blocks: BlockHistory = field(default_factory=BlockHistory)
     """Every visit to a context so far, so a block continues into the next session while its context does."""
@@ -40,8 +39,7 @@ class SubjectRecord:
         return {
             "format": FORMAT_VERSION, "subject": self.subject, "training": self.training.to_dict(),
             "history": [t.to_dict() for t in self.history[-HISTORY_KEPT:]], "sessions": self.sessions,
-            "simulated_mouse": self.simulated_mouse, "coding_directions": self.coding_directions,
-            "blocks": self.blocks.to_list(), "info": self.info,
+            "coding_directions": self.coding_directions, "blocks": self.blocks.to_list(), "info": self.info,
             "updated": datetime.now().isoformat(timespec="seconds"),
         }
 
@@ -62,7 +60,6 @@ def load_subject(root: Path, subject: str) -> SubjectRecord | None:
             training=SubjectTrainingState.from_dict(data["training"]),
             history=[ScoredTrial.from_dict(t) for t in data.get("history", [])],
             sessions=int(data.get("sessions", 0)),
-            simulated_mouse=data.get("simulated_mouse"),
             coding_directions=dict(data.get("coding_directions", {})),
             blocks=BlockHistory.from_list(data.get("blocks")),
             info=data.get("info"),

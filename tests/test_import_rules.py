@@ -162,3 +162,24 @@ def test_the_checks_see_a_violation_and_a_circle() -> None:
     assert _cycles({"a": {"b"}, "b": set()}) == []
     assert "protocols.contexts" in GRAPH["protocols.outcome"]  # a plain import is seen
     assert "online.settings" in GRAPH["online.config"]  # and one of a package's own module
+
+
+SIM_TRUTH_NAMES = ("sim-truth", "sim-patterns", "subject-state")
+"""The simulator's ground truth and its subject's state (hardware/sim/subject_file.py): for tests only."""
+SIM_TRUTH_MODULE = "hardware.sim.subject_file"
+SIM_TRUTH_WRITER = "rig.simulated_rig"
+
+
+def _names_truth(path: Path) -> bool:
+    text = path.read_text(encoding="utf-8")
+    return any(name in text for name in SIM_TRUTH_NAMES)
+
+
+def test_the_product_never_opens_the_simulators_ground_truth() -> None:
+    """online/ never names the truth files (it cannot import hardware, so it would have to spell them),
+    and in rig/ only the simulated rig, which writes them, uses the module that names them."""
+    assert [p for p in (REPO / "online").rglob("*.py") if _names_truth(p)] == []
+    assert [p for p in (REPO / "rig").rglob("*.py") if _names_truth(p)] == []
+    users = sorted(m for m, targets in GRAPH.items() if SIM_TRUTH_MODULE in targets and m.startswith("rig"))
+    assert users == [SIM_TRUTH_WRITER]
+    assert _names_truth(REPO / "hardware" / "sim" / "subject_file.py")  # the check sees the names

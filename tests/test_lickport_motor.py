@@ -12,6 +12,7 @@ import pytest
 
 from hardware.lickport_motor import LickportMotorError, LickportMotorTimeout
 from hardware.settings import LickportMotorSettings
+from hardware.sim.subject_file import SUBJECT_STATE_FILE
 from hardware.zaber.emulator import Device, ZaberEmulatorServer
 from hardware.zaber.lickport import ZaberLickportMotor
 from hardware.zaber.protocol import Command, Reply
@@ -21,6 +22,8 @@ from rig.free_endpoints import free_network_overrides
 from rig.session import RunOptions, SessionRunner
 from rig.settings import load_settings
 from rig.store import read_jsonl
+
+SIM_FOLDER = SUBJECT_STATE_FILE.parts[0]  # the simulated mouse's own state beside the sessions
 
 LICKPORT = LickportMotorSettings(port="emulator")
 
@@ -108,7 +111,7 @@ def test_a_stuck_lickport_ends_the_session_before_the_next_trial(tmp_path: Path,
     with pytest.raises(SessionFault, match="the step right .* did not finish within 2 s.*the session ended"):
         SessionRunner(settings, RunOptions(data_root=tmp_path, subject="lp2", trials=20, speed=100.0,
                                            handle_signals=False)).run()
-    folder = next(p for p in (tmp_path / "lp2").iterdir() if p.is_dir())
+    folder = next(p for p in (tmp_path / "lp2").iterdir() if p.is_dir() and p.name != SIM_FOLDER)
     records = list(read_jsonl(folder / "trials.jsonl"))
     assert [r["outcome"] for r in records][-1] == "not_started" and len(records) == 5  # step after trial 4
     assert records[-1]["abort_reason"] == "lickport motor failed" and "lickport" not in records[-1]

@@ -30,6 +30,7 @@ from rig.free_endpoints import free_network, free_network_overrides
 from rig.monitor import display_available, start_monitor_process, stop_monitor_process
 from rig.monitor.model import BehaviourModel, MonitorModel, TraceBuffer, TrialRow
 from rig.monitor.panels import closed_outlines
+from rig.monitor.panels.header import BACKGROUNDS
 from rig.monitor.window import MonitorWindow
 from rig.settings import Settings, load_settings
 
@@ -92,7 +93,7 @@ def disk_trial(n: int, wiring: WiringSettings, **kwargs: Any) -> dict[str, Any]:
             wiring.lick("right"): licks["right"],
             "Tup": [0.01],
         },
-        "States": {"ResponseCue": [[go, go + 0.1]]},
+        "States": {"SamplePeriod": [[1.0, 1.3]], "DelayPeriod": [[1.3, go]], "ResponseCue": [[go, go + 0.1]]},
         "trial_start_s": start,
         "trial_end_s": end,
         "state_sequence": record.pop("state_sequence"),
@@ -355,7 +356,9 @@ def test_panels_show_messages_from_real_sockets(
     point = traces.mapFromScene(traces.plot.vb.mapViewToScene(QtCore.QPointF(-0.5, 7.1)))
     qtbot.mouseClick(traces.viewport(), QtCore.Qt.MouseButton.LeftButton, pos=point)
     qtbot.waitUntil(lambda: model.imaging.selected == 7, timeout=2000)
-    assert len(traces.highlight.xData) == 60
+    assert list(traces.highlight.yData) == [7, 7, 8, 8, 7]  # the heatmap frames the ROI's row
+    window.controls.traces_mode.setCurrentText("lines")  # ... the lines draw its trace again on top
+    assert traces.mode == "lines" and len(traces.highlight.xData) == 60
     assert len(window.frame.selected_outline.xData) == 13
     # ... and by clicking an ROI on the frame (the frame is drawn shifted by (+1, -2))
     cy, cx = model.imaging.rois.centroids[12]
@@ -414,12 +417,13 @@ def test_controls_send_commands_and_show_replies(
         assert bar.currentMessage() == "stop cancelled"
     finally:
         fake.server.close()
+    monitor = {"source": "monitor"}  # the session logs each request with where it came from
     assert fake.commands == [
-        ("switch-context", {"context": "auditory"}),
-        ("pause", {}),
-        ("resume", {}),
-        ("stop", {}),
-        ("closed-loop", {"enabled": True}),
+        ("switch-context", {"context": "auditory", **monitor}),
+        ("pause", monitor),
+        ("resume", monitor),
+        ("stop", monitor),
+        ("closed-loop", {"enabled": True, **monitor}),
     ]
 
 
@@ -592,6 +596,22 @@ def test_rig_run_opens_and_closes_the_monitor_when_a_display_is_set(tmp_path: Pa
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(pid)
+    assert len(list((tmp_path / "data").glob("*/*/summary.png"))) == 1  # by the monitor, or else the rig
+
+
+def test_rig_run_without_a_monitor_draws_the_summary_figure(tmp_path: Path) -> None:
+    settings_file = tmp_path / "rig.yaml"
+    overrides = {"network": free_network(), "online": {"enabled": False}, "imaging": {"source": "none"}}
+    settings_file.write_text(json.dumps(overrides), encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "rig", "run", "--no-gui", "--trials", "2", "--speed", "50", "--weight", "19.5",
+         "--data", str(tmp_path / "data"), "--settings", str(settings_file)],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr
+    (folder,) = (p.parent for p in (tmp_path / "data").glob("*/*/session.json"))
+    assert (folder / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((folder / "session.json").read_text())["weight_g"] == 19.5
 
 
 # ---------------------------------------------------------------------------------------------- pixels
@@ -635,3 +655,305 @@ def test_frame_panel_draws_a_ramp_as_grey_levels_between_the_fixed_levels(qtbot:
     np.testing.assert_allclose(grey, expected, atol=1.0)
     assert set(grey[:17]) == {0} and set(grey[48:]) == {255}
     assert np.all(np.diff(grey[16:49]) > 0)  # strictly brighter with the pixel value
+
+
+# ---------------------------------------------------------------------------------------------- session view
+
+
+def _timed_trial(n: int, **kwargs: Any) -> dict[str, Any]:
+    """A published trial with a Bpod record whose every state is known (for the timeline)."""
+    record = published_trial(n, **kwargs)
+    record["bpod"]["States"] = {
+        "TrigTrialStart": [[0.0, 0.1]], "SamplePeriod": [[1.0, 1.3]], "DelayPeriod": [[1.3, 2.6]],
+        "ResponseCue": [[2.6, 2.7]], "AnswerPeriod": [[2.7, 2.9]], "Reward": [[2.9, 2.93]],
+    }
+    record["bpod"]["Events"]["BNC1High"] = [0.0]
+    record["reward_ul"] = 2.5 if kwargs.get("outcome", "hit") == "hit" else 0.0
+    return record
+
+
+OUTPUTS = {"TrigTrialStart": {"BNC1": 1}, "ResponseCue": {"PWM1": 255}, "Reward": {"Valve1": 1}}
+
+
+def test_header_timeline_end_criteria_and_summary_figure(qtbot: Any, tmp_path: Path) -> None:
+    settings = load_settings(overrides={**free_network_overrides(), "session.end_trials": 4,
+                                        "session.end_water_ul": 100.0})
+    w = MonitorWindow(settings, confirm_stop=False, status_poll_s=None)
+    qtbot.addWidget(w)
+    w.resize(1600, 1000)
+    w.show()
+    ports = settings.wiring
+    lines = "".join(json.dumps(disk_trial(n, ports)) + "\n" for n in (1, 2, 3))
+    (tmp_path / "trials.jsonl").write_text(lines)
+
+    def session_status(n: int) -> dict[str, Any]:
+        return {**status(n, context="tactile-reversed", session=str(tmp_path)), "rig": "box-3",
+                "water_ul": 2.5 * n + 2.5, "weight_g": 21.4, "started": "2026-01-01T10:00:00"}
+
+    with LossyPublisher(settings.network.events_pub, source="rig", hwm=1000) as rig:
+        def send(n: int) -> None:
+            record = _timed_trial(n, context="tactile-reversed")
+            rig.send_event(TOPIC_TRIAL, {"kind": "end", "trial": n, "record": record,
+                                         "status": session_status(n), "outputs": OUTPUTS})
+
+        wait_for_subscription(qtbot, lambda: send(1), lambda: 1 in w.model.behaviour.rows)
+        w.refresh()
+        header = w.header
+        assert header.subject.text() == "m1"
+        details = header.details.text()
+        for text in ("box-3", "directional licking", "tactile-reversed", "full", "<b>1</b>", "5 uL",
+                     "21.4 g"):
+            assert text in details
+        assert header.info is not None and header.info.level == "running"
+        assert "trials 1/4" in header.criteria.text()
+
+        timeline = w.timeline
+        assert timeline.rows == ["states", "BNC1 in", "Port1 in", "BNC1 out", "PWM1 out", "Valve1 out"]
+        assert [label.textItem.toPlainText() for label in timeline.labels] == ["DelayPeriod"]  # wide enough
+        assert len(timeline.bars.opts["x0"]) == 6 and len(timeline.outputs.opts["x0"]) == 3
+        assert timeline.show_state_at(2.0) == "DelayPeriod" and timeline.hover.isVisible()
+        assert "DelayPeriod" in timeline.hover.textItem.toPlainText()
+        assert timeline.show_state_at(0.5) is None and not timeline.hover.isVisible()
+
+        for n in (2, 3, 4):
+            send(n)
+        qtbot.waitUntil(lambda: 4 in w.model.behaviour.rows, timeout=5000)
+        w.refresh()
+        assert header.info.level == "met" and "end criteria met: trials 4/4" in header.criteria.text()
+        assert BACKGROUNDS["met"] in header.styleSheet()
+        assert "Last trial: 4" in timeline.plot.titleLabel.text
+
+        ended = {**session_status(4), "stopping": True}
+        wait_for_subscription(
+            qtbot, lambda: rig.send_event(TOPIC_TRIAL, {"kind": "session-end", "session": str(tmp_path),
+                                                        "status": ended}),
+            lambda: w.model.behaviour.ended_at is not None)
+    qtbot.waitUntil(lambda: (tmp_path / "summary.png").is_file(), timeout=15000)  # saved by the monitor
+    assert (tmp_path / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    w.refresh()
+    assert "(ended)" in w.header.details.text()
+
+
+def _trace_parts(sender: Any, trace: TraceFrame, plane: int, deconvolved: np.ndarray | None = None) -> Any:
+    """A traces message as the online module sends it for one plane (dF/F, and deconvolved beside it)."""
+    fields = {k: getattr(trace, k) for k in ("frame_index", "trial", "timestamp_s", "time_in_trial_s",
+                                             "shift_dy", "shift_dx", "correlation")}
+    arrays = [trace.dff] + ([deconvolved] if deconvolved is not None else [])
+    return sender.message(b"traces", {**fields, "plane": plane}, arrays)
+
+
+def test_psth_heatmap_planes_and_registration(qtbot: Any, window: MonitorWindow, settings: Settings) -> None:
+    """Two planes of traces over four trials: ROI 3 of plane 0 fires in the late delay of left trials only.
+    Its PSTH shows it, the heatmap puts it on top, the plane selector appears, registration is plotted."""
+    model = window.model
+    n_rois = {0: 12, 1: 5}
+    rng = np.random.default_rng(3)
+    net = settings.network
+    sides = ["left", "right", "left", "right"]
+    with (LossyPublisher(net.online_results, source="online", hwm=5000) as online,
+          LossyPublisher(net.events_pub, source="rig", hwm=1000) as rig):
+        wait_for_subscription(qtbot, lambda: online.send_parts(circle_rois(12).encode(online.sender)),
+                              lambda: model.imaging.rois is not None)
+        index = 0
+        for trial, side in enumerate(sides, 1):
+            for k in range(120):  # 4 s at 30 Hz
+                t = k / 30
+                for plane, n in n_rois.items():
+                    dff = rng.normal(0, 0.05, n).astype(np.float32)
+                    if plane == 0 and side == "left" and 1.6 <= t < 2.6:
+                        dff[3] += 1.0
+                    trace = TraceFrame(index, trial, index / 30, t, 0.5 * trial, -0.2, 0.95 - 0.01 * trial,
+                                       dff)
+                    online.send_parts(_trace_parts(online.sender, trace, plane, deconvolved=np.abs(dff)))
+                index += 1
+                if k % 40 == 0:
+                    time.sleep(0.002)
+            qtbot.waitUntil(lambda i=index: len(model.imaging.planes) == 2 and
+                            model.imaging.planes[1].traces._count >= min(i, 900) - 5, timeout=5000)
+            record = published_trial(trial, side=side, outcome="hit")
+            rig.send_event(TOPIC_TRIAL, {"kind": "end", "trial": trial, "record": record,
+                                         "status": status(trial)})
+        psth = model.imaging.planes[0].psth
+        qtbot.waitUntil(lambda: psth.trials("tactile", "left", "hit") == 2, timeout=5000)
+        assert model.imaging.planes[0].psth.trials("tactile", "right", "hit") == 1  # trial 4 may go on
+        for plane, n in n_rois.items():  # the next trial's first frame: trial 4 is complete
+            trace = TraceFrame(index, 5, index / 30, 0.0, 2.0, -0.2, 0.91, np.zeros(n, np.float32))
+            online.send_parts(_trace_parts(online.sender, trace, plane))
+        qtbot.waitUntil(lambda: model.imaging.planes[0].psth.trials("tactile", "right", "hit") == 2,
+                        timeout=5000)
+    window.refresh()
+
+    psth = model.imaging.planes[0].psth
+    assert psth.trials("tactile", "left", "hit") == 2 and psth.groups == ["tactile"]
+    assert psth.epochs() == pytest.approx((0.3, 1.3))  # sample 1.0-1.3 s, delay to the go cue at 2.6 s
+    panel = window.psth
+    assert panel.group.currentText() == "tactile"
+    assert panel.shown_rois[0] == 3  # the most left-selective ROI
+    left = panel.curves[("go", "left", "hit")].yData
+    right = panel.curves[("go", "right", "hit")].yData
+    assert left.max() > 0.5 and right.max() < 0.3
+    assert panel.epochs["go"][1].getRegion() == pytest.approx((-1.3, 0.0))
+    panel.activity.setCurrentIndex(1)  # the deconvolved activity published beside dF/F
+    assert panel.accumulator() is model.imaging.planes[0].deconvolved_psth
+    assert panel.curves[("go", "left", "hit")].yData.max() > 0.5
+
+    traces = window.traces
+    assert traces.mode == "heatmap" and traces.order[0] == 3
+    assert traces.heatmap.image.shape[0] == 12 and traces.heatmap.isVisible()
+    assert traces.heatmap.image[0].max() > 0.5  # the top row is ROI 3's
+    window.controls.traces_order.setCurrentText("ROI number")
+    assert list(traces.order) == list(range(12))
+    traces.set_order(custom=np.arange(12)[::-1])  # a chosen order
+    assert traces.order[0] == 11
+    window.controls.traces_mode.setCurrentText("lines")
+    assert not traces.heatmap.isVisible() and traces.point_count > 0
+
+    controls = window.controls
+    assert not controls.plane.isHidden() and controls.plane.count() == 2
+    registration = window.registration
+    registration.refresh(time.monotonic() + 1.0)  # it redraws twice a second at most: the newest points
+    assert len(registration.curves["dy"].yData) > 10
+    assert registration.curves["dy"].yData.max() == pytest.approx(2.0)  # 0.5 x trial 4
+    assert registration.curves["correlation"].yData.min() == pytest.approx(0.91)
+    controls.plane.activated.emit(1)  # as choosing plane 1 in the selector does
+    assert model.imaging.plane == 1 and model.imaging.traces.n_rois == 5
+    window.refresh()
+    assert traces.point_count and window.psth.shown_rois.size == 0  # no selective ROI on plane 1
+    assert model.imaging.rois is None  # plane 1's ROIs were never sent
+
+
+def test_controls_follow_a_real_session_and_the_valve_is_logged(
+    qtbot: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rig.store import read_jsonl
+    from tests.test_session import SessionThread
+
+    settings = load_settings(overrides={**free_network_overrides(), "online.enabled": False,
+                                        "imaging.source": "none", "session.flush_s": 0.2})
+    session = SessionThread(settings, tmp_path, subject="m-monitor", context="tactile-reversed", speed=20.0,
+                            trials=500)
+    w = MonitorWindow(settings, status_poll_s=0.1)
+    qtbot.addWidget(w)
+    w.show()
+    controls = w.controls
+    try:
+        qtbot.waitUntil(lambda: w.model.behaviour.status.get("context") == "tactile-reversed", timeout=15000)
+        assert controls.context.currentText() == "tactile-reversed"  # what runs, not the first in the list
+        qtbot.mouseClick(controls.drop["left"], QtCore.Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: "valve: one drop from the left valve" in w.statusBar().currentMessage(),
+                        timeout=5000)
+        no, yes = QtWidgets.QMessageBox.StandardButton.No, QtWidgets.QMessageBox.StandardButton.Yes
+        answers = iter([no, yes, yes])  # flush: no, then yes; stop: yes
+        monkeypatch.setattr(QtWidgets.QMessageBox, "question", lambda *a, **k: next(answers))
+        qtbot.mouseClick(controls.flush["right"], QtCore.Qt.MouseButton.LeftButton)
+        assert w.statusBar().currentMessage() == "flush cancelled"
+        qtbot.mouseClick(controls.flush["right"], QtCore.Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: "0.2 s flush from the right valve" in w.statusBar().currentMessage(),
+                        timeout=5000)
+        qtbot.mouseClick(controls.pause, QtCore.Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: controls.resume.isEnabled() and not controls.pause.isEnabled(), timeout=5000)
+        controls.context.setCurrentText("auditory")  # a choice being made is not undone by status polls
+        qtbot.wait(300)
+        assert controls.context.currentText() == "auditory"
+        qtbot.mouseClick(controls.switch, QtCore.Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: "running tactile-reversed" in controls.pending.text(), timeout=5000)
+        assert controls.context.currentText() == "auditory"
+        qtbot.mouseClick(controls.resume, QtCore.Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: controls.pause.isEnabled() and not controls.resume.isEnabled(), timeout=5000)
+        qtbot.mouseClick(controls.stop, QtCore.Qt.MouseButton.LeftButton)
+        folder = session.join().folder
+    finally:
+        w.shutdown()
+        if session.thread.is_alive():
+            session.runner.request_stop("test")
+            session.join()
+    controls_logged = [(line["command"], line.get("action"), line["source"])
+                       for line in read_jsonl(folder / "events.jsonl") if line["kind"] == "control"]
+    assert controls_logged == [("valve", "drop", "monitor"), ("valve", "flush", "monitor"),
+                               ("pause", None, "monitor"), ("switch-context", None, "monitor"),
+                               ("resume", None, "monitor"), ("stop", None, "monitor")]
+
+
+def test_header_levels_and_elapsed_time() -> None:
+    from datetime import datetime
+
+    from rig.monitor.header import format_elapsed, header_info
+    from rig.settings.schema import SessionSettings
+
+    model = BehaviourModel()
+    for n in range(1, 10):
+        model.add_record(_timed_trial(n))
+    limits = SessionSettings(end_trials=100, end_minutes=30.0, end_water_ul=25.0)
+    at = datetime(2026, 1, 1, 10, 20, 0)
+    model.set_status({"trials": 9, "started": "2026-01-01T10:00:00"})  # no water in the status: the rewards
+    info = header_info(model, limits, at)
+    assert info.water_ul == pytest.approx(22.5) and info.level == "near"  # 22.5 of 25 uL
+    assert info.criteria[0] == "water 22/25 uL" and format_elapsed(info.elapsed_s) == "20:00"
+    model.set_status({"trials": 9, "started": "2026-01-01T10:00:00", "water_ul": 10.0})
+    assert header_info(model, limits, at).level == "running"  # 20 of 30 min, 10 of 25 uL, 9 of 100 trials
+    assert header_info(model, limits, datetime(2026, 1, 1, 10, 31)).level == "met"
+    assert header_info(model, SessionSettings(), at).criteria == ()
+    model.end_session({"trials": 9, "started": "2026-01-01T10:00:00"}, at=at)
+    assert header_info(model, limits, datetime(2026, 1, 1, 12, 0)).elapsed_s == 1200.0  # stopped at the end
+
+
+def test_a_trial_end_is_drawn_over_several_ticks(window: MonitorWindow) -> None:
+    window.timer.stop()
+    window.refresh()
+    window.model.behaviour.add_record(published_trial(1))
+    behaviour = window.behaviour
+    drawn = []
+    for _ in range(len(window.slow_panels)):
+        window.refresh(spread=True)
+        drawn.append(len(behaviour._pending))
+    assert max(drawn) == 3 and drawn[-1] == 0  # one plot per turn, all four within one rotation
+    assert all(0 <= a - b <= 1 for a, b in zip([4, *drawn], drawn, strict=False))
+    assert behaviour.lick_rows == 1 and window.timeline.timeline is not None
+
+
+def test_psth_accumulator_bins_aligns_and_ranks() -> None:
+    from rig.monitor.psth import PENDING_TRIALS, PsthAccumulator, TrialAlignment
+
+    psth = PsthAccumulator(bin_s=0.5, windows={"sample": (0.0, 2.0), "go": (-1.0, 1.0)})
+    for trial, side in ((1, "left"), (2, "right")):
+        for k in range(40):  # 4 s at 10 Hz; ROI 0 is 2.0 from 0.5 s before the go cue (at 3 s) on left trials
+            t = k / 10
+            psth.add(trial, t, np.array([2.0 if side == "left" and 2.5 <= t < 3.0 else 0.0, t], np.float32))
+        assert psth.finish(TrialAlignment(trial, "blockA", side, "hit", sample_s=1.0, delay_s=1.5, go_s=3.0))
+    assert not psth.finish(TrialAlignment(1, "blockA", "left", "hit", 1.0, 1.5, 3.0))  # its samples are used
+    go = psth.mean("go", "blockA", "left", "hit")
+    assert go is not None and go.shape == (4, 2)
+    np.testing.assert_allclose(go[:, 0], [0.0, 2.0, 0.0, 0.0])  # the bin [-0.5, 0) before the go cue
+    np.testing.assert_allclose(psth.mean("sample", "blockA", "right", "hit")[:, 1], [1.2, 1.7, 2.2, 2.7])
+    assert psth.epochs() == pytest.approx((0.5, 1.5))
+    selectivity = psth.selectivity("blockA")
+    assert selectivity[0] > 1.0 and selectivity[1] == pytest.approx(0.0)
+    assert psth.selectivity("blockB").tolist() == [0.0, 0.0]  # no trials of that group yet
+    assert not psth.finish(TrialAlignment(9, "blockA", None, "hit", 1.0, 1.5, 3.0))  # no samples, no side
+    for trial in range(10, 11 + PENDING_TRIALS):
+        psth.add(trial, 0.1, np.zeros(2, np.float32))
+    assert not psth.finish(TrialAlignment(10, "blockA", "left", "hit", 0.0, 0.5, 1.0))  # dropped: too old
+
+
+def test_psth_waits_for_traces_that_run_behind_the_trials() -> None:
+    """The online module runs behind (a backlog): the trials' records come before their traces. Each trial
+    is binned whole, when its traces move on to the next trial, and the last one at the session's end."""
+    from online.wire import Message, Sender, decode_message
+
+    model = MonitorModel()
+    sender = Sender("online")
+    for n in (1, 2, 3):
+        end = {"kind": "end", "record": published_trial(n, side="left")}
+        model.apply(Message(TOPIC_TRIAL, {"v": 1, "seq": n, "t_ns": 0, "data": end}))
+    psth = model.imaging.planes[0].psth
+    for n in (1, 2, 3):
+        for k in range(120):
+            trace = TraceFrame(k, n, k / 30, k / 30, 0.0, 0.0, 1.0, np.full(3, float(n), np.float32))
+            model.apply(decode_message(_trace_parts(sender, trace, plane=0)))
+        assert psth.trials("tactile", "left", "hit") == n - 1  # this trial may still have traces to come
+    ended = {"kind": "session-end", "status": {}}
+    model.apply(Message(TOPIC_TRIAL, {"v": 1, "seq": 9, "t_ns": 0, "data": ended}))
+    assert psth.trials("tactile", "left", "hit") == 3
+    go = psth.mean("go", "tactile", "left", "hit")
+    assert go is not None and np.nanmax(go[:, 0]) == pytest.approx(2.0)  # the mean of trials 1..3, each whole
+    assert model.behaviour.ended_at is not None

@@ -16,6 +16,7 @@ import pytest
 import yaml
 import zmq
 
+from hardware.sim.subject_file import SUBJECT_STATE_FILE
 from rig.control import send_request
 from rig.errors import UserError
 from rig.free_endpoints import free_network, free_network_overrides
@@ -23,6 +24,8 @@ from rig.session import RunOptions, SessionResult, SessionRunner
 from rig.settings import Settings, load_settings
 from rig.store import read_jsonl
 from rig.summary import CYCLE_S, summarize_session
+
+SIM_FOLDER = SUBJECT_STATE_FILE.parts[0]  # the simulated mouse's own state beside the sessions
 
 SPEED = 100.0
 
@@ -32,6 +35,12 @@ def settings() -> Settings:
     # behaviour only: the online module and its frames have their own session tests
     behaviour_only = {"online.enabled": False, "imaging.source": "none"}
     return load_settings(overrides={**free_network_overrides(), **behaviour_only})
+
+
+def sim_mapping(subject_dir: Path) -> dict[str, float]:
+    """P(right | cue) of the simulated mouse's latent state in force, as saved for its next session."""
+    state = json.loads((subject_dir / "sim" / "subject-state.json").read_text())
+    return next(s["mapping"] for s in state["states"] if s["id"] == state["active"])
 
 
 def run(settings: Settings, data: Path, **options: Any) -> SessionResult:
@@ -70,7 +79,7 @@ def test_session_writes_every_trial_and_the_next_session_resumes(settings: Setti
     assert yaml.safe_load((first.folder / "rig.yaml").read_text())["bpod"]["port"] == "emulator"
     subject = json.loads((tmp_path / "m1" / "subject.json").read_text())
     assert subject["training"]["total_trials"] == 25 and subject["sessions"] == 1
-    mapping = subject["simulated_mouse"]["mapping"]
+    mapping = sim_mapping(tmp_path / "m1")
 
     second = run(settings, tmp_path, subject="m1", trials=5)
     assert len(trials_of(second)) == 5
@@ -81,7 +90,7 @@ def test_session_writes_every_trial_and_the_next_session_resumes(settings: Setti
     assert all((r["block"], r["block_label"]) == (1, "1") for r in records + trials_of(second))
     assert resumed["blocks"] == subject["blocks"] == [{"block": 1, "context": "tactile", "label": "1"}]
     assert abs(mapping["pole_posterior"] - 0.5) > 0.3 and abs(mapping["pole_anterior"] - 0.5) > 0.3
-    assert set(resumed["simulated_mouse"]["mapping"]) == set(mapping)
+    assert set(sim_mapping(tmp_path / "m1")) == set(mapping)
 
 
 def test_summary_reports_trials_perf_and_switches(settings: Settings, tmp_path: Path) -> None:
@@ -261,10 +270,11 @@ def test_kill_9_loses_nothing_and_the_next_run_resumes(tmp_path: Path) -> None:
     try:
         subject_dir = tmp_path / "data" / "k9"
         deadline = time.monotonic() + 30
-        while not subject_dir.exists() or not any(p.is_dir() for p in subject_dir.iterdir()):
+        while not subject_dir.exists() or not any(p.is_dir() and p.name != SIM_FOLDER
+                                                  for p in subject_dir.iterdir()):
             assert time.monotonic() < deadline
             time.sleep(0.02)
-        (folder,) = [p for p in subject_dir.iterdir() if p.is_dir()]
+        (folder,) = [p for p in subject_dir.iterdir() if p.is_dir() and p.name != SIM_FOLDER]
         _wait_for_lines(folder / "trials.jsonl", 4, proc)
         time.sleep(0.05)
     finally:
@@ -295,10 +305,11 @@ def test_sigterm_ends_the_session_cleanly_after_the_current_trial(tmp_path: Path
     subject_dir = tmp_path / "data" / "term"
     try:
         deadline = time.monotonic() + 30
-        while not subject_dir.exists() or not any(p.is_dir() for p in subject_dir.iterdir()):
+        while not subject_dir.exists() or not any(p.is_dir() and p.name != SIM_FOLDER
+                                                  for p in subject_dir.iterdir()):
             assert time.monotonic() < deadline
             time.sleep(0.02)
-        (folder,) = [p for p in subject_dir.iterdir() if p.is_dir()]
+        (folder,) = [p for p in subject_dir.iterdir() if p.is_dir() and p.name != SIM_FOLDER]
         _wait_for_lines(folder / "trials.jsonl", 2, proc)
         os.kill(proc.pid, signal.SIGTERM)
         out, err = proc.communicate(timeout=30)

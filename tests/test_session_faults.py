@@ -23,12 +23,15 @@ import pytest
 import yaml
 
 from hardware.scanimage.writer import ScanImageWriter
+from hardware.sim.subject_file import SUBJECT_STATE_FILE
 from protocols.training import SubjectTrainingState
 from protocols.trial_record import TrialRecord
 from rig.control import send_request
 from rig.free_endpoints import free_network
 from rig.store import SessionStore, SubjectBusyError, SubjectLock, read_jsonl, recover_sessions
 from rig.subject import SubjectRecord, save_subject
+
+SIM_FOLDER = SUBJECT_STATE_FILE.parts[0]  # the simulated mouse's own state beside the sessions
 
 ANSWERED = ("hit", "error", "no_response")
 STARTED = datetime(2024, 5, 1, 12, 0, 0)
@@ -67,7 +70,8 @@ def _running(proc: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
 def _session_folder(subject_dir: Path, proc: subprocess.Popen[str], timeout_s: float = 60) -> Path:
     deadline = time.monotonic() + timeout_s
     while True:
-        folders = [p for p in subject_dir.iterdir() if p.is_dir()] if subject_dir.is_dir() else []
+        folders = [p for p in subject_dir.iterdir() if p.is_dir() and p.name != SIM_FOLDER] \
+            if subject_dir.is_dir() else []
         if folders and (folders[0] / "session.json").exists():
             return folders[0]
         assert proc.poll() is None, proc.communicate()
@@ -131,10 +135,11 @@ def test_a_second_run_for_a_running_subject_is_refused_and_other_subjects_run_be
         sentence = _last_line(err)
         assert "already in a session" in sentence and str(folder) in sentence
         assert f"pid {first.pid}" in sentence and socket.gethostname() in sentence
-        # the first session's folder, subject.json and the lock; the first session may be mid-way through
-        # replacing subject.json (its temporary file), which is not the second run's doing
+        # the first session's folder, subject.json, the simulated mouse's sim/ and the lock; the first
+        # session may be mid-way through replacing subject.json (its temporary file), which is not the
+        # second run's doing
         entries = {p.name for p in (data / "m").iterdir() if not p.name.endswith(".tmp")}
-        assert "Traceback" not in err and entries == {folder.name, "subject.json", "session.lock"}
+        assert "Traceback" not in err and entries == {folder.name, "subject.json", "sim", "session.lock"}
         live = json.loads((folder / "session.json").read_text())
         assert live["end_reason"] is None and "recovered_at" not in live
         assert all(r["outcome"] in ANSWERED for r in _lines(folder / "trials.jsonl"))

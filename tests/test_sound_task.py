@@ -126,7 +126,8 @@ def test_a_naive_mouse_learns_the_auditory_context_from_the_hifi_tones(tmp_path:
     options = RunOptions(subject="m1", context="auditory", trials=40, speed=100.0, data_root=tmp_path,
                          handle_signals=False)
     SessionRunner(settings, options).run()
-    mapping = json.loads((tmp_path / "m1" / "subject.json").read_text())["simulated_mouse"]["mapping"]
+    state = json.loads((tmp_path / "m1" / "sim" / "subject-state.json").read_text())
+    mapping = next(s["mapping"] for s in state["states"] if s["id"] == state["active"])
     assert mapping["tone_high"] > 0.8 and mapping["tone_low"] < 0.2  # normal: high -> right, low -> left
 
 

@@ -73,3 +73,12 @@ def test_a_study_refuses_a_real_rig_and_a_missing_plan(tmp_path):
         result = subprocess.run([sys.executable, "-m", "rig", "simulate-study", "--subject", "m1",
                                  "--data", str(tmp_path), *extra], capture_output=True, text=True, timeout=60)
         assert result.returncode == 2 and words in result.stderr, result.stderr
+
+
+def test_a_fresh_seed_becomes_the_subjects_own_so_every_day_images_the_same_mouse(tmp_path):
+    source = tmp_path / "settings.yaml"
+    source.write_text("sim: {seed: null}\n")
+    first = load_settings(write_study_settings(source, tmp_path / "m1", switch_at_criterion=False)).sim.seed
+    again = load_settings(write_study_settings(source, tmp_path / "m1", switch_at_criterion=False)).sim.seed
+    other = load_settings(write_study_settings(source, tmp_path / "m2", switch_at_criterion=False)).sim.seed
+    assert isinstance(first, int) and first == again != other

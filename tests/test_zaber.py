@@ -18,6 +18,7 @@ import pytest
 from hardware.pole_motor import PoleMotorError, PoleMotorTimeout
 from hardware.settings import PoleMotorSettings
 from hardware.sim.pole_motor import StagePoleSensor
+from hardware.sim.subject_file import SUBJECT_STATE_FILE
 from hardware.zaber.client import ZaberClient, ZaberConnectionError, ZaberRejected
 from hardware.zaber.emulator import Device, ZaberEmulatorServer
 from hardware.zaber.emulator.device import MOVES_KEPT
@@ -37,6 +38,8 @@ from rig.free_endpoints import free_network_overrides
 from rig.session import RunOptions, SessionRunner
 from rig.settings import Settings, load_settings
 from rig.store import read_jsonl
+
+SIM_FOLDER = SUBJECT_STATE_FILE.parts[0]  # the simulated mouse's own state beside the sessions
 
 POLE = PoleMotorSettings(port="emulator")
 
@@ -300,7 +303,7 @@ def test_a_stuck_stage_ends_the_session_before_the_trial(settings: Settings, tmp
     with pytest.raises(SessionFault, match="did not finish within 2 s.*the session ended there") as info:
         run(settings, tmp_path, subject="z2", trials=10, speed=50.0)
     assert info.value.reason == "pole motor failed"
-    folder = next(p for p in (tmp_path / "z2").iterdir() if p.is_dir())
+    folder = next(p for p in (tmp_path / "z2").iterdir() if p.is_dir() and p.name != SIM_FOLDER)
     records = list(read_jsonl(folder / "trials.jsonl"))
     # homing, then two moves for each of trials 1 and 2: the midpoint move of trial 3 jams
     assert [r["outcome"] for r in records][-1] == "not_started" and len(records) == 3

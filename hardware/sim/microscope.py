@@ -202,6 +202,7 @@ class _Trial:
     context: str | None
     side: str | None
     events: list[tuple[float, str]] = field(default_factory=list)
+    cue: str | None = None
 
 
 @dataclass
@@ -360,13 +361,20 @@ class SimMicroscope:
             self.mark_epoch(bpod_time_s + offset, name)
         return record.number
 
-    def set_trial_info(self, context: str | None = None, upcoming_side: str | None = None) -> None:
-        """Context and upcoming side of the current (latest) trial, when known after its trigger."""
+    def set_trial_info(self, context: str | None = None, upcoming_side: str | None = None,
+                       cue: str | None = None) -> None:
+        """Context (or defined pattern), upcoming side and sensed cue of the current (latest) trial, when
+        known after its trigger."""
         side_sign(upcoming_side)
         if not self._trials:
             raise RuntimeError("set_trial_info before any start_trial")
         trial = self._trials[-1]
-        trial.context, trial.side = context, upcoming_side
+        trial.context, trial.side, trial.cue = context, upcoming_side, cue
+
+    def define_pattern(self, key: str, recipe: Mapping[str, float]) -> None:
+        """A pattern trials may name as their context (`Population.define_pattern`)."""
+        self.population.define_pattern(key, recipe)
+        self._cd_cache = {k: v for k, v in self._cd_cache.items() if k[0] != key}
 
     def mark_epoch(self, bpod_time_s: float, event: str) -> None:
         """A behaviour event ('sample' cue on, 'delay' cue off, 'go' cue) in the trial running at that time.
@@ -433,7 +441,7 @@ class SimMicroscope:
         since = t - onset
         if epoch == "response" and since > self.population.params.response_duration_s:
             epoch, since = "iti", since - self.population.params.response_duration_s
-        return TaskState(epoch, since, trial.context, trial.side)
+        return TaskState(epoch, since, trial.context, trial.side, trial.cue)
 
     def _next_frame_start(self) -> float | None:
         cfg = self.config

@@ -13,7 +13,9 @@ lick is known during the delay, for the simulated microscope's preparatory activ
 each trial it answered: a reward moves P toward the licked side, an error (no water before the trial
 ended) away from it, by `learning_rate` of the remaining distance. A contingency reversal therefore
 starts from the old mapping and is relearned over a few hundred trials, and a new modality starts at
-chance for its cues.
+chance for its cues. That is `DecisionModel`, one mapping; the simulated rig's mouse is a `Subject`
+(hardware/sim/subject.py): latent task states, each a mapping and a population pattern, with drifting
+bias, win-stay / lose-shift and satiety.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
 
 import numpy as np
 
@@ -225,6 +227,17 @@ class DecisionModel:
         return (engaged * p_side + guessing * 0.5) / (engaged + guessing)
 
 
+class Learner(Protocol):
+    """What decides and learns for the mouse: `DecisionModel`, or `hardware.sim.subject.Subject`."""
+
+    @property
+    def p_right(self) -> dict[str, float]: ...
+
+    def choose(self, cue: str | None, rng: np.random.Generator) -> Choice: ...
+
+    def learn(self, cue: str | None, side: Side, rewarded: bool) -> object: ...
+
+
 @dataclass(frozen=True)
 class Lick:
     """One lick: onset on the engine clock, side, why it happened, and how long the port read high."""
@@ -292,13 +305,15 @@ class SimulatedMouse:
                  mapping: Mapping[str, float] | None = None,
                  on_plan: Callable[[str | None, Side | None], None] | None = None,
                  on_lick: Callable[[int, Side], None] | None = None,
-                 hearing: Hearing | None = None) -> None:
+                 hearing: Hearing | None = None, model: Learner | None = None,
+                 on_trial_end: Callable[[MouseTrial], None] | None = None) -> None:
         self.world = world
         self.params = params
         self.lines = lines
         self.motor = motor
-        self.model = DecisionModel(params, mapping)
+        self.model: Learner = model if model is not None else DecisionModel(params, mapping)
         self.on_plan = on_plan
+        self.on_trial_end = on_trial_end
         self.on_lick = on_lick
         self.counters = MouseCounters()
         self.history: deque[MouseTrial] = deque(maxlen=HISTORY_LENGTH)
@@ -502,6 +517,8 @@ class SimulatedMouse:
             self.model.learn(trial.cue, trial.answer_side, trial.rewarded)
         self._time_epochs(trial)
         self.history.append(trial)
+        if self.on_trial_end is not None:
+            self.on_trial_end(trial)
         log.debug("trial %s: cue %s, planned %s, answered %s -> %s; P(right|cue) now %s", trial.trial,
                   trial.cue, trial.planned_side, trial.answer_side, trial.outcome,
                   f"{self.model.p_right[trial.cue]:.3f}" if trial.cue else "-")

@@ -1,12 +1,13 @@
 """Simulated ALM population: task-driven firing rates, spikes, GCaMP-like calcium and fluorescence.
 
 The model follows the paper the rig is built around (Kim, Daie & Li 2025): neurons are selective for the
-upcoming lick direction in the sample, delay and response epochs, and each task context has its own
-preparatory (delay) pattern across the population. A context's patterns are drawn from a generator seeded
-by (seed, context name), so a context seen again, in this run or in another simulator built with the same
-seed, gets exactly the same pattern; a fraction `context_overlap` of the selective neurons (with their
-weights) is shared by every context, the rest is drawn per context, so two contexts' coding directions have
-a cosine of about `context_overlap`.
+upcoming lick direction in the sample, delay and response epochs, sample-epoch neurons also code the
+stimulus itself (pole position, tone pitch; `STIMULUS_CODE`), and the preparatory (delay) pattern is the
+one in force: a key the caller defines (`define_pattern`: the simulated subject's latent state, as a
+weighted sum of named components, hardware/sim/subject.py) or, for a bare context name, a pattern drawn
+from a generator seeded by (seed, context name). Components and context patterns share a fraction
+`context_overlap` of their selective neurons (with their weights), so two of them have a cosine of about
+`context_overlap`; the same seed gives the same ones in any process.
 
 Selectivity is written as a signed weight w (Hz) per neuron: the preferred side (sign of w) adds |w| to the
 rate, the other side adds nothing, an unknown side adds |w|/2. The right-minus-left rate difference is
@@ -19,6 +20,7 @@ fluorescence saturates: dF/F = dff_max * c / (c + dff_max / dff_per_spike).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal
@@ -54,7 +56,18 @@ class TaskState:
     epoch: str = "iti"
     since_onset_s: float = 0.0
     context: str | None = None
+    """The pattern in force: a key given to `Population.define_pattern`, else a context name."""
     side: str | None = None
+    cue: str | None = None
+    """The sample stimulus sensed (pole_anterior, pole_posterior, tone_high, tone_low), if known."""
+
+
+STIMULUS_CODE: dict[str, tuple[str, int]] = {
+    "pole_posterior": ("pole", 1), "pole_anterior": ("pole", -1),
+    "tone_high": ("tone", 1), "tone_low": ("tone", -1),
+}
+"""Cue -> (modality, sign): sample-epoch neurons code the stimulus itself, so under a reversed mapping their
+code is opposite to the planned lick's."""
 
 
 @dataclass(frozen=True)
@@ -81,12 +94,15 @@ class PopulationParams:
     delay_ramp_tau_s: float = 0.5
     sample_preparatory_fraction: float = 0.3
     """Share of the delay pattern already present in the sample epoch (preparatory activity builds up)."""
+    stimulus_selective_fraction: float = 0.15
+    """Neurons coding the sample stimulus (pole position, tone pitch) in the sample epoch, per modality."""
 
     def __post_init__(self) -> None:
         if self.n_neurons < 1:
             raise ValueError(f"n_neurons must be at least 1, got {self.n_neurons}")
         for name in ("selective_fraction", "context_overlap", "sample_selective_fraction",
-                     "response_selective_fraction", "sample_preparatory_fraction"):
+                     "response_selective_fraction", "sample_preparatory_fraction",
+                     "stimulus_selective_fraction"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1], got {value}")
@@ -170,6 +186,15 @@ class Population:
         self._kernel_peak = np.exp(-t_peak / td) - np.exp(-t_peak / tr)
         self._half_saturation = params.dff_max / params.dff_per_spike
         self._patterns: dict[str, ContextPattern] = {}
+        self._components: dict[str, ContextPattern] = {}
+        k_stim = int(round(params.stimulus_selective_fraction * n))
+        self.stimulus_w: dict[str, np.ndarray] = {}
+        for modality in ("pole", "tone"):
+            stim_rng = named_rng(self.seed, f"stimulus:{modality}")
+            w = np.zeros(n)
+            chosen = stim_rng.choice(n, k_stim, replace=False)
+            w[chosen] = _signed_weights(stim_rng, k_stim, params.selectivity_hz)
+            self.stimulus_w[modality] = w
         self._decay_dt = -1.0
         self._decay: tuple[np.ndarray, np.ndarray] = (np.ones(n), np.ones(n))
         self._state = self._steady_state(self.baseline_hz)
@@ -180,19 +205,51 @@ class Population:
     def n(self) -> int:
         return self.params.n_neurons
 
+    def _draw(self, name: str) -> ContextPattern:
+        """A pattern drawn from (seed, name): the shared core plus neurons of its own."""
+        p, n = self.params, self.n
+        rng = named_rng(self.seed, name)
+        delay = _context_weights(n, int(round(p.selective_fraction * n)), p.context_overlap,
+                                 self._core_delay, rng, p.selectivity_hz)
+        sample = _context_weights(n, int(round(p.sample_selective_fraction * n)), p.context_overlap,
+                                  self._core_sample, rng, p.selectivity_hz)
+        return ContextPattern(name, sample, delay)
+
     def pattern(self, context: str) -> ContextPattern:
-        """The context's selectivity, drawn once from (seed, context name) and cached."""
+        """The pattern of a key given to `define_pattern`, else the context's own, drawn once from (seed,
+        context name) and cached."""
         cached = self._patterns.get(context)
         if cached is None:
-            p, n = self.params, self.n
-            rng = named_rng(self.seed, f"context:{context}")
-            delay = _context_weights(n, int(round(p.selective_fraction * n)), p.context_overlap,
-                                     self._core_delay, rng, p.selectivity_hz)
-            sample = _context_weights(n, int(round(p.sample_selective_fraction * n)), p.context_overlap,
-                                      self._core_sample, rng, p.selectivity_hz)
-            cached = ContextPattern(context, sample, delay)
-            self._patterns[context] = cached
+            cached = self._draw(f"context:{context}")
+            self._patterns[context] = ContextPattern(context, cached.sample, cached.delay)
+            cached = self._patterns[context]
         return cached
+
+    def define_pattern(self, key: str, recipe: Mapping[str, float]) -> ContextPattern:
+        """Pattern `key` as a weighted sum of named components (each drawn once from (seed, "pattern:" +
+        name)), scaled to the size of one component: a latent state's pattern, its drift and traces."""
+        if not recipe:
+            raise ValueError(f"pattern {key!r} needs at least one component")
+        sample, delay = np.zeros(self.n), np.zeros(self.n)
+        for name, weight in recipe.items():
+            part = self._components.get(name)
+            if part is None:
+                part = self._components[name] = self._draw(f"pattern:{name}")
+            sample += weight * part.sample
+            delay += weight * part.delay
+        ref = next(iter(self._components[name] for name in recipe))
+        scale = float(np.linalg.norm(ref.delay)) / max(float(np.linalg.norm(delay)), 1e-12)
+        pattern = ContextPattern(key, sample * scale, delay * scale)
+        self._patterns[key] = pattern
+        return pattern
+
+    def stimulus(self, cue: str | None) -> np.ndarray:
+        """Rate (Hz) the sample stimulus adds in the sample epoch (nothing for an unknown cue)."""
+        code = STIMULUS_CODE.get(cue) if cue is not None else None
+        if code is None:
+            return np.zeros(self.n)
+        w = self.stimulus_w[code[0]]
+        return _sided(w, np.abs(w), code[1])
 
     def selectivity(self, context: str | None, epoch: str) -> np.ndarray:
         """Right-minus-left rate difference (Hz) late in an epoch (the rate-space CD, not normalised)."""
@@ -218,6 +275,8 @@ class Population:
         pat = self.pattern(state.context) if state.context is not None else None
         if state.epoch == "sample":
             r += self.cue_response_hz * (0.3 + 0.7 * np.exp(-tau / 0.5))
+            if state.cue is not None:
+                r += self.stimulus(state.cue)
             if pat is not None:
                 r += _sided(pat.sample, np.abs(pat.sample), sign)
                 r += p.sample_preparatory_fraction * _sided(pat.delay, np.abs(pat.delay), sign)

@@ -89,8 +89,9 @@ class _EventQueue:
                     epochs: Any = None, trial: int | None = None) -> None:
         self.events.append(("start_trial", bpod_time_s, context, upcoming_side, epochs, trial))
 
-    def set_trial_info(self, context: str | None = None, upcoming_side: str | None = None) -> None:
-        self.events.append(("set_trial_info", context, upcoming_side))
+    def set_trial_info(self, context: str | None = None, upcoming_side: str | None = None,
+                       cue: str | None = None) -> None:
+        self.events.append(("set_trial_info", context, upcoming_side, *((cue,) if cue is not None else ())))
 
     def mark_epoch(self, bpod_time_s: float, event: str) -> None:
         self.events.append(("mark_epoch", bpod_time_s, event))
@@ -190,6 +191,10 @@ class SimScope:
     def on_plan(self, cue: str | None, side: str | None) -> None:
         """`SimulatedMouse.on_plan`: the side the mouse will lick in the current trial."""
         self.coupling.announce_trial(self.context_for(self.current_trial), side)
+
+    def define_pattern(self, key: str, recipe: dict[str, float]) -> None:
+        """A pattern the trials may name from now on (`SimMicroscope.define_pattern`)."""
+        self._queue.events.append(("define_pattern", key, dict(recipe)))
 
     def on_lick(self, cycle: int, side: str) -> None:
         """`SimulatedMouse.on_lick`: a lick at an engine cycle (scheduled, so possibly in the future)."""

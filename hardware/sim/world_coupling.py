@@ -2,10 +2,10 @@
 
 The emulator calls its listeners synchronously at the cycle an output changes, so the imaging-trigger TTL
 becomes `start_trial` at exactly cycle * 100 us, and cue outputs become epoch events. The simulated mouse
-knows what the outputs cannot tell: the context and the side it is going to lick. It calls
-`announce_trial(context, upcoming_side)` (any time from the end of the previous trial until the delay
-starts) and `lick(cycle, side)` for every lick it makes. Frames are then pulled with `frames_until_cycle`
-after the engine has run up to that cycle.
+knows what the outputs cannot tell: the pattern of its latent state, the side it is going to lick and the
+cue it sensed. It calls `announce_trial(context, upcoming_side, cue)` (any time from the end of the
+previous trial until the delay starts) and `lick(cycle, side)` for every lick it makes. Frames are then
+pulled with `frames_until_cycle` after the engine has run up to that cycle.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class WorldCoupling:
         self.sample_cues = frozenset(sample_cues)
         self.go_cue = go_cue
         self._levels: dict[str, int] = {}
-        self._pending: tuple[str | None, str | None] | None = None
+        self._pending: tuple[str | None, str | None, str | None] | None = None
         self._in_trial = False
         self._triggered = False
         self._bpod_trial: int | None = None
@@ -47,13 +47,14 @@ class WorldCoupling:
 
     # -- called by the simulated mouse -----------------------------------------------------------
 
-    def announce_trial(self, context: str | None, upcoming_side: str | None) -> None:
-        """The context and the side ('left' | 'right' | None) the mouse will lick in the current trial, or
-        in the next one if the current trial has not triggered the microscope yet (or has ended)."""
+    def announce_trial(self, context: str | None, upcoming_side: str | None, cue: str | None = None) -> None:
+        """The pattern in force (a context name or a defined pattern's key), the side ('left' | 'right' |
+        None) the mouse will lick and the cue it sensed, in the current trial, or in the next one if the
+        current trial has not triggered the microscope yet (or has ended)."""
         if self._in_trial and self._triggered:
-            self.sim.set_trial_info(context, upcoming_side)
+            self.sim.set_trial_info(context, upcoming_side, cue)
         else:
-            self._pending = (context, upcoming_side)
+            self._pending = (context, upcoming_side, cue)
 
     def lick(self, cycle: int, side: str) -> None:
         """A lick at an engine cycle ('left' | 'right')."""
@@ -106,9 +107,11 @@ class WorldCoupling:
             return
         t = record.cycle * CYCLE_S
         if channel == self.imaging_trigger and on:
-            context, side = self._pending if self._pending is not None else (None, None)
+            context, side, cue = self._pending if self._pending is not None else (None, None, None)
             self._pending = None
             self.sim.start_trial(t, context, side, trial=self._bpod_trial if self._in_trial else None)
+            if cue is not None:
+                self.sim.set_trial_info(context, side, cue)
             self._triggered = True
         elif channel in self.sample_cues and self._triggered:
             any_cue_on = any(self._levels.get(c, 0) != 0 for c in self.sample_cues)

@@ -1,5 +1,6 @@
-"""The monitoring GUI (`rig monitor`): live frame, ROI traces, preparatory decoding, behaviour, health and
-session controls, in its own process so that closing or crashing it never touches the session.
+"""The monitoring GUI (`rig monitor`): the session's header, live frame, ROI traces, registration, PSTHs,
+preparatory decoding, behaviour, the last trial's timeline, health and session controls (the manual valve
+among them), in its own process so that closing or crashing it never touches the session.
 
 This module stays free of Qt: the session process imports it only to start and stop the GUI process.
 """

@@ -5,21 +5,26 @@ stream or the online module's results and updates one of two parts:
 
 - `BehaviourModel`: one `TrialRow` per finished trial (from the live `trial` events, or read back from
   the session's trials.jsonl when the monitor (re)opens or a live event was dropped), Perf100 per context
-  through the session, context switches, per-side performance, the session status and the Bpod state.
-- `ImagingModel`: the newest display frame with its registration shift and display levels, the ROI
-  snapshot, a ring buffer of every ROI's dF/F for the last seconds, decoder results and health.
+  through the session, context switches, per-side performance, the session status, the Bpod state, the
+  last trial's timeline (timeline.py) and the session's end.
+- `ImagingModel`: the newest display frame of the shown plane with its registration shift and display
+  levels; per plane the ROI snapshot, a ring buffer of every ROI's dF/F for the last seconds, the PSTHs
+  (psth.py) and the registration history; decoder results and health. Messages without a `plane` field
+  are plane 0.
 
 Each part counts `version`s per panel so the window redraws only what changed since its last tick.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +45,12 @@ from online.wire import (
     Message,
     WireError,
 )
-from protocols.directional_licking import GO_CUE_EPOCH
+from protocols.directional_licking import DELAY_EPOCH, GO_CUE_EPOCH, SAMPLE_EPOCH
 from protocols.outcome import PERF_WINDOW, fraction_correct
 from protocols.settings import WiringSettings
 from protocols.trial_record import TrialRecord, TrialRecordError
+from rig.monitor.psth import PsthAccumulator, TrialAlignment
+from rig.monitor.timeline import TrialTimeline, trial_timeline
 from rig.store import TRIALS_FILE
 
 log = logging.getLogger(__name__)
@@ -94,6 +101,10 @@ def _float_or_none(value: Any) -> float | None:
     return float(value)
 
 
+def _text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
 # ----------------------------------------------------------------------------------------------- trials
 
 
@@ -116,6 +127,11 @@ class TrialRow:
     training_events: tuple[Mapping[str, Any], ...] = ()
     trial_start_s: float | None = None  # Bpod session clock
     trial_end_s: float | None = None
+    sample_s: float | None = None  # from trial start
+    delay_s: float | None = None
+    reward_ul: float = 0.0
+    block_label: str | None = None  # the block the trial belonged to, when the session runs blocks
+    timeline: TrialTimeline | None = field(default=None, compare=False)  # its states and input lines
 
     @classmethod
     def from_record(cls, record: TrialRecord, wiring: WiringSettings) -> TrialRow:
@@ -132,7 +148,17 @@ class TrialRow:
             stage=dict(record.stage), training_events=tuple(record.training_events),
             trial_start_s=_float_or_none(record.trial_start_s),
             trial_end_s=_float_or_none(record.trial_end_s),
+            sample_s=_float_or_none(record.entry_s(SAMPLE_EPOCH)),
+            delay_s=_float_or_none(record.entry_s(DELAY_EPOCH)),
+            reward_ul=_float_or_none(record.reward_ul) or 0.0,
+            block_label=_text_or_none(getattr(record, "block_label", None)),
+            timeline=trial_timeline(record),
         )
+
+    def alignment(self) -> TrialAlignment:
+        """Where the trial's sample and go cue were, and its condition (block, or context), for PSTHs."""
+        return TrialAlignment(self.trial, self.block_label or self.context, self.side, self.outcome,
+                              self.sample_s, self.delay_s, self.go_cue_s)
 
     def licks_from_go(self, side: str) -> np.ndarray:
         """Lick times of one side relative to the go cue (empty when the trial had no go cue)."""
@@ -173,6 +199,8 @@ class BehaviourModel:
         self.state: tuple[int, str] | None = None  # (trial, Bpod state) from the newest state event
         self.session_folder: Path | None = None
         self.caught_up_from: Path | None = None
+        self.live_timeline: TrialTimeline | None = None  # the newest live trial, with its outputs
+        self.ended_at: datetime | None = None  # host time the session's end event came
         self.version = 0  # any change of the trial rows (rasters, performance)
         self.status_version = 0  # status, state, stage text
         self._windows: dict[str, deque[str]] = {}
@@ -187,14 +215,34 @@ class BehaviourModel:
     def last_row(self) -> TrialRow | None:
         return self.rows[max(self.rows)] if self.rows else None
 
-    def add_record(self, record: Mapping[str, Any]) -> bool:
-        """Add one published trial record; False when that trial is already shown or it is not a trial."""
+    @property
+    def timeline(self) -> TrialTimeline | None:
+        """The last trial's timeline: the live one (with the outputs each state set) when it is the last."""
+        last = self.last_row
+        live = self.live_timeline
+        if live is not None and (last is None or live.trial >= last.trial):
+            return live
+        return last.timeline if last is not None else None
+
+    def add_record(self, record: Mapping[str, Any], outputs: Mapping[str, Any] | None = None) -> bool:
+        """Add one published trial record (and the outputs its states set, as the session sends them);
+        False when that trial is already shown or it is not a trial."""
         try:
-            row = TrialRow.from_record(TrialRecord.from_json(record), self.wiring)
+            parsed = TrialRecord.from_json(record)
+            row = TrialRow.from_record(parsed, self.wiring)
         except TrialRecordError as exc:
             log.warning("skipped a trial record: %s", exc)
             return False
+        if outputs is not None:
+            clean = {str(k): v for k, v in outputs.items() if isinstance(v, Mapping)}
+            self.live_timeline = trial_timeline(parsed, clean)
         return self.add_rows([row]) > 0
+
+    def end_session(self, status: Mapping[str, Any], at: datetime | None = None) -> None:
+        """The session said it ended: the header stops its clock, the monitor saves the summary figure."""
+        self.set_status(status)
+        self.ended_at = datetime.now() if at is None else at
+        self.status_version += 1
 
     def add_rows(self, rows: Iterable[TrialRow]) -> int:
         added = [row for row in rows if row.trial not in self.rows]
@@ -237,6 +285,7 @@ class BehaviourModel:
     def clear_trials(self) -> None:
         self.rows = {}
         self.caught_up_from = None
+        self.live_timeline, self.ended_at = None, None
         self._rebuild_performance()
         self.version += 1
 
@@ -363,8 +412,56 @@ class LevelTracker:
         return self.levels
 
 
+class RegistrationHistory:
+    """The registration of one plane over the session: (dy, dx) shift and correlation with the reference,
+    averaged over every `every` frames into a ring of `capacity` points (at 30 Hz and every 10 frames,
+    the last 55 minutes), so drift is seen long before it ruins the session."""
+
+    def __init__(self, every: int = 10, capacity: int = 10_000) -> None:
+        self.every, self.capacity = every, capacity
+        self._points = np.zeros((capacity, 4))  # time (session clock, s), dy, dx, correlation
+        self._count = 0
+        self._partial = np.zeros(4)
+        self._n = 0
+        self.version = 0
+
+    def add(self, t_s: float, dy: float, dx: float, correlation: float) -> None:
+        self._partial += (t_s, dy, dx, correlation)
+        self._n += 1
+        if self._n >= self.every:
+            self._points[self._count % self.capacity] = self._partial / self._n
+            self._count += 1
+            self._partial[:] = 0
+            self._n = 0
+            self.version += 1
+
+    def __len__(self) -> int:
+        return min(self._count, self.capacity)
+
+    def points(self) -> np.ndarray:
+        """(n, 4) time, dy, dx, correlation, oldest first."""
+        n = len(self)
+        if self._count <= self.capacity:
+            return self._points[:n].copy()
+        end = self._count % self.capacity
+        return np.concatenate([self._points[end:], self._points[:end]])
+
+
+class PlaneData:
+    """What the monitor keeps of one imaging plane: its ROIs, traces, PSTHs and registration."""
+
+    def __init__(self, capacity: int) -> None:
+        self.traces = TraceBuffer(capacity)
+        self.rois: RoiSnapshot | None = None
+        self.psth = PsthAccumulator()
+        self.deconvolved_psth = PsthAccumulator()
+        self.registration = RegistrationHistory()
+        self.last_trial: int | None = None  # the trial of the newest traces
+
+
 class ImagingModel:
-    """The newest frame, ROIs, traces, decoder results and the online module's health."""
+    """The newest frame of the shown plane, and per plane its ROIs, traces, PSTHs and registration;
+    decoder results and the online module's health."""
 
     def __init__(self, frame_rate_hz: float = 30.0, trace_seconds: float = TRACE_SECONDS) -> None:
         self.trace_seconds = trace_seconds
@@ -379,8 +476,10 @@ class ImagingModel:
         self._shifts: OrderedDict[tuple[int, int], tuple[float, float]] = OrderedDict()
         self.latest_shift: tuple[float, float] = (0.0, 0.0)
         self.latest_trace: TraceFrame | None = None
-        self.traces = TraceBuffer(int(math.ceil(trace_seconds * frame_rate_hz * 1.25)) + 8)
-        self.rois: RoiSnapshot | None = None
+        self._capacity = int(math.ceil(trace_seconds * frame_rate_hz * 1.25)) + 8
+        self.planes: dict[int, PlaneData] = {0: PlaneData(self._capacity)}
+        self.plane = 0
+        self.plane_version = 0  # the shown plane changed, or a new plane appeared
         self.rois_version = 0
         self.selected: int | None = None
         self.selection_version = 0
@@ -393,17 +492,65 @@ class ImagingModel:
         self.online_time: float | None = None  # monotonic time of the newest online-module message
         self.frame_time: float | None = None
 
+    # ---- the shown plane
+
+    def _plane(self, plane: int) -> PlaneData:
+        data = self.planes.get(plane)
+        if data is None:
+            data = self.planes[plane] = PlaneData(self._capacity)
+            self.plane_version += 1
+        return data
+
+    @property
+    def shown(self) -> PlaneData:
+        return self.planes[self.plane]
+
+    @property
+    def traces(self) -> TraceBuffer:
+        return self.shown.traces
+
+    @property
+    def rois(self) -> RoiSnapshot | None:
+        return self.shown.rois
+
+    def select_plane(self, plane: int) -> None:
+        """Show another plane: its frames, ROIs, traces, PSTHs and registration."""
+        if plane == self.plane or plane not in self.planes:
+            return
+        self.plane = plane
+        self.frame, self.frame_header, self.levels = None, None, None
+        self._levels = LevelTracker()
+        self.plane_version += 1
+        self.rois_version += 1
+        self.frame_version += 1
+        self.select(None)
+
     # ---- updates
 
     def add_frame(self, header: FrameHeader, pixels: np.ndarray, now: float) -> None:
+        self._plane(header.plane)
+        self.frame_time = now
+        if header.plane != self.plane:
+            return  # the display shows one plane; the others are counted as arriving
         self.frame_header = header
         self.frame = pixels
-        self.frame_time = now
         self.frame_shift = self._shifts.get((header.trial, header.frame_index), self.latest_shift)
         self.levels = self._levels.update(pixels)
         self.frame_version += 1
 
-    def add_traces(self, trace: TraceFrame, t_s: float, now: float) -> None:
+    def add_traces(self, trace: TraceFrame, t_s: float, now: float, plane: int = 0,
+                   deconvolved: np.ndarray | None = None) -> None:
+        data = self._plane(plane)
+        data.last_trial = trace.trial
+        dff = np.asarray(trace.dff, dtype=np.float32)
+        data.traces.append(t_s, dff)
+        data.registration.add(t_s, trace.shift_dy, trace.shift_dx, trace.correlation)
+        data.psth.add(trace.trial, trace.time_in_trial_s, dff)
+        if deconvolved is not None and deconvolved.shape == dff.shape:
+            data.deconvolved_psth.add(trace.trial, trace.time_in_trial_s, np.asarray(deconvolved, np.float32))
+        self.online_time = now
+        if plane != self.plane:
+            return
         self.latest_trace = trace
         self.latest_shift = (trace.shift_dy, trace.shift_dx)
         self._shifts[(trace.trial, trace.frame_index)] = self.latest_shift
@@ -413,21 +560,32 @@ class ImagingModel:
         if header is not None and (header.trial, header.frame_index) == (trace.trial, trace.frame_index):
             self.frame_shift = self.latest_shift  # the shown frame's own shift, computed after it arrived
             self.shift_version += 1
-        self.traces.append(t_s, np.asarray(trace.dff, dtype=np.float32))
-        self.online_time = now
         if self.selected is not None and self.selected >= self.traces.n_rois:
             self.select(None)
 
-    def set_rois(self, rois: RoiSnapshot, now: float) -> None:
+    def trial_done(self, row: TrialRow, plane: int | None = None, force: bool = False) -> None:
+        """A trial's record is in: its samples go into the PSTHs of every plane whose traces have moved on
+        to a later trial (a plane still behind bins it when its traces move on: `plane`), or of every
+        plane (`force`, at the session's end)."""
+        alignment = row.alignment()
+        for number, data in self.planes.items():
+            moved_on = data.last_trial is not None and data.last_trial > row.trial
+            if force or number == plane or (plane is None and moved_on):
+                data.psth.finish(alignment)
+                data.deconvolved_psth.finish(alignment)
+
+    def set_rois(self, rois: RoiSnapshot, now: float, plane: int = 0) -> None:
+        data = self._plane(plane)
+        old = data.rois
         same = (
-            self.rois is not None
-            and rois.roi_set_id == self.rois.roi_set_id
-            and rois.n_rois == self.rois.n_rois
+            old is not None
+            and rois.roi_set_id == old.roi_set_id
+            and rois.n_rois == old.n_rois
             and rois.roi_set_id != ""
         )
-        self.rois = rois
+        data.rois = rois
         self.online_time = now
-        if not same:
+        if not same and plane == self.plane:
             self.rois_version += 1
             if self.selected is not None and self.selected >= rois.n_rois:
                 self.select(None)
@@ -480,6 +638,12 @@ class ImagingModel:
 # ----------------------------------------------------------------------------------------------- both
 
 
+def _plane_of(message: Message) -> int:
+    """The imaging plane a message is about (its `plane` field; 0 for a single-plane module)."""
+    plane = message.fields.get("plane", 0)
+    return plane if isinstance(plane, int) and not isinstance(plane, bool) and 0 <= plane < 64 else 0
+
+
 class MonitorModel:
     """Everything the monitor shows; `apply` routes one decoded message to its part."""
 
@@ -528,7 +692,16 @@ class MonitorModel:
                 self.behaviour.set_status(data["status"], now)
             self.behaviour.event_time = now
             if data.get("kind") == "end" and isinstance(data.get("record"), Mapping):
-                self.behaviour.add_record(data["record"])
+                outputs = data.get("outputs")
+                self.behaviour.add_record(data["record"], outputs if isinstance(outputs, Mapping) else None)
+                row = self.behaviour.rows.get(data["record"].get("trial"))  # also when caught up before
+                if row is not None:
+                    self.imaging.trial_done(row)
+            elif data.get("kind") == "session-end":
+                status = data.get("status")
+                self.behaviour.end_session(status if isinstance(status, Mapping) else {})
+                if self.behaviour.last_row is not None:  # its traces will not move on to a later trial
+                    self.imaging.trial_done(self.behaviour.last_row, force=True)
         elif topic == TOPIC_STATE:
             data = Event.from_message(message).data
             self.behaviour.set_state(int(data["trial"]), str(data["state"]), now)
@@ -536,10 +709,16 @@ class MonitorModel:
             header = FrameHeader.from_message(message)
             self.imaging.add_frame(header, message.arrays[0], now)
         elif topic == TOPIC_TRACES:
-            trace = TraceFrame.from_message(message)
-            self.imaging.add_traces(trace, self._trace_time(trace), now)
+            # dF/F first; the deconvolved activity beside it when the module publishes it
+            deconvolved = message.arrays[1] if len(message.arrays) > 1 else None
+            trace = TraceFrame.from_message(dataclasses.replace(message, arrays=message.arrays[:1]))
+            plane = _plane_of(message)
+            before = self.imaging.planes[plane].last_trial if plane in self.imaging.planes else None
+            self.imaging.add_traces(trace, self._trace_time(trace), now, plane=plane, deconvolved=deconvolved)
+            if before is not None and before != trace.trial and before in self.behaviour.rows:
+                self.imaging.trial_done(self.behaviour.rows[before], plane)  # traces behind the trials
         elif topic == TOPIC_ROIS:
-            self.imaging.set_rois(RoiSnapshot.from_message(message), now)
+            self.imaging.set_rois(RoiSnapshot.from_message(message), now, plane=_plane_of(message))
         elif topic == TOPIC_DECODER:
             self.imaging.add_decoder(DecoderResult.from_message(message), now)
         elif topic == TOPIC_HEALTH:

@@ -31,9 +31,14 @@ from rig.monitor.panels import (
     ControlBar,
     DecodingPanel,
     FramePanel,
+    HeaderPanel,
     HealthPanel,
+    PsthPanel,
+    RegistrationPanel,
+    TimelinePanel,
     TracesPanel,
 )
+from rig.session_figure import save_session_figure
 from rig.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,6 +56,7 @@ class _Replies(QtCore.QObject):
     control = QtCore.Signal(str, object, object)  # command, arguments, reply
     status = QtCore.Signal(object)  # reply
     rows = QtCore.Signal(object, object)  # folder, trial rows
+    figure = QtCore.Signal(object)  # the summary figure's path, or None
 
 
 class _Task(QtCore.QRunnable):
@@ -117,6 +123,9 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self._replies.control.connect(self._on_control_reply)
         self._replies.status.connect(self._on_status_reply)
         self._replies.rows.connect(self._on_rows)
+        self._replies.figure.connect(self._on_figure)
+        self._force_sync = False  # a reply came: the next status sets every control
+        self._figure_for: Path | None = None  # the session whose summary figure was asked for
         self._status_in_flight = False
         self._last_status_poll = -float("inf")
         self._catch_up_in_flight = False
@@ -126,33 +135,50 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self.tick_ms: deque[float] = deque(maxlen=250)
         self._closed = False
         self._failures = 0
+        self._planes_shown = -1
 
         self.setWindowTitle(f"rig monitor · {settings.rig.name}")
         self.setPalette(dark_palette())
         self.setAutoFillBackground(True)
+        self.header = HeaderPanel(self.model.behaviour, settings.session)
         self.controls = ControlBar(contexts, closed_loop=settings.online.closed_loop.enabled)
         self.frame = FramePanel(self.model.imaging, (imaging.frame_height, imaging.frame_width))
         self.traces = TracesPanel(self.model.imaging)
+        self.registration = RegistrationPanel(self.model.imaging)
+        self.psth = PsthPanel(self.model.imaging)
         self.decoding = DecodingPanel(self.model.imaging, contexts)
         criterion = (
             settings.task.context_switch.perf_threshold if settings.task.context_switch.enabled else None
         )
         self.behaviour = BehaviourPanel(self.model.behaviour, contexts, criterion)
+        self.timeline = TimelinePanel(self.model.behaviour)
         self.health = HealthPanel(self.model)
+        self.panels = (self.header, self.frame, self.traces, self.health)  # every tick
+        # the panels that change at trial ends (or drift slowly): one of them per tick, in turn, so that a
+        # trial's end is drawn over a few ticks and never makes one tick long (the behaviour panel, one of
+        # its plots per turn, gets every other turn)
+        b = self.behaviour
+        self.slow_panels = (b, self.psth, b, self.timeline, b, self.decoding, b, self.registration)
+        self._slow_turn = 0
+        self.last_slow: QtWidgets.QWidget | None = None
         central = QtWidgets.QWidget()
         grid = QtWidgets.QGridLayout(central)
         grid.setContentsMargins(2, 2, 2, 2)
         grid.setSpacing(3)
-        grid.addWidget(self.controls, 0, 0, 1, 3)
-        grid.addWidget(self.frame, 1, 0)
-        grid.addWidget(self.traces, 1, 1)
-        grid.addWidget(self.behaviour, 1, 2, 2, 1)
-        grid.addWidget(self.decoding, 2, 0, 1, 2)
-        grid.addWidget(self.health, 3, 0, 1, 3)
-        for column, stretch in enumerate((4, 4, 5)):
+        grid.addWidget(self.header, 0, 0, 1, 3)
+        grid.addWidget(self.controls, 1, 0, 1, 3)
+        grid.addWidget(self.frame, 2, 0)
+        grid.addWidget(self.traces, 2, 1)
+        grid.addWidget(self.behaviour, 2, 2, 2, 1)
+        grid.addWidget(self.registration, 3, 0)
+        grid.addWidget(self.psth, 3, 1)
+        grid.addWidget(self.decoding, 4, 0, 1, 2)
+        grid.addWidget(self.timeline, 4, 2)
+        grid.addWidget(self.health, 5, 0, 1, 3)
+        for column, stretch in enumerate((4, 5, 5)):
             grid.setColumnStretch(column, stretch)
-        grid.setRowStretch(1, 5)
-        grid.setRowStretch(2, 3)
+        for row, stretch in ((2, 5), (3, 3), (4, 3)):
+            grid.setRowStretch(row, stretch)
         self.setCentralWidget(central)
         self.statusBar().showMessage("connecting…")
 
@@ -163,6 +189,10 @@ class MonitorWindow(QtWidgets.QMainWindow):
         self.controls.closed_loop_requested.connect(
             lambda enabled: self.send_command("closed-loop", enabled=enabled)
         )
+        self.controls.valve_requested.connect(self.request_valve)
+        self.controls.plane_selected.connect(self.select_plane)
+        self.controls.traces_mode_selected.connect(self.traces.set_mode)
+        self.controls.traces_order_selected.connect(lambda order: self.traces.set_order(order))
         self.frame.roi_clicked.connect(self.select_roi)
         self.traces.trace_clicked.connect(self.select_roi)
 
@@ -181,20 +211,31 @@ class MonitorWindow(QtWidgets.QMainWindow):
         try:
             self.feeds.poll(self.model, now)
             self._housekeeping(now)
-            self.refresh(now)
+            self.refresh(now, spread=True)
         except Exception:  # a drawing bug must not stop the display loop (logged, not on every tick)
             self._failures += 1
             if self._failures <= 3 or self._failures % 250 == 0:
                 log.exception("monitor refresh failed (%d so far)", self._failures)
         self.tick_ms.append((time.perf_counter() - started) * 1000)
 
-    def refresh(self, now: float | None = None) -> None:
+    def refresh(self, now: float | None = None, spread: bool = False) -> None:
+        """Redraw what changed: every panel, or (`spread`, the display tick) the fast ones and one of the
+        slow ones in turn."""
         now = time.monotonic() if now is None else now
-        for panel in (self.frame, self.traces, self.decoding, self.behaviour, self.health):
+        for panel in self.panels:
             panel.refresh(now)
-        closed_loop = self.model.behaviour.status.get("closed_loop")
-        if isinstance(closed_loop, bool):  # the session decides which trials are decoder-gated
-            self.controls.set_closed_loop(closed_loop)
+        if spread:
+            self.last_slow = self.slow_panels[self._slow_turn % len(self.slow_panels)]
+            self._slow_turn += 1
+            getattr(self.last_slow, "refresh_step", self.last_slow.refresh)(now)
+        else:
+            for panel in dict.fromkeys(self.slow_panels):
+                panel.refresh(now)
+        imaging = self.model.imaging
+        if imaging.plane_version != self._planes_shown:
+            self._planes_shown = imaging.plane_version
+            self.controls.set_planes(sorted(imaging.planes), imaging.plane)
+        self.controls.sync(self.model.behaviour.status)  # the session decides (closed loop, context, ...)
 
     def _housekeeping(self, now: float) -> None:
         if (
@@ -215,6 +256,8 @@ class MonitorWindow(QtWidgets.QMainWindow):
             ):
                 self.catch_up(b.session_folder)  # a trial event was dropped: its line is on disk
         self._seen_version = b.version
+        if b.ended_at is not None and b.session_folder is not None and self._figure_for != b.session_folder:
+            self.save_figure(b.session_folder)
         if now - self._report_at >= 1.0:
             self._report_at = now
             self.health.feed_report = self.feeds.report()
@@ -229,13 +272,41 @@ class MonitorWindow(QtWidgets.QMainWindow):
             self.pool.start(_Task(work, done))
 
     def send_command(self, command: str, **args: Any) -> None:
-        """Send one control request from a worker thread; its reply goes to the status bar."""
+        """Send one control request from a worker thread, saying it comes from the monitor (the session
+        logs it so); its reply goes to the status bar."""
         endpoint, timeout = self.settings.network.control, self.control_timeout_s
         self.statusBar().showMessage(f"{command}: sending…")
         self._submit(
-            lambda: send_request(endpoint, command, timeout_s=timeout, security=self.feeds.security, **args),
+            lambda: send_request(endpoint, command, timeout_s=timeout, security=self.feeds.security,
+                                 source="monitor", **args),
             lambda reply: self._replies.control.emit(command, args, reply),
         )
+
+    def request_valve(self, side: str, action: str) -> None:
+        """A free drop at once; a flush (the valve open for seconds) only once confirmed."""
+        if action == "flush" and self.confirm_stop:
+            flush_s = self.settings.session.flush_s
+            answer = QtWidgets.QMessageBox.question(
+                self,
+                "Flush the valve?",
+                f"Open the {side} valve for {flush_s:g} s? Water runs into the lick port for that long.",
+                QtWidgets.QMessageBox.StandardButton.Yes | QtWidgets.QMessageBox.StandardButton.No,
+                QtWidgets.QMessageBox.StandardButton.No,
+            )
+            if answer != QtWidgets.QMessageBox.StandardButton.Yes:
+                self.statusBar().showMessage("flush cancelled")
+                return
+        self.send_command("valve", side=side, action=action)
+
+    def save_figure(self, folder: Path) -> None:
+        """Save the session's summary figure into its folder, in a worker (the rig draws it if we cannot)."""
+        self._figure_for = folder
+        wiring = self.model.behaviour.wiring
+        self._submit(lambda: save_session_figure(folder, wiring), self._replies.figure.emit)
+
+    def _on_figure(self, path: Any) -> None:
+        if isinstance(path, Path):
+            self.statusBar().showMessage(f"session ended: summary figure saved to {path}")
 
     def request_stop(self) -> None:
         if self.confirm_stop:
@@ -272,6 +343,7 @@ class MonitorWindow(QtWidgets.QMainWindow):
         if reply.get("ok"):
             text = f"{command}: {reply.get('message', 'ok')}"
             self._last_status_poll = -float("inf")  # show the new state soon
+            self._force_sync = True
         else:
             text = f"{command} failed: {reply.get('error', 'no reason given')}"
             if command == "closed-loop":
@@ -284,6 +356,8 @@ class MonitorWindow(QtWidgets.QMainWindow):
         if reply.get("ok"):
             status = {k: v for k, v in reply.items() if k != "ok"}
             self.model.behaviour.set_status(status)
+            self.controls.sync(status, force=self._force_sync)
+            self._force_sync = False
             if self.statusBar().currentMessage() == "connecting…":
                 self.statusBar().showMessage(f"connected to {self.settings.network.control}")
         else:
@@ -299,6 +373,8 @@ class MonitorWindow(QtWidgets.QMainWindow):
             log.warning("could not read the trials of %s: %s", folder, rows.get("error"))
         else:
             added = b.add_rows(rows)
+            for row in rows:  # traces waiting for a trial whose live event was dropped
+                self.model.imaging.trial_done(row)
             if added:
                 log.info("caught up %d trial(s) from %s", added, folder)
 
@@ -306,6 +382,10 @@ class MonitorWindow(QtWidgets.QMainWindow):
 
     def select_roi(self, roi: int) -> None:
         self.model.imaging.select(roi)
+        self.refresh()
+
+    def select_plane(self, plane: int) -> None:
+        self.model.imaging.select_plane(plane)
         self.refresh()
 
     def save_screenshot(self, path: Path) -> bool:

@@ -25,10 +25,10 @@ from rig.settings.schema import Settings
 RIG_FILE_NAME = "rig.yaml"
 """The rig file looked for beside a settings file when none is given."""
 
-EXPERIMENT_SECTIONS: tuple[str, ...] = ("task", "contexts", "imaging", "online", "sim", "metadata")
+EXPERIMENT_SECTIONS: tuple[str, ...] = ("task", "session", "contexts", "imaging", "online", "sim", "metadata")
 """The experiment's sections (settings.yaml): the task and its training, the contexts, the imaging
-acquisition, the online analysis, the simulated mouse and microscope of a simulated study, and the metadata
-the NWB export adds (lab, experimenters, optics)."""
+acquisition, the online analysis, a session's end criteria, the simulated mouse and microscope of a
+simulated study, and the metadata the NWB export adds (lab, experimenters, optics)."""
 
 
 def rig_sections() -> tuple[str, ...]:

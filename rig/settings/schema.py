@@ -83,6 +83,22 @@ class RigSettings(_Section):
     """Rig name written to session.json."""
 
 
+class SessionSettings(_Section):
+    """What the monitor flags as the end of a session, and the manual valve controls.
+
+    The end criteria only colour the monitor's header (amber from 90 %, green once one is reached); the
+    experimenter ends the session (`rig run --trials/--minutes` stop it by themselves)."""
+
+    end_trials: int | None = Field(None, ge=1)
+    """Trials after which the session may end (None: no such criterion)."""
+    end_minutes: float | None = Field(None, gt=0)
+    """Minutes after which the session may end."""
+    end_water_ul: float | None = Field(None, gt=0)
+    """Water (uL, from the calibrated valves) after which the session may end: the day's ration."""
+    flush_s: float = Field(2.0, gt=0, le=30)
+    """How long a flush opens a valve (s), to fill or rinse its line."""
+
+
 # --------------------------------------------------------------------------------------------------------
 # imaging (the online section's models are online/settings.py's)
 
@@ -321,6 +337,8 @@ class Settings(_Section):
 
     rig: RigSettings = Field(default_factory=RigSettings)
     """This rig."""
+    session: SessionSettings = Field(default_factory=SessionSettings)
+    """End criteria the monitor flags, and the manual valve controls."""
     bpod: BpodSettings = Field(default_factory=BpodSettings)
     """The Bpod state machine."""
     wiring: WiringSettings = Field(default_factory=WiringSettings)

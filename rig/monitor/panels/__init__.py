@@ -6,16 +6,22 @@ docs/realtime-notes: the frame is one ImageItem with fixed levels (row-major), a
 PlotCurveItem with offsets and a `connect` array, ROI outlines are one curve as well, and no plot
 auto-ranges over live data.
 
-One module per panel family: `imaging` (frame, traces), `decoding`, `behaviour` (rasters, Perf100,
-stage line), `health` (the status line of every part), `controls` (the control bar); `style` holds the
-colours and plot helpers they share.
+One module per panel family: `header` (subject, session and end criteria), `imaging` (frame, traces as a
+heatmap or lines), `registration` (shift and correlation over the session), `psth` (per condition),
+`decoding`, `behaviour` (rasters, Perf100, stage line), `timeline` (the last trial's states and lines),
+`health` (the status line of every part), `controls` (the control bar); `style` holds the colours and
+plot helpers they share.
 """
 
 from rig.monitor.panels.behaviour import BehaviourPanel, stage_text
 from rig.monitor.panels.controls import ControlBar
 from rig.monitor.panels.decoding import DecodingPanel
+from rig.monitor.panels.header import HeaderPanel
 from rig.monitor.panels.health import HealthPanel
 from rig.monitor.panels.imaging import FramePanel, TracesPanel, closed_outlines
+from rig.monitor.panels.psth import PsthPanel
+from rig.monitor.panels.registration import RegistrationPanel
+from rig.monitor.panels.timeline import TimelinePanel
 
-__all__ = ["BehaviourPanel", "ControlBar", "DecodingPanel", "FramePanel", "HealthPanel", "TracesPanel",
-           "closed_outlines", "stage_text"]
+__all__ = ["BehaviourPanel", "ControlBar", "DecodingPanel", "FramePanel", "HeaderPanel", "HealthPanel",
+           "PsthPanel", "RegistrationPanel", "TimelinePanel", "TracesPanel", "closed_outlines", "stage_text"]

@@ -4,7 +4,7 @@ performance, outcome counts, and the stage line (context, stage, trials, Perf100
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pyqtgraph as pg
@@ -126,20 +126,26 @@ class BehaviourPanel(QtWidgets.QWidget):
         p.ci.layout.setRowStretchFactor(2, 2)
         self.messages = [message_item(self.outcomes), message_item(self.licks), message_item(self.perf)]
         self._drawn = -1
+        self._pending: list[Callable[[list[TrialRow]], None]] = []
         self._status_drawn = (-1, -1)
         self.lick_rows = 0
 
     # ---- drawing
 
-    def refresh(self, now: float) -> None:
+    def refresh(self, now: float, parts: int | None = None) -> None:
+        """Redraw what changed; `parts`: at most that many of the plots (the display tick draws a trial's
+        end one plot per turn, `refresh_step`), else all."""
         m = self.model
         if m.version != self._drawn:
             self._drawn = m.version
+            self._pending = [self._draw_outcomes, self._draw_licks, self._draw_perf,
+                             self._draw_sides_and_counts]
+        if self._pending:
+            budget = len(self._pending) if parts is None else parts
             trials = m.trials
-            self._draw_outcomes(trials)
-            self._draw_licks(trials)
-            self._draw_perf(trials)
-            self._draw_sides_and_counts()
+            for draw in self._pending[:budget]:
+                draw(trials)
+            del self._pending[:budget]
         if (m.status_version, m.version) != self._status_drawn:
             self._status_drawn = (m.status_version, m.version)
             self._draw_stage()
@@ -217,7 +223,10 @@ class BehaviourPanel(QtWidgets.QWidget):
         if trials:
             self.perf.setXRange(trials[0].trial, max(trials[-1].trial, trials[0].trial + 10), padding=0.02)
 
-    def _draw_sides_and_counts(self) -> None:
+    def refresh_step(self, now: float) -> None:
+        self.refresh(now, parts=1)
+
+    def _draw_sides_and_counts(self, _trials: list[TrialRow]) -> None:
         sides = self.model.side_performance()
         heights = [sides["left"] or 0.0, sides["right"] or 0.0]
         self.side_bars.setOpts(height=heights)

@@ -252,10 +252,14 @@ def collinear_keep(x: np.ndarray, y: np.ndarray, tolerance: float) -> np.ndarray
 
 
 class TracesPanel(pg.GraphicsLayoutWidget):
-    """Every ROI's dF/F over the last seconds, stacked (ROI i around y = i), as ONE curve; the selected
-    ROI is drawn again on top. A click on a trace selects its ROI."""
+    """Every ROI's dF/F over the last seconds of the shown plane: as a heatmap (ROIs x time, sorted by
+    selectivity, by ROI number or in a given order), or stacked (ROI i around y = i) as ONE curve. The
+    selected ROI is marked (its row, or its trace drawn again on top); a click on a row or a trace selects
+    it."""
 
     trace_clicked = QtCore.Signal(int)
+    MODES = ("heatmap", "lines")
+    ORDERS = ("selectivity", "ROI number")
 
     def __init__(self, model: ImagingModel) -> None:
         super().__init__()
@@ -269,34 +273,86 @@ class TracesPanel(pg.GraphicsLayoutWidget):
         self.curve = StackedCurveItem(pen=pg.mkPen(TRACE, width=1), skipFiniteCheck=True)
         self.highlight = pg.PlotCurveItem(pen=pg.mkPen(HIGHLIGHT, width=2))
         self.highlight.setZValue(10)
+        self.heatmap = pg.ImageItem(axisOrder="row-major")
+        self.heatmap.setLookupTable(pg.colormap.get("inferno").getLookupTable(nPts=256))
+        self.heatmap.setZValue(-5)
+        self.plot.addItem(self.heatmap)
         self.plot.addItem(self.curve)
         self.plot.addItem(self.highlight)
         _cache_static(self.plot.getAxis("left"), self.plot.getAxis("bottom"))
         self.message = message_item(self.plot)
+        self.mode = "heatmap"
+        self.order_by = "selectivity"
+        self.custom_order: np.ndarray | None = None
+        self.order = np.empty(0, dtype=int)  # row i of the heatmap shows ROI order[i]
+        self._order_key: tuple[Any, ...] = ()
         self.gain = 1.0  # y units per dF/F unit
+        self.heat_levels = (0.0, 1.0)
         self._n_rois = -1
-        self._drawn = (-1, -1)
+        self._drawn: tuple[Any, ...] = ()
         self._drawn_pixel = math.nan  # the y size of a pixel the curve was simplified for (view units)
         self._points = 0
         self._gain_at = -math.inf
         self.scene().sigMouseClicked.connect(self._clicked)
 
+    # ---- choices
+
+    def set_mode(self, mode: str) -> None:
+        """heatmap or lines."""
+        if mode in self.MODES and mode != self.mode:
+            self.mode = mode
+            self._drawn = ()
+            self._n_rois = -1
+            self.refresh(0.0)
+
+    def set_order(self, order_by: str | None = None, custom: np.ndarray | None = None) -> None:
+        """Sort the heatmap by selectivity or ROI number, or show the ROIs in a given order (`custom`)."""
+        if order_by in self.ORDERS:
+            self.order_by = order_by
+        self.custom_order = None if custom is None else np.asarray(custom, dtype=int)
+        self._order_key = ()
+        self._drawn = ()
+        self.refresh(0.0)
+
+    def _current_order(self, n_rois: int) -> np.ndarray:
+        m = self.model
+        psth = m.shown.psth
+        key = (n_rois, self.order_by, psth.version, m.plane_version, id(self.custom_order))
+        if key != self._order_key:
+            self._order_key = key
+            custom = self.custom_order
+            if custom is not None and len(custom) and custom.min() >= 0 and custom.max() < n_rois:
+                self.order = custom
+            elif self.order_by == "selectivity" and psth.n_rois == n_rois:
+                self.order = np.argsort(-psth.selectivity(), kind="stable")  # left-preferring on top
+            else:
+                self.order = np.arange(n_rois)
+        return self.order
+
+    # ---- drawing
+
     def refresh(self, now: float) -> None:
         m = self.model
-        versions = (m.traces.version, m.selection_version)
+        heat = self.mode == "heatmap"
+        versions = (m.traces.version, m.selection_version, m.plane_version, self.mode)
         pixel = self._pixel_height()
-        if not math.isclose(pixel, self._drawn_pixel, rel_tol=0.01):  # zoomed: re-simplify for the new scale
-            self._drawn = (-1, self._drawn[1])
+        if not heat and not math.isclose(pixel, self._drawn_pixel, rel_tol=0.01):  # zoomed: re-simplify
+            self._drawn = ()
         if versions != self._drawn:
             times, dff = m.traces.window(m.trace_seconds)
             n_samples, n_rois = dff.shape
             if n_rois != self._n_rois:
                 self._n_rois = n_rois
-                self.plot.setYRange(-1, max(n_rois, 1), padding=0.01)
+                self.plot.setYRange(-1 if not heat else 0, max(n_rois, 1), padding=0.01)
+                self.plot.setLabel("left", "ROI (sorted)" if heat else "ROI")
             if now - self._gain_at > 1.0 and n_samples:
                 self._update_gain(dff)
                 self._gain_at = now
-            if versions[0] != self._drawn[0]:
+            self.curve.setVisible(not heat)
+            self.heatmap.setVisible(heat)
+            if heat:
+                self._draw_heatmap(times, dff)
+            elif not self._drawn or versions[0] != self._drawn[0] or versions[2:] != self._drawn[2:]:
                 self._draw_all(times, dff)
             self._draw_selected(times, dff)
             self._drawn = versions
@@ -305,11 +361,32 @@ class TracesPanel(pg.GraphicsLayoutWidget):
             message = "waiting for traces"
         show_message(self.message, self.plot, message)
 
+    def _draw_heatmap(self, times: np.ndarray, dff: np.ndarray) -> None:
+        n_samples, n_rois = dff.shape
+        if n_samples < 2 or n_rois == 0:
+            self.heatmap.clear()
+            self._points = 0
+            return
+        width_px = max(int(self.plot.vb.width()), 50)
+        times, dff = bin_samples(times, dff, max(1, math.ceil(len(times) / width_px)))
+        order = self._current_order(n_rois)
+        image = np.ascontiguousarray(dff.T[order])
+        self._points = image.size
+        self.heatmap.setImage(image, levels=self.heat_levels, autoLevels=False)
+        t0, t1 = float(times[0]), float(times[-1])
+        step = (t1 - t0) / max(len(times) - 1, 1)
+        self.heatmap.setRect(QtCore.QRectF(t0 - step / 2, 0, t1 - t0 + step, n_rois))
+
     def _update_gain(self, dff: np.ndarray) -> None:
-        """Scale so that the large transients span about 1.2 rows (robust, re-estimated each second)."""
-        sample = np.abs(dff[:: max(1, len(dff) // 100)])
-        scale = float(np.percentile(sample, 99.9)) if sample.size else 0.0
+        """Scale so that the large transients span about 1.2 rows, and the heatmap's colours from the 1st
+        to the 99.5th percentile (robust, re-estimated each second)."""
+        sample = dff[:: max(1, len(dff) // 100)]
+        if not sample.size:
+            return
+        scale = float(np.percentile(np.abs(sample), 99.9))
         self.gain = 1.2 / scale if scale > 1e-6 else 1.0
+        low, high = (float(v) for v in np.percentile(sample, [1.0, 99.5]))
+        self.heat_levels = (low, max(high, low + 1e-3))
 
     def _draw_all(self, times: np.ndarray, dff: np.ndarray) -> None:
         # At most one vertex per pixel column (more cannot be seen) and MAX_TRACE_VERTICES in all (drawing
@@ -349,6 +426,11 @@ class TracesPanel(pg.GraphicsLayoutWidget):
         if roi is None or roi >= dff.shape[1] or dff.shape[0] < 2:
             self.highlight.setData([], [])
             return
+        if self.mode == "heatmap":  # a frame around the selected ROI's row
+            row = int(np.flatnonzero(self._current_order(dff.shape[1]) == roi)[0])
+            t0, t1 = float(times[0]), float(times[-1])
+            self.highlight.setData([t0, t1, t1, t0, t0], [row, row, row + 1, row + 1, row])
+            return
         self.highlight.setData(times, dff[:, roi] * self.gain + roi)
 
     @property
@@ -367,7 +449,12 @@ class TracesPanel(pg.GraphicsLayoutWidget):
         self.click_at(point.y())
 
     def click_at(self, y: float) -> None:
-        """Select the ROI whose trace sits nearest to height y."""
+        """Select the ROI whose trace (or heatmap row) is at height y."""
         n = self.model.traces.n_rois
-        if n:
+        if not n:
+            return
+        if self.mode == "heatmap":
+            row = int(min(max(math.floor(y), 0), n - 1))
+            self.trace_clicked.emit(int(self._current_order(n)[row]))
+        else:
             self.trace_clicked.emit(int(min(max(round(y), 0), n - 1)))
