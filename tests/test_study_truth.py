@@ -32,7 +32,8 @@ def _study(tmp_path: Path, subject: str, schedule: str, new_patterns: bool) -> P
     raw["sim"]["subject"]["new_patterns"] = new_patterns
     raw["sim"]["mouse"]["learning_rate"] = 0.1  # learns a reversal within a session
     raw["sim"]["subject"]["switch_evidence"] = 6.0
-    raw["imaging"].update({"frame_height": 128, "frame_width": 128, "planes": 1})
+    # one plane of 128x128 at 10 Hz: at 50x the online module takes 500 frames/s, also on a busy host
+    raw["imaging"].update({"frame_height": 128, "frame_width": 128, "planes": 1, "frame_rate_hz": 10.0})
     raw["sim"]["microscope"].update({"n_neurons": 80, "neuron_radius_px": 4.0})
     settings = tmp_path / f"{subject}.yaml"
     settings.write_text(yaml.safe_dump(raw))
@@ -87,6 +88,7 @@ def _relative(result: dict, a: str, b: str) -> float:
     return sim["matrix"][i][j] / ceiling
 
 
+@pytest.mark.timeout(900)
 def test_a_new_context_gets_a_new_pattern_and_a_return_re_activates_the_old(returning):
     folder, result = returning
     assert [b["label"] for b in result["blocks"]] == ["1", "2", "1'"]
@@ -107,6 +109,7 @@ def test_a_new_context_gets_a_new_pattern_and_a_return_re_activates_the_old(retu
     assert cross["1"][2] > 0.75 and cross["1"][1] < 0.65
 
 
+@pytest.mark.timeout(900)
 def test_a_subject_without_new_patterns_shows_none(no_new_pattern):
     folder, result = no_new_pattern
     assert [b["label"] for b in result["blocks"]] == ["1", "2"]

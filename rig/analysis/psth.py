@@ -4,6 +4,7 @@ offsets before it in the full task)."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -38,7 +39,9 @@ def psth(label: str, bin_centres_s: np.ndarray, right: np.ndarray, left: np.ndar
          delay_bins: np.ndarray, top_fraction: float = 0.1, min_t: float = 2.0) -> Psth:
     """`right` / `left`: correct trials x bins x neurons; `delay_bins` marks the delay-window bins that
     selectivity is judged in. The selective neurons are the top `top_fraction` by |t| with |t| >= min_t."""
-    t = selectivity_t(np.nanmean(right[:, delay_bins], axis=1), np.nanmean(left[:, delay_bins], axis=1))
+    with warnings.catch_warnings():  # a trial whose window lost its frames is NaN, not a warning
+        warnings.simplefilter("ignore", RuntimeWarning)
+        t = selectivity_t(np.nanmean(right[:, delay_bins], axis=1), np.nanmean(left[:, delay_bins], axis=1))
     k = max(1, int(round(top_fraction * t.size)))
     order = np.argsort(-np.abs(t))[:k]
     chosen = order[np.abs(t[order]) >= min_t]
@@ -47,7 +50,9 @@ def psth(label: str, bin_centres_s: np.ndarray, right: np.ndarray, left: np.ndar
     def mean(trials: np.ndarray, neurons: np.ndarray) -> list[float]:
         if not neurons.size or not len(trials):
             return []
-        return [float(v) for v in np.nanmean(trials[:, :, neurons], axis=(0, 2))]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return [float(v) for v in np.nanmean(trials[:, :, neurons], axis=(0, 2))]
 
     return Psth(label, [float(c) for c in bin_centres_s],
                 {"right": mean(right, prefer_right), "left": mean(left, prefer_right)},

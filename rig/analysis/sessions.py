@@ -4,7 +4,9 @@ trials.jsonl alone, so no result depends on a live process having run.
 
 Each ROI is sampled when its plane is scanned; a trace row holds every ROI, the plane's own fresh and the
 others' from their last frame, so a ROI's samples are the rows of its own plane (every row with one plane).
-A bin is the mean of the samples whose trial time falls in it; a bin with no sample is NaN.
+A bin's value is the activity at its centre, interpolated linearly between the ROI's two nearest samples
+(frames come at the frame rate with jitter, so bins of one frame period would be empty or doubled now and
+then); a bin beyond the trial's samples or across a gap of lost frames is NaN.
 """
 
 from __future__ import annotations
@@ -127,6 +129,29 @@ def roi_planes(folder: Path, n_rois: int) -> np.ndarray | None:
     return planes
 
 
+MAX_GAP_FRAMES = 2.5
+"""Samples further apart than this many frame periods (frames lost) are not interpolated between."""
+
+
+def _on_grid(times: np.ndarray, values: np.ndarray, grid: np.ndarray, max_gap_s: float) -> np.ndarray:
+    """Linear interpolation of one trial's samples (sorted times x ROIs) at the grid times; NaN outside
+    the samples and across a gap."""
+    out = np.full((grid.size, values.shape[1]), np.nan, dtype=np.float32)
+    if times.size < 2:
+        return out
+    right = np.searchsorted(times, grid, side="left")
+    exact = (right < times.size) & (times[np.minimum(right, times.size - 1)] == grid)
+    inside = (right >= 1) & (right < times.size)
+    left = np.clip(right - 1, 0, times.size - 1)
+    right = np.clip(right, 0, times.size - 1)
+    span = times[right] - times[left]
+    usable = inside & (span <= max_gap_s) & (span > 0)
+    w = np.where(usable, (grid - times[left]) / np.where(span > 0, span, 1.0), 0.0)[:, None]
+    out[usable] = ((1 - w) * values[left] + w * values[right])[usable]
+    out[exact] = values[right][exact]
+    return out
+
+
 def load_session(folder: Path, *, source: str = "deconvolved", before_go_s: float = 4.2,
                  after_go_s: float = 2.0) -> SessionActivity:
     """Trials and binned activity of one session folder. `source` deconvolved falls back to dF/F (with a
@@ -162,11 +187,8 @@ def load_session(folder: Path, *, source: str = "deconvolved", before_go_s: floa
     row_of_trial = {t.trial: i for i, t in enumerate(trials)}
     trial_col = index["trial"].astype(np.int64)
     rel = index["time_in_trial_s"] - np.array([go.get(int(k)) or np.nan for k in trial_col], dtype=float)
-    # a sample on a bin edge (to rounding) belongs to the bin it starts
-    bins = np.where(np.isfinite(rel), np.floor(np.nan_to_num(rel) / bin_s + 1e-6), -10**9).astype(np.int64)
-    bins -= first
     rows = np.array([row_of_trial.get(int(k), -1) for k in trial_col], dtype=np.int64)
-    ok = (rows >= 0) & (bins >= 0) & (bins < n_bins)
+    ok = (rows >= 0) & np.isfinite(rel)
     planes = roi_planes(folder, n_rois)
     groups: Iterator[tuple[np.ndarray, np.ndarray]]
     if planes is None:
@@ -174,14 +196,14 @@ def load_session(folder: Path, *, source: str = "deconvolved", before_go_s: floa
     else:
         groups = ((ok & (index["plane"] == p), np.flatnonzero(planes == p)) for p in np.unique(planes))
     for rows_mask, cols in groups:
-        flat = rows[rows_mask] * n_bins + bins[rows_mask]
-        sums = np.zeros((len(trials) * n_bins, cols.size))
-        counts = np.zeros(len(trials) * n_bins)
-        np.add.at(sums, flat, values[rows_mask][:, cols])
-        np.add.at(counts, flat, 1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = (sums / counts[:, None]).reshape(len(trials), n_bins, cols.size)
-        activity[:, :, cols] = mean
+        picked = np.flatnonzero(rows_mask)
+        order = np.lexsort((rel[picked], rows[picked]))
+        picked = picked[order]
+        bounds = np.flatnonzero(np.diff(rows[picked])) + 1
+        for chunk in np.split(picked, bounds):
+            if chunk.size:
+                activity[rows[chunk[0]], :, cols] = _on_grid(rel[chunk], values[chunk][:, cols], centres,
+                                                             max_gap_s=MAX_GAP_FRAMES * bin_s).T
     return SessionActivity(folder, trials, activity, bin_s, centres, used)
 
 

@@ -143,14 +143,17 @@ def _activity(label: str, pieces: Sequence[Piece], ids: dict[str, np.ndarray],
             if trial.outcome == "hit" and not trial.gated and trial.side in sides and window.shape[1]:
                 sides[trial.side].append(window[row])
     stacks = {side: np.stack(rows) if rows else np.zeros((0, 1, shared.size)) for side, rows in sides.items()}
-    good = np.ones(shared.size, bool)
-    for side, stack in stacks.items():
-        keep = ~np.isnan(stack).all(axis=(1, 2))
-        stacks[side] = stack[keep]
-        good &= ~np.isnan(stacks[side]).any(axis=(0, 1))
+    incomplete = 0
+    for side, stack in stacks.items():  # a trial whose window lost frames is left out
+        complete = ~np.isnan(stack).any(axis=(1, 2))
+        incomplete += int(np.count_nonzero(~complete))
+        stacks[side] = stack[complete]
+    if incomplete:
+        logger.info("block %s: %d correct trials left out for frames lost in their delay window", label,
+                    incomplete)
     sessions = tuple(dict.fromkeys(p.session.name for p in pieces))
-    return BlockActivity(label, pieces[0].context, sessions, stacks["right"][:, :, good].astype(float),
-                         stacks["left"][:, :, good].astype(float), shared[good])
+    return BlockActivity(label, pieces[0].context, sessions, stacks["right"].astype(float),
+                         stacks["left"].astype(float), shared)
 
 
 def _study_trials(sessions: Sequence[SessionActivity]) -> list[StudyTrial]:
