@@ -19,11 +19,12 @@ from tests.test_session import SessionThread
 
 
 def test_online_module_runs_beside_the_session_and_saves_its_outputs(tmp_path: Path) -> None:
-    # 5 planes (the default): each builds its own reference at setup, while frames queue at 20x the real rate;
+    # 5 planes (the default): each builds its own reference at setup, while frames queue at 10x the real rate
+    # (at 20x, five planes' set-up and deconvolution fall behind on a shared host and frames are lost);
     # 20 reference frames keep that setup as short as one plane's at the default 50.
     settings = load_settings(overrides={**free_network_overrides(), "online.decoder.min_trials_per_side": 3,
                                         "online.registration.reference_frames": 20})
-    result = SessionRunner(settings, RunOptions(subject="o1", trials=16, speed=20, data_root=tmp_path,
+    result = SessionRunner(settings, RunOptions(subject="o1", trials=16, speed=10, data_root=tmp_path,
                                                 handle_signals=False)).run()
     info = json.loads((result.folder / "session.json").read_text())
     assert info["online"]["exit_status"] == 0
