@@ -165,10 +165,10 @@ def _plane_rows(traces: TraceSet, plane: int, n_planes: int) -> np.ndarray:
     return np.flatnonzero(planes == plane)
 
 
-def _frames_per_trial(index: np.ndarray) -> list[int]:
+def _frames_per_trial(index: np.ndarray) -> dict[int, int]:
     """Frames of each trial with frames, in trial order (a loop-mode file per trial)."""
     trials = index["trial"]
-    return [int((trials == k).sum()) for k in np.unique(trials[trials > 0])]
+    return {int(k): int((trials == k).sum()) for k in np.unique(trials[trials > 0])}
 
 
 def _add_shifts(ophys: Any, plane: int, index: np.ndarray, times: np.ndarray) -> None:
@@ -198,16 +198,22 @@ def _add_traces(fluorescence: Fluorescence, dff_container: DfOverF, plane: int, 
 
 
 def _add_two_photon_series(nwb: NWBFile, session: SessionFolder, plane: int, imaging_plane: ImagingPlane,
-                           times: np.ndarray, per_trial: list[int], shape: tuple[int, int],
+                           times: np.ndarray, per_trial: dict[int, int], shape: tuple[int, int],
                            link_base: Path) -> None:
     """Link the ScanImage files (one per trial in loop mode) when they are there and match the frames."""
     files = session.tiff_files
-    if not files or len(files) != len(per_trial) or sum(per_trial) != times.size:
+    traced = sorted(per_trial)
+    if files and len(files) != len(traced) and traced and traced[-1] <= len(files):
+        # loop mode writes trial k's frames to the k-th file; the online module traced none of the first
+        # trials' frames while it built its references, so those files are not part of the series
+        files = [files[k - 1] for k in traced]
+    counts = [per_trial[k] for k in traced]
+    if not files or len(files) != len(traced) or sum(counts) != times.size:
         if files:
             log.warning("%s: %d ScanImage files for %d imaged trials; the raw frames are not linked",
-                        session.folder, len(files), len(per_trial))
+                        session.folder, len(files), len(traced))
         return
-    starting = np.concatenate([[0], np.cumsum(per_trial)[:-1]]).astype(np.int64)
+    starting = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
     paths = [os.path.relpath(f.resolve(), Path(link_base).resolve()) for f in files]
     nwb.add_acquisition(TwoPhotonSeries(
         name=f"TwoPhotonSeriesPlane{plane}", imaging_plane=imaging_plane, external_file=paths,
