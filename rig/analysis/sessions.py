@@ -152,10 +152,23 @@ def _on_grid(times: np.ndarray, values: np.ndarray, grid: np.ndarray, max_gap_s:
     return out
 
 
+def frame_rate_hz(folder: Path) -> float:
+    """The per-plane frame rate a session's traces were taken at (traces.json)."""
+    path = Path(folder) / "traces.json"
+    try:
+        rate = json.loads(path.read_text()).get("frame_rate_hz")
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot be read ({exc})") from None
+    if not isinstance(rate, int | float) or rate <= 0:
+        raise DataError(f"{path}: no frame_rate_hz; the bins cannot be laid out")
+    return float(rate)
+
+
 def load_session(folder: Path, *, source: str = "deconvolved", before_go_s: float = 4.2,
-                 after_go_s: float = 2.0) -> SessionActivity:
+                 after_go_s: float = 2.0, bin_s: float | None = None) -> SessionActivity:
     """Trials and binned activity of one session folder. `source` deconvolved falls back to dF/F (with a
-    warning) where the session has no deconvolved trace."""
+    warning) where the session has no deconvolved trace. `bin_s` (default: one frame period) lays several
+    sessions, imaged at slightly different rates, on one grid."""
     folder = Path(folder)
     trials = read_trial_infos(folder)
     try:
@@ -174,10 +187,10 @@ def load_session(folder: Path, *, source: str = "deconvolved", before_go_s: floa
     elif source != "dff":
         raise ValueError(f"source must be 'deconvolved' or 'dff', got {source!r}")
     index = table.index[: len(values)]
-    rate = table.meta.get("frame_rate_hz")
-    if not rate or rate <= 0:
-        raise DataError(f"{folder / 'traces.json'}: no frame_rate_hz; the bins cannot be laid out")
-    bin_s = 1.0 / float(rate)
+    if bin_s is None:
+        bin_s = 1.0 / frame_rate_hz(folder)
+    elif bin_s <= 0:
+        raise ValueError(f"bin_s must be positive, got {bin_s}")
     first = -int(np.ceil(before_go_s / bin_s))
     n_bins = int(np.ceil(after_go_s / bin_s)) - first
     centres = (np.arange(n_bins) + first + 0.5) * bin_s

@@ -9,6 +9,7 @@ that the decoder did not gate train or test a CD; a block or session with fewer 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Sequence
@@ -28,7 +29,13 @@ from rig.analysis.population import (
     memory_trace,
 )
 from rig.analysis.psth import Psth, pooled, psth
-from rig.analysis.sessions import SessionActivity, load_session, read_roi_matches, session_folders
+from rig.analysis.sessions import (
+    SessionActivity,
+    frame_rate_hz,
+    load_session,
+    read_roi_matches,
+    session_folders,
+)
 from rig.progress import Progress
 from rig.store import DataError
 
@@ -181,10 +188,16 @@ def analyze_subject(subject_dir: Path, options: AnalysisOptions | None = None,
     options = options or AnalysisOptions()
     folders = session_folders(subject_dir)
     progress = Progress(len(folders) + 4, "analyse", status, every=5)
+    rates = []
+    for folder in folders:
+        with contextlib.suppress(DataError):
+            rates.append(frame_rate_hz(folder))
+    # one grid for all: the slowest session's frame period (no session is resampled finer than it imaged)
+    bin_s = 1.0 / min(rates) if rates else None
     sessions = []
     for folder in folders:
         try:
-            sessions.append(load_session(folder, source=options.source))
+            sessions.append(load_session(folder, source=options.source, bin_s=bin_s))
         except DataError as exc:
             logger.warning("%s left out: %s", folder.name, exc)
         progress.step(folder.name)
