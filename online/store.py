@@ -361,6 +361,7 @@ def read_index(folder: str | Path, start: int, stop: int) -> np.ndarray:
     """Records [start, stop) of a session's traces_index.bin (fewer if the file is shorter), read without
     loading the rest: the rig reads a few records around a restart of the online module."""
     path = Path(folder) / TRACES_INDEX_FILE
+    start = max(0, start)  # (the record before the first: none)
     count = max(0, min(stop, index_length(folder)) - start)
     if count == 0:
         return np.zeros(0, INDEX_DTYPE)

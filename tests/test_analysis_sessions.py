@@ -81,3 +81,13 @@ def test_folders_that_are_not_sessions_are_named(tmp_path):
     (folder / "trials.jsonl").write_text("")
     with pytest.raises(DataError, match="no traces"):
         load_session(folder)
+
+
+def test_the_index_record_before_the_first_is_none(tmp_path):
+    """The rig reads the record before an online restart's first one; before the first there is none (a
+    module that died before writing a frame), not an error."""
+    from online.store import read_index
+
+    folder = _session(tmp_path / "s1", trials=1)
+    assert len(read_index(folder, -1, 0)) == 0
+    assert len(read_index(folder, 0, 1)) == 1 and len(read_index(folder, -1, 1)) == 1
