@@ -9,7 +9,6 @@ from rig.analysis.learning import StudyTrial, learning_curve, trials_to_criterio
 from rig.analysis.neuron_ids import neuron_ids
 from rig.analysis.population import (
     BlockActivity,
-    balanced_accuracy,
     cd_similarity_matrix,
     cross_decoding_matrix,
     memory_trace,
@@ -86,14 +85,6 @@ def test_memory_trace_finds_a_trace_only_where_there_is_one():
     assert trace.p_value < 0.05
     none = memory_trace(cd2, prev, _block("1'", p1, rng, n=150), "classic", n_permutations=500)
     assert none.p_value > 0.05
-
-
-def test_balanced_accuracy_ignores_class_sizes():
-    right = np.array([1.0] * 90 + [-1.0] * 10)
-    left = np.array([-1.0] * 5 + [1.0] * 5)
-    assert balanced_accuracy(right, left, 0.0) == pytest.approx(0.5 * (0.9 + 0.5))
-    with pytest.raises(ValueError, match="both sides"):
-        balanced_accuracy(right, np.array([]), 0.0)
 
 
 def test_neuron_ids_chain_across_sessions_and_refuse_conflicts():

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from online.decoding.batch import EpochData, fit_vector, train
+from online.decoding.batch import EpochData, accuracy, fit_vector, split_halves, train
 
 
 @dataclass(frozen=True, eq=False)
@@ -65,23 +65,10 @@ def shared_neurons(*blocks: BlockActivity) -> np.ndarray:
     return np.sort(ids)
 
 
-def balanced_accuracy(projections_right: np.ndarray, projections_left: np.ndarray, boundary: float) -> float:
-    """Mean of the right trials above the boundary and the left trials below it (a tie counts as wrong)."""
-    if not projections_right.size or not projections_left.size:
-        raise ValueError("balanced accuracy needs test trials of both sides")
-    return 0.5 * (float(np.mean(projections_right > boundary)) + float(np.mean(projections_left < boundary)))
-
-
 def _draw(data: EpochData, k: int, rng: np.random.Generator) -> tuple[EpochData, EpochData]:
     """k trials per side, and the rest."""
     r, lf = rng.permutation(data.n_right), rng.permutation(data.n_left)
     return data.subset(r[:k], lf[:k]), data.subset(r[k:], lf[k:])
-
-
-def _two_halves(data: EpochData, k: int, rng: np.random.Generator) -> tuple[EpochData, EpochData]:
-    """Two disjoint draws of k trials per side."""
-    r, lf = rng.permutation(data.n_right), rng.permutation(data.n_left)
-    return data.subset(r[:k], lf[:k]), data.subset(r[k:2 * k], lf[k:2 * k])
 
 
 @dataclass(frozen=True)
@@ -118,7 +105,7 @@ def cd_similarity_matrix(blocks: Sequence[BlockActivity], method: str, n_repeats
             dots = []
             for _ in range(n_repeats):
                 if i == j:
-                    first, second = _two_halves(a, k, rng)
+                    first, second = split_halves(a, rng, sizes=(k, k))
                 else:
                     first, second = _draw(a, k, rng)[0], _draw(b, k, rng)[0]
                 dots.append(float(fit_vector(first, method) @ fit_vector(second, method)))
@@ -136,14 +123,6 @@ class CrossDecoding:
     matrix: list[list[float | None]]
 
 
-def _trained(data: EpochData, method: str):
-    return train(data, "", method=method)
-
-
-def _accuracy(cd, data: EpochData) -> float:
-    return balanced_accuracy(data.right_means @ cd.vector, data.left_means @ cd.vector, cd.boundary.value)
-
-
 def cross_decoding_matrix(blocks: Sequence[BlockActivity], method: str, n_repeats: int, min_half: int,
                           seed: int = 0) -> CrossDecoding:
     rng = np.random.default_rng(seed)
@@ -159,7 +138,7 @@ def cross_decoding_matrix(blocks: Sequence[BlockActivity], method: str, n_repeat
             scores = []
             for _ in range(n_repeats):
                 trained_on, held_out = _draw(a, k, rng)
-                scores.append(_accuracy(_trained(trained_on, method), held_out if i == j else b))
+                scores.append(accuracy(train(trained_on, "", method=method), held_out if i == j else b))
             matrix[i][j] = float(np.mean(scores))
     return CrossDecoding([b.label for b in blocks], matrix)
 
@@ -187,7 +166,7 @@ def memory_trace(cd_block: BlockActivity, prev_block: BlockActivity, return_bloc
     if ids.size < 2:
         raise ValueError(f"blocks {cd_block.label}, {prev_block.label}, {return_block.label} share "
                          f"{ids.size} neurons; the memory trace needs at least 2")
-    cd = _trained(cd_block.on(ids), method)
+    cd = train(cd_block.on(ids), "", method=method)
     prev, ret = prev_block.on(ids), return_block.on(ids)
     db = cd.boundary.value
     right = np.concatenate([prev.right_means @ cd.vector, ret.right_means @ cd.vector]) > db

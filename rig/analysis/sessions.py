@@ -20,14 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from online.alignment import TrialEpochs
-from online.store import read_jsonl, read_traces
+from online.store import DECONVOLVED_FILE, TRACES_META_FILE, read_jsonl, read_traces
 from protocols.trial_record import TrialRecord, TrialRecordError
 from rig.roi_matches import ROI_MATCHES_FILE
 from rig.store import SESSION_FILE, TRIALS_FILE, DataError
 
 logger = logging.getLogger(__name__)
 
-DECONVOLVED_FILE = "deconvolved.f32"
 
 
 @dataclass(frozen=True)
@@ -58,6 +57,8 @@ class SessionActivity:
     """Bin centres relative to the go cue (s)."""
     source: str
     """Which trace the activity is: deconvolved or dff."""
+    roi_set_id: str = ""
+    """Which ROIs the columns are (traces.json); sessions with the same id share their ROIs."""
 
     @property
     def name(self) -> str:
@@ -116,16 +117,15 @@ def read_trial_infos(folder: Path) -> list[TrialInfo]:
     return infos
 
 
-def roi_planes(folder: Path, n_rois: int) -> np.ndarray | None:
-    """The plane of each ROI, when the session says (traces.json `plane_rois`); None for one plane."""
-    meta = json.loads((folder / "traces.json").read_text())
+def roi_planes(meta: dict, n_rois: int, folder: Path) -> np.ndarray | None:
+    """The plane of each ROI, when the session's traces.json says (`plane_rois`); None for one plane."""
     counts = meta.get("plane_rois")
     if not counts or len(counts) < 2:
         return None
     planes = np.repeat(np.arange(len(counts)), counts)
     if planes.size != n_rois:
-        raise DataError(f"{folder / 'traces.json'}: plane_rois add up to {planes.size} ROIs, the traces hold "
-                        f"{n_rois}")
+        raise DataError(f"{folder / TRACES_META_FILE}: plane_rois add up to {planes.size} ROIs, the traces "
+                        f"hold {n_rois}")
     return planes
 
 
@@ -154,7 +154,7 @@ def _on_grid(times: np.ndarray, values: np.ndarray, grid: np.ndarray, max_gap_s:
 
 def frame_rate_hz(folder: Path) -> float:
     """The per-plane frame rate a session's traces were taken at (traces.json)."""
-    path = Path(folder) / "traces.json"
+    path = Path(folder) / TRACES_META_FILE
     try:
         rate = json.loads(path.read_text()).get("frame_rate_hz")
     except (OSError, ValueError) as exc:
@@ -177,11 +177,8 @@ def load_session(folder: Path, *, source: str = "deconvolved", before_go_s: floa
         raise DataError(f"{folder}: no traces to analyse ({exc})") from None
     values, used = table.dff, "dff"
     if source == "deconvolved":
-        path = folder / DECONVOLVED_FILE
-        if path.is_file():
-            raw = np.fromfile(path, dtype=np.float32)
-            n = min(raw.size // table.dff.shape[1], len(table))
-            values, used = raw[: n * table.dff.shape[1]].reshape(n, -1), "deconvolved"
+        if table.deconvolved is not None:
+            values, used = table.deconvolved, "deconvolved"
         else:
             logger.warning("%s: no %s; analysing dF/F", folder.name, DECONVOLVED_FILE)
     elif source != "dff":
@@ -202,7 +199,7 @@ def load_session(folder: Path, *, source: str = "deconvolved", before_go_s: floa
     rel = index["time_in_trial_s"] - np.array([go.get(int(k)) or np.nan for k in trial_col], dtype=float)
     rows = np.array([row_of_trial.get(int(k), -1) for k in trial_col], dtype=np.int64)
     ok = (rows >= 0) & np.isfinite(rel)
-    planes = roi_planes(folder, n_rois)
+    planes = roi_planes(table.meta, n_rois, folder)
     groups: Iterator[tuple[np.ndarray, np.ndarray]]
     if planes is None:
         groups = iter([(ok, np.arange(n_rois))])
@@ -217,7 +214,8 @@ def load_session(folder: Path, *, source: str = "deconvolved", before_go_s: floa
             if chunk.size:
                 activity[rows[chunk[0]], :, cols] = _on_grid(rel[chunk], values[chunk][:, cols], centres,
                                                              max_gap_s=MAX_GAP_FRAMES * bin_s).T
-    return SessionActivity(folder, trials, activity, bin_s, centres, used)
+    return SessionActivity(folder, trials, activity, bin_s, centres, used,
+                           str(table.meta.get("roi_set_id") or ""))
 
 
 def read_roi_matches(folder: Path) -> list[tuple[str, str, list[tuple[int, int]]]]:

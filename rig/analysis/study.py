@@ -10,7 +10,6 @@ that the decoder did not gate train or test a CD; a block or session with fewer 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -87,10 +86,7 @@ def _subject_neuron_ids(sessions: Sequence[SessionActivity]) -> tuple[dict[str, 
     n_rois = {s.name: s.n_rois for s in sessions}
     matches = [m for s in sessions for m in read_roi_matches(s.folder) if m[1] in n_rois]
     if not matches:
-        ids_by_set: dict[str, str] = {}
-        for s in sessions:
-            meta = json.loads((s.folder / "traces.json").read_text())
-            ids_by_set[s.name] = str(meta.get("roi_set_id") or s.name)
+        ids_by_set = {s.name: s.roi_set_id or s.name for s in sessions}
         if len(set(ids_by_set.values())) > 1:
             logger.warning("no ROI matches between sessions: sessions compare only within themselves")
         first_of_set: dict[str, str] = {}
