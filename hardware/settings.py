@@ -21,6 +21,17 @@ Side = Literal["left", "right"]
 BpodModel = Literal["r1", "r2", "r2plus"]
 
 
+
+def date_from_text(value: Any) -> Any:
+    """A pydantic before-validator: a date written as text ('2025-03-01', as a JSON dump writes it) is a
+    date (strict mode refuses text); YAML reads an unquoted 2025-03-01 as a date already."""
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            raise ValueError("must be a date written as YYYY-MM-DD") from None
+    return value
+
 class _Section(BaseModel):
     """Base of the devices' settings sections: unknown keys are errors, types are strict, objects read-only
     (the same rules as every section of `rig.settings`)."""
@@ -127,17 +138,7 @@ class ValveCalibration(_Section):
     max_age_days: int = Field(30, ge=1, le=3650)
     """A session on a real Bpod warns (log and session.json) when the calibration is older than this."""
 
-    @field_validator("measured_on", mode="before")
-    @classmethod
-    def _date_from_text(cls, value: Any) -> Any:
-        """A date written as text ('2025-03-01', as a JSON dump writes it) is a date (strict mode refuses
-        text); YAML reads an unquoted 2025-03-01 as a date already."""
-        if isinstance(value, str):
-            try:
-                return date.fromisoformat(value)
-            except ValueError:
-                raise ValueError("must be a date written as YYYY-MM-DD") from None
-        return value
+    _date_from_text = field_validator("measured_on", mode="before")(date_from_text)
 
     def valve_time_s(self, valve: Side, volume_ul: float) -> float:
         """Valve open time (s) that delivers ``volume_ul`` from the ``left`` or ``right`` valve."""

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from hardware.settings import date_from_text
 from rig.errors import UserError
 from rig.store import SESSION_FILE, read_json, write_json_atomic
 
@@ -47,15 +48,7 @@ class SubjectInfo(BaseModel):
     strain: str | None = Field(None, max_length=200)
     """Strain (e.g. C57BL/6J)."""
 
-    @field_validator("date_of_birth", mode="before")
-    @classmethod
-    def _date(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            try:
-                return date.fromisoformat(value)
-            except ValueError:
-                raise ValueError("must be a date written as YYYY-MM-DD") from None
-        return value
+    _date = field_validator("date_of_birth", mode="before")(date_from_text)
 
     @field_validator("date_of_birth")
     @classmethod
