@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rig.analysis.learning import StudyTrial, learning_curve, trials_to_criterion
+from rig.analysis.learning import learning_curve, trials_to_criterion
 from rig.analysis.neuron_ids import neuron_ids
 from rig.analysis.population import (
     BlockActivity,
@@ -13,6 +13,7 @@ from rig.analysis.population import (
     cross_decoding_matrix,
     memory_trace,
 )
+from rig.analysis.trials import TrialInfo
 
 N = 60
 
@@ -97,8 +98,8 @@ def test_neuron_ids_chain_across_sessions_and_refuse_conflicts():
         neuron_ids({"d1": 1, "d2": 1}, [("d1", "d2", [(0, 7)])])
 
 
-def _trials(outcomes: list[str], block: int, label: str) -> list[StudyTrial]:
-    return [StudyTrial("s1", i + 1, block, label, label, "left", o) for i, o in enumerate(outcomes)]
+def _trials(outcomes: list[str], block: int, label: str) -> list[TrialInfo]:
+    return [TrialInfo("s1", i + 1, block, label, label, "left", o) for i, o in enumerate(outcomes)]
 
 
 def test_trials_to_criterion_per_block():

@@ -8,19 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class StudyTrial:
-    """What the learning curves need of one trial, in the order the subject did them."""
-
-    session: str
-    trial: int
-    block: int
-    block_label: str
-    context: str
-    side: str
-    outcome: str
-    """hit, error, no_response or aborted."""
+from rig.analysis.trials import TrialInfo
 
 
 @dataclass(frozen=True)
@@ -35,7 +23,7 @@ class LearningCurve:
     session_starts: list[tuple[int, str]]
 
 
-def learning_curve(trials: Sequence[StudyTrial], window: int = 100) -> LearningCurve:
+def learning_curve(trials: Sequence[TrialInfo], window: int = 100) -> LearningCurve:
     """Performance restarts at each block: a new block's first trials are not averaged with the old
     mapping's."""
     performance: list[float | None] = []
@@ -65,7 +53,7 @@ class TrialsToCriterion:
     reached the criterion; None if it never did."""
 
 
-def trials_to_criterion(trials: Sequence[StudyTrial], criterion: float = 0.75,
+def trials_to_criterion(trials: Sequence[TrialInfo], criterion: float = 0.75,
                         window: int = 100) -> list[TrialsToCriterion]:
     """Per block; the running window must be full (window answered trials) before it can count."""
     if not 0 < criterion <= 1:

@@ -22,27 +22,12 @@ import numpy as np
 from online.alignment import TrialEpochs
 from online.store import DECONVOLVED_FILE, TRACES_META_FILE, read_jsonl, read_traces
 from protocols.trial_record import TrialRecord, TrialRecordError
+from rig.analysis.trials import TrialInfo
 from rig.roi_matches import ROI_MATCHES_FILE
 from rig.store import SESSION_FILE, TRIALS_FILE, DataError
 
 logger = logging.getLogger(__name__)
 
-
-
-@dataclass(frozen=True)
-class TrialInfo:
-    """One trial as the analysis groups it."""
-
-    trial: int
-    block: int
-    block_label: str
-    context: str
-    side: str
-    outcome: str
-    gated: bool
-    """The decoder's decision fed back into this trial: never used to train (selection bias)."""
-    go_s: float | None
-    """Go cue in trial time (s from the trial trigger), from the Bpod's states."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -90,7 +75,7 @@ def session_folders(subject_dir: Path) -> list[Path]:
     return folders
 
 
-def _trial_info(record: TrialRecord, data: dict) -> TrialInfo | None:
+def _trial_info(session: str, record: TrialRecord, data: dict) -> TrialInfo | None:
     if record.context is None or record.side is None:
         return None
     block = data.get("block")
@@ -98,7 +83,7 @@ def _trial_info(record: TrialRecord, data: dict) -> TrialInfo | None:
     closed_loop = record.closed_loop or {}
     states = record.bpod.states if record.bpod is not None else {}
     go_s = TrialEpochs.from_states(states).go_s if states else None
-    return TrialInfo(record.trial, int(block) if isinstance(block, int) else 0,
+    return TrialInfo(session, record.trial, int(block) if isinstance(block, int) else 0,
                      str(label) if label is not None else record.context, record.context, record.side,
                      record.outcome, bool(closed_loop.get("gated", False)), go_s)
 
@@ -111,7 +96,7 @@ def read_trial_infos(folder: Path) -> list[TrialInfo]:
             record = TrialRecord.from_json(data)
         except TrialRecordError as exc:
             raise DataError(f"{path}: record {number}: {exc}") from None
-        info = _trial_info(record, data)
+        info = _trial_info(folder.name, record, data)
         if info is not None:
             infos.append(info)
     return infos

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from protocols.blocks import label_blocks
-from rig.analysis.learning import StudyTrial, learning_curve, trials_to_criterion
+from rig.analysis.learning import learning_curve, trials_to_criterion
 from rig.analysis.neuron_ids import neuron_ids
 from rig.analysis.population import (
     BlockActivity,
@@ -159,11 +159,6 @@ def _activity(label: str, pieces: Sequence[Piece], ids: dict[str, np.ndarray],
                          stacks["left"].astype(float), shared)
 
 
-def _study_trials(sessions: Sequence[SessionActivity]) -> list[StudyTrial]:
-    return [StudyTrial(s.name, t.trial, t.block, t.block_label, t.context, t.side, t.outcome)
-            for s in sessions for t in s.trials]
-
-
 def _context_psths(sessions: Sequence[SessionActivity], options: AnalysisOptions) -> list[Psth]:
     by_context: dict[str, list[Psth]] = {}
     for s in sessions:
@@ -227,7 +222,7 @@ def analyze_subject(subject_dir: Path, options: AnalysisOptions | None = None,
         mt = memory_trace(by_label[first_two[1]], by_label[first_two[0]], by_label[f"{first_two[0]}'"],
                           options.method, seed=options.seed)
         trace = asdict(mt)
-    study_trials = _study_trials(sessions)
+    study_trials = [t for s in sessions for t in s.trials]
     curve = learning_curve(study_trials, options.criterion_window)
     criterion = trials_to_criterion(study_trials, options.criterion, options.criterion_window)
     psths = _context_psths(sessions, options)
