@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from online.alignment import TrialEpochs
-from online.store import DECONVOLVED_FILE, TRACES_META_FILE, read_jsonl, read_traces
-from protocols.trial_record import TrialRecord, TrialRecordError
+from online.store import DECONVOLVED_FILE, TRACES_META_FILE, read_traces
+from protocols.trial_record import TrialRecord
 from rig.analysis.trials import TrialInfo
 from rig.roi_matches import ROI_MATCHES_FILE
 from rig.store import SESSION_FILE, TRIALS_FILE, DataError
+from rig.summary import read_trials
 
 logger = logging.getLogger(__name__)
 
@@ -75,31 +76,20 @@ def session_folders(subject_dir: Path) -> list[Path]:
     return folders
 
 
-def _trial_info(session: str, record: TrialRecord, data: dict) -> TrialInfo | None:
+def _trial_info(session: str, record: TrialRecord) -> TrialInfo | None:
     if record.context is None or record.side is None:
         return None
-    block = data.get("block")
-    label = data.get("block_label")
     closed_loop = record.closed_loop or {}
     states = record.bpod.states if record.bpod is not None else {}
     go_s = TrialEpochs.from_states(states).go_s if states else None
-    return TrialInfo(session, record.trial, int(block) if isinstance(block, int) else 0,
-                     str(label) if label is not None else record.context, record.context, record.side,
-                     record.outcome, bool(closed_loop.get("gated", False)), go_s)
+    return TrialInfo(session, record.trial, record.block or 0, record.block_label or record.context,
+                     record.context, record.side, record.outcome, bool(closed_loop.get("gated", False)), go_s)
 
 
 def read_trial_infos(folder: Path) -> list[TrialInfo]:
-    path = folder / TRIALS_FILE
-    infos = []
-    for number, data in enumerate(read_jsonl(path), 1):
-        try:
-            record = TrialRecord.from_json(data)
-        except TrialRecordError as exc:
-            raise DataError(f"{path}: record {number}: {exc}") from None
-        info = _trial_info(folder.name, record, data)
-        if info is not None:
-            infos.append(info)
-    return infos
+    """The session's trials with a context and a side (a bad line is a DataError naming it)."""
+    infos = (_trial_info(folder.name, record) for record in read_trials(folder / TRIALS_FILE))
+    return [info for info in infos if info is not None]
 
 
 def roi_planes(meta: dict, n_rois: int, folder: Path) -> np.ndarray | None:
